@@ -1,0 +1,34 @@
+//! Error numbers, as NetBSD defines them in `sys/errno.h`.
+//!
+//! The core reports failures in the kernel's own terms so the shim can
+//! return them from sysctl handlers and modcmd unchanged. Values are
+//! NetBSD's (sys/sys/errno.h, NetBSD-current 2026); where Linux differs
+//! the host simulator still uses these, because they are what the module
+//! returns to its caller, not what the host libc would.
+
+/// A NetBSD error number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Operation not permitted: a value outside the safe range.
+    pub const EPERM: Errno = Errno(1);
+    /// Input/output error: a hypercall failed outright.
+    pub const EIO: Errno = Errno(5);
+    /// Out of memory.
+    pub const ENOMEM: Errno = Errno(12);
+    /// Device busy: unload refused while memory is still ballooned.
+    pub const EBUSY: Errno = Errno(16);
+    /// Invalid argument: a malformed value.
+    pub const EINVAL: Errno = Errno(22);
+    /// No space left: no frame space left to plug a segment into.
+    pub const ENOSPC: Errno = Errno(28);
+    /// Result too large: a value that does not fit.
+    pub const ERANGE: Errno = Errno(34);
+    /// Resource temporarily unavailable: a short result to retry.
+    pub const EAGAIN: Errno = Errno(35);
+    /// Operation not supported: e.g. hotplug without UVM_HOTPLUG.
+    pub const EOPNOTSUPP: Errno = Errno(45);
+    /// Inappropriate file type or format: xenstore held garbage.
+    pub const EFTYPE: Errno = Errno(79);
+}

@@ -1,0 +1,47 @@
+//! The Rust core of balloon.kmod, the Xen memory balloon driver for
+//! NetBSD domUs.
+//!
+//! Everything here decides; nothing here does I/O. The C shim in
+//! `netbsd-glue/` (or the simulated domU in `tests/`) carries out the
+//! [`worker::Action`]s this crate returns and reports what happened. The
+//! core is `no_std` + `alloc` so the same code links into `balloon.kmod`
+//! and runs in host tests.
+//!
+//! Module map, one concept each:
+//! - [`units`]: pages, KiB, bytes, frame numbers and frame ranges.
+//! - [`extents`]: a set of frame runs, stored by run, not by page.
+//! - [`segments`]: the domain's frame space, segment by segment, and the
+//!   state of every frame in it.
+//! - [`policy`]: targets, floor, maximum, batch size, low-memory guard.
+//! - [`backoff`]: when to retry after a short or failed step.
+//! - [`worker`]: the state machine that turns events into actions.
+//! - [`stats`]: counters the driver reports.
+//! - [`errno`]: the error numbers shared with the kernel.
+//!
+//! `unsafe` is forbidden here except in the FFI layer (`ffi`), which only
+//! exists in kernel builds.
+
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+// Host builds (tests, the simulated domU, the host staticlib) link std
+// for its allocator and panic handler only; no module names `std`, and
+// the `x86_64-unknown-none` build in CI proves no std use leaked in.
+#[cfg(not(target_os = "none"))]
+extern crate std;
+
+pub mod backoff;
+pub mod errno;
+pub mod extents;
+pub mod policy;
+pub mod segments;
+pub mod stats;
+pub mod units;
+pub mod worker;
+
+#[cfg(target_os = "none")]
+#[allow(unsafe_code)]
+mod ffi;
