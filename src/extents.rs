@@ -215,7 +215,10 @@ mod tests {
         x.insert(r(4, 8)).unwrap();
         assert_eq!(x.run_count(), 1);
         assert_eq!(x.total(), Pages(12));
-        assert_eq!(x.insert(r(11, 13)), Err(ExtentError::AlreadyPresent(Pfn(11))));
+        assert_eq!(
+            x.insert(r(11, 13)),
+            Err(ExtentError::AlreadyPresent(Pfn(11)))
+        );
         assert_eq!(x.total(), Pages(12));
         x.check().unwrap();
     }

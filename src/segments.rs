@@ -1,1 +1,695 @@
-//! (being written)
+//! The domain's frame space, segment by segment.
+//!
+//! UVM knows physical memory as segments (`uvm_physseg`): the ones found
+//! at boot and, with `options UVM_HOTPLUG`, ones plugged later. This
+//! module keeps the driver's picture of them and of the state of every
+//! frame inside (ARCHITECTURE.md, "Invariants"):
+//!
+//! - **populated**: in a live segment, backed by Xen, owned by UVM (in use
+//!   or on a free list);
+//! - **ballooned**: in a live segment; the driver holds its `vm_page` and
+//!   the frame has been given back to Xen;
+//! - **unpopulated**: in a segment the driver is preparing to plug; not
+//!   yet known to UVM nor (as far as the core knows) backed by Xen;
+//! - **absent**: in no segment.
+//!
+//! Ballooned frames are stored as runs ([`Extents`]), so memory grows with
+//! the number of runs, not pages. Segments are few (each is at least one
+//! plug's worth of frames) and sit in a B-tree keyed by first frame.
+//!
+//! Hot-plugged segments always lie above every boot segment (each new one
+//! is placed above the highest frame), so "ballooned frames in boot
+//! memory first, then plugged segments lowest first" is simply address
+//! order; [`FrameSpace::verify`] checks the premise.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::extents::{ExtentError, Extents};
+use crate::units::{Pages, Pfn, PfnRange};
+
+/// Where a segment came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Found at boot; never unplugged by the driver.
+    Boot,
+    /// Plugged by the driver with `uvm_physseg_plug`.
+    Plugged,
+}
+
+/// Where a segment is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Chosen and being backed; UVM does not know it yet.
+    Pending,
+    /// Known to UVM.
+    Live,
+}
+
+/// One segment of the frame space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its frames.
+    pub range: PfnRange,
+    /// Boot memory or hot-plugged.
+    pub origin: Origin,
+    /// Pending or live.
+    pub life: Life,
+    /// How many of its frames are ballooned (always 0 while pending).
+    pub ballooned: Pages,
+}
+
+impl Segment {
+    /// True when every frame of a live segment is ballooned: the whole
+    /// segment may be unplugged.
+    pub fn is_fully_ballooned(&self) -> bool {
+        self.life == Life::Live && self.ballooned == self.range.len()
+    }
+
+    /// Frames of the segment UVM owns.
+    pub fn populated(&self) -> Pages {
+        match self.life {
+            Life::Live => self.range.len().saturating_sub(self.ballooned),
+            Life::Pending => Pages::ZERO,
+        }
+    }
+}
+
+/// The state of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameState {
+    /// Backed and owned by UVM.
+    Populated,
+    /// Given to Xen; its `vm_page` is held by the driver.
+    Ballooned,
+    /// In a segment being prepared for plugging.
+    Unpopulated,
+    /// In no segment.
+    Absent,
+}
+
+/// Why the frame space refused a change. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentError {
+    /// A segment would be empty.
+    Empty,
+    /// A new segment would overlap an existing one (for UVM, a panic).
+    Overlap(PfnRange),
+    /// The frame is not in the state the operation needs.
+    WrongState(Pfn, FrameState),
+    /// The same frame appears twice in one batch.
+    Duplicate(Pfn),
+    /// No segment with exactly this range and the needed kind and life.
+    NoSuchSegment(PfnRange),
+    /// The segment still has frames that are not ballooned.
+    NotFullyBallooned(PfnRange),
+}
+
+/// Frame counts by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    /// Frames owned by UVM.
+    pub populated: Pages,
+    /// Frames given to Xen.
+    pub ballooned: Pages,
+    /// Frames of segments being prepared.
+    pub unpopulated: Pages,
+    /// Frames of boot segments.
+    pub boot: Pages,
+    /// Frames of live plugged segments.
+    pub plugged: Pages,
+    /// Live plugged segments.
+    pub plugged_segments: usize,
+    /// Runs of ballooned frames: what the bookkeeping's size follows.
+    pub ballooned_runs: usize,
+}
+
+/// Where the next hot-plugged segment may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlugLimits {
+    /// Segments start on a multiple of this many frames.
+    pub align: Pages,
+    /// The largest segment plugged at once.
+    pub max_segment: Pages,
+    /// First frame the platform cannot take (PV: the p2m table's
+    /// capacity; both: the highest address the guest may use).
+    pub frame_limit: Pfn,
+}
+
+/// The domain's frame space and the state of every frame in it.
+#[derive(Clone, Debug)]
+pub struct FrameSpace {
+    segments: BTreeMap<u64, Segment>,
+    ballooned: Extents,
+    /// Frames of all live segments, kept so `populated()` is O(1).
+    live: Pages,
+}
+
+impl FrameSpace {
+    /// The frame space of a domain that booted with these segments, all
+    /// populated. Refuses empty or overlapping segments.
+    pub fn new(boot: &[PfnRange]) -> Result<FrameSpace, SegmentError> {
+        let mut space = FrameSpace {
+            segments: BTreeMap::new(),
+            ballooned: Extents::new(),
+            live: Pages::ZERO,
+        };
+        for &range in boot {
+            space.add_segment(range, Origin::Boot, Life::Live)?;
+        }
+        Ok(space)
+    }
+
+    fn add_segment(
+        &mut self,
+        range: PfnRange,
+        origin: Origin,
+        life: Life,
+    ) -> Result<(), SegmentError> {
+        if range.is_empty() {
+            return Err(SegmentError::Empty);
+        }
+        if let Some(other) = self.overlapping(range) {
+            return Err(SegmentError::Overlap(other.range));
+        }
+        if life == Life::Live {
+            self.live = self.live.saturating_add(range.len());
+        }
+        self.segments.insert(
+            range.start().0,
+            Segment {
+                range,
+                origin,
+                life,
+                ballooned: Pages::ZERO,
+            },
+        );
+        Ok(())
+    }
+
+    /// A segment sharing a frame with `range`, if any.
+    fn overlapping(&self, range: PfnRange) -> Option<&Segment> {
+        // Only the segment starting below `range.end()` with the highest
+        // start, and those starting inside `range`, can overlap.
+        self.segments
+            .range(..range.end().0)
+            .next_back()
+            .map(|(_, s)| s)
+            .filter(|s| s.range.overlaps(range))
+    }
+
+    /// The segment containing `pfn`.
+    pub fn segment_of(&self, pfn: Pfn) -> Option<&Segment> {
+        self.segments
+            .range(..=pfn.0)
+            .next_back()
+            .map(|(_, s)| s)
+            .filter(|s| s.range.contains(pfn))
+    }
+
+    fn segment_of_mut(&mut self, pfn: Pfn) -> Option<&mut Segment> {
+        self.segments
+            .range_mut(..=pfn.0)
+            .next_back()
+            .map(|(_, s)| s)
+            .filter(|s| s.range.contains(pfn))
+    }
+
+    /// The state of one frame.
+    pub fn state(&self, pfn: Pfn) -> FrameState {
+        match self.segment_of(pfn) {
+            None => FrameState::Absent,
+            Some(s) if s.life == Life::Pending => FrameState::Unpopulated,
+            Some(_) if self.ballooned.contains(pfn) => FrameState::Ballooned,
+            Some(_) => FrameState::Populated,
+        }
+    }
+
+    /// All segments, lowest first.
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &Segment> + '_ {
+        self.segments.values()
+    }
+
+    /// Frames now given to Xen.
+    pub fn ballooned(&self) -> Pages {
+        self.ballooned.total()
+    }
+
+    /// Frames now owned by UVM. O(1).
+    pub fn populated(&self) -> Pages {
+        self.live.saturating_sub(self.ballooned.total())
+    }
+
+    /// The segment being prepared for plugging, if any.
+    pub fn pending_segment(&self) -> Option<PfnRange> {
+        self.segments
+            .values()
+            .rev()
+            .find(|s| s.life == Life::Pending)
+            .map(|s| s.range)
+    }
+
+    /// Frame counts by state. O(number of segments).
+    pub fn counts(&self) -> FrameCounts {
+        let mut c = FrameCounts {
+            ballooned: self.ballooned.total(),
+            ballooned_runs: self.ballooned.run_count(),
+            ..FrameCounts::default()
+        };
+        for s in self.segments.values() {
+            c.populated = c.populated.saturating_add(s.populated());
+            match (s.origin, s.life) {
+                (_, Life::Pending) => c.unpopulated = c.unpopulated.saturating_add(s.range.len()),
+                (Origin::Boot, Life::Live) => c.boot = c.boot.saturating_add(s.range.len()),
+                (Origin::Plugged, Life::Live) => {
+                    c.plugged = c.plugged.saturating_add(s.range.len());
+                    c.plugged_segments += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Records frames just given to Xen (the leading frames a decrease
+    /// hypercall reported done; a partial batch passes only those).
+    /// Every frame must be populated and appear once; otherwise nothing
+    /// is recorded and the lowest offender is named. Frames are sorted
+    /// and merged into runs first, so a contiguous batch costs one
+    /// B-tree update, not one per frame.
+    pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        let mut sorted: Vec<Pfn> = frames.to_vec();
+        sorted.sort_unstable();
+        let mut pieces: Vec<PfnRange> = Vec::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let start = sorted[i];
+            let mut end = start;
+            while let Some(&next) = sorted.get(i + 1) {
+                if next == end {
+                    return Err(SegmentError::Duplicate(next));
+                }
+                if Some(next) != end.checked_add(Pages(1)) {
+                    break;
+                }
+                end = next;
+                i += 1;
+            }
+            i += 1;
+            let run = PfnRange::new(start, end)
+                .and_then(|r| PfnRange::with_len(r.start(), r.len().saturating_add(Pages(1))))
+                .ok_or(SegmentError::WrongState(end, FrameState::Absent))?;
+            self.populated_pieces(run, &mut pieces)?;
+        }
+        for &piece in &pieces {
+            // Cannot fail: every piece was checked to hold no ballooned
+            // frame, and pieces are disjoint.
+            self.ballooned
+                .insert(piece)
+                .map_err(|_| SegmentError::Duplicate(piece.start()))?;
+            if let Some(seg) = self.segment_of_mut(piece.start()) {
+                seg.ballooned = seg.ballooned.saturating_add(piece.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits `run` at segment boundaries into `out`, checking that every
+    /// frame is populated.
+    fn populated_pieces(&self, run: PfnRange, out: &mut Vec<PfnRange>) -> Result<(), SegmentError> {
+        let mut pos = run.start();
+        while pos < run.end() {
+            let seg = self
+                .segment_of(pos)
+                .ok_or(SegmentError::WrongState(pos, FrameState::Absent))?;
+            if seg.life == Life::Pending {
+                return Err(SegmentError::WrongState(pos, FrameState::Unpopulated));
+            }
+            let piece = PfnRange::new(pos, run.end().min(seg.range.end()))
+                .ok_or(SegmentError::WrongState(pos, FrameState::Absent))?;
+            if let Some(taken) = self.ballooned.clipped(piece).next() {
+                return Err(SegmentError::WrongState(
+                    taken.start(),
+                    FrameState::Ballooned,
+                ));
+            }
+            out.push(piece);
+            pos = piece.end();
+        }
+        Ok(())
+    }
+
+    /// Chooses up to `max` ballooned frames to take back from Xen: boot
+    /// memory first, then plugged segments, lowest frames first. Returns
+    /// runs in that order; they total `min(max, ballooned)`.
+    pub fn choose_deflate(&self, max: Pages) -> Vec<PfnRange> {
+        let mut out = Vec::new();
+        let mut left = max;
+        for run in self.ballooned.runs() {
+            if left.is_zero() {
+                break;
+            }
+            let take = run.take_front(left);
+            left = left.saturating_sub(take.len());
+            out.push(take);
+        }
+        out
+    }
+
+    /// Records that these ballooned frames are backed again and back in
+    /// UVM. All must be ballooned; otherwise nothing changes.
+    pub fn record_deflated(&mut self, runs: &[PfnRange]) -> Result<(), SegmentError> {
+        for (i, &r) in runs.iter().enumerate() {
+            if let Err(e) = self.ballooned.remove(r) {
+                // Put back what this call already removed.
+                for &done in &runs[..i] {
+                    let _ = self.ballooned.insert(done);
+                }
+                let pfn = match e {
+                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
+                };
+                return Err(SegmentError::WrongState(pfn, self.state(pfn)));
+            }
+        }
+        for &r in runs {
+            self.adjust_ballooned_range(r);
+        }
+        Ok(())
+    }
+
+    /// Takes the frames of `r` off the ballooned counts of the segments
+    /// it touches (O(log n + segments touched)).
+    fn adjust_ballooned_range(&mut self, r: PfnRange) {
+        for (_, seg) in self.segments.range_mut(..r.end().0).rev() {
+            if seg.range.end() <= r.start() {
+                break;
+            }
+            let lo = seg.range.start().max(r.start());
+            let hi = seg.range.end().min(r.end());
+            let n = hi.pages_since(lo).unwrap_or_default();
+            seg.ballooned = seg.ballooned.saturating_sub(n);
+        }
+    }
+
+    /// The newest live plugged segment that still has populated frames:
+    /// inflation claims frames there first so plugged memory empties out
+    /// and can be unplugged.
+    pub fn inflate_preference(&self) -> Option<PfnRange> {
+        self.segments
+            .values()
+            .rev()
+            .take_while(|s| s.origin == Origin::Plugged)
+            .find(|s| s.life == Life::Live && !s.populated().is_zero())
+            .map(|s| s.range)
+    }
+
+    /// The highest frame of any segment, plus one (0 when there is none).
+    pub fn span_end(&self) -> Pfn {
+        self.segments
+            .values()
+            .next_back()
+            .map(|s| s.range.end())
+            .unwrap_or_default()
+    }
+
+    /// Where the next hot-plugged segment of up to `want` frames goes:
+    /// above the highest frame, aligned, at most `max_segment` long and
+    /// ending at or below `frame_limit`. `None` when no frame fits.
+    pub fn next_plug(&self, want: Pages, limits: PlugLimits) -> Option<PfnRange> {
+        let start = self.span_end().align_up(limits.align)?;
+        let room = limits.frame_limit.pages_since(start)?;
+        let len = want.min(limits.max_segment).min(room);
+        if len.is_zero() {
+            return None;
+        }
+        PfnRange::with_len(start, len)
+    }
+
+    /// Marks `range` as a segment being prepared. It must not overlap any
+    /// segment and must lie above every existing one.
+    pub fn begin_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
+        if range.start() < self.span_end() {
+            if let Some(other) = self.overlapping(range) {
+                return Err(SegmentError::Overlap(other.range));
+            }
+            return Err(SegmentError::Overlap(range));
+        }
+        self.add_segment(range, Origin::Plugged, Life::Pending)
+    }
+
+    fn pending(&self, range: PfnRange) -> Result<(), SegmentError> {
+        match self.segments.get(&range.start().0) {
+            Some(s) if s.range == range && s.life == Life::Pending => Ok(()),
+            _ => Err(SegmentError::NoSuchSegment(range)),
+        }
+    }
+
+    /// The pending segment is backed and plugged: its frames are now
+    /// populated and owned by UVM.
+    pub fn finish_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
+        self.pending(range)?;
+        if let Some(s) = self.segments.get_mut(&range.start().0) {
+            s.life = Life::Live;
+            self.live = self.live.saturating_add(range.len());
+        }
+        Ok(())
+    }
+
+    /// Plugging the pending segment failed; its frames are absent again.
+    pub fn abandon_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
+        self.pending(range)?;
+        self.segments.remove(&range.start().0);
+        Ok(())
+    }
+
+    /// Live plugged segments whose every frame is ballooned, newest first.
+    pub fn unplug_candidates(&self) -> impl Iterator<Item = PfnRange> + '_ {
+        self.segments
+            .values()
+            .rev()
+            .filter(|s| s.origin == Origin::Plugged && s.is_fully_ballooned())
+            .map(|s| s.range)
+    }
+
+    /// The fully ballooned plugged segment `range` was unplugged: its
+    /// `vm_page`s are gone and its frames are absent. The driver must
+    /// forget those pages (never `uvm_pagefree` them).
+    pub fn record_unplugged(&mut self, range: PfnRange) -> Result<(), SegmentError> {
+        match self.segments.get(&range.start().0) {
+            Some(s) if s.range == range && s.origin == Origin::Plugged && s.life == Life::Live => {
+                if !s.is_fully_ballooned() {
+                    return Err(SegmentError::NotFullyBallooned(range));
+                }
+            }
+            _ => return Err(SegmentError::NoSuchSegment(range)),
+        }
+        self.ballooned.remove_all_in(range);
+        self.segments.remove(&range.start().0);
+        self.live = self.live.saturating_sub(range.len());
+        Ok(())
+    }
+
+    /// Checks every invariant of the representation (ARCHITECTURE.md):
+    /// segments disjoint and non-empty, plugged segments above boot ones,
+    /// ballooned frames only in live segments, per-segment counts right.
+    pub fn verify(&self) -> Result<(), &'static str> {
+        self.ballooned.check()?;
+        let mut prev_end: Option<Pfn> = None;
+        let mut seen_plugged = false;
+        let mut sum = Pages::ZERO;
+        for (&k, s) in &self.segments {
+            if k != s.range.start().0 {
+                return Err("segments: key is not the segment's first frame");
+            }
+            if s.range.is_empty() {
+                return Err("segments: empty segment");
+            }
+            if prev_end.is_some_and(|e| e > s.range.start()) {
+                return Err("segments: segments overlap");
+            }
+            prev_end = Some(s.range.end());
+            match s.origin {
+                Origin::Plugged => seen_plugged = true,
+                Origin::Boot if seen_plugged => {
+                    return Err("segments: boot segment above a plugged one")
+                }
+                Origin::Boot if s.life == Life::Pending => {
+                    return Err("segments: pending boot segment")
+                }
+                Origin::Boot => {}
+            }
+            let n = self.ballooned.count_in(s.range);
+            if n != s.ballooned {
+                return Err("segments: per-segment ballooned count is wrong");
+            }
+            if s.life == Life::Pending && !n.is_zero() {
+                return Err("segments: ballooned frame in a pending segment");
+            }
+            sum = sum.saturating_add(n);
+        }
+        if sum != self.ballooned.total() {
+            return Err("segments: ballooned frame outside every segment");
+        }
+        let live = self
+            .segments
+            .values()
+            .filter(|s| s.life == Life::Live)
+            .fold(Pages::ZERO, |a, s| a.saturating_add(s.range.len()));
+        if live != self.live {
+            return Err("segments: cached live frame count is wrong");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: u64, e: u64) -> PfnRange {
+        PfnRange::new(Pfn(s), Pfn(e)).unwrap()
+    }
+
+    fn limits(limit: u64) -> PlugLimits {
+        PlugLimits {
+            align: Pages(512),
+            max_segment: Pages(32768),
+            frame_limit: Pfn(limit),
+        }
+    }
+
+    #[test]
+    fn boot_segments_must_not_overlap() {
+        assert!(FrameSpace::new(&[r(0, 100), r(200, 300)]).is_ok());
+        assert_eq!(
+            FrameSpace::new(&[r(0, 100), r(50, 300)]).unwrap_err(),
+            SegmentError::Overlap(r(0, 100))
+        );
+        assert_eq!(
+            FrameSpace::new(&[r(5, 5)]).unwrap_err(),
+            SegmentError::Empty
+        );
+    }
+
+    #[test]
+    fn inflate_records_only_populated_frames_all_or_nothing() {
+        let mut fs = FrameSpace::new(&[r(0, 100)]).unwrap();
+        fs.record_inflated(&[Pfn(1), Pfn(2), Pfn(7)]).unwrap();
+        assert_eq!(fs.state(Pfn(2)), FrameState::Ballooned);
+        assert_eq!(fs.state(Pfn(3)), FrameState::Populated);
+        assert_eq!(fs.state(Pfn(100)), FrameState::Absent);
+        // A frame already ballooned, one absent, and a duplicate: refused whole.
+        assert_eq!(
+            fs.record_inflated(&[Pfn(9), Pfn(2)]),
+            Err(SegmentError::WrongState(Pfn(2), FrameState::Ballooned))
+        );
+        assert_eq!(
+            fs.record_inflated(&[Pfn(9), Pfn(150)]),
+            Err(SegmentError::WrongState(Pfn(150), FrameState::Absent))
+        );
+        assert_eq!(
+            fs.record_inflated(&[Pfn(9), Pfn(9)]),
+            Err(SegmentError::Duplicate(Pfn(9)))
+        );
+        assert_eq!(fs.ballooned(), Pages(3));
+        assert_eq!(fs.state(Pfn(9)), FrameState::Populated);
+        fs.verify().unwrap();
+    }
+
+    #[test]
+    fn deflate_prefers_boot_memory_then_lowest_plugged() {
+        let mut fs = FrameSpace::new(&[r(0, 1000)]).unwrap();
+        let seg = fs.next_plug(Pages(600), limits(1 << 20)).unwrap();
+        assert_eq!(seg, r(1024, 1624));
+        fs.begin_plug(seg).unwrap();
+        assert_eq!(fs.state(Pfn(1024)), FrameState::Unpopulated);
+        fs.finish_plug(seg).unwrap();
+        fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)])
+            .unwrap();
+        assert_eq!(fs.choose_deflate(Pages(4)), [r(10, 13), r(1500, 1501)]);
+        assert_eq!(
+            fs.choose_deflate(Pages(100))
+                .iter()
+                .map(|x| x.len().0)
+                .sum::<u64>(),
+            5
+        );
+        fs.record_deflated(&[r(10, 12)]).unwrap();
+        assert_eq!(fs.ballooned(), Pages(3));
+        assert!(fs.record_deflated(&[r(12, 13), r(13, 14)]).is_err());
+        assert_eq!(
+            fs.ballooned(),
+            Pages(3),
+            "a refused deflate changes nothing"
+        );
+        fs.verify().unwrap();
+    }
+
+    #[test]
+    fn plug_goes_above_everything_within_the_limit() {
+        let mut fs = FrameSpace::new(&[r(0, 1000)]).unwrap();
+        assert_eq!(
+            fs.next_plug(Pages(100_000), limits(1 << 20)),
+            Some(r(1024, 1024 + 32768))
+        );
+        assert_eq!(fs.next_plug(Pages(100), limits(1100)), Some(r(1024, 1100)));
+        assert_eq!(fs.next_plug(Pages(100), limits(1024)), None);
+        assert_eq!(fs.next_plug(Pages(100), limits(10)), None);
+        assert_eq!(fs.next_plug(Pages(0), limits(1 << 20)), None);
+        let seg = r(1024, 2048);
+        fs.begin_plug(seg).unwrap();
+        // The pending segment counts for placement: no overlap possible.
+        assert_eq!(fs.next_plug(Pages(1), limits(1 << 20)), Some(r(2048, 2049)));
+        assert!(fs.begin_plug(r(1500, 1600)).is_err());
+        assert!(fs.begin_plug(r(900, 950)).is_err());
+        fs.abandon_plug(seg).unwrap();
+        assert_eq!(fs.state(Pfn(1024)), FrameState::Absent);
+        assert_eq!(fs.abandon_plug(seg), Err(SegmentError::NoSuchSegment(seg)));
+        fs.verify().unwrap();
+    }
+
+    #[test]
+    fn only_fully_ballooned_plugged_segments_unplug() {
+        let mut fs = FrameSpace::new(&[r(0, 512)]).unwrap();
+        let seg = r(512, 516);
+        fs.begin_plug(seg).unwrap();
+        fs.finish_plug(seg).unwrap();
+        assert_eq!(fs.inflate_preference(), Some(seg));
+        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)]).unwrap();
+        assert_eq!(fs.unplug_candidates().count(), 0);
+        assert_eq!(
+            fs.record_unplugged(seg),
+            Err(SegmentError::NotFullyBallooned(seg))
+        );
+        fs.record_inflated(&[Pfn(515)]).unwrap();
+        assert_eq!(fs.inflate_preference(), None);
+        assert_eq!(fs.unplug_candidates().collect::<Vec<_>>(), [seg]);
+        fs.record_unplugged(seg).unwrap();
+        assert_eq!(fs.ballooned(), Pages(0));
+        assert_eq!(fs.state(Pfn(513)), FrameState::Absent);
+        assert_eq!(fs.counts().plugged_segments, 0);
+        // Boot segments are never unplug candidates.
+        fs.record_inflated(&(0..512).map(Pfn).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(fs.unplug_candidates().count(), 0);
+        assert_eq!(
+            fs.record_unplugged(r(0, 512)),
+            Err(SegmentError::NoSuchSegment(r(0, 512)))
+        );
+        fs.verify().unwrap();
+    }
+
+    #[test]
+    fn counts_add_up() {
+        let mut fs = FrameSpace::new(&[r(0, 100), r(256, 356)]).unwrap();
+        fs.record_inflated(&[Pfn(0), Pfn(300)]).unwrap();
+        fs.begin_plug(r(512, 612)).unwrap();
+        let c = fs.counts();
+        assert_eq!(c.populated, Pages(198));
+        assert_eq!(c.ballooned, Pages(2));
+        assert_eq!(c.unpopulated, Pages(100));
+        assert_eq!(c.boot, Pages(200));
+        assert_eq!(c.ballooned_runs, 2);
+        assert_eq!(fs.populated(), c.populated);
+        assert_eq!(fs.pending_segment(), Some(r(512, 612)));
+    }
+}

@@ -255,6 +255,23 @@ impl fmt::Display for Kib {
     }
 }
 
+/// A span of time in milliseconds: back-off delays and retry knobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+/// A point on the kernel's monotonic clock, in milliseconds since boot
+/// (the shim reads `getmicrouptime(9)`). The core has no clock of its
+/// own: every decision that depends on time is given one of these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uptime(pub u64);
+
+impl Uptime {
+    /// The time `d` later, saturating at the end of time.
+    pub fn after(self, d: Millis) -> Uptime {
+        Uptime(self.0.saturating_add(d.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +313,10 @@ mod tests {
         let r = PfnRange::with_len(Pfn(10), Pages(5)).unwrap();
         assert_eq!(r.len(), Pages(5));
         assert!(r.contains(Pfn(14)) && !r.contains(Pfn(15)));
-        assert_eq!(r.take_front(Pages(2)), PfnRange::new(Pfn(10), Pfn(12)).unwrap());
+        assert_eq!(
+            r.take_front(Pages(2)),
+            PfnRange::new(Pfn(10), Pfn(12)).unwrap()
+        );
         assert_eq!(r.take_front(Pages(99)), r);
         assert!(PfnRange::new(Pfn(3), Pfn(2)).is_none());
         assert!(PfnRange::single(Pfn(u64::MAX)).is_none());

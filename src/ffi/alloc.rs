@@ -30,7 +30,10 @@ static ALLOCATOR: KmemAllocator = KmemAllocator;
 /// Bytes to ask kmem for so that an object of `layout` fits at an
 /// address aligned to `layout.align()` with a header word below it.
 fn padded_size(layout: Layout) -> Option<usize> {
-    layout.size().checked_add(layout.align())?.checked_add(HEADER)
+    layout
+        .size()
+        .checked_add(layout.align())?
+        .checked_add(HEADER)
 }
 
 // SAFETY: every pointer returned is either NULL or a block of at least

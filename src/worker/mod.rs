@@ -1,0 +1,611 @@
+//! The worker's state machine: from the driver's state, a target and the
+//! time, the next thing to do; from what that step did, the new state.
+//!
+//! The shim's worker thread runs a loop of "ask for an action, carry it
+//! out, report the result" ([`Worker::next_action`], [`Worker::complete`]).
+//! New targets and knob changes arrive in between from other threads
+//! (under the shim's lock). The machine is pure and deterministic: the
+//! clock and UVM's memory figures are inputs, and the same inputs give
+//! the same actions, so every path can be tested on the host.
+//!
+//! Order of work, each step at most one batch:
+//! 1. if a back-off wait is running, sleep until it ends;
+//! 2. above the target: give frames to Xen (inflate), preferring the
+//!    newest plugged segment, no faster than the low-memory guard allows;
+//!    at or above the target with a fully ballooned plugged segment:
+//!    unplug it;
+//! 3. below the target: take ballooned frames back (deflate), boot memory
+//!    first; with none left and hotplug on, plug a new segment above the
+//!    highest frame;
+//! 4. otherwise idle.
+
+use alloc::vec::Vec;
+
+use crate::backoff::{Backoff, BackoffConfig, Retry};
+use crate::errno::Errno;
+use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
+use crate::segments::{FrameCounts, FrameSpace, PlugLimits, SegmentError};
+use crate::stats::{bump, Stats};
+use crate::units::{Kib, Pages, Pfn, PfnRange, Uptime};
+
+/// What the driver knows at load.
+#[derive(Clone, Debug)]
+pub struct Boot<'a> {
+    /// UVM's segments at load, all populated.
+    pub segments: &'a [PfnRange],
+    /// `XENMEM_current_reservation` at load.
+    pub reservation: Pages,
+    /// `XENMEM_maximum_reservation`.
+    pub max_reservation: Pages,
+    /// `uvmexp.freemin`.
+    pub freemin: Pages,
+    /// The kernel has `options UVM_HOTPLUG`.
+    pub hotplug_supported: bool,
+    /// Where plugged segments may go.
+    pub plug: PlugLimits,
+}
+
+/// Why the driver could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The boot segments are not a valid frame space.
+    Segments(SegmentError),
+    /// Xen says the domain has fewer pages than UVM's segments hold.
+    ReservationBelowSegments,
+}
+
+/// What the shim should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Allocate up to `count` pages (from `prefer` first when given, by
+    /// `uvm_pglistalloc` on that range), scrub them if scrubbing is on,
+    /// and give them to Xen with `decrease_reservation`.
+    Inflate {
+        /// Pages to give.
+        count: Pages,
+        /// A frame range to claim from first.
+        prefer: Option<PfnRange>,
+        /// Zero each page before it goes.
+        scrub: bool,
+    },
+    /// Have Xen back these ballooned frames again, in this order, and free
+    /// their `vm_page`s to UVM.
+    Deflate {
+        /// The frames, lowest first; at most one batch in total.
+        runs: Vec<PfnRange>,
+    },
+    /// Back every frame of `range` (PV: increase_reservation and p2m; PVH:
+    /// populate_physmap), then `uvm_physseg_plug` it; on any shortfall
+    /// give the backed frames back and report failure.
+    Plug {
+        /// The new segment.
+        range: PfnRange,
+    },
+    /// `uvm_physseg_unplug` this fully ballooned segment and forget its
+    /// pages.
+    Unplug {
+        /// The segment.
+        range: PfnRange,
+    },
+    /// Nothing to do before `until` unless a target or knob changes.
+    Sleep {
+        /// When to ask again.
+        until: Uptime,
+    },
+    /// Nothing to do until a target or knob changes.
+    Idle,
+}
+
+/// What a step did: exact counts, partial success included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepResult<'a> {
+    /// The frames Xen accepted (the leading entries
+    /// `decrease_reservation` reported done), and the error that cut the
+    /// step short, if any.
+    Inflated {
+        /// Frames now ballooned.
+        frames: &'a [Pfn],
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
+    /// How many leading frames of the deflate's runs are back in UVM.
+    Deflated {
+        /// Frames repopulated and freed to UVM.
+        done: Pages,
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
+    /// Whether the segment was backed and plugged.
+    Plugged(Result<(), Errno>),
+    /// Whether the segment was unplugged.
+    Unplugged(Result<(), Errno>),
+}
+
+/// A result the worker could not accept; the in-flight step is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerError {
+    /// A result came with no step in flight.
+    NothingInFlight,
+    /// A step is in flight and its result was never reported.
+    StepInFlight,
+    /// The result is for another kind of step.
+    Mismatch,
+    /// The result claims more than the step asked for.
+    MoreThanAsked,
+    /// The bookkeeping refused the result.
+    Bookkeeping(SegmentError),
+}
+
+/// Why the worker waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// UVM free memory is at or under its target plus a batch.
+    LowMemory,
+    /// An inflate step gave fewer pages than asked.
+    ShortInflate,
+    /// A deflate step got fewer frames back than asked (host memory).
+    ShortDeflate,
+    /// A segment could not be backed or plugged.
+    PlugFailed,
+    /// A segment could not be unplugged.
+    UnplugFailed,
+}
+
+/// Why the worker stopped working towards the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// Too many shortfalls in a row; the last one's reason.
+    RetriesExhausted(WaitReason),
+    /// The target is above what the segments hold and hotplug is off.
+    HotplugOff,
+    /// No frame space left to plug a segment into.
+    NoFrameSpace,
+}
+
+/// What the worker is doing, for `hw.balloon.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// At the target.
+    Idle,
+    /// Giving memory to Xen.
+    Inflating,
+    /// Taking memory back.
+    Deflating,
+    /// Growing by a new segment.
+    Plugging,
+    /// Releasing an empty segment.
+    Unplugging,
+    /// Waiting to retry.
+    Waiting(WaitReason),
+    /// Stopped until the target or a knob changes.
+    Cancelled(CancelReason),
+}
+
+impl WaitReason {
+    /// A short phrase for `hw.balloon.state` and dmesg.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::LowMemory => "low memory",
+            WaitReason::ShortInflate => "page allocation or decrease_reservation fell short",
+            WaitReason::ShortDeflate => "host has no free memory",
+            WaitReason::PlugFailed => "segment could not be plugged",
+            WaitReason::UnplugFailed => "segment could not be unplugged",
+        }
+    }
+}
+
+impl CancelReason {
+    /// A short phrase for `hw.balloon.state` and dmesg.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::RetriesExhausted(_) => "retries exhausted",
+            CancelReason::HotplugOff => "target above boot memory and hotplug off",
+            CancelReason::NoFrameSpace => "no frame space left to plug into",
+        }
+    }
+}
+
+/// The step in flight and what it asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum InFlight {
+    Inflate(Pages),
+    Deflate(Vec<PfnRange>),
+    Plug(PfnRange),
+    Unplug(PfnRange),
+}
+
+/// The driver's brain: bookkeeping, policy, back-off, target and stats.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    space: FrameSpace,
+    policy: Policy,
+    backoff: Backoff,
+    plug_limits: PlugLimits,
+    /// Pages the domain holds outside UVM's segments (kernel image,
+    /// page tables, holes Xen still backs): constant after load.
+    outside: Pages,
+    target: Pages,
+    in_flight: Option<InFlight>,
+    state: State,
+    stats: Stats,
+    /// Segments whose unplug failed; not tried again until the target
+    /// changes, so a refusing kernel cannot make the worker spin.
+    unplug_refused: Vec<PfnRange>,
+}
+
+impl Worker {
+    /// The worker for a domain that booted as `boot` says. The target
+    /// starts at the current reservation: nothing moves until asked.
+    pub fn new(boot: &Boot<'_>) -> Result<Worker, InitError> {
+        let space = FrameSpace::new(boot.segments).map_err(InitError::Segments)?;
+        let outside = boot
+            .reservation
+            .checked_sub(space.populated())
+            .ok_or(InitError::ReservationBelowSegments)?;
+        let floor = policy::safe_floor(space.populated(), boot.freemin, policy::DEFAULT_BALLAST);
+        let policy = Policy::new(floor, boot.max_reservation, boot.hotplug_supported);
+        Ok(Worker {
+            space,
+            policy,
+            backoff: Backoff::new(BackoffConfig::default()),
+            plug_limits: boot.plug,
+            outside,
+            target: policy.effective(boot.reservation),
+            in_flight: None,
+            state: State::Idle,
+            stats: Stats::default(),
+            unplug_refused: Vec::new(),
+        })
+    }
+
+    /// Pages the domain holds now, as Xen counts its reservation.
+    pub fn current(&self) -> Pages {
+        self.space.populated().saturating_add(self.outside)
+    }
+
+    /// The target being steered to (already clamped into the policy's range).
+    pub fn target(&self) -> Pages {
+        self.policy.effective(self.target)
+    }
+
+    /// The policy and its knobs.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The back-off knobs.
+    pub fn backoff_config(&self) -> BackoffConfig {
+        self.backoff.config()
+    }
+
+    /// The frame space.
+    pub fn frames(&self) -> &FrameSpace {
+        &self.space
+    }
+
+    /// Frame counts by state.
+    pub fn counts(&self) -> FrameCounts {
+        self.space.counts()
+    }
+
+    /// What the worker is doing.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Counters since load.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// True while a step's result is awaited.
+    pub fn step_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Something changed that may make an abandoned target reachable.
+    fn rearm(&mut self) {
+        self.backoff.reset();
+        self.unplug_refused.clear();
+        if matches!(self.state, State::Cancelled(_) | State::Waiting(_)) {
+            self.state = State::Idle;
+        }
+    }
+
+    /// A new target in KiB from `source`. Accepted targets replace the old
+    /// one and re-arm a worker that had given up; refused ones change
+    /// nothing but the refusal count.
+    pub fn set_target(&mut self, kib: Kib, source: Source) -> Result<Target, Refusal> {
+        match self.policy.accept_target(kib, source) {
+            Ok(t) => {
+                bump(&mut self.stats.targets_accepted);
+                if t.clamp.is_some() {
+                    bump(&mut self.stats.targets_clamped);
+                }
+                self.target = t.pages;
+                self.rearm();
+                Ok(t)
+            }
+            Err(e) => {
+                bump(&mut self.stats.targets_refused);
+                Err(e)
+            }
+        }
+    }
+
+    /// A target given as the raw bytes of a xenstore or sysctl string.
+    pub fn set_target_text(&mut self, text: &[u8], source: Source) -> Result<Target, Refusal> {
+        match policy::parse_kib(text) {
+            Ok(kib) => self.set_target(kib, source),
+            Err(e) => {
+                bump(&mut self.stats.targets_refused);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a knob change on the policy; a change that took re-arms.
+    fn knob(&mut self, f: impl FnOnce(&mut Policy) -> Result<(), Refusal>) -> Result<(), Refusal> {
+        f(&mut self.policy)?;
+        self.rearm();
+        Ok(())
+    }
+
+    /// `hw.balloon.min`: raise (or lower, not under the safe floor) the floor.
+    pub fn set_floor(&mut self, min: Kib) -> Result<(), Refusal> {
+        self.knob(|p| p.set_floor(min))
+    }
+
+    /// `hw.balloon.batch`: frames per hypercall.
+    pub fn set_batch(&mut self, batch: Pages) -> Result<(), Refusal> {
+        self.knob(|p| p.set_batch(batch))
+    }
+
+    /// `hw.balloon.hotplug`.
+    pub fn set_hotplug(&mut self, on: bool) -> Result<(), Refusal> {
+        self.knob(|p| p.set_hotplug(on))
+    }
+
+    /// `hw.balloon.unplug`.
+    pub fn set_unplug(&mut self, on: bool) {
+        self.policy.set_unplug(on);
+        self.rearm();
+    }
+
+    /// `hw.balloon.scrub`.
+    pub fn set_scrub(&mut self, on: bool) {
+        self.policy.set_scrub(on);
+    }
+
+    /// Xen's maximum reservation changed (`xl mem-max`).
+    pub fn set_max(&mut self, max: Pages) {
+        self.policy.set_max(max);
+        self.rearm();
+    }
+
+    /// The retry knobs; refused when they do not make sense together.
+    pub fn set_backoff(&mut self, config: BackoffConfig) -> Result<(), Refusal> {
+        if !config.is_valid() {
+            return Err(Refusal::OutOfRange);
+        }
+        self.backoff.set_config(config);
+        self.rearm();
+        Ok(())
+    }
+
+    /// The next thing to do at `now`, given UVM's free memory.
+    pub fn next_action(&mut self, now: Uptime, mem: MemInfo) -> Result<Action, WorkerError> {
+        if self.in_flight.is_some() {
+            return Err(WorkerError::StepInFlight);
+        }
+        if let State::Cancelled(_) = self.state {
+            return Ok(Action::Idle);
+        }
+        if let Some(until) = self.backoff.waiting_until(now) {
+            return Ok(Action::Sleep { until });
+        }
+        let current = self.current();
+        let target = self.target();
+        let batch = self.policy.batch();
+        if current > target {
+            let allowed = policy::inflate_allowance(mem, batch);
+            if allowed.is_zero() {
+                return Ok(self.fall_short(now, WaitReason::LowMemory, None));
+            }
+            let count = current.saturating_sub(target).min(allowed);
+            self.in_flight = Some(InFlight::Inflate(count));
+            self.state = State::Inflating;
+            return Ok(Action::Inflate {
+                count,
+                prefer: self.space.inflate_preference(),
+                scrub: self.policy.scrub(),
+            });
+        }
+        if current < target {
+            let need = target.saturating_sub(current);
+            if !self.space.ballooned().is_zero() {
+                let runs = self.space.choose_deflate(need.min(batch));
+                self.in_flight = Some(InFlight::Deflate(runs.clone()));
+                self.state = State::Deflating;
+                return Ok(Action::Deflate { runs });
+            }
+            if !self.policy.hotplug() {
+                return Ok(self.cancel(CancelReason::HotplugOff));
+            }
+            let Some(range) = self.space.next_plug(need, self.plug_limits) else {
+                return Ok(self.cancel(CancelReason::NoFrameSpace));
+            };
+            self.space
+                .begin_plug(range)
+                .map_err(WorkerError::Bookkeeping)?;
+            self.in_flight = Some(InFlight::Plug(range));
+            self.state = State::Plugging;
+            return Ok(Action::Plug { range });
+        }
+        if self.policy.unplug() {
+            let refused = &self.unplug_refused;
+            if let Some(range) = self
+                .space
+                .unplug_candidates()
+                .find(|r| !refused.contains(r))
+            {
+                self.in_flight = Some(InFlight::Unplug(range));
+                self.state = State::Unplugging;
+                return Ok(Action::Unplug { range });
+            }
+        }
+        self.state = State::Idle;
+        Ok(Action::Idle)
+    }
+
+    fn cancel(&mut self, why: CancelReason) -> Action {
+        if self.state != State::Cancelled(why) {
+            bump(&mut self.stats.gave_up);
+        }
+        self.state = State::Cancelled(why);
+        Action::Idle
+    }
+
+    /// A step fell short: schedule the retry or give up.
+    fn fall_short(&mut self, now: Uptime, why: WaitReason, error: Option<Errno>) -> Action {
+        bump(&mut self.stats.short_steps);
+        if error.is_some() {
+            self.stats.last_error = error;
+        }
+        match self.backoff.shortfall(now) {
+            Retry::At(until) => {
+                bump(&mut self.stats.retries);
+                self.state = State::Waiting(why);
+                Action::Sleep { until }
+            }
+            Retry::GiveUp => self.cancel(CancelReason::RetriesExhausted(why)),
+        }
+    }
+
+    /// The result of the step in flight, at `now`.
+    pub fn complete(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
+        let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
+        let short = match (step, result) {
+            (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {
+                let got = Pages(frames.len() as u64);
+                if got > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .record_inflated(frames)
+                    .map_err(WorkerError::Bookkeeping)?;
+                bump(&mut self.stats.inflate_steps);
+                self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
+                (got < asked || error.is_some()).then_some((WaitReason::ShortInflate, error))
+            }
+            (InFlight::Deflate(runs), StepResult::Deflated { done, error }) => {
+                let asked = runs
+                    .iter()
+                    .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()));
+                if done > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                let leading = leading_frames(&runs, done);
+                self.space
+                    .record_deflated(&leading)
+                    .map_err(WorkerError::Bookkeeping)?;
+                bump(&mut self.stats.deflate_steps);
+                self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);
+                (done < asked || error.is_some()).then_some((WaitReason::ShortDeflate, error))
+            }
+            (InFlight::Plug(range), StepResult::Plugged(res)) => match res {
+                Ok(()) => {
+                    self.space
+                        .finish_plug(range)
+                        .map_err(WorkerError::Bookkeeping)?;
+                    bump(&mut self.stats.segments_plugged);
+                    None
+                }
+                Err(e) => {
+                    self.space
+                        .abandon_plug(range)
+                        .map_err(WorkerError::Bookkeeping)?;
+                    Some((WaitReason::PlugFailed, Some(e)))
+                }
+            },
+            (InFlight::Unplug(range), StepResult::Unplugged(res)) => match res {
+                Ok(()) => {
+                    self.space
+                        .record_unplugged(range)
+                        .map_err(WorkerError::Bookkeeping)?;
+                    bump(&mut self.stats.segments_unplugged);
+                    None
+                }
+                Err(e) => {
+                    self.unplug_refused.push(range);
+                    Some((WaitReason::UnplugFailed, Some(e)))
+                }
+            },
+            (InFlight::Plug(range), _) => {
+                // Keep the frame space consistent: the plug did not happen.
+                let _ = self.space.abandon_plug(range);
+                return Err(WorkerError::Mismatch);
+            }
+            _ => return Err(WorkerError::Mismatch),
+        };
+        match short {
+            None => {
+                self.backoff.progress();
+                self.state = State::Idle;
+            }
+            Some((why, error)) => {
+                self.fall_short(now, why, error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the invariants of ARCHITECTURE.md that the core can see:
+    /// the frame space is consistent, its counts add up, the target lies
+    /// within `[floor, max]`, the floor is not under the safe floor, and
+    /// a pending segment exists exactly while a plug is in flight.
+    pub fn verify(&self) -> Result<(), &'static str> {
+        self.space.verify()?;
+        let c = self.space.counts();
+        if c.populated.saturating_add(c.ballooned) != c.boot.saturating_add(c.plugged) {
+            return Err("worker: populated + ballooned != frames of live segments");
+        }
+        let target = self.target();
+        if target > self.policy.max() || target < self.policy.floor() {
+            return Err("worker: target outside [floor, max]");
+        }
+        if self.policy.floor() < self.policy.safe_floor() {
+            return Err("worker: floor below the safe floor");
+        }
+        let plugging = matches!(self.in_flight, Some(InFlight::Plug(_)));
+        match (self.space.pending_segment(), &self.in_flight) {
+            (Some(p), Some(InFlight::Plug(r))) if p == *r => {}
+            (None, _) if !plugging => {}
+            _ => return Err("worker: pending segment without its plug in flight"),
+        }
+        if let Some(InFlight::Inflate(n)) = self.in_flight {
+            if self.current().saturating_sub(n) < self.policy.floor().min(self.current()) {
+                return Err("worker: inflate in flight would go below the floor");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first `n` frames of `runs`, as runs.
+fn leading_frames(runs: &[PfnRange], n: Pages) -> Vec<PfnRange> {
+    let mut left = n;
+    let mut out = Vec::new();
+    for &r in runs {
+        if left.is_zero() {
+            break;
+        }
+        let part = r.take_front(left);
+        left = left.saturating_sub(part.len());
+        out.push(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,743 @@
+//! Worker tests against a small model of UVM and Xen.
+//!
+//! The model is deliberately independent of the code under test: UVM's
+//! free pages are a plain `BTreeSet`, Xen's reservation a counter with a
+//! maximum and a host pool. It follows the rules REFERENCE.md states
+//! (partial hypercalls report leading entries; growth past max_pages or
+//! the host's free memory falls short; unplug needs pages the driver
+//! owns) and checks conservation after every step.
+
+use super::*;
+use crate::backoff::BackoffConfig;
+use crate::policy::Clamp;
+use crate::units::Millis;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+use std::vec::Vec;
+
+const MIB: u64 = 256;
+
+/// Faults the model can inject into the next steps.
+#[derive(Clone, Copy, Debug, Default)]
+struct Faults {
+    /// Page allocation yields at most this many pages.
+    alloc_limit: Option<u64>,
+    /// decrease_reservation completes at most this many extents.
+    decrease_limit: Option<u64>,
+    /// The plug hypercalls or uvm_physseg_plug fail.
+    plug_fails: bool,
+    /// uvm_physseg_unplug refuses.
+    unplug_fails: bool,
+}
+
+struct Model {
+    /// Pages on UVM's free lists.
+    free: BTreeSet<u64>,
+    /// Pages UVM has handed to the rest of the kernel (never ballooned).
+    in_use: u64,
+    /// Pages the driver holds (allocated, given to Xen).
+    held: BTreeSet<u64>,
+    /// Xen: the domain's reservation and maximum.
+    reservation: u64,
+    max_pages: u64,
+    /// Xen: free pages on the host.
+    host_free: u64,
+    freetarg: u64,
+    faults: Faults,
+    now: Uptime,
+    /// Frames that live in some UVM segment (to check plug never overlaps).
+    present: BTreeSet<(u64, u64)>,
+}
+
+impl Model {
+    fn new(boot_pages: u64, kernel_pages: u64, max_pages: u64, host_free: u64) -> Model {
+        Model {
+            free: (kernel_pages..boot_pages).collect(),
+            in_use: kernel_pages,
+            held: BTreeSet::new(),
+            reservation: boot_pages + 100, // 100 pages outside UVM
+            max_pages,
+            host_free,
+            freetarg: 128,
+            faults: Faults::default(),
+            now: Uptime(0),
+            present: [(0, boot_pages)].into_iter().collect(),
+        }
+    }
+
+    fn boot(&self, boot_pages: u64) -> Worker {
+        let seg = [PfnRange::new(Pfn(0), Pfn(boot_pages)).unwrap()];
+        Worker::new(&Boot {
+            segments: &seg,
+            reservation: Pages(self.reservation),
+            max_reservation: Pages(self.max_pages),
+            freemin: Pages(64),
+            hotplug_supported: true,
+            plug: PlugLimits {
+                align: Pages(512),
+                max_segment: Pages(32 * MIB),
+                frame_limit: Pfn(4096 * MIB),
+            },
+        })
+        .unwrap()
+    }
+
+    fn mem(&self) -> MemInfo {
+        MemInfo {
+            free: Pages(self.free.len() as u64),
+            freetarg: Pages(self.freetarg),
+        }
+    }
+
+    /// Carries out one action; returns false when the worker is idle.
+    fn step(&mut self, w: &mut Worker) -> bool {
+        let before = w.current();
+        let action = w.next_action(self.now, self.mem()).unwrap();
+        match action {
+            Action::Idle => return false,
+            Action::Sleep { until } => {
+                assert!(until > self.now, "sleep must be in the future");
+                self.now = until;
+            }
+            Action::Inflate { count, prefer, .. } => {
+                let mut want = count.0;
+                if let Some(l) = self.faults.alloc_limit {
+                    want = want.min(l);
+                }
+                // UVM hands out the preferred range first, then pages from
+                // the top of the free list.
+                let mut pages: Vec<u64> = Vec::new();
+                if let Some(p) = prefer {
+                    pages.extend(self.free.range(p.start().0..p.end().0).take(want as usize));
+                }
+                for pg in &pages {
+                    self.free.remove(pg);
+                }
+                while (pages.len() as u64) < want {
+                    match self.free.pop_last() {
+                        Some(pg) => pages.push(pg),
+                        None => break,
+                    }
+                }
+                let done = self
+                    .faults
+                    .decrease_limit
+                    .map_or(pages.len(), |l| pages.len().min(l as usize));
+                // The tail Xen did not take goes back to UVM.
+                for &pg in &pages[done..] {
+                    self.free.insert(pg);
+                }
+                for &pg in &pages[..done] {
+                    self.held.insert(pg);
+                }
+                self.reservation -= done as u64;
+                self.host_free += done as u64;
+                let frames: Vec<Pfn> = pages[..done].iter().map(|&p| Pfn(p)).collect();
+                let error = (done < pages.len()).then_some(Errno::EAGAIN);
+                w.complete(
+                    StepResult::Inflated {
+                        frames: &frames,
+                        error,
+                    },
+                    self.now,
+                )
+                .unwrap();
+            }
+            Action::Deflate { runs } => {
+                let asked: u64 = runs.iter().map(|r| r.len().0).sum();
+                let room = self.max_pages.saturating_sub(self.reservation);
+                let done = asked.min(room).min(self.host_free);
+                let mut left = done;
+                for r in &runs {
+                    for pfn in r.frames() {
+                        if left == 0 {
+                            break;
+                        }
+                        assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
+                        self.free.insert(pfn.0);
+                        left -= 1;
+                    }
+                }
+                self.reservation += done;
+                self.host_free -= done;
+                let error = (done < asked).then_some(Errno::ENOMEM);
+                w.complete(
+                    StepResult::Deflated {
+                        done: Pages(done),
+                        error,
+                    },
+                    self.now,
+                )
+                .unwrap();
+            }
+            Action::Plug { range } => {
+                let (s, e) = (range.start().0, range.end().0);
+                for &(ps, pe) in &self.present {
+                    assert!(
+                        e <= ps || pe <= s,
+                        "plug overlaps a segment: a kernel panic"
+                    );
+                }
+                let n = range.len().0;
+                let ok = !self.faults.plug_fails
+                    && self.reservation + n <= self.max_pages
+                    && n <= self.host_free;
+                if ok {
+                    self.reservation += n;
+                    self.host_free -= n;
+                    self.free.extend(s..e);
+                    self.present.insert((s, e));
+                    w.complete(StepResult::Plugged(Ok(())), self.now).unwrap();
+                } else {
+                    w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
+                        .unwrap();
+                }
+            }
+            Action::Unplug { range } => {
+                let (s, e) = (range.start().0, range.end().0);
+                assert!(
+                    self.present.contains(&(s, e)),
+                    "unplug of an unknown segment"
+                );
+                for pfn in s..e {
+                    assert!(
+                        !self.free.contains(&pfn),
+                        "unplug of a page on the free list"
+                    );
+                }
+                if self.faults.unplug_fails {
+                    w.complete(StepResult::Unplugged(Err(Errno::EBUSY)), self.now)
+                        .unwrap();
+                } else {
+                    self.present.remove(&(s, e));
+                    for pfn in s..e {
+                        assert!(
+                            self.held.remove(&pfn),
+                            "unplugged page not held by the driver"
+                        );
+                    }
+                    w.complete(StepResult::Unplugged(Ok(())), self.now).unwrap();
+                }
+            }
+        }
+        self.check(w, before);
+        true
+    }
+
+    /// Conservation and safety after every step.
+    fn check(&self, w: &Worker, before: Pages) {
+        w.verify().unwrap();
+        assert_eq!(
+            w.current().0,
+            self.reservation,
+            "core and Xen disagree on the reservation"
+        );
+        assert_eq!(w.frames().ballooned().0, self.held.len() as u64);
+        assert_eq!(
+            w.frames().populated().0,
+            self.free.len() as u64 + self.in_use,
+            "populated frames are UVM's free plus in-use pages"
+        );
+        for &pg in self.held.iter().take(64) {
+            assert!(
+                !self.free.contains(&pg),
+                "a ballooned frame is on a free list"
+            );
+        }
+        let floor = w.policy().floor();
+        assert!(
+            w.current() >= floor.min(before),
+            "went below the floor: {:?} < {:?}",
+            w.current(),
+            floor
+        );
+    }
+
+    /// Steps until idle or cancelled; panics past `limit` steps.
+    fn settle(&mut self, w: &mut Worker, limit: usize) -> usize {
+        for n in 0..limit {
+            if !self.step(w) {
+                return n;
+            }
+        }
+        panic!("did not settle in {limit} steps: state {:?}", w.state());
+    }
+}
+
+fn domain() -> (Model, Worker) {
+    let m = Model::new(256 * MIB, 20 * MIB, 1024 * MIB, 4096 * MIB);
+    let w = m.boot(256 * MIB);
+    (m, w)
+}
+
+fn kib(pages: u64) -> Kib {
+    Kib(pages * 4)
+}
+
+#[test]
+fn starts_idle_at_the_current_reservation() {
+    let (mut m, mut w) = domain();
+    assert_eq!(w.current(), Pages(256 * MIB + 100));
+    assert_eq!(w.target(), w.current());
+    assert_eq!(m.settle(&mut w, 10), 0);
+    assert_eq!(w.state(), State::Idle);
+}
+
+#[test]
+fn inflates_to_a_lower_target_one_batch_at_a_time() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
+    match w.next_action(m.now, m.mem()).unwrap() {
+        Action::Inflate {
+            count,
+            scrub,
+            prefer,
+        } => {
+            assert_eq!(count, Pages(512));
+            assert!(scrub);
+            assert_eq!(prefer, None, "no plugged segment to prefer");
+        }
+        other => panic!("expected inflate, got {other:?}"),
+    }
+    assert_eq!(
+        w.next_action(m.now, m.mem()),
+        Err(WorkerError::StepInFlight)
+    );
+    let frames: Vec<Pfn> = (10_000..10_512).map(Pfn).collect();
+    for &f in &frames {
+        m.free.remove(&f.0);
+        m.held.insert(f.0);
+    }
+    m.reservation -= 512;
+    w.complete(
+        StepResult::Inflated {
+            frames: &frames,
+            error: None,
+        },
+        m.now,
+    )
+    .unwrap();
+    m.settle(&mut w, 1000);
+    assert_eq!(w.current(), Pages(200 * MIB));
+    assert_eq!(w.state(), State::Idle);
+    assert_eq!(w.stats().pages_inflated, Pages(56 * MIB + 100));
+}
+
+#[test]
+fn never_inflates_below_the_floor() {
+    let (mut m, mut w) = domain();
+    let t = w.set_target(Kib(0), Source::Xenstore).unwrap();
+    assert_eq!(t.clamp, Some(Clamp::ToFloor));
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), w.policy().floor());
+    assert_eq!(
+        w.set_target(Kib(0), Source::Sysctl),
+        Err(Refusal::BelowFloor(w.policy().floor().saturating_kib()))
+    );
+}
+
+#[test]
+fn grows_by_plugging_and_shrinks_by_unplugging() {
+    let (mut m, mut w) = domain();
+    let boot = w.current();
+    w.set_target(kib(600 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(600 * MIB));
+    let c = w.counts();
+    assert!(c.plugged_segments >= 11, "{c:?}");
+    assert_eq!(c.plugged, Pages(600 * MIB).saturating_sub(boot));
+    // Back down to boot size: plugged memory is ballooned first and unplugged.
+    w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(256 * MIB));
+    let c = w.counts();
+    assert!(
+        c.plugged_segments <= 1,
+        "emptied segments are unplugged: {c:?}"
+    );
+    assert!(w.stats().segments_unplugged >= 10);
+    assert_eq!(m.present.len(), 1 + c.plugged_segments);
+}
+
+#[test]
+fn plugged_segments_are_aligned_and_sized() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
+        .unwrap();
+    match w.next_action(m.now, m.mem()).unwrap() {
+        Action::Plug { range } => {
+            assert_eq!(range.start(), Pfn(256 * MIB));
+            assert_eq!(range.len(), Pages(700), "exactly what the target needs");
+            m.free.extend(range.start().0..range.end().0);
+            m.reservation += 700;
+            m.host_free -= 700;
+            m.present.insert((range.start().0, range.end().0));
+            w.complete(StepResult::Plugged(Ok(())), m.now).unwrap();
+        }
+        other => panic!("expected plug, got {other:?}"),
+    }
+    assert_eq!(m.settle(&mut w, 10), 0);
+    w.set_target(kib(256 * MIB + 100 + 701), Source::Xenstore)
+        .unwrap();
+    match w.next_action(m.now, m.mem()).unwrap() {
+        Action::Plug { range } => assert_eq!(range.start(), Pfn(256 * MIB + 1024)),
+        other => panic!("expected plug, got {other:?}"),
+    }
+}
+
+#[test]
+fn hotplug_off_cancels_growth_with_a_reason() {
+    let (mut m, mut w) = domain();
+    w.set_hotplug(false).unwrap();
+    w.set_target(kib(300 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10);
+    assert_eq!(w.state(), State::Cancelled(CancelReason::HotplugOff));
+    assert_eq!(w.stats().gave_up, 1);
+    // Turning it on re-arms.
+    w.set_hotplug(true).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(300 * MIB));
+}
+
+#[test]
+fn short_deflate_backs_off_doubling_then_gives_up() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    m.host_free = 0; // the host has no memory to give back
+    w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
+    let mut sleeps = Vec::new();
+    loop {
+        let start = m.now;
+        match w.next_action(m.now, m.mem()).unwrap() {
+            Action::Idle => break,
+            Action::Sleep { until } => {
+                sleeps.push(until.0 - start.0);
+                m.now = until;
+            }
+            Action::Deflate { .. } => {
+                w.complete(
+                    StepResult::Deflated {
+                        done: Pages(0),
+                        error: Some(Errno::ENOMEM),
+                    },
+                    m.now,
+                )
+                .unwrap();
+                assert!(matches!(
+                    w.state(),
+                    State::Waiting(WaitReason::ShortDeflate) | State::Cancelled(_)
+                ));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sleeps, [1000, 2000, 4000, 8000]);
+    assert_eq!(
+        w.state(),
+        State::Cancelled(CancelReason::RetriesExhausted(WaitReason::ShortDeflate))
+    );
+    assert_eq!(w.stats().last_error, Some(Errno::ENOMEM));
+    // Stays idle (no spinning) until the target changes.
+    assert_eq!(w.next_action(m.now, m.mem()), Ok(Action::Idle));
+    m.host_free = 1 << 30;
+    w.set_target(kib(251 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(251 * MIB));
+}
+
+#[test]
+fn low_memory_waits_instead_of_taking_pages() {
+    let (mut m, mut w) = domain();
+    // Leave only freetarg + one batch free.
+    let keep = m.freetarg + 512;
+    let taken: Vec<u64> = m.free.iter().copied().skip(keep as usize).collect();
+    for p in taken {
+        m.free.remove(&p);
+        m.in_use += 1;
+    }
+    w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
+    match w.next_action(m.now, m.mem()).unwrap() {
+        Action::Sleep { until } => assert_eq!(until, Uptime(1000)),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    assert_eq!(w.state(), State::Waiting(WaitReason::LowMemory));
+}
+
+#[test]
+fn partial_inflate_records_exactly_the_leading_frames() {
+    let (mut m, mut w) = domain();
+    m.faults.decrease_limit = Some(100);
+    w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
+    assert!(m.step(&mut w));
+    assert_eq!(w.frames().ballooned(), Pages(100));
+    assert_eq!(w.stats().short_steps, 1);
+    assert!(matches!(
+        w.state(),
+        State::Waiting(WaitReason::ShortInflate)
+    ));
+    m.faults.decrease_limit = None;
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(250 * MIB));
+}
+
+#[test]
+fn results_must_match_the_step() {
+    let (mut m, mut w) = domain();
+    assert_eq!(
+        w.complete(StepResult::Plugged(Ok(())), m.now),
+        Err(WorkerError::NothingInFlight)
+    );
+    w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
+    let _ = w.next_action(m.now, m.mem()).unwrap();
+    assert_eq!(
+        w.complete(
+            StepResult::Deflated {
+                done: Pages(0),
+                error: None
+            },
+            m.now
+        ),
+        Err(WorkerError::Mismatch)
+    );
+    let _ = w.next_action(m.now, m.mem()).unwrap();
+    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
+    assert_eq!(
+        w.complete(
+            StepResult::Inflated {
+                frames: &too_many,
+                error: None
+            },
+            m.now
+        ),
+        Err(WorkerError::MoreThanAsked)
+    );
+    let _ = w.next_action(m.now, m.mem()).unwrap();
+    // A frame the core never thought populated (absent) is refused.
+    assert!(matches!(
+        w.complete(
+            StepResult::Inflated {
+                frames: &[Pfn(1 << 40)],
+                error: None
+            },
+            m.now
+        ),
+        Err(WorkerError::Bookkeeping(_))
+    ));
+    w.verify().unwrap();
+    m.settle(&mut w, 10_000);
+}
+
+#[test]
+fn unplug_refusal_is_not_retried_until_something_changes() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(300 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    m.faults.unplug_fails = true;
+    w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(256 * MIB));
+    assert!(w.counts().plugged_segments >= 1);
+    assert_eq!(w.stats().segments_unplugged, 0);
+    m.faults.unplug_fails = false;
+    w.set_unplug(true);
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.counts().plugged_segments, 0);
+}
+
+#[test]
+fn knobs_refuse_bad_values_and_change_nothing() {
+    let (_, mut w) = domain();
+    let floor = w.policy().floor();
+    assert_eq!(
+        w.set_floor(Kib(4)),
+        Err(Refusal::BelowSafeFloor(floor.saturating_kib()))
+    );
+    assert_eq!(w.policy().floor(), floor);
+    assert_eq!(w.set_batch(Pages(0)), Err(Refusal::OutOfRange));
+    let bad = BackoffConfig {
+        initial: Millis(0),
+        ..BackoffConfig::default()
+    };
+    assert_eq!(w.set_backoff(bad), Err(Refusal::OutOfRange));
+    assert_eq!(w.backoff_config(), BackoffConfig::default());
+    assert_eq!(
+        w.set_target_text(b"12 GiB", Source::Xenstore),
+        Err(Refusal::Malformed)
+    );
+    assert_eq!(w.stats().targets_refused, 1);
+    let before = w.target();
+    assert_eq!(
+        w.set_target_text(b"-1", Source::Sysctl),
+        Err(Refusal::Malformed)
+    );
+    assert_eq!(w.target(), before);
+}
+
+#[test]
+fn raising_the_floor_deflates_to_it() {
+    let (mut m, mut w) = domain();
+    w.set_target(Kib(0), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    let raised = w.policy().floor().saturating_add(Pages(5000));
+    w.set_floor(raised.saturating_kib()).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), raised);
+}
+
+/// One random step of the property test.
+#[derive(Clone, Debug)]
+enum Op {
+    Target(u64, bool),
+    Faults(Faults),
+    Batch(u64),
+    Hotplug(bool),
+    Unplug(bool),
+    Step(u8),
+    HostFree(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0u64..1200 * MIB * 4, any::<bool>()).prop_map(|(k, x)| Op::Target(k, x)),
+        1 => (
+            proptest::option::weighted(0.3, 0u64..600),
+            proptest::option::weighted(0.3, 0u64..600),
+            proptest::bool::weighted(0.2),
+            proptest::bool::weighted(0.2),
+        )
+            .prop_map(|(a, d, p, u)| Op::Faults(Faults {
+                alloc_limit: a,
+                decrease_limit: d,
+                plug_fails: p,
+                unplug_fails: u,
+            })),
+        1 => (1u64..2048).prop_map(Op::Batch),
+        1 => any::<bool>().prop_map(Op::Hotplug),
+        1 => any::<bool>().prop_map(Op::Unplug),
+        1 => (0u64..2048 * MIB).prop_map(Op::HostFree),
+        12 => (1u8..40).prop_map(Op::Step),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Random targets, knobs, partial results and failures: the
+    /// invariants hold after every step (checked inside `Model::step`),
+    /// and once faults clear the worker converges to any reachable target.
+    #[test]
+    fn random_steps_keep_invariants_and_converge(ops in proptest::collection::vec(op(), 40..120)) {
+        let (mut m, mut w) = domain();
+        let mut steps = 0u64;
+        for op in ops {
+            match op {
+                Op::Target(k, sysctl) => {
+                    let src = if sysctl { Source::Sysctl } else { Source::Xenstore };
+                    let _ = w.set_target(Kib(k), src);
+                }
+                Op::Faults(f) => m.faults = f,
+                Op::Batch(b) => { let _ = w.set_batch(Pages(b)); }
+                Op::Hotplug(on) => { let _ = w.set_hotplug(on); }
+                Op::Unplug(on) => w.set_unplug(on),
+                Op::HostFree(n) => m.host_free = n,
+                Op::Step(n) => {
+                    for _ in 0..n {
+                        steps += 1;
+                        if !m.step(&mut w) { break; }
+                    }
+                }
+            }
+        }
+        // Clear every fault, give the host memory, re-arm: it converges.
+        m.faults = Faults::default();
+        m.host_free = 1 << 30;
+        w.set_hotplug(true).unwrap();
+        w.set_unplug(true);
+        w.set_batch(Pages(2048)).unwrap();
+        let goal = w.target();
+        steps += m.settle(&mut w, 20_000) as u64;
+        prop_assert_eq!(w.current(), goal, "state {:?}", w.state());
+        prop_assert_eq!(w.state(), State::Idle);
+        prop_assert!(steps > 0);
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so the long walk below
+/// is the same on every run and a failure names its step.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// At least 100,000 random steps of targets, partial results and
+/// failures in one domain, checking every invariant after each step and,
+/// every few hundred steps, that the worker converges once faults clear.
+#[test]
+fn a_hundred_thousand_random_steps() {
+    let (mut m, mut w) = domain();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut steps = 0u64;
+    let mut convergences = 0u32;
+    while steps < 100_000 {
+        match rng.below(20) {
+            0..=2 => {
+                let src = if rng.below(2) == 0 {
+                    Source::Sysctl
+                } else {
+                    Source::Xenstore
+                };
+                let _ = w.set_target(Kib(rng.below(1200 * MIB * 4)), src);
+            }
+            3 => {
+                let pick = |r: &mut Rng| (r.below(3) == 0).then(|| r.below(600));
+                m.faults = Faults {
+                    alloc_limit: pick(&mut rng),
+                    decrease_limit: pick(&mut rng),
+                    plug_fails: rng.below(5) == 0,
+                    unplug_fails: rng.below(5) == 0,
+                };
+            }
+            4 => {
+                let _ = w.set_batch(Pages(1 + rng.below(2048)));
+            }
+            5 => m.host_free = rng.below(2048 * MIB),
+            6 => {
+                let _ = w.set_hotplug(rng.below(2) == 0);
+                w.set_unplug(rng.below(3) != 0);
+            }
+            7 => {
+                m.faults = Faults::default();
+                m.host_free = 1 << 30;
+                w.set_hotplug(true).unwrap();
+                w.set_unplug(true);
+                let goal = w.target();
+                steps += m.settle(&mut w, 50_000) as u64;
+                assert_eq!(w.current(), goal, "no convergence at step {steps}");
+                convergences += 1;
+            }
+            _ => {
+                for _ in 0..rng.below(60) {
+                    steps += 1;
+                    if !m.step(&mut w) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        convergences > 10,
+        "the walk checked convergence only {convergences} times"
+    );
+}
