@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
+#
+# Installs what building and testing balloon.kmod needs on a fresh Debian
+# machine with rustup: C toolchain and binutils (the shim, the object
+# checker's test objects), libclang (bindgen), the Rust components and the
+# pinned nightly that builds core/alloc for the NetBSD kernel target.
+# Safe to run again; skips what is already there.
+set -eu
+
+APT_PACKAGES="gcc binutils clang libclang-dev"
+NIGHTLY="${BALLOON_TOOLCHAIN:-nightly-2026-05-19}"
+
+missing=""
+for p in $APT_PACKAGES; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "setup: installing$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq $missing >/dev/null
+fi
+
+rustup component add clippy rustfmt >/dev/null 2>&1 || rustup component add clippy rustfmt
+rustup target add x86_64-unknown-none >/dev/null
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
+    ! [ -d "$(rustup run "$NIGHTLY" rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
+	echo "setup: installing $NIGHTLY with rust-src"
+	rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+echo "setup: ready ($(rustc --version); kernel builds with $NIGHTLY)"
