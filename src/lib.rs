@@ -15,11 +15,12 @@
 //! - [`policy`]: targets, floor, maximum, batch size, low-memory guard.
 //! - [`backoff`]: when to retry after a short or failed step.
 //! - [`worker`]: the state machine that turns events into actions.
+//! - [`driver`]: carries actions out through a `Platform` (the kernel
+//!   in balloon.kmod, a model in tests), undoing what did not happen.
 //! - [`stats`]: counters the driver reports.
 //! - [`errno`]: the error numbers shared with the kernel.
 //!
-//! `unsafe` is forbidden here except in the FFI layer (`ffi`), which only
-//! exists in kernel builds.
+//! `unsafe` is forbidden here except in the FFI layer ([`ffi`]).
 
 #![no_std]
 #![deny(unsafe_code)]
@@ -34,6 +35,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod backoff;
+pub mod driver;
 pub mod errno;
 pub mod extents;
 pub mod policy;
@@ -42,6 +44,5 @@ pub mod stats;
 pub mod units;
 pub mod worker;
 
-#[cfg(target_os = "none")]
 #[allow(unsafe_code)]
-mod ffi;
+pub mod ffi;

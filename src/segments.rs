@@ -134,6 +134,9 @@ pub struct PlugLimits {
     /// First frame the platform cannot take (PV: the p2m table's
     /// capacity; both: the highest address the guest may use).
     pub frame_limit: Pfn,
+    /// No segment starts below this frame: frames under it may be backed
+    /// without being in UVM (PV: every frame the boot p2m maps).
+    pub floor: Pfn,
 }
 
 /// The domain's frame space and the state of every frame in it.
@@ -415,7 +418,7 @@ impl FrameSpace {
     /// above the highest frame, aligned, at most `max_segment` long and
     /// ending at or below `frame_limit`. `None` when no frame fits.
     pub fn next_plug(&self, want: Pages, limits: PlugLimits) -> Option<PfnRange> {
-        let start = self.span_end().align_up(limits.align)?;
+        let start = self.span_end().max(limits.floor).align_up(limits.align)?;
         let room = limits.frame_limit.pages_since(start)?;
         let len = want.min(limits.max_segment).min(room);
         if len.is_zero() {
@@ -554,6 +557,7 @@ mod tests {
             align: Pages(512),
             max_segment: Pages(32768),
             frame_limit: Pfn(limit),
+            floor: Pfn(0),
         }
     }
 
@@ -635,6 +639,11 @@ mod tests {
         assert_eq!(fs.next_plug(Pages(100), limits(1024)), None);
         assert_eq!(fs.next_plug(Pages(100), limits(10)), None);
         assert_eq!(fs.next_plug(Pages(0), limits(1 << 20)), None);
+        let above = PlugLimits {
+            floor: Pfn(5000),
+            ..limits(1 << 20)
+        };
+        assert_eq!(fs.next_plug(Pages(10), above), Some(r(5120, 5130)));
         let seg = r(1024, 2048);
         fs.begin_plug(seg).unwrap();
         // The pending segment counts for placement: no overlap possible.

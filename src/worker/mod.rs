@@ -205,6 +205,24 @@ impl CancelReason {
     }
 }
 
+impl core::fmt::Display for State {
+    /// The text of `hw.balloon.state`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            State::Idle => f.write_str("idle"),
+            State::Inflating => f.write_str("inflating"),
+            State::Deflating => f.write_str("deflating"),
+            State::Plugging => f.write_str("plugging"),
+            State::Unplugging => f.write_str("unplugging"),
+            State::Waiting(why) => write!(f, "waiting: {}", why.as_str()),
+            State::Cancelled(CancelReason::RetriesExhausted(why)) => {
+                write!(f, "cancelled: retries exhausted ({})", why.as_str())
+            }
+            State::Cancelled(why) => write!(f, "cancelled: {}", why.as_str()),
+        }
+    }
+}
+
 /// The step in flight and what it asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
@@ -231,6 +249,8 @@ pub struct Worker {
     /// Segments whose unplug failed; not tried again until the target
     /// changes, so a refusing kernel cannot make the worker spin.
     unplug_refused: Vec<PfnRange>,
+    /// Giving everything back before unload: the target no longer counts.
+    releasing: bool,
 }
 
 impl Worker {
@@ -255,7 +275,50 @@ impl Worker {
             state: State::Idle,
             stats: Stats::default(),
             unplug_refused: Vec::new(),
+            releasing: false,
         })
+    }
+
+    /// Starts giving every ballooned frame back, whatever the target, as
+    /// the module must before it unloads: fully ballooned plugged
+    /// segments are unplugged (their frames were never the domain's at
+    /// boot), every other ballooned frame is deflated. [`Worker::next_action`]
+    /// answers `Idle` once nothing is ballooned, and `Sleep` when a step
+    /// fell short (Xen had no memory to give back).
+    pub fn begin_release(&mut self) {
+        self.releasing = true;
+        self.rearm();
+    }
+
+    /// Goes back to steering to the target (an unload was refused).
+    pub fn end_release(&mut self) {
+        self.releasing = false;
+        self.rearm();
+    }
+
+    /// The release's next step.
+    fn release_action(&mut self, now: Uptime) -> Action {
+        if let Some(until) = self.backoff.waiting_until(now) {
+            return Action::Sleep { until };
+        }
+        let refused = &self.unplug_refused;
+        if let Some(range) = self
+            .space
+            .unplug_candidates()
+            .find(|r| !refused.contains(r))
+        {
+            self.in_flight = Some(InFlight::Unplug(range));
+            self.state = State::Unplugging;
+            return Action::Unplug { range };
+        }
+        if self.space.ballooned().is_zero() {
+            self.state = State::Idle;
+            return Action::Idle;
+        }
+        let runs = self.space.choose_deflate(self.policy.batch());
+        self.in_flight = Some(InFlight::Deflate(runs.clone()));
+        self.state = State::Deflating;
+        Action::Deflate { runs }
     }
 
     /// Pages the domain holds now, as Xen counts its reservation.
@@ -397,6 +460,9 @@ impl Worker {
     pub fn next_action(&mut self, now: Uptime, mem: MemInfo) -> Result<Action, WorkerError> {
         if self.in_flight.is_some() {
             return Err(WorkerError::StepInFlight);
+        }
+        if self.releasing {
+            return Ok(self.release_action(now));
         }
         if let State::Cancelled(_) = self.state {
             return Ok(Action::Idle);
@@ -549,10 +615,7 @@ impl Worker {
             _ => return Err(WorkerError::Mismatch),
         };
         match short {
-            None => {
-                self.backoff.progress();
-                self.state = State::Idle;
-            }
+            None => self.backoff.progress(),
             Some((why, error)) => {
                 self.fall_short(now, why, error);
             }

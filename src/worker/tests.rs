@@ -77,6 +77,7 @@ impl Model {
                 align: Pages(512),
                 max_segment: Pages(32 * MIB),
                 frame_limit: Pfn(4096 * MIB),
+                floor: Pfn(0),
             },
         })
         .unwrap()
@@ -740,4 +741,45 @@ fn a_hundred_thousand_random_steps() {
         convergences > 10,
         "the walk checked convergence only {convergences} times"
     );
+}
+
+#[test]
+fn release_gives_everything_back_and_unplugs_empty_segments() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(300 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    w.set_unplug(false);
+    w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    let plugged = w.counts().plugged_segments;
+    assert!(plugged > 0 && !w.frames().ballooned().is_zero());
+    w.begin_release();
+    m.settle(&mut w, 10_000);
+    assert!(w.frames().ballooned().is_zero());
+    assert_eq!(
+        w.counts().plugged_segments,
+        0,
+        "fully ballooned segments were unplugged"
+    );
+    assert_eq!(
+        w.current(),
+        Pages(256 * MIB + 100),
+        "boot memory is all back"
+    );
+}
+
+#[test]
+fn release_stops_with_a_wait_when_xen_has_no_memory() {
+    let (mut m, mut w) = domain();
+    w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    m.host_free = 0;
+    w.begin_release();
+    assert!(m.step(&mut w), "one deflate attempt");
+    assert!(matches!(
+        w.next_action(m.now, m.mem()),
+        Ok(Action::Sleep { .. })
+    ));
+    w.end_release();
+    assert_eq!(w.target(), Pages(200 * MIB), "the target is untouched");
 }

@@ -69,6 +69,7 @@ fn run(frames: u64, order: Order) -> Figures {
             align: Pages(512),
             max_segment: Pages(32768),
             frame_limit: Pfn(frames),
+            floor: Pfn(0),
         },
     })
     .expect("boot");

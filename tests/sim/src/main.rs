@@ -102,6 +102,7 @@ fn main() {
             align: Pages(512),
             max_segment: Pages(128 * MIB),
             frame_limit: Pfn(8192 * MIB),
+            floor: Pfn(0),
         },
     };
     let mut w = Worker::new(&boot).expect("boot");

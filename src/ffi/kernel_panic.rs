@@ -2,14 +2,9 @@
 //! the message, never an unwind. The core is written not to panic on any
 //! input; this is for the bug we did not foresee.
 
-use core::ffi::c_char;
+use balloon_sys::balloon_shim_panic;
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
-
-extern "C" {
-    /// Calls `panic("balloon: %.*s", len, msg)`; never returns.
-    fn balloon_shim_panic(msg: *const c_char, len: usize) -> !;
-}
 
 /// A fixed buffer the message is formatted into: a panic must not allocate.
 struct MessageBuf {

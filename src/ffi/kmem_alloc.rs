@@ -6,16 +6,9 @@
 //! the object on the aligned address and keep the raw pointer in the word
 //! just below it.
 
+use balloon_sys::{balloon_shim_kmem_alloc, balloon_shim_kmem_free};
 use core::alloc::{GlobalAlloc, Layout};
-use core::ffi::c_void;
-
-extern "C" {
-    /// `kmem_alloc(size, KM_SLEEP)` from the shim: never NULL for a
-    /// non-zero size in thread context, NULL on the impossible.
-    fn balloon_shim_kmem_alloc(size: usize) -> *mut c_void;
-    /// `kmem_free(p, size)` from the shim.
-    fn balloon_shim_kmem_free(p: *mut c_void, size: usize);
-}
+use cty::c_void;
 
 /// Alignment kmem(9) gives every allocation.
 const KMEM_ALIGN: usize = 8;

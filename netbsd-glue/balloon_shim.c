@@ -1,0 +1,741 @@
+/*	SPDX-License-Identifier: BSD-2-Clause	*/
+
+/*
+ * balloon.kmod: the Xen memory balloon driver for NetBSD domUs.
+ *
+ * This file is the kernel side: the module entry point, the worker
+ * thread, the xenstore watch on memory/target, the hw.balloon sysctl
+ * tree, and one small wrapper per kernel service the Rust core uses
+ * (glue.h). It holds no policy: every decision is the core's.
+ *
+ * Locking: sc_lock (adaptive, IPL_NONE) protects the core. Every
+ * balloon_rs_* call is made with it held, from thread context: the
+ * worker thread, the xenwatch thread (watch callback), a process doing
+ * sysctl, or modload/modunload. A step the worker carries out is bounded
+ * by one batch of frames, so others wait on the lock for at most that.
+ */
+
+#include "balloon_kernel.h"
+#include "balloon_shim.h"
+
+MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
+
+#define BALLOON_XNAME		"balloon0"
+/* Longest sleep the worker takes in one wait; it re-asks the core after. */
+#define BALLOON_MAX_WAIT_MS	60000
+/* Bytes of a xenstore value the shim reads (a KiB count is 20 digits). */
+#define BALLOON_XS_VALUE_LEN	64
+
+struct balloon_softc {
+	kmutex_t		 sc_lock;
+	kcondvar_t		 sc_cv;		/* worker waits; callbacks drain */
+	lwp_t			*sc_worker;
+	bool			 sc_dying;	/* worker must exit */
+	bool			 sc_watching;	/* watch callbacks may act */
+	unsigned int		 sc_callbacks;	/* watch callbacks running */
+	struct balloon_rs	*sc_rs;
+	struct sysctllog	*sc_sysctllog;
+	struct xenbus_watch	 sc_watch;
+	enum balloon_guest_mode	 sc_mode;
+};
+
+/*
+ * One instance, static: a watch callback that is already running when
+ * the watch is unregistered still finds valid memory (see
+ * balloon_watch_stop()).
+ */
+static struct balloon_softc balloon_softc;
+
+static char balloon_watch_node[] = "memory/target";
+
+/* --- kernel services for the core (glue.h) --- */
+
+void *
+balloon_shim_kmem_alloc(size_t size)
+{
+
+	return kmem_alloc(size, KM_SLEEP);
+}
+
+void
+balloon_shim_kmem_free(void *p, size_t size)
+{
+
+	kmem_free(p, size);
+}
+
+void
+balloon_shim_panic(const char *msg, size_t len)
+{
+
+	panic("%s: %.*s", BALLOON_XNAME, (int)len, msg);
+}
+
+void
+balloon_shim_log(const char *msg, size_t len)
+{
+
+	printf("%s: %.*s\n", BALLOON_XNAME, (int)len, msg);
+}
+
+void
+balloon_shim_meminfo(struct balloon_meminfo *mi)
+{
+
+	mi->free_pages = (uint64_t)uvm_availmem(false);
+	mi->freetarg_pages = (uint64_t)MAX(uvmexp.freetarg, 0);
+}
+
+/*
+ * Pages from [lo_pfn, hi_pfn) first: uvm_pglistalloc(9) claims them by
+ * range, all or nothing and without sleeping, so ask for what is wanted
+ * and halve on failure. The rest comes from uvm_pagealloc(9).
+ */
+size_t
+balloon_shim_pages_alloc(uint64_t *pfns, size_t n, uint64_t lo_pfn,
+    uint64_t hi_pfn)
+{
+	struct pglist list;
+	struct vm_page *pg;
+	size_t got = 0, want;
+
+	want = n;
+	while (hi_pfn > lo_pfn && want > 0 && got < n) {
+		want = MIN(want, n - got);
+		TAILQ_INIT(&list);
+		if (uvm_pglistalloc(ptoa((psize_t)want), ptoa(lo_pfn),
+		    ptoa(hi_pfn), PAGE_SIZE, 0, &list, (int)want, 0) != 0) {
+			want /= 2;
+			continue;
+		}
+		while ((pg = TAILQ_FIRST(&list)) != NULL) {
+			TAILQ_REMOVE(&list, pg, pageq.queue);
+			pfns[got++] = atop(VM_PAGE_TO_PHYS(pg));
+		}
+	}
+	while (got < n) {
+		pg = uvm_pagealloc(NULL, 0, NULL, 0);
+		if (pg == NULL)
+			break;
+		pfns[got++] = atop(VM_PAGE_TO_PHYS(pg));
+	}
+	return got;
+}
+
+void
+balloon_shim_pages_free(const uint64_t *pfns, size_t n)
+{
+	struct vm_page *pg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		pg = PHYS_TO_VM_PAGE(ptoa(pfns[i]));
+		if (pg == NULL)
+			panic("%s: no vm_page for frame %#llx", BALLOON_XNAME,
+			    (unsigned long long)pfns[i]);
+		uvm_pagefree(pg);
+	}
+}
+
+void
+balloon_shim_page_scrub(uint64_t pfn)
+{
+
+	pmap_zero_page(ptoa(pfn));
+}
+
+uint64_t
+balloon_shim_p2m_lookup(uint64_t pfn)
+{
+	unsigned long mfn;
+
+	mfn = xpmap_phys_to_machine_mapping[pfn];
+	return mfn == INVALID_P2M_ENTRY ? UINT64_MAX : (uint64_t)mfn;
+}
+
+void
+balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn)
+{
+
+	xpmap_ptom_map(ptoa(pfn), ptoa(mfn));
+	xpq_queue_machphys_update(ptoa(mfn), ptoa(pfn));
+}
+
+void
+balloon_shim_p2m_clear(uint64_t pfn)
+{
+
+	xpmap_ptom_unmap(ptoa(pfn));
+}
+
+void
+balloon_shim_p2m_flush(void)
+{
+
+	xpq_flush_queue();
+}
+
+static long
+balloon_memory_op(unsigned int cmd, uint64_t *frames, size_t n)
+{
+	struct xen_memory_reservation res;
+
+	memset(&res, 0, sizeof(res));
+	/* xen_pfn_t is unsigned long, 64 bits on amd64, like uint64_t. */
+	set_xen_guest_handle(res.extent_start, (xen_pfn_t *)frames);
+	res.nr_extents = n;
+	res.extent_order = 0;
+	res.domid = DOMID_SELF;
+	return HYPERVISOR_memory_op(cmd, &res);
+}
+
+long
+balloon_shim_decrease_reservation(uint64_t *frames, size_t n)
+{
+
+	return balloon_memory_op(XENMEM_decrease_reservation, frames, n);
+}
+
+long
+balloon_shim_increase_reservation(uint64_t *mfns, size_t n)
+{
+
+	return balloon_memory_op(XENMEM_increase_reservation, mfns, n);
+}
+
+long
+balloon_shim_populate_physmap(uint64_t *pfns, size_t n)
+{
+
+	return balloon_memory_op(XENMEM_populate_physmap, pfns, n);
+}
+
+int
+balloon_shim_physseg_plug(uint64_t pfn, uint64_t npages)
+{
+
+	return uvm_physseg_plug(pfn, npages, NULL) ? 0 : ENOMEM;
+}
+
+int
+balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages)
+{
+
+	return uvm_physseg_unplug(pfn, npages) ? 0 : EBUSY;
+}
+
+/* --- helpers --- */
+
+static uint64_t
+balloon_uptime_ms(void)
+{
+	struct timeval tv;
+
+	getmicrouptime(&tv);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+static long
+balloon_reservation_op(unsigned int cmd)
+{
+	domid_t domid = DOMID_SELF;
+
+	return HYPERVISOR_memory_op(cmd, &domid);
+}
+
+/* Wakes the worker: a target or knob changed. Called with sc_lock held. */
+static void
+balloon_kick(struct balloon_softc *sc)
+{
+
+	cv_broadcast(&sc->sc_cv);
+}
+
+/* --- the worker thread --- */
+
+static void
+balloon_worker(void *arg)
+{
+	struct balloon_softc *sc = arg;
+	enum balloon_step_status st;
+	uint64_t wait_ms;
+	int ticks;
+
+	mutex_enter(&sc->sc_lock);
+	while (!sc->sc_dying) {
+		wait_ms = 0;
+		st = balloon_rs_step(sc->sc_rs, balloon_uptime_ms(), &wait_ms);
+		if (st == BALLOON_STEP_AGAIN) {
+			/* Let sysctl and the watch in between two batches. */
+			mutex_exit(&sc->sc_lock);
+			mutex_enter(&sc->sc_lock);
+			continue;
+		}
+		ticks = 0;	/* 0: until woken */
+		if (st == BALLOON_STEP_SLEEP) {
+			wait_ms = MIN(wait_ms, BALLOON_MAX_WAIT_MS);
+			/* mstohz() rounds down; 0 ticks would mean forever. */
+			ticks = MAX((int)mstohz(wait_ms), 1);
+		}
+		(void)cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks);
+	}
+	mutex_exit(&sc->sc_lock);
+	kthread_exit(0);
+}
+
+/* --- the xenstore watch --- */
+
+static void
+balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	char value[BALLOON_XS_VALUE_LEN];
+	int error;
+
+	(void)w;
+	(void)vec;
+	(void)len;
+	mutex_enter(&sc->sc_lock);
+	if (!sc->sc_watching) {
+		mutex_exit(&sc->sc_lock);
+		return;
+	}
+	sc->sc_callbacks++;
+	mutex_exit(&sc->sc_lock);
+
+	memset(value, 0, sizeof(value));
+	error = xenbus_read(NULL, "memory", "target", value, sizeof(value));
+
+	mutex_enter(&sc->sc_lock);
+	if (error != 0) {
+		if (error != ENOENT)
+			printf("%s: cannot read memory/target: error %d\n",
+			    BALLOON_XNAME, error);
+	} else if (balloon_rs_set_target(sc->sc_rs, BALLOON_SOURCE_XENSTORE,
+	    value, strlen(value)) == 0) {
+		balloon_kick(sc);
+	}
+	sc->sc_callbacks--;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
+}
+
+static int
+balloon_watch_start(struct balloon_softc *sc)
+{
+
+	sc->sc_watch.node = balloon_watch_node;
+	sc->sc_watch.node_sz = sizeof(balloon_watch_node);
+	sc->sc_watch.xbw_callback = balloon_watch_cb;
+	mutex_enter(&sc->sc_lock);
+	sc->sc_watching = true;
+	mutex_exit(&sc->sc_lock);
+	return register_xenbus_watch(&sc->sc_watch);
+}
+
+/*
+ * Stops the watch and waits for callbacks that had already begun.
+ * unregister_xenbus_watch() drops queued events but need not wait for a
+ * running callback; sc_watching turns late ones into no-ops.
+ */
+static void
+balloon_watch_stop(struct balloon_softc *sc)
+{
+
+	mutex_enter(&sc->sc_lock);
+	sc->sc_watching = false;
+	mutex_exit(&sc->sc_lock);
+	unregister_xenbus_watch(&sc->sc_watch);
+	mutex_enter(&sc->sc_lock);
+	while (sc->sc_callbacks > 0)
+		cv_wait(&sc->sc_cv, &sc->sc_lock);
+	mutex_exit(&sc->sc_lock);
+}
+
+/* --- sysctl hw.balloon --- */
+
+struct balloon_node {
+	const char		*bn_name;
+	enum balloon_value	 bn_value;
+	bool			 bn_writable;
+	const char		*bn_desc;
+};
+
+/* Values in KiB unless the name says otherwise. */
+static const struct balloon_node balloon_quad_nodes[] = {
+	{ "current", BALLOON_V_CURRENT_KIB, false,
+	    "Memory the domain holds now (KiB)" },
+	{ "target", BALLOON_V_TARGET_KIB, true,
+	    "Memory the driver steers to (KiB); a later xenstore "
+	    "memory/target wins" },
+	{ "min", BALLOON_V_MIN_KIB, true,
+	    "Floor the domain never shrinks below (KiB); cannot be set "
+	    "under the safe floor" },
+	{ "max", BALLOON_V_MAX_KIB, false,
+	    "Xen's maximum reservation for the domain (KiB)" },
+	{ "batch", BALLOON_V_BATCH, true,
+	    "Frames per hypercall (1 to 8192)" },
+	{ "retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS, true,
+	    "Longest wait between retries after a short step (ms)" },
+	{ "retry_max", BALLOON_V_RETRY_MAX, true,
+	    "Short steps in a row before giving up on a target; "
+	    "0 retries forever" },
+	{ "ballooned", BALLOON_V_BALLOONED_KIB, false,
+	    "Memory now given back to Xen (KiB)" },
+	{ "plugged", BALLOON_V_PLUGGED_KIB, false,
+	    "Memory in hot-plugged segments (KiB)" },
+};
+
+static const struct balloon_node balloon_bool_nodes[] = {
+	{ "scrub", BALLOON_V_SCRUB, true,
+	    "Zero pages before they are given to Xen" },
+	{ "hotplug", BALLOON_V_HOTPLUG, true,
+	    "Grow past boot memory with uvm_physseg_plug "
+	    "(needs options UVM_HOTPLUG)" },
+	{ "unplug", BALLOON_V_UNPLUG, true,
+	    "Unplug hot-plugged segments once fully ballooned" },
+};
+
+#define BALLOON_NNODES	(__arraycount(balloon_quad_nodes) + \
+	__arraycount(balloon_bool_nodes))
+
+/* sysctl node numbers, to find a node's value from its handler. */
+static int balloon_node_num[BALLOON_NNODES];
+
+static const struct balloon_node *
+balloon_node_lookup(int num)
+{
+	size_t i, nq = __arraycount(balloon_quad_nodes);
+
+	for (i = 0; i < BALLOON_NNODES; i++) {
+		if (balloon_node_num[i] != num)
+			continue;
+		return i < nq ? &balloon_quad_nodes[i] :
+		    &balloon_bool_nodes[i - nq];
+	}
+	return NULL;
+}
+
+static int
+balloon_sysctl_quad(SYSCTLFN_ARGS)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	const struct balloon_node *bn;
+	struct sysctlnode node;
+	uint64_t cur;
+	int64_t val;
+	int error;
+
+	bn = balloon_node_lookup(rnode->sysctl_num);
+	if (bn == NULL)
+		return ENOENT;
+	mutex_enter(&sc->sc_lock);
+	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
+	mutex_exit(&sc->sc_lock);
+	if (error != 0)
+		return error;
+	val = cur > INT64_MAX ? INT64_MAX : (int64_t)cur;
+	node = *rnode;
+	node.sysctl_data = &val;
+	error = sysctl_lookup(SYSCTLFN_CALL(&node));
+	if (error != 0 || newp == NULL)
+		return error;
+	if (!bn->bn_writable)
+		return EPERM;
+	if (val < 0)
+		return EINVAL;
+	mutex_enter(&sc->sc_lock);
+	error = balloon_rs_set(sc->sc_rs, bn->bn_value, (uint64_t)val);
+	if (error == 0)
+		balloon_kick(sc);
+	mutex_exit(&sc->sc_lock);
+	return error;
+}
+
+static int
+balloon_sysctl_bool(SYSCTLFN_ARGS)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	const struct balloon_node *bn;
+	struct sysctlnode node;
+	uint64_t cur;
+	bool val;
+	int error;
+
+	bn = balloon_node_lookup(rnode->sysctl_num);
+	if (bn == NULL)
+		return ENOENT;
+	mutex_enter(&sc->sc_lock);
+	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
+	mutex_exit(&sc->sc_lock);
+	if (error != 0)
+		return error;
+	val = cur != 0;
+	node = *rnode;
+	node.sysctl_data = &val;
+	error = sysctl_lookup(SYSCTLFN_CALL(&node));
+	if (error != 0 || newp == NULL)
+		return error;
+	mutex_enter(&sc->sc_lock);
+	error = balloon_rs_set(sc->sc_rs, bn->bn_value, val ? 1 : 0);
+	if (error == 0)
+		balloon_kick(sc);
+	mutex_exit(&sc->sc_lock);
+	return error;
+}
+
+static int
+balloon_sysctl_state(SYSCTLFN_ARGS)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	struct sysctlnode node;
+	char state[128];
+
+	mutex_enter(&sc->sc_lock);
+	(void)balloon_rs_state(sc->sc_rs, state, sizeof(state));
+	mutex_exit(&sc->sc_lock);
+	node = *rnode;
+	node.sysctl_data = state;
+	node.sysctl_size = sizeof(state);
+	return sysctl_lookup(SYSCTLFN_CALL(&node));
+}
+
+static int
+balloon_sysctl_init(struct balloon_softc *sc)
+{
+	const struct sysctlnode *root, *cnode;
+	const struct balloon_node *bn;
+	size_t i, nq = __arraycount(balloon_quad_nodes);
+	int error;
+
+	/* Descriptions are given literally: SYSCTL_DESCR() may be NULL. */
+	error = sysctl_createv(&sc->sc_sysctllog, 0, NULL, &root,
+	    CTLFLAG_READONLY, CTLTYPE_NODE, "balloon",
+	    "Xen memory balloon (balloon.kmod)",
+	    NULL, 0, NULL, 0, CTL_HW, CTL_CREATE, CTL_EOL);
+	if (error != 0)
+		return error;
+	for (i = 0; i < nq; i++) {
+		bn = &balloon_quad_nodes[i];
+		error = sysctl_createv(&sc->sc_sysctllog, 0, &root, &cnode,
+		    (bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY) |
+		    CTLFLAG_UNSIGNED, CTLTYPE_QUAD, bn->bn_name, bn->bn_desc,
+		    balloon_sysctl_quad, 0, NULL, 0, CTL_CREATE, CTL_EOL);
+		if (error != 0)
+			return error;
+		balloon_node_num[i] = cnode->sysctl_num;
+	}
+	for (i = 0; i < __arraycount(balloon_bool_nodes); i++) {
+		bn = &balloon_bool_nodes[i];
+		error = sysctl_createv(&sc->sc_sysctllog, 0, &root, &cnode,
+		    bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY,
+		    CTLTYPE_BOOL, bn->bn_name, bn->bn_desc,
+		    balloon_sysctl_bool, 0, NULL, 0, CTL_CREATE, CTL_EOL);
+		if (error != 0)
+			return error;
+		balloon_node_num[nq + i] = cnode->sysctl_num;
+	}
+	return sysctl_createv(&sc->sc_sysctllog, 0, &root, NULL,
+	    CTLFLAG_READONLY, CTLTYPE_STRING, "state",
+	    "What the driver is doing: idle, inflating, deflating, "
+	    "plugging, unplugging, waiting or cancelled, with the reason",
+	    balloon_sysctl_state, 0, NULL, 0, CTL_CREATE, CTL_EOL);
+}
+
+/* --- load and unload --- */
+
+/* Fills in what the core needs to know about this domain. */
+static int
+balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
+{
+	struct balloon_frame_range *seg;
+	long cur, max;
+	uint64_t top = 0, per;
+	size_t i;
+
+	memset(bi, 0, sizeof(*bi));
+	bi->mode = vm_guest == VM_GUEST_XENPV ?
+	    BALLOON_GUEST_PV : BALLOON_GUEST_PVH;
+	cur = balloon_reservation_op(XENMEM_current_reservation);
+	max = balloon_reservation_op(XENMEM_maximum_reservation);
+	if (cur <= 0 || max <= 0) {
+		printf("%s: cannot read the reservation (%ld, %ld)\n",
+		    BALLOON_XNAME, cur, max);
+		return EIO;
+	}
+	bi->reservation_pages = (uint64_t)cur;
+	bi->max_reservation_pages = (uint64_t)max;
+	bi->freemin_pages = (uint64_t)MAX(uvmexp.freemin, 0);
+	bi->hotplug_supported = hotplug;
+	bi->nsegments = hotplug ?
+	    balloon_physseg_walk_hotplug(bi->segments,
+		BALLOON_MAX_BOOT_SEGMENTS) :
+	    balloon_physseg_walk_array(bi->segments,
+		BALLOON_MAX_BOOT_SEGMENTS);
+	if (bi->nsegments == 0 || bi->nsegments > BALLOON_MAX_BOOT_SEGMENTS) {
+		printf("%s: %llu memory segments, cannot manage them\n",
+		    BALLOON_XNAME, (unsigned long long)bi->nsegments);
+		return ENOSPC;
+	}
+	for (i = 0; i < bi->nsegments; i++) {
+		seg = &bi->segments[i];
+		top = MAX(top, seg->end_pfn);
+	}
+	if (bi->mode == BALLOON_GUEST_PV) {
+		/*
+		 * The p2m table the domain builder set up covers the boot
+		 * nr_pages, in whole pages of entries; nothing beyond it
+		 * can be mapped, and every frame under it may be in use.
+		 */
+		per = PAGE_SIZE / sizeof(unsigned long);
+		bi->frame_limit_pfn =
+		    (xen_start_info.nr_pages + per - 1) / per * per;
+		bi->plug_floor_pfn = xen_start_info.nr_pages;
+	} else {
+		bi->frame_limit_pfn = top + bi->max_reservation_pages;
+		bi->plug_floor_pfn = top;
+	}
+	return 0;
+}
+
+static int
+balloon_init(void)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	struct balloon_boot_info *bi;
+	unsigned long sym;
+	bool hotplug;
+	int error;
+
+	if (vm_guest != VM_GUEST_XENPV && vm_guest != VM_GUEST_XENPVH &&
+	    vm_guest != VM_GUEST_XENPVHVM) {
+		printf("%s: not a Xen PV or PVH guest, not loading\n",
+		    BALLOON_XNAME);
+		return ENODEV;
+	}
+	if (device_find_by_xname(BALLOON_XNAME) != NULL) {
+		printf("%s: the kernel's own balloon driver is attached, "
+		    "not loading\n", BALLOON_XNAME);
+		return EEXIST;
+	}
+	/* Only kernels with options UVM_HOTPLUG have this tree root. */
+	hotplug = ksyms_getval(NULL, "uvm_physseg_graph", &sym,
+	    KSYMS_ANY) == 0;
+
+	memset(sc, 0, sizeof(*sc));
+	mutex_init(&sc->sc_lock, MUTEX_DEFAULT, IPL_NONE);
+	cv_init(&sc->sc_cv, "balloon");
+
+	bi = kmem_zalloc(sizeof(*bi), KM_SLEEP);
+	error = balloon_boot_info(bi, hotplug);
+	if (error == 0)
+		error = balloon_rs_attach(bi, &sc->sc_rs);
+	if (error == 0)
+		printf("%s: %s guest, %llu KiB of %llu KiB maximum, "
+		    "hotplug %s\n", BALLOON_XNAME,
+		    bi->mode == BALLOON_GUEST_PV ? "PV" : "PVH",
+		    (unsigned long long)bi->reservation_pages * (PAGE_SIZE / 1024),
+		    (unsigned long long)bi->max_reservation_pages *
+		    (PAGE_SIZE / 1024),
+		    hotplug ? "available" : "unavailable (no UVM_HOTPLUG)");
+	kmem_free(bi, sizeof(*bi));
+	if (error != 0)
+		goto fail_lock;
+
+	error = balloon_sysctl_init(sc);
+	if (error != 0) {
+		printf("%s: cannot create hw.balloon: error %d\n",
+		    BALLOON_XNAME, error);
+		goto fail_sysctl;
+	}
+	error = kthread_create(PRI_NONE, KTHREAD_MPSAFE | KTHREAD_MUSTJOIN,
+	    NULL, balloon_worker, sc, &sc->sc_worker, "balloon");
+	if (error != 0) {
+		printf("%s: cannot start the worker: error %d\n",
+		    BALLOON_XNAME, error);
+		goto fail_sysctl;
+	}
+	error = balloon_watch_start(sc);
+	if (error != 0) {
+		printf("%s: cannot watch memory/target: error %d\n",
+		    BALLOON_XNAME, error);
+		goto fail_thread;
+	}
+	return 0;
+
+fail_thread:
+	balloon_watch_stop(sc);
+	mutex_enter(&sc->sc_lock);
+	sc->sc_dying = true;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
+	(void)kthread_join(sc->sc_worker);
+fail_sysctl:
+	sysctl_teardown(&sc->sc_sysctllog);
+	balloon_rs_detach(sc->sc_rs);
+	sc->sc_rs = NULL;
+fail_lock:
+	cv_destroy(&sc->sc_cv);
+	mutex_destroy(&sc->sc_lock);
+	return error;
+}
+
+static int
+balloon_fini(void)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	int error;
+
+	balloon_watch_stop(sc);
+	mutex_enter(&sc->sc_lock);
+	sc->sc_dying = true;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
+	(void)kthread_join(sc->sc_worker);
+	sc->sc_worker = NULL;
+
+	/* Nothing else runs now; give every ballooned page back. */
+	mutex_enter(&sc->sc_lock);
+	error = balloon_rs_release(sc->sc_rs, balloon_uptime_ms());
+	mutex_exit(&sc->sc_lock);
+	if (error != 0) {
+		/* Stay loaded and working: restart what was stopped. */
+		printf("%s: cannot unload while memory is ballooned\n",
+		    BALLOON_XNAME);
+		mutex_enter(&sc->sc_lock);
+		sc->sc_dying = false;
+		mutex_exit(&sc->sc_lock);
+		if (kthread_create(PRI_NONE, KTHREAD_MPSAFE | KTHREAD_MUSTJOIN,
+		    NULL, balloon_worker, sc, &sc->sc_worker, "balloon") != 0)
+			printf("%s: cannot restart the worker\n",
+			    BALLOON_XNAME);
+		if (balloon_watch_start(sc) != 0)
+			printf("%s: cannot watch memory/target again\n",
+			    BALLOON_XNAME);
+		return error;
+	}
+	sysctl_teardown(&sc->sc_sysctllog);
+	balloon_rs_detach(sc->sc_rs);
+	sc->sc_rs = NULL;
+	cv_destroy(&sc->sc_cv);
+	mutex_destroy(&sc->sc_lock);
+	printf("%s: unloaded\n", BALLOON_XNAME);
+	return 0;
+}
+
+static int
+balloon_modcmd(modcmd_t cmd, void *arg)
+{
+
+	(void)arg;
+	switch (cmd) {
+	case MODULE_CMD_INIT:
+		return balloon_init();
+	case MODULE_CMD_FINI:
+		return balloon_fini();
+	case MODULE_CMD_AUTOUNLOAD:
+		return EBUSY;	/* only an administrator unloads it */
+	default:
+		return ENOTTY;
+	}
+}

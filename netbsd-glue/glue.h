@@ -1,0 +1,173 @@
+/*	SPDX-License-Identifier: BSD-2-Clause	*/
+
+/*
+ * glue.h: the one C ABI between the C shim and the Rust core of
+ * balloon.kmod. sys/ generates the Rust side from this file with bindgen.
+ *
+ * Two directions:
+ *   balloon_rs_*    Rust entry points the shim calls. All are called with
+ *                   the shim's softc lock held, from thread context, so
+ *                   the core never sees two callers at once.
+ *   balloon_shim_*  one small C wrapper per kernel service, called by the
+ *                   core while it carries out a step. None of them sleeps
+ *                   for long or takes the softc lock.
+ *
+ * Units are in the names: *_pages counts 4 KiB pages, *_kib KiB, *pfn a
+ * guest page frame number, *mfn a machine frame number, *_ms milliseconds.
+ * Functions returning int return 0 or a NetBSD errno.
+ */
+
+#ifndef _BALLOON_GLUE_H_
+#define _BALLOON_GLUE_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The most frames one step hands to a hypercall (hw.balloon.batch). */
+#define BALLOON_MAX_BATCH	8192
+
+/* Largest number of boot segments the shim reports. */
+#define BALLOON_MAX_BOOT_SEGMENTS	64
+
+/* A run of frames [start, end). */
+struct balloon_frame_range {
+	uint64_t	start_pfn;
+	uint64_t	end_pfn;
+};
+
+/* How the guest talks to Xen about its memory. */
+enum balloon_guest_mode {
+	BALLOON_GUEST_PV = 1,	/* p2m kept by the guest; MFNs in hypercalls */
+	BALLOON_GUEST_PVH = 2	/* auto-translated; GPFNs in hypercalls */
+};
+
+/* What the shim found at MODULE_CMD_INIT. */
+struct balloon_boot_info {
+	enum balloon_guest_mode	mode;
+	uint64_t	reservation_pages;	/* XENMEM_current_reservation */
+	uint64_t	max_reservation_pages;	/* XENMEM_maximum_reservation */
+	uint64_t	freemin_pages;		/* uvmexp.freemin */
+	uint64_t	frame_limit_pfn;	/* first frame that cannot be used */
+	uint64_t	plug_floor_pfn;		/* plug no frame below this */
+	bool		hotplug_supported;	/* options UVM_HOTPLUG */
+	size_t		nsegments;
+	struct balloon_frame_range segments[BALLOON_MAX_BOOT_SEGMENTS];
+};
+
+/* UVM's free-memory figures, in pages. */
+struct balloon_meminfo {
+	uint64_t	free_pages;
+	uint64_t	freetarg_pages;
+};
+
+/* Where a target came from. */
+enum balloon_target_source {
+	BALLOON_SOURCE_XENSTORE = 1,
+	BALLOON_SOURCE_SYSCTL = 2
+};
+
+/* What balloon_rs_step() asks the worker thread to do next. */
+enum balloon_step_status {
+	BALLOON_STEP_AGAIN = 0,	/* a step was done; call again at once */
+	BALLOON_STEP_SLEEP = 1,	/* sleep *wait_ms unless woken */
+	BALLOON_STEP_IDLE = 2	/* sleep until woken */
+};
+
+/* Knobs and figures behind hw.balloon.*. */
+enum balloon_value {
+	BALLOON_V_CURRENT_KIB = 1,	/* ro */
+	BALLOON_V_TARGET_KIB,		/* rw */
+	BALLOON_V_MIN_KIB,		/* rw: the floor */
+	BALLOON_V_MAX_KIB,		/* ro */
+	BALLOON_V_BATCH,		/* rw: frames per hypercall */
+	BALLOON_V_SCRUB,		/* rw: 0 or 1 */
+	BALLOON_V_HOTPLUG,		/* rw: 0 or 1 */
+	BALLOON_V_UNPLUG,		/* rw: 0 or 1 */
+	BALLOON_V_RETRY_DELAY_MAX_MS,	/* rw */
+	BALLOON_V_RETRY_MAX,		/* rw: 0 = never give up */
+	BALLOON_V_BALLOONED_KIB,	/* ro */
+	BALLOON_V_PLUGGED_KIB,		/* ro */
+	BALLOON_V_SEGMENTS_PLUGGED,	/* ro: live plugged segments */
+	BALLOON_V_STAT_INFLATED_PAGES,	/* ro, counters from here on */
+	BALLOON_V_STAT_DEFLATED_PAGES,
+	BALLOON_V_STAT_SHORT_STEPS,
+	BALLOON_V_STAT_RETRIES,
+	BALLOON_V_STAT_PLUGS,
+	BALLOON_V_STAT_UNPLUGS,
+	BALLOON_V_STAT_REFUSED_TARGETS,
+	BALLOON_V_STAT_LAST_ERRNO
+};
+
+struct balloon_rs;	/* the core's state; opaque to C */
+
+/* --- Rust entry points (src/ffi/entry.rs) --- */
+
+/* Builds the core from what INIT found; *rsp is set on success. */
+int	balloon_rs_attach(const struct balloon_boot_info *,
+	    struct balloon_rs **rsp);
+/* Frees the core. */
+void	balloon_rs_detach(struct balloon_rs *);
+/* Carries out at most one step at now_ms; says when to call again. */
+enum balloon_step_status balloon_rs_step(struct balloon_rs *, uint64_t now_ms,
+	    uint64_t *wait_ms);
+/* A target in KiB as text (xenstore) or from sysctl; errno on refusal. */
+int	balloon_rs_set_target(struct balloon_rs *,
+	    enum balloon_target_source, const char *text, size_t len);
+/* Reads a value; EINVAL for an unknown one. */
+int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
+/* Writes a knob; EINVAL malformed, EPERM out of range, EOPNOTSUPP. */
+int	balloon_rs_set(struct balloon_rs *, enum balloon_value, uint64_t);
+/* The worker's state as text, NUL-terminated; returns its length. */
+size_t	balloon_rs_state(struct balloon_rs *, char *buf, size_t len);
+/*
+ * Gives every ballooned frame back to the domain before unload (fully
+ * ballooned plugged segments are unplugged instead). 0 when nothing is
+ * left ballooned; EBUSY, with the reason logged, when Xen could not give
+ * all of it back.
+ */
+int	balloon_rs_release(struct balloon_rs *, uint64_t now_ms);
+
+/* --- kernel services (netbsd-glue/balloon_shim.c) --- */
+
+/*
+ * Allocates up to n pages for the balloon, from frames [lo_pfn, hi_pfn)
+ * first when hi_pfn > lo_pfn; stores their frame numbers and returns how
+ * many it got. The driver owns them until freed or unplugged.
+ */
+size_t	balloon_shim_pages_alloc(uint64_t *pfns, size_t n, uint64_t lo_pfn,
+	    uint64_t hi_pfn);
+/* Frees pages the driver owns (their frames backed) to UVM. */
+void	balloon_shim_pages_free(const uint64_t *pfns, size_t n);
+/* Zeroes a page the driver owns. */
+void	balloon_shim_page_scrub(uint64_t pfn);
+/* PV: the MFN behind pfn, or UINT64_MAX when there is none. */
+uint64_t balloon_shim_p2m_lookup(uint64_t pfn);
+/* PV: maps pfn to mfn in the p2m and queues the m2p update. */
+void	balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn);
+/* PV: marks pfn invalid in the p2m. */
+void	balloon_shim_p2m_clear(uint64_t pfn);
+/* PV: pushes queued m2p updates to Xen. */
+void	balloon_shim_p2m_flush(void);
+/*
+ * XENMEM_decrease_reservation / increase_reservation / populate_physmap
+ * on n order-0 extents: the number of leading extents done, or a negative
+ * errno.
+ */
+long	balloon_shim_decrease_reservation(uint64_t *frames, size_t n);
+long	balloon_shim_increase_reservation(uint64_t *mfns, size_t n);
+long	balloon_shim_populate_physmap(uint64_t *pfns, size_t n);
+/* uvm_physseg_plug / uvm_physseg_unplug: 0, or an errno. */
+int	balloon_shim_physseg_plug(uint64_t pfn, uint64_t npages);
+int	balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages);
+/* UVM's free-memory figures now. */
+void	balloon_shim_meminfo(struct balloon_meminfo *);
+/* A message for the kernel log, "balloon0: " is prefixed. */
+void	balloon_shim_log(const char *msg, size_t len);
+/* kmem_alloc(size, KM_SLEEP) / kmem_free. */
+void	*balloon_shim_kmem_alloc(size_t size);
+void	balloon_shim_kmem_free(void *p, size_t size);
+/* panic(9) with the message; does not return. */
+void	balloon_shim_panic(const char *msg, size_t len) __attribute__((__noreturn__));
+
+#endif /* _BALLOON_GLUE_H_ */

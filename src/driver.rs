@@ -1,0 +1,412 @@
+//! The driver: carries out the worker's actions through a [`Platform`].
+//!
+//! The worker decides what to do; this module knows how a balloon step is
+//! done with the kernel's and Xen's primitives, in the right order, and
+//! how to undo the part of a step that did not happen:
+//!
+//! - **inflate**: allocate pages (from the preferred range first), scrub
+//!   them, PV: look up and clear their p2m entries; give the frames to Xen
+//!   with `decrease_reservation`; the frames Xen did not take (a partial
+//!   result reports the leading entries done) get their p2m entries back
+//!   and their pages are freed to UVM.
+//! - **deflate**: PV: `increase_reservation` gives new MFNs, each mapped
+//!   to the next ballooned frame; PVH: `populate_physmap` on the frames;
+//!   only the frames that came back are freed to UVM.
+//! - **plug**: back every frame of the new segment first; if any is
+//!   missing give the backed ones back and report failure; only a fully
+//!   backed segment is handed to `uvm_physseg_plug`, which puts every page
+//!   on the free lists at once.
+//! - **unplug**: `uvm_physseg_unplug`; the worker forgets the pages.
+//!
+//! All of it is safe Rust; the FFI layer implements [`Platform`] over the
+//! shim, and tests implement it over a model.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::errno::Errno;
+use crate::policy::{MemInfo, MAX_BATCH};
+use crate::units::{Mfn, Pages, Pfn, PfnRange, Uptime};
+use crate::worker::{Action, State, StepResult, Worker, WorkerError};
+
+/// How the guest addresses its memory in hypercalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMode {
+    /// Paravirtualised: the guest keeps the p2m; hypercalls take MFNs.
+    Pv,
+    /// Auto-translated (PVH, HVM): hypercalls take guest frame numbers.
+    Pvh,
+}
+
+/// The kernel and hypervisor services a step uses, one per call. Counts
+/// returned by the reservation calls are the leading entries done.
+pub trait Platform {
+    /// Allocates up to `out.len()` pages, from `prefer` first; stores
+    /// their frames and returns how many it got.
+    fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize;
+    /// Frees pages the driver owns, whose frames are backed, to UVM.
+    fn free_pages(&mut self, pfns: &[u64]);
+    /// Zeroes a page the driver owns.
+    fn scrub(&mut self, pfn: Pfn);
+    /// PV: the machine frame behind `pfn`.
+    fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn>;
+    /// PV: maps `pfn` to `mfn` (and queues the m2p update).
+    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn);
+    /// PV: unmaps `pfn`.
+    fn p2m_clear(&mut self, pfn: Pfn);
+    /// PV: pushes queued m2p updates.
+    fn p2m_flush(&mut self);
+    /// `XENMEM_decrease_reservation` on these frames (MFNs or GPFNs).
+    fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno>;
+    /// `XENMEM_increase_reservation`: fills in new MFNs.
+    fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno>;
+    /// `XENMEM_populate_physmap` on these guest frames.
+    fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno>;
+    /// `uvm_physseg_plug` of a fully backed range.
+    fn plug(&mut self, range: PfnRange) -> Result<(), Errno>;
+    /// `uvm_physseg_unplug` of a range the driver owns.
+    fn unplug(&mut self, range: PfnRange) -> Result<(), Errno>;
+    /// UVM's free memory now.
+    fn meminfo(&mut self) -> MemInfo;
+    /// One line for the kernel log.
+    fn log(&mut self, line: &str);
+}
+
+/// What the worker thread does after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepStatus {
+    /// A step was carried out; call again.
+    Again,
+    /// Nothing to do for this long unless woken.
+    Sleep(u64),
+    /// Nothing to do until woken.
+    Idle,
+}
+
+/// Counters only the driver sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Memory hypercalls made.
+    pub hypercalls: u64,
+    /// Pages zeroed before going to Xen.
+    pub scrubbed: u64,
+    /// Frames backed for a plug that could not be given back (each one
+    /// is still in the reservation but in no segment).
+    pub frames_lost: u64,
+}
+
+/// The worker plus the buffers and mode a step needs.
+#[derive(Debug)]
+pub struct Driver {
+    worker: Worker,
+    mode: GuestMode,
+    pfns: Vec<u64>,
+    frames: Vec<u64>,
+    stats: DriverStats,
+    /// What was last reported to the log, so each outcome is said once.
+    reported: Option<(State, Pages)>,
+}
+
+impl Driver {
+    /// A driver for `worker` in `mode`. The frame buffers are allocated
+    /// here, once, at their largest.
+    pub fn new(worker: Worker, mode: GuestMode) -> Driver {
+        Driver {
+            worker,
+            mode,
+            pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
+            frames: Vec::with_capacity(MAX_BATCH.0 as usize),
+            stats: DriverStats::default(),
+            reported: None,
+        }
+    }
+
+    /// The worker (policy, bookkeeping, stats).
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// The worker, to set targets and knobs.
+    pub fn worker_mut(&mut self) -> &mut Worker {
+        &mut self.worker
+    }
+
+    /// Counters of the driver itself.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// The guest mode.
+    pub fn mode(&self) -> GuestMode {
+        self.mode
+    }
+
+    /// Asks the worker for the next action at `now` and carries it out.
+    pub fn step<P: Platform>(&mut self, p: &mut P, now: Uptime) -> StepStatus {
+        let mem = p.meminfo();
+        let status = match self.worker.next_action(now, mem) {
+            Ok(Action::Idle) => StepStatus::Idle,
+            Ok(Action::Sleep { until }) => StepStatus::Sleep(until.0.saturating_sub(now.0).max(1)),
+            Ok(action) => {
+                if let Err(e) = self.carry_out(p, action, now) {
+                    p.log(&format!("internal error, step dropped: {e:?}"));
+                }
+                StepStatus::Again
+            }
+            Err(e) => {
+                p.log(&format!("internal error: {e:?}"));
+                StepStatus::Idle
+            }
+        };
+        if status != StepStatus::Again {
+            self.report(p);
+        }
+        status
+    }
+
+    /// Gives every ballooned frame back before unload, stepping until none
+    /// is left (Ok) or a step falls short (Err(EBUSY), the target is kept
+    /// and normal work resumes).
+    pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
+        self.worker.begin_release();
+        loop {
+            match self.step(p, now) {
+                StepStatus::Again => continue,
+                StepStatus::Idle => return Ok(()),
+                StepStatus::Sleep(_) => {
+                    let left = self.worker.frames().ballooned();
+                    p.log(&format!(
+                        "{} KiB still ballooned: Xen gave no more back",
+                        left.saturating_kib().0
+                    ));
+                    self.worker.end_release();
+                    return Err(Errno::EBUSY);
+                }
+            }
+        }
+    }
+
+    fn carry_out<P: Platform>(
+        &mut self,
+        p: &mut P,
+        action: Action,
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        match action {
+            Action::Inflate {
+                count,
+                prefer,
+                scrub,
+            } => self.inflate(p, count, prefer, scrub, now),
+            Action::Deflate { runs } => self.deflate(p, &runs, now),
+            Action::Plug { range } => {
+                let result = self.plug(p, range);
+                self.worker.complete(StepResult::Plugged(result), now)
+            }
+            Action::Unplug { range } => {
+                let result = p.unplug(range);
+                self.worker.complete(StepResult::Unplugged(result), now)
+            }
+            Action::Sleep { .. } | Action::Idle => Ok(()),
+        }
+    }
+
+    fn hypercall(&mut self) {
+        self.stats.hypercalls = self.stats.hypercalls.saturating_add(1);
+    }
+
+    fn inflate<P: Platform>(
+        &mut self,
+        p: &mut P,
+        count: Pages,
+        prefer: Option<PfnRange>,
+        scrub: bool,
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        let n = count.min(MAX_BATCH).0 as usize;
+        self.pfns.clear();
+        self.pfns.resize(n, 0);
+        let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
+        self.pfns.truncate(got);
+        if scrub {
+            for &pfn in &self.pfns {
+                p.scrub(Pfn(pfn));
+            }
+            self.stats.scrubbed = self.stats.scrubbed.saturating_add(got as u64);
+        }
+        self.frames.clear();
+        if self.mode == GuestMode::Pv {
+            // A page UVM handed out with no MFN behind it cannot be given
+            // back; stop at it and keep it out of the batch.
+            let mut keep = 0;
+            for &pfn in &self.pfns {
+                match p.p2m_lookup(Pfn(pfn)) {
+                    Some(mfn) => {
+                        self.frames.push(mfn.0);
+                        keep += 1;
+                    }
+                    None => break,
+                }
+            }
+            let unbacked: Vec<u64> = self.pfns.split_off(keep);
+            p.free_pages(&unbacked);
+            for &pfn in &self.pfns {
+                p.p2m_clear(Pfn(pfn));
+            }
+        } else {
+            self.frames.extend_from_slice(&self.pfns);
+        }
+        let (done, error) = if self.frames.is_empty() {
+            (0, (got < n).then_some(Errno::ENOMEM))
+        } else {
+            self.hypercall();
+            match p.decrease_reservation(&mut self.frames) {
+                Ok(d) if d >= self.frames.len() => (self.frames.len(), None),
+                Ok(d) => (d, Some(Errno::EAGAIN)),
+                Err(e) => (0, Some(e)),
+            }
+        };
+        // The tail Xen did not take goes back to use.
+        if self.mode == GuestMode::Pv {
+            for i in done..self.frames.len() {
+                p.p2m_set(Pfn(self.pfns[i]), Mfn(self.frames[i]));
+            }
+            p.p2m_flush();
+        }
+        p.free_pages(&self.pfns[done..]);
+        let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
+        let given: Vec<Pfn> = self.pfns[..done].iter().map(|&f| Pfn(f)).collect();
+        self.worker.complete(
+            StepResult::Inflated {
+                frames: &given,
+                error,
+            },
+            now,
+        )
+    }
+
+    /// Backs `pfns` with memory from Xen; returns how many leading frames
+    /// are backed now, and the error that stopped it.
+    fn back_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64]) -> (usize, Option<Errno>) {
+        self.frames.clear();
+        self.frames.resize(pfns.len(), 0);
+        self.hypercall();
+        let result = match self.mode {
+            GuestMode::Pv => p.increase_reservation(&mut self.frames),
+            GuestMode::Pvh => {
+                self.frames.copy_from_slice(pfns);
+                p.populate_physmap(&mut self.frames)
+            }
+        };
+        let (done, error) = match result {
+            Ok(d) if d >= pfns.len() => (pfns.len(), None),
+            Ok(d) => (d, Some(Errno::ENOMEM)),
+            Err(e) => (0, Some(e)),
+        };
+        if self.mode == GuestMode::Pv {
+            for (i, &pfn) in pfns.iter().enumerate().take(done) {
+                p.p2m_set(Pfn(pfn), Mfn(self.frames[i]));
+            }
+            p.p2m_flush();
+        }
+        (done, error)
+    }
+
+    fn deflate<P: Platform>(
+        &mut self,
+        p: &mut P,
+        runs: &[PfnRange],
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        let pfns: Vec<u64> = runs.iter().flat_map(|r| r.frames()).map(|f| f.0).collect();
+        let (done, error) = self.back_frames(p, &pfns);
+        p.free_pages(&pfns[..done]);
+        self.worker.complete(
+            StepResult::Deflated {
+                done: Pages(done as u64),
+                error,
+            },
+            now,
+        )
+    }
+
+    /// Gives backed frames of a segment that will not be plugged back to
+    /// Xen. They are in no segment, so a shortfall here loses them.
+    fn unback_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64]) {
+        for chunk in pfns.chunks(MAX_BATCH.0 as usize) {
+            self.frames.clear();
+            for &pfn in chunk {
+                match self.mode {
+                    GuestMode::Pv => {
+                        if let Some(mfn) = p.p2m_lookup(Pfn(pfn)) {
+                            self.frames.push(mfn.0);
+                            p.p2m_clear(Pfn(pfn));
+                        }
+                    }
+                    GuestMode::Pvh => self.frames.push(pfn),
+                }
+            }
+            self.hypercall();
+            let done = p.decrease_reservation(&mut self.frames).unwrap_or(0);
+            let lost = self.frames.len().saturating_sub(done) as u64;
+            if lost > 0 {
+                self.stats.frames_lost = self.stats.frames_lost.saturating_add(lost);
+                p.log(&format!(
+                    "{lost} frames backed for a segment could not be given back"
+                ));
+            }
+        }
+    }
+
+    fn plug<P: Platform>(&mut self, p: &mut P, range: PfnRange) -> Result<(), Errno> {
+        let all: Vec<u64> = range.frames().map(|f| f.0).collect();
+        let mut backed = 0;
+        let mut failure = None;
+        for chunk in all.chunks(MAX_BATCH.0 as usize) {
+            let (done, error) = self.back_frames(p, chunk);
+            backed += done;
+            if done < chunk.len() {
+                failure = Some(error.unwrap_or(Errno::ENOMEM));
+                break;
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => p.plug(range),
+        };
+        if result.is_err() {
+            self.unback_frames(p, &all[..backed]);
+        }
+        result
+    }
+
+    /// One log line when the worker reaches its target or gives up, not
+    /// one per batch: called when the worker has nothing more to do.
+    fn report<P: Platform>(&mut self, p: &mut P) {
+        let state = self.worker.state();
+        let target = self.worker.target();
+        if self.reported == Some((state, target)) {
+            return;
+        }
+        let kib = |x: Pages| x.saturating_kib().0;
+        let line: Option<String> = match state {
+            State::Idle => Some(format!(
+                "at target: {} KiB ({} KiB ballooned)",
+                kib(self.worker.current()),
+                kib(self.worker.frames().ballooned())
+            )),
+            State::Cancelled(why) => Some(format!(
+                "giving up on target {} KiB at {} KiB: {}",
+                kib(target),
+                kib(self.worker.current()),
+                why.as_str()
+            )),
+            _ => None,
+        };
+        if let Some(line) = line {
+            p.log(&line);
+            self.reported = Some((state, target));
+        }
+    }
+}

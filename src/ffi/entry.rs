@@ -1,0 +1,351 @@
+//! The `balloon_rs_*` entry points the C shim calls (netbsd-glue/glue.h).
+//!
+//! The core's state lives in a `Box<Core>` whose pointer the shim keeps
+//! as an opaque `struct balloon_rs *`. The shim calls every entry point
+//! with its softc lock held, so no two run at once. Every argument from C
+//! is checked: a bad value is an errno, never a panic.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use balloon_sys as sys;
+use cty::{c_char, c_int};
+
+use crate::backoff::BackoffConfig;
+use crate::driver::{Driver, GuestMode, StepStatus};
+use crate::errno::Errno;
+use crate::policy::{Refusal, Source};
+use crate::segments::PlugLimits;
+use crate::units::{Kib, Millis, Pages, Pfn, PfnRange, Uptime};
+use crate::worker::{Boot, Worker};
+
+use super::platform::ShimPlatform;
+
+/// Plugged segments start on 2 MiB boundaries (large-page friendly).
+const PLUG_ALIGN: Pages = Pages(512);
+/// The most frames plugged at once: 128 MiB, Linux's hotplug section.
+const PLUG_MAX_SEGMENT: Pages = Pages(32768);
+
+/// The core's state behind `struct balloon_rs *`.
+struct Core {
+    driver: Driver,
+}
+
+fn errno(e: Errno) -> c_int {
+    e.0
+}
+
+/// The core behind an opaque pointer from the shim.
+///
+/// # Safety
+/// `rs` must be NULL or a pointer from `balloon_rs_attach` not yet given
+/// to `balloon_rs_detach`, and no other reference to it may be live (the
+/// shim's lock guarantees this).
+unsafe fn core_mut<'a>(rs: *mut sys::balloon_rs) -> Option<&'a mut Core> {
+    // SAFETY: per the function's contract, `rs` is NULL or a live,
+    // unaliased Box<Core> pointer.
+    unsafe { rs.cast::<Core>().as_mut() }
+}
+
+/// Builds the core from what the shim found at load.
+///
+/// # Safety
+/// `bi` must point to a valid `balloon_boot_info`, `rsp` to writable
+/// storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_attach(
+    bi: *const sys::balloon_boot_info,
+    rsp: *mut *mut sys::balloon_rs,
+) -> c_int {
+    // SAFETY: the shim passes a valid, initialised boot info or NULL.
+    let Some(bi) = (unsafe { bi.as_ref() }) else {
+        return errno(Errno::EINVAL);
+    };
+    if rsp.is_null() {
+        return errno(Errno::EINVAL);
+    }
+    let mode = match bi.mode {
+        sys::balloon_guest_mode_BALLOON_GUEST_PV => GuestMode::Pv,
+        sys::balloon_guest_mode_BALLOON_GUEST_PVH => GuestMode::Pvh,
+        _ => return errno(Errno::EINVAL),
+    };
+    let n = bi.nsegments.min(bi.segments.len());
+    let mut segments = Vec::with_capacity(n);
+    for s in &bi.segments[..n] {
+        match PfnRange::new(Pfn(s.start_pfn), Pfn(s.end_pfn)) {
+            Some(r) => segments.push(r),
+            None => return errno(Errno::EINVAL),
+        }
+    }
+    let boot = Boot {
+        segments: &segments,
+        reservation: Pages(bi.reservation_pages),
+        max_reservation: Pages(bi.max_reservation_pages),
+        freemin: Pages(bi.freemin_pages),
+        hotplug_supported: bi.hotplug_supported,
+        plug: PlugLimits {
+            align: PLUG_ALIGN,
+            max_segment: PLUG_MAX_SEGMENT,
+            frame_limit: Pfn(bi.frame_limit_pfn),
+            floor: Pfn(bi.plug_floor_pfn),
+        },
+    };
+    let Ok(worker) = Worker::new(&boot) else {
+        return errno(Errno::EINVAL);
+    };
+    let core = Box::new(Core {
+        driver: Driver::new(worker, mode),
+    });
+    // SAFETY: `rsp` is non-NULL and writable per the contract.
+    unsafe { rsp.write(Box::into_raw(core).cast()) };
+    0
+}
+
+/// Frees the core.
+///
+/// # Safety
+/// `rs` must be NULL or from `balloon_rs_attach`, and not used again.
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_detach(rs: *mut sys::balloon_rs) {
+    if !rs.is_null() {
+        // SAFETY: `rs` came from Box::into_raw in attach and is dropped once.
+        drop(unsafe { Box::from_raw(rs.cast::<Core>()) });
+    }
+}
+
+/// Carries out at most one step.
+///
+/// # Safety
+/// As for [`core_mut`]; `wait_ms` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_step(
+    rs: *mut sys::balloon_rs,
+    now_ms: u64,
+    wait_ms: *mut u64,
+) -> sys::balloon_step_status {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return sys::balloon_step_status_BALLOON_STEP_IDLE;
+    };
+    let (status, wait) = match core.driver.step(&mut ShimPlatform, Uptime(now_ms)) {
+        StepStatus::Again => (sys::balloon_step_status_BALLOON_STEP_AGAIN, 0),
+        StepStatus::Sleep(ms) => (sys::balloon_step_status_BALLOON_STEP_SLEEP, ms),
+        StepStatus::Idle => (sys::balloon_step_status_BALLOON_STEP_IDLE, 0),
+    };
+    // SAFETY: NULL-checked by as_mut; otherwise writable per the contract.
+    if let Some(w) = unsafe { wait_ms.as_mut() } {
+        *w = wait;
+    }
+    status
+}
+
+/// A target as text (xenstore) or from sysctl.
+///
+/// # Safety
+/// As for [`core_mut`]; `text` valid for `len` bytes (or NULL with 0).
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_set_target(
+    rs: *mut sys::balloon_rs,
+    source: sys::balloon_target_source,
+    text: *const c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    let source = match source {
+        sys::balloon_target_source_BALLOON_SOURCE_XENSTORE => Source::Xenstore,
+        sys::balloon_target_source_BALLOON_SOURCE_SYSCTL => Source::Sysctl,
+        _ => return errno(Errno::EINVAL),
+    };
+    let bytes: &[u8] = if text.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: `text` is valid for `len` bytes per the contract and not
+        // written while this slice lives.
+        unsafe { core::slice::from_raw_parts(text.cast::<u8>(), len) }
+    };
+    match core.driver.worker_mut().set_target_text(bytes, source) {
+        Ok(_) => 0,
+        Err(r) => errno(r.errno()),
+    }
+}
+
+/// Reads a value behind hw.balloon.
+///
+/// # Safety
+/// As for [`core_mut`]; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_get(
+    rs: *mut sys::balloon_rs,
+    what: sys::balloon_value,
+    out: *mut u64,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    let Some(v) = value(core, what) else {
+        return errno(Errno::EINVAL);
+    };
+    // SAFETY: NULL-checked by as_mut; otherwise writable per the contract.
+    match unsafe { out.as_mut() } {
+        Some(o) => {
+            *o = v;
+            0
+        }
+        None => errno(Errno::EINVAL),
+    }
+}
+
+fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
+    let w = core.driver.worker();
+    let kib = |p: Pages| p.saturating_kib().0;
+    let s = w.stats();
+    let c = w.counts();
+    Some(match what {
+        sys::balloon_value_BALLOON_V_CURRENT_KIB => kib(w.current()),
+        sys::balloon_value_BALLOON_V_TARGET_KIB => kib(w.target()),
+        sys::balloon_value_BALLOON_V_MIN_KIB => kib(w.policy().floor()),
+        sys::balloon_value_BALLOON_V_MAX_KIB => kib(w.policy().max()),
+        sys::balloon_value_BALLOON_V_BATCH => w.policy().batch().0,
+        sys::balloon_value_BALLOON_V_SCRUB => u64::from(w.policy().scrub()),
+        sys::balloon_value_BALLOON_V_HOTPLUG => u64::from(w.policy().hotplug()),
+        sys::balloon_value_BALLOON_V_UNPLUG => u64::from(w.policy().unplug()),
+        sys::balloon_value_BALLOON_V_RETRY_DELAY_MAX_MS => w.backoff_config().max_delay.0,
+        sys::balloon_value_BALLOON_V_RETRY_MAX => u64::from(w.backoff_config().max_retries),
+        sys::balloon_value_BALLOON_V_BALLOONED_KIB => kib(c.ballooned),
+        sys::balloon_value_BALLOON_V_PLUGGED_KIB => kib(c.plugged),
+        sys::balloon_value_BALLOON_V_SEGMENTS_PLUGGED => c.plugged_segments as u64,
+        sys::balloon_value_BALLOON_V_STAT_INFLATED_PAGES => s.pages_inflated.0,
+        sys::balloon_value_BALLOON_V_STAT_DEFLATED_PAGES => s.pages_deflated.0,
+        sys::balloon_value_BALLOON_V_STAT_SHORT_STEPS => s.short_steps,
+        sys::balloon_value_BALLOON_V_STAT_RETRIES => s.retries,
+        sys::balloon_value_BALLOON_V_STAT_PLUGS => s.segments_plugged,
+        sys::balloon_value_BALLOON_V_STAT_UNPLUGS => s.segments_unplugged,
+        sys::balloon_value_BALLOON_V_STAT_REFUSED_TARGETS => s.targets_refused,
+        sys::balloon_value_BALLOON_V_STAT_LAST_ERRNO => {
+            s.last_error.map_or(0, |e| u64::from(e.0.unsigned_abs()))
+        }
+        _ => return None,
+    })
+}
+
+/// Writes a knob behind hw.balloon.
+///
+/// # Safety
+/// As for [`core_mut`].
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_set(
+    rs: *mut sys::balloon_rs,
+    what: sys::balloon_value,
+    v: u64,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    match set_value(core, what, v) {
+        Ok(()) => 0,
+        Err(r) => errno(r.errno()),
+    }
+}
+
+fn flag(v: u64) -> Result<bool, Refusal> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Refusal::Malformed),
+    }
+}
+
+fn set_value(core: &mut Core, what: sys::balloon_value, v: u64) -> Result<(), Refusal> {
+    let w = core.driver.worker_mut();
+    match what {
+        sys::balloon_value_BALLOON_V_TARGET_KIB => w.set_target(Kib(v), Source::Sysctl).map(|_| ()),
+        sys::balloon_value_BALLOON_V_MIN_KIB => w.set_floor(Kib(v)),
+        sys::balloon_value_BALLOON_V_BATCH => w.set_batch(Pages(v)),
+        sys::balloon_value_BALLOON_V_SCRUB => flag(v).map(|on| w.set_scrub(on)),
+        sys::balloon_value_BALLOON_V_HOTPLUG => w.set_hotplug(flag(v)?),
+        sys::balloon_value_BALLOON_V_UNPLUG => flag(v).map(|on| w.set_unplug(on)),
+        sys::balloon_value_BALLOON_V_RETRY_DELAY_MAX_MS => {
+            let cfg = w.backoff_config();
+            let initial = Millis(BackoffConfig::default().initial.0.min(v));
+            w.set_backoff(BackoffConfig {
+                initial,
+                max_delay: Millis(v),
+                ..cfg
+            })
+        }
+        sys::balloon_value_BALLOON_V_RETRY_MAX => {
+            let n = u32::try_from(v).map_err(|_| Refusal::OutOfRange)?;
+            let cfg = w.backoff_config();
+            w.set_backoff(BackoffConfig {
+                max_retries: n,
+                ..cfg
+            })
+        }
+        // Everything else is read-only or unknown.
+        _ => Err(Refusal::OutOfRange),
+    }
+}
+
+/// A `Write` into a C buffer that always leaves room for the NUL.
+struct CBuf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for CBuf<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len + 1);
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// The worker's state as text.
+///
+/// # Safety
+/// As for [`core_mut`]; `buf` writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_state(
+    rs: *mut sys::balloon_rs,
+    buf: *mut c_char,
+    len: usize,
+) -> usize {
+    if buf.is_null() || len == 0 {
+        return 0;
+    }
+    // SAFETY: `buf` is writable for `len` bytes per the contract.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+    let mut w = CBuf { buf: out, len: 0 };
+    // SAFETY: per this function's contract.
+    if let Some(core) = unsafe { core_mut(rs) } {
+        // CBuf never fails; a long state is cut short.
+        let _ = write!(w, "{}", core.driver.worker().state());
+    }
+    let n = w.len;
+    w.buf[n] = 0;
+    n
+}
+
+/// Gives every ballooned frame back before unload.
+///
+/// # Safety
+/// As for [`core_mut`].
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_release(rs: *mut sys::balloon_rs, now_ms: u64) -> c_int {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    match core.driver.release(&mut ShimPlatform, Uptime(now_ms)) {
+        Ok(()) => 0,
+        Err(e) => errno(e),
+    }
+}

@@ -1,0 +1,127 @@
+//! [`Platform`] over the C shim's kernel wrappers (glue.h).
+
+use balloon_sys as sys;
+
+use crate::driver::Platform;
+use crate::errno::Errno;
+use crate::policy::MemInfo;
+use crate::units::{Mfn, Pages, Pfn, PfnRange};
+
+/// The kernel, as the shim wraps it. Holds nothing: every call goes
+/// straight to one `balloon_shim_*` function.
+pub struct ShimPlatform;
+
+/// A reservation hypercall's result: extents done, or a negative errno.
+fn extents_done(r: cty::c_long) -> Result<usize, Errno> {
+    if r < 0 {
+        Err(Errno(i32::try_from(r.unsigned_abs()).unwrap_or(i32::MAX)))
+    } else {
+        Ok(usize::try_from(r).unwrap_or(usize::MAX))
+    }
+}
+
+/// An errno from the shim, 0 meaning success.
+fn errno_result(e: cty::c_int) -> Result<(), Errno> {
+    if e == 0 {
+        Ok(())
+    } else {
+        Err(Errno(e))
+    }
+}
+
+impl Platform for ShimPlatform {
+    fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize {
+        let (lo, hi) = prefer.map_or((0, 0), |r| (r.start().0, r.end().0));
+        // SAFETY: `out` is valid for writes of `out.len()` frames, which
+        // is the count the shim is given and writes at most.
+        let got = unsafe { sys::balloon_shim_pages_alloc(out.as_mut_ptr(), out.len(), lo, hi) };
+        got.min(out.len())
+    }
+
+    fn free_pages(&mut self, pfns: &[u64]) {
+        if pfns.is_empty() {
+            return;
+        }
+        // SAFETY: `pfns` is valid for reads of `pfns.len()` frames; each
+        // is a page the driver owns whose frame is backed.
+        unsafe { sys::balloon_shim_pages_free(pfns.as_ptr(), pfns.len()) }
+    }
+
+    fn scrub(&mut self, pfn: Pfn) {
+        // SAFETY: the driver owns the page of `pfn`; zeroing it touches
+        // nothing else.
+        unsafe { sys::balloon_shim_page_scrub(pfn.0) }
+    }
+
+    fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
+        // SAFETY: `pfn` lies in a UVM segment, all of which are below the
+        // p2m capacity the shim reported at attach (frame_limit_pfn).
+        let mfn = unsafe { sys::balloon_shim_p2m_lookup(pfn.0) };
+        (mfn != u64::MAX).then_some(Mfn(mfn))
+    }
+
+    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
+        // SAFETY: as for p2m_lookup; `mfn` was just given by Xen or read
+        // from this entry.
+        unsafe { sys::balloon_shim_p2m_set(pfn.0, mfn.0) }
+    }
+
+    fn p2m_clear(&mut self, pfn: Pfn) {
+        // SAFETY: as for p2m_lookup.
+        unsafe { sys::balloon_shim_p2m_clear(pfn.0) }
+    }
+
+    fn p2m_flush(&mut self) {
+        // SAFETY: no arguments; flushes the m2p queue.
+        unsafe { sys::balloon_shim_p2m_flush() }
+    }
+
+    fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
+        // SAFETY: `frames` is valid for `frames.len()` entries, the
+        // extent count the hypercall is given.
+        extents_done(unsafe {
+            sys::balloon_shim_decrease_reservation(frames.as_mut_ptr(), frames.len())
+        })
+    }
+
+    fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno> {
+        // SAFETY: as for decrease_reservation; Xen writes at most
+        // `mfns.len()` entries.
+        extents_done(unsafe {
+            sys::balloon_shim_increase_reservation(mfns.as_mut_ptr(), mfns.len())
+        })
+    }
+
+    fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
+        // SAFETY: as for increase_reservation.
+        extents_done(unsafe { sys::balloon_shim_populate_physmap(pfns.as_mut_ptr(), pfns.len()) })
+    }
+
+    fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        // SAFETY: the range is fully backed and overlaps no segment (the
+        // frame space guarantees it), as uvm_physseg_plug requires.
+        errno_result(unsafe { sys::balloon_shim_physseg_plug(range.start().0, range.len().0) })
+    }
+
+    fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        // SAFETY: every page of the range is owned by the driver (fully
+        // ballooned), as uvm_physseg_unplug requires.
+        errno_result(unsafe { sys::balloon_shim_physseg_unplug(range.start().0, range.len().0) })
+    }
+
+    fn meminfo(&mut self) -> MemInfo {
+        let mut mi = sys::balloon_meminfo::default();
+        // SAFETY: `mi` is a valid, writable balloon_meminfo.
+        unsafe { sys::balloon_shim_meminfo(&mut mi) };
+        MemInfo {
+            free: Pages(mi.free_pages),
+            freetarg: Pages(mi.freetarg_pages),
+        }
+    }
+
+    fn log(&mut self, line: &str) {
+        // SAFETY: the shim prints `len` bytes from `msg` ("%.*s") and
+        // keeps no pointer to them.
+        unsafe { sys::balloon_shim_log(line.as_ptr().cast(), line.len()) }
+    }
+}
