@@ -166,14 +166,18 @@ impl Driver {
     }
 
     /// Gives every ballooned frame back before unload, stepping until none
-    /// is left (Ok) or a step falls short (Err(EBUSY), the target is kept
-    /// and normal work resumes).
+    /// is left (Ok) or a step falls short (Err(EBUSY)). Either way the
+    /// worker then steers to its target again: after Ok the module
+    /// unloads, after EBUSY it stays and goes on working.
     pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
         self.worker.begin_release();
         loop {
             match self.step(p, now) {
                 StepStatus::Again => continue,
-                StepStatus::Idle => return Ok(()),
+                StepStatus::Idle => {
+                    self.worker.end_release();
+                    return Ok(());
+                }
                 StepStatus::Sleep(_) => {
                     let left = self.worker.frames().ballooned();
                     p.log(&format!(
@@ -410,3 +414,6 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

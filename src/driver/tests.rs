@@ -1,0 +1,389 @@
+//! Driver tests over a small platform model: the order of p2m updates,
+//! hypercalls and frees, and the undo of partial steps.
+
+use super::*;
+use crate::policy::Source;
+use crate::segments::PlugLimits;
+use crate::units::Kib;
+use crate::worker::Boot;
+use std::collections::{BTreeMap, BTreeSet};
+use std::string::String;
+use std::vec::Vec;
+
+/// UVM pages and Xen's view of the domain, for one guest mode.
+struct Model {
+    mode: GuestMode,
+    /// UVM free pages.
+    free: BTreeSet<u64>,
+    /// Pages handed to the driver.
+    owned: BTreeSet<u64>,
+    /// PV: pfn -> mfn; PVH: populated gpfns map to themselves.
+    p2m: BTreeMap<u64, u64>,
+    /// Xen: frames the domain holds (MFNs for PV, GPFNs for PVH).
+    xen: BTreeSet<u64>,
+    next_mfn: u64,
+    max_pages: u64,
+    host_free: u64,
+    decrease_limit: Option<usize>,
+    increase_limit: Option<usize>,
+    plug_fails: bool,
+    plugged: Vec<PfnRange>,
+    dirty_given: u64,
+    zeroed: BTreeSet<u64>,
+    log: Vec<String>,
+}
+
+impl Model {
+    fn new(mode: GuestMode, pages: u64) -> Model {
+        let mut m = Model {
+            mode,
+            free: (0..pages).collect(),
+            owned: BTreeSet::new(),
+            p2m: BTreeMap::new(),
+            xen: BTreeSet::new(),
+            next_mfn: 1 << 30,
+            max_pages: pages * 4,
+            host_free: pages * 8,
+            decrease_limit: None,
+            increase_limit: None,
+            plug_fails: false,
+            plugged: Vec::new(),
+            dirty_given: 0,
+            zeroed: BTreeSet::new(),
+            log: Vec::new(),
+        };
+        for pfn in 0..pages {
+            let f = m.new_frame(pfn);
+            m.p2m.insert(pfn, f);
+            m.xen.insert(f);
+        }
+        m
+    }
+
+    fn new_frame(&mut self, pfn: u64) -> u64 {
+        match self.mode {
+            GuestMode::Pv => {
+                self.next_mfn += 1;
+                self.next_mfn
+            }
+            GuestMode::Pvh => pfn,
+        }
+    }
+
+    fn backed(&self, pfn: u64) -> bool {
+        self.p2m.get(&pfn).is_some_and(|f| self.xen.contains(f))
+    }
+}
+
+impl Platform for Model {
+    fn alloc_pages(&mut self, out: &mut [u64], _prefer: Option<PfnRange>) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(pg) = self.free.pop_last() else {
+                break;
+            };
+            self.owned.insert(pg);
+            out[n] = pg;
+            n += 1;
+        }
+        n
+    }
+    fn free_pages(&mut self, pfns: &[u64]) {
+        for &p in pfns {
+            assert!(
+                self.owned.remove(&p),
+                "free of a page the driver does not own"
+            );
+            assert!(
+                self.backed(p),
+                "unbacked frame {p} freed onto the free list"
+            );
+            self.zeroed.remove(&p);
+            self.free.insert(p);
+        }
+    }
+    fn scrub(&mut self, pfn: Pfn) {
+        assert!(self.owned.contains(&pfn.0));
+        self.zeroed.insert(pfn.0);
+    }
+    fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
+        assert_eq!(self.mode, GuestMode::Pv, "PVH has no p2m");
+        self.p2m.get(&pfn.0).copied().map(Mfn)
+    }
+    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
+        self.p2m.insert(pfn.0, mfn.0);
+    }
+    fn p2m_clear(&mut self, pfn: Pfn) {
+        self.p2m.remove(&pfn.0);
+    }
+    fn p2m_flush(&mut self) {}
+    fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
+        let limit = self.decrease_limit.unwrap_or(usize::MAX);
+        let mut done = 0;
+        for &f in frames.iter() {
+            if done >= limit || !self.xen.remove(&f) {
+                break;
+            }
+            let pfn = match self.mode {
+                GuestMode::Pv => None,
+                GuestMode::Pvh => Some(f),
+            };
+            if let Some(p) = pfn {
+                self.p2m.remove(&p);
+                if !self.zeroed.contains(&p) {
+                    self.dirty_given += 1;
+                }
+            }
+            self.host_free += 1;
+            done += 1;
+        }
+        Ok(done)
+    }
+    fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno> {
+        assert_eq!(self.mode, GuestMode::Pv);
+        let limit = self.increase_limit.unwrap_or(usize::MAX);
+        let mut done = 0;
+        for slot in mfns.iter_mut() {
+            if done >= limit || self.host_free == 0 || self.xen.len() as u64 >= self.max_pages {
+                break;
+            }
+            let f = self.new_frame(0);
+            self.xen.insert(f);
+            self.host_free -= 1;
+            *slot = f;
+            done += 1;
+        }
+        Ok(done)
+    }
+    fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
+        assert_eq!(self.mode, GuestMode::Pvh);
+        let limit = self.increase_limit.unwrap_or(usize::MAX);
+        let mut done = 0;
+        for &p in pfns.iter() {
+            if done >= limit || self.host_free == 0 || self.xen.contains(&p) {
+                break;
+            }
+            self.xen.insert(p);
+            self.p2m.insert(p, p);
+            self.host_free -= 1;
+            done += 1;
+        }
+        Ok(done)
+    }
+    fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        if self.plug_fails {
+            return Err(Errno::ENOMEM);
+        }
+        for pfn in range.frames() {
+            assert!(self.backed(pfn.0), "plug of an unbacked frame");
+            self.free.insert(pfn.0);
+        }
+        self.plugged.push(range);
+        Ok(())
+    }
+    fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        for pfn in range.frames() {
+            assert!(
+                self.owned.remove(&pfn.0),
+                "unplug of a page the driver does not own"
+            );
+        }
+        self.plugged.retain(|&r| r != range);
+        Ok(())
+    }
+    fn meminfo(&mut self) -> MemInfo {
+        MemInfo {
+            free: Pages(self.free.len() as u64),
+            freetarg: Pages(64),
+        }
+    }
+    fn log(&mut self, line: &str) {
+        self.log.push(line.into());
+    }
+}
+
+const PAGES: u64 = 65536; // 256 MiB
+
+fn driver(mode: GuestMode) -> (Model, Driver) {
+    let m = Model::new(mode, PAGES);
+    let seg = [PfnRange::new(Pfn(0), Pfn(PAGES)).unwrap()];
+    let w = Worker::new(&Boot {
+        segments: &seg,
+        reservation: Pages(PAGES),
+        max_reservation: Pages(PAGES * 4),
+        freemin: Pages(64),
+        hotplug_supported: true,
+        plug: PlugLimits {
+            align: Pages(512),
+            max_segment: Pages(32768),
+            frame_limit: Pfn(PAGES * 8),
+            floor: Pfn(PAGES),
+        },
+    })
+    .unwrap();
+    (m, Driver::new(w, mode))
+}
+
+fn settle(m: &mut Model, d: &mut Driver) {
+    for _ in 0..100_000 {
+        match d.step(m, Uptime(0)) {
+            StepStatus::Again => {}
+            _ => return,
+        }
+    }
+    panic!("did not settle");
+}
+
+fn check(m: &Model, d: &Driver) {
+    d.worker().verify().unwrap();
+    assert_eq!(
+        m.xen.len() as u64,
+        d.worker().current().0,
+        "Xen and the core agree"
+    );
+    assert_eq!(m.owned.len() as u64, d.worker().frames().ballooned().0);
+    for &p in &m.owned {
+        assert!(!m.backed(p), "a ballooned frame {p} is still backed");
+    }
+}
+
+#[test]
+fn inflate_and_deflate_keep_xen_and_the_core_in_step() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES / 2));
+        assert_eq!(m.dirty_given, 0, "every page was scrubbed");
+        assert_eq!(d.stats().scrubbed, PAGES / 2);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES));
+        assert!(
+            m.log.iter().any(|l| l.starts_with("at target")),
+            "{:?}",
+            m.log
+        );
+        assert_eq!(
+            m.log.iter().filter(|l| l.starts_with("at target")).count(),
+            2,
+            "one line per target reached, not one per batch: {:?}",
+            m.log
+        );
+    }
+}
+
+#[test]
+fn a_partial_decrease_puts_the_tail_back() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        m.decrease_limit = Some(100);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Again);
+        check(&m, &d);
+        assert_eq!(d.worker().frames().ballooned(), Pages(100));
+        assert_eq!(
+            m.free.len() as u64,
+            PAGES - 100,
+            "the 412 not taken are free again"
+        );
+        assert!(matches!(d.step(&mut m, Uptime(0)), StepStatus::Sleep(1000)));
+    }
+}
+
+#[test]
+fn a_short_increase_frees_only_what_came_back() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        m.increase_limit = Some(7);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 3), Source::Xenstore)
+            .unwrap();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Again);
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES / 2 + 7));
+    }
+}
+
+#[test]
+fn growth_plugs_fully_backed_segments_and_a_failed_plug_gives_frames_back() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        m.increase_limit = Some(1000);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4 + 8192), Source::Xenstore)
+            .unwrap();
+        // The first chunk comes back short: nothing may be plugged and
+        // the 1000 frames must go back to Xen.
+        let before = m.xen.len();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Again);
+        assert!(m.plugged.is_empty());
+        assert_eq!(m.xen.len(), before, "backed frames were given back");
+        check(&m, &d);
+        m.increase_limit = None;
+        m.plug_fails = true;
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4 + 8196), Source::Xenstore)
+            .unwrap();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Again);
+        assert_eq!(m.xen.len(), before, "a refused plug gives its frames back");
+        check(&m, &d);
+        m.plug_fails = false;
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4 + 8200), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        assert_eq!(m.plugged.len(), 1);
+        assert_eq!(m.plugged[0].start(), Pfn(PAGES));
+        assert_eq!(d.worker().current(), Pages(PAGES + 2050));
+        assert_eq!(d.stats().frames_lost, 0);
+    }
+}
+
+#[test]
+fn release_gives_all_back() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 5), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        d.worker_mut().set_unplug(false);
+        d.worker_mut()
+            .set_target(Kib(PAGES), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        d.release(&mut m, Uptime(0)).unwrap();
+        check(&m, &d);
+        assert!(m.owned.is_empty());
+        assert!(
+            m.plugged.is_empty(),
+            "the emptied plugged segment was unplugged"
+        );
+        assert_eq!(d.worker().current(), Pages(PAGES));
+        // With Xen out of memory the release is refused and work resumes.
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        m.host_free = 0;
+        assert!(!d.worker().frames().ballooned().is_zero(), "{mode:?}");
+        assert_eq!(d.release(&mut m, Uptime(0)), Err(Errno::EBUSY), "{mode:?}");
+        assert!(m.log.iter().any(|l| l.contains("still ballooned")));
+        assert_eq!(d.worker().target(), Pages(PAGES / 2));
+    }
+}
