@@ -23,6 +23,8 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 #define BALLOON_XNAME		"balloon0"
 /* Longest sleep the worker takes in one wait; it re-asks the core after. */
 #define BALLOON_MAX_WAIT_MS	60000
+/* Bytes of hw.balloon.state, NUL included. */
+#define BALLOON_STATE_LEN	128
 /* Bytes of a xenstore value the shim reads (a KiB count is 20 digits). */
 #define BALLOON_XS_VALUE_LEN	64
 
@@ -489,7 +491,7 @@ balloon_sysctl_state(SYSCTLFN_ARGS)
 {
 	struct balloon_softc *sc = &balloon_softc;
 	struct sysctlnode node;
-	char state[128];
+	char state[BALLOON_STATE_LEN];
 
 	mutex_enter(&sc->sc_lock);
 	(void)balloon_rs_state(sc->sc_rs, state, sizeof(state));
@@ -539,7 +541,7 @@ balloon_sysctl_init(struct balloon_softc *sc)
 	    CTLFLAG_READONLY, CTLTYPE_STRING, "state",
 	    "What the driver is doing: idle, inflating, deflating, "
 	    "plugging, unplugging, waiting or cancelled, with the reason",
-	    balloon_sysctl_state, 0, NULL, 0, CTL_CREATE, CTL_EOL);
+	    balloon_sysctl_state, 0, NULL, BALLOON_STATE_LEN, CTL_CREATE, CTL_EOL);
 }
 
 /* --- load and unload --- */

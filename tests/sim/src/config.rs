@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! Configuration of a simulated domain and the injectable faults.
+
+/// Which kind of guest the kernel runs as (`vm_guest`, x86/cpu.h 1.133.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Xen PV: p2m table, MFNs, increase_reservation.
+    Pv,
+    /// Xen PVH: auto-translated, gpfns, populate_physmap.
+    Pvh,
+    /// Not running on Xen (hypercalls return -ENOSYS).
+    NotXen,
+}
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// How a domain boots. Sizes are bytes unless named pages/frames.
+#[derive(Clone, Debug)]
+pub struct DomainConfig {
+    pub mode: Mode,
+    /// Boot memory (default 1 GiB). Ignored when `boot_segments` is set.
+    pub boot_bytes: u64,
+    /// Xen max_pages of the domain (default 4 GiB).
+    pub max_bytes: u64,
+    /// Free memory of the host (default 8 GiB).
+    pub host_free_bytes: u64,
+    /// Pages the kernel keeps in use at boot (default 10% of boot memory).
+    pub kernel_pages: Option<u64>,
+    /// Kernel built with `options UVM_HOTPLUG` (default true).
+    pub hotplug: bool,
+    /// PV p2m capacity in frames (default: max reservation + 256 + 65536).
+    pub p2m_capacity: Option<u64>,
+    /// Boot segments as (start pfn, npages), sorted and disjoint (default:
+    /// one segment [256, 256 + boot pages)).
+    pub boot_segments: Option<Vec<(u64, u64)>>,
+    /// The built-in balloon(4) driver is attached (`balloon0`).
+    pub builtin_balloon: bool,
+    /// Simulated time runs this many times faster than real time (default
+    /// 1000: one simulated second is one real millisecond).
+    pub time_scale: u32,
+    /// uvmexp.freemin / freetarg in pages (default 256 / 512, capped at
+    /// 1/16 and 1/8 of boot memory for small domains).
+    pub freemin: Option<i32>,
+    pub freetarg: Option<i32>,
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        DomainConfig {
+            mode: Mode::Pv,
+            boot_bytes: 1024 * MIB,
+            max_bytes: 4096 * MIB,
+            host_free_bytes: 8192 * MIB,
+            kernel_pages: None,
+            hotplug: true,
+            p2m_capacity: None,
+            boot_segments: None,
+            builtin_balloon: false,
+            time_scale: 1000,
+            freemin: None,
+            freetarg: None,
+        }
+    }
+}
+
+impl DomainConfig {
+    pub fn pv() -> Self {
+        Self::default()
+    }
+    pub fn pvh() -> Self {
+        Self::default().mode(Mode::Pvh)
+    }
+    pub fn not_xen() -> Self {
+        Self::default().mode(Mode::NotXen)
+    }
+    pub fn mode(mut self, m: Mode) -> Self {
+        self.mode = m;
+        self
+    }
+    pub fn boot_mib(mut self, mib: u64) -> Self {
+        self.boot_bytes = mib * MIB;
+        self
+    }
+    pub fn max_mib(mut self, mib: u64) -> Self {
+        self.max_bytes = mib * MIB;
+        self
+    }
+    pub fn host_free_mib(mut self, mib: u64) -> Self {
+        self.host_free_bytes = mib * MIB;
+        self
+    }
+    pub fn kernel_pages(mut self, n: u64) -> Self {
+        self.kernel_pages = Some(n);
+        self
+    }
+    pub fn hotplug(mut self, on: bool) -> Self {
+        self.hotplug = on;
+        self
+    }
+    pub fn p2m_capacity(mut self, frames: u64) -> Self {
+        self.p2m_capacity = Some(frames);
+        self
+    }
+    pub fn boot_segments(mut self, segs: Vec<(u64, u64)>) -> Self {
+        self.boot_segments = Some(segs);
+        self
+    }
+    pub fn builtin_balloon(mut self, on: bool) -> Self {
+        self.builtin_balloon = on;
+        self
+    }
+    pub fn time_scale(mut self, scale: u32) -> Self {
+        self.time_scale = scale;
+        self
+    }
+    pub fn freemin(mut self, pages: i32) -> Self {
+        self.freemin = Some(pages);
+        self
+    }
+    pub fn freetarg(mut self, pages: i32) -> Self {
+        self.freetarg = Some(pages);
+        self
+    }
+
+    /// The boot segments as (start pfn, npages).
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        match &self.boot_segments {
+            Some(v) => v.clone(),
+            None => vec![(256, self.boot_bytes / PAGE)],
+        }
+    }
+    pub fn boot_pages(&self) -> u64 {
+        self.segments().iter().map(|s| s.1).sum()
+    }
+    pub fn max_pages(&self) -> u64 {
+        self.max_bytes / PAGE
+    }
+    pub fn host_free_pages(&self) -> u64 {
+        self.host_free_bytes / PAGE
+    }
+    pub fn p2m_frames(&self) -> u64 {
+        self.p2m_capacity.unwrap_or(self.max_pages() + 256 + 65536)
+    }
+}
+
+/// Faults to inject; settable at any time through `Domain::set_faults` or
+/// `Domain::faults_mut`. `*_fail_after: Some(n)` lets n more calls succeed
+/// and fails every later one (Some(0) = always fail).
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// increase_reservation completes at most this many extents per call.
+    pub increase_limit: Option<u64>,
+    /// populate_physmap completes at most this many extents per call.
+    pub populate_limit: Option<u64>,
+    /// decrease_reservation completes at most this many extents per call.
+    pub decrease_limit: Option<u64>,
+    /// uvm_pagealloc returns NULL after this many more successes.
+    pub pagealloc_fail_after: Option<u64>,
+    /// uvm_pglistalloc returns ENOMEM after this many more successes.
+    pub pglistalloc_fail_after: Option<u64>,
+    /// uvm_physseg_plug returns false.
+    pub plug_fail: bool,
+    /// uvm_physseg_unplug returns false.
+    pub unplug_fail: bool,
+    /// xenbus_read returns this errno.
+    pub xenstore_read_error: Option<i32>,
+    /// kmem_alloc(.., KM_NOSLEEP) returns NULL.
+    pub kmem_nosleep_fail: bool,
+}
+
+/// Consumes one call of a fail-after counter; true = this call fails.
+pub(crate) fn fail_now(c: &mut Option<u64>) -> bool {
+    match c {
+        None => false,
+        Some(0) => true,
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+    }
+}

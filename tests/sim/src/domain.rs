@@ -1,0 +1,724 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! `Domain`: boots, drives, inspects and tears down the simulated domU.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{DomainConfig, Faults, Mode};
+use crate::kernel::{
+    dmesg_lock, hz, lock, physmem, uvmexp, vm_guest, with, xen_start_info,
+    xpmap_phys_to_machine_mapping, Kernel, StartInfo, Uvmexp, CHANGED, FIRST_MFN,
+    INVALID_P2M_ENTRY, P2M_CANARY, P2M_GUARD, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE, WATCHQ,
+};
+use crate::sysctl::{self, SysctlTree, SysctlValue};
+
+/// What the simulator's modload finds (`struct sim_modinfo`).
+#[repr(C)]
+pub struct SimModinfo {
+    pub mi_name: *const c_char,
+    pub mi_class: c_int,
+    pub mi_required: *const c_char,
+    pub mi_modcmd: Option<unsafe extern "C" fn(c_int, *mut c_void) -> c_int>,
+}
+
+// SAFETY: a modinfo is immutable static data.
+unsafe impl Sync for SimModinfo {}
+
+impl SimModinfo {
+    pub fn name(&self) -> String {
+        if self.mi_name.is_null() {
+            return String::new();
+        }
+        // SAFETY: mi_name is a NUL-terminated static string.
+        unsafe { CStr::from_ptr(self.mi_name) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn cmd(&self, cmd: c_int) -> c_int {
+        match self.mi_modcmd {
+            // SAFETY: calling the module's modcmd with no simulator lock
+            // held and a NULL argument, as modload/modunload do.
+            Some(f) => unsafe { f(cmd, std::ptr::null_mut()) },
+            None => ENOTTY,
+        }
+    }
+}
+
+const MODULE_CMD_INIT: c_int = 0;
+const MODULE_CMD_FINI: c_int = 1;
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+const ENOTTY: i32 = 25;
+
+extern "C" {
+    static simtest_modinfo: SimModinfo;
+    static sim_kernel_symbols: [*const c_void; 1];
+}
+
+/// The C test module (csrc/testmod.c).
+pub fn test_module() -> &'static SimModinfo {
+    // SAFETY: a static defined by csrc/testmod.c.
+    unsafe { &simtest_modinfo }
+}
+
+/// The real balloon module (its modinfo is defined by the C shim, which the
+/// `balloon` crate's build.rs compiles into host builds).
+pub fn balloon_module() -> &'static SimModinfo {
+    // Keep the `balloon` crate, and the shim bundled in it, in the link:
+    // nothing in Rust names it otherwise.
+    let _keep = std::hint::black_box(balloon::ffi::entry::balloon_rs_detach as *const () as usize);
+    extern "C" {
+        static balloon_modinfo: SimModinfo;
+    }
+    // SAFETY: a static defined by netbsd-glue (the shim).
+    unsafe { &balloon_modinfo }
+}
+
+static DOMAIN_LOCK: Mutex<()> = Mutex::new(());
+
+/// A booted simulated domain. Only one exists per process at a time:
+/// `boot` waits for the previous one to be dropped (so parallel tests
+/// serialise). Dropping it unloads loaded modules (FINI), waits for kernel
+/// threads to end, stops xenwatch and frees everything.
+pub struct Domain {
+    xenwatch: Option<JoinHandle<()>>,
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// A read-only view of the model, for `Domain::wait_until` conditions
+/// (taken under the state lock: do not call `Domain` methods from inside).
+pub struct View<'a> {
+    k: &'a Kernel,
+}
+
+impl View<'_> {
+    pub fn reservation(&self) -> u64 {
+        self.k.tot_pages
+    }
+    pub fn max_reservation(&self) -> u64 {
+        self.k.max_pages
+    }
+    pub fn host_free(&self) -> u64 {
+        self.k.host_free
+    }
+    pub fn free_pages(&self) -> u64 {
+        self.k.free.len() as u64
+    }
+    pub fn module_pages(&self) -> u64 {
+        self.k.module_pages
+    }
+    pub fn npages(&self) -> i32 {
+        uvmexp.get().npages
+    }
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        self.k.segs.iter().map(|s| (s.start, s.end)).collect()
+    }
+    pub fn xenstore(&self, path: &str) -> Option<String> {
+        self.k.store.get(path).cloned()
+    }
+    pub fn watch_events_delivered(&self) -> u64 {
+        self.k.watch_fired
+    }
+    pub fn live_kthreads(&self) -> u64 {
+        self.k.live_kthreads
+    }
+    pub fn kmem_outstanding(&self) -> (u64, u64) {
+        (self.k.kmem_bytes, self.k.kmem.len() as u64)
+    }
+    pub fn dirty_frames_given(&self) -> u64 {
+        self.k.dirty_given
+    }
+    /// Whether some complete dmesg line contains `s`.
+    pub fn dmesg_contains(&self, s: &str) -> bool {
+        dmesg_lock().lines.iter().any(|l| l.contains(s))
+    }
+    pub fn uptime(&self) -> Duration {
+        Duration::from_nanos(self.k.uptime_ns() as u64)
+    }
+}
+
+/// Writes the fault settings back when dropped (`d.faults_mut().x = ..`).
+pub struct FaultsMut<'a> {
+    _d: &'a Domain,
+    f: Faults,
+}
+
+impl std::ops::Deref for FaultsMut<'_> {
+    type Target = Faults;
+    fn deref(&self) -> &Faults {
+        &self.f
+    }
+}
+impl std::ops::DerefMut for FaultsMut<'_> {
+    fn deref_mut(&mut self) -> &mut Faults {
+        &mut self.f
+    }
+}
+impl Drop for FaultsMut<'_> {
+    fn drop(&mut self) {
+        let f = std::mem::take(&mut self.f);
+        with(|k| k.faults = f);
+    }
+}
+
+fn build_kernel(cfg: DomainConfig) -> Kernel {
+    let segs = cfg.segments();
+    assert!(!segs.is_empty(), "DomainConfig: no boot segments");
+    for w in segs.windows(2) {
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "DomainConfig: boot segments must be sorted and disjoint"
+        );
+    }
+    assert!(
+        segs.iter().all(|s| s.1 > 0),
+        "DomainConfig: empty boot segment"
+    );
+    let boot_pages = cfg.boot_pages();
+    assert!(
+        cfg.max_pages() >= boot_pages,
+        "DomainConfig: max reservation below boot memory"
+    );
+    let top = segs.last().map_or(0, |s| s.0 + s.1);
+    let cap = if cfg.mode == Mode::Pv {
+        let cap = cfg.p2m_frames();
+        assert!(
+            cap >= top,
+            "DomainConfig: p2m capacity below the boot frames"
+        );
+        cap as usize
+    } else {
+        0
+    };
+    let mut p2m = Vec::new();
+    if cfg.mode == Mode::Pv {
+        p2m = vec![INVALID_P2M_ENTRY; cap + P2M_GUARD];
+        for e in &mut p2m[cap..] {
+            *e = P2M_CANARY;
+        }
+    }
+    let kernel_pages = cfg.kernel_pages.unwrap_or(boot_pages / 10).min(boot_pages);
+    let mut k = Kernel {
+        max_pages: cfg.max_pages(),
+        host_free: cfg.host_free_pages(),
+        boot: Instant::now(),
+        faults: Faults::default(),
+        booted: false,
+        segs: Vec::new(),
+        arrays: Vec::new(),
+        free: BTreeSet::new(),
+        kernel_pages: Vec::new(),
+        module_pages: 0,
+        next_seg_id: 0,
+        next_pattern: 0x1000,
+        tot_pages: 0,
+        next_mfn: FIRST_MFN,
+        owned: HashMap::new(),
+        populated: HashMap::new(),
+        nx_content: HashMap::new(),
+        p2m,
+        p2m_cap: cap,
+        dirty_given: 0,
+        clean_given: 0,
+        store: BTreeMap::new(),
+        watches: Vec::new(),
+        watch_queue: VecDeque::new(),
+        watch_running: None,
+        watch_fired: 0,
+        xenwatch_stop: false,
+        sysctl: SysctlTree::boot(),
+        kmem: HashMap::new(),
+        kmem_bytes: 0,
+        live_kthreads: 0,
+        modules: Vec::new(),
+        cfg,
+    };
+    let mut left_kernel = kernel_pages;
+    for &(start, n) in &segs {
+        let pgs = k.new_page_array(start, n, PG_FREE);
+        k.insert_seg(start, start + n, pgs);
+        for pfn in start..start + n {
+            let pat = k.pattern();
+            k.boot_back(pfn, pat);
+            if left_kernel > 0 {
+                left_kernel -= 1;
+                k.set_page_state(pfn, PG_KERNEL);
+                k.kernel_pages.push(pfn);
+            } else {
+                k.free.insert(pfn);
+            }
+        }
+    }
+    let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));
+    let freetarg = k.cfg.freetarg.unwrap_or(512.min((boot_pages / 8) as i32));
+    uvmexp.set(Uvmexp {
+        npages: boot_pages as i32,
+        free: k.free.len() as i32,
+        freemin,
+        freetarg,
+    });
+    physmem.set(boot_pages);
+    hz.set(100);
+    vm_guest.set(match k.cfg.mode {
+        Mode::Pv => 2,
+        Mode::Pvh => 3,
+        Mode::NotXen => 0,
+    });
+    xen_start_info.set(StartInfo {
+        nr_pages: boot_pages,
+    });
+    xpmap_phys_to_machine_mapping.set(if k.cfg.mode == Mode::Pv {
+        k.p2m.as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
+    });
+    if k.cfg.mode != Mode::NotXen {
+        let target = (boot_pages * 4).to_string();
+        let max = (k.max_pages * 4).to_string();
+        k.store.insert("memory/target".into(), target);
+        k.store.insert("memory/static-max".into(), max);
+    }
+    k.booted = true;
+    k
+}
+
+impl Domain {
+    /// Boots a domain (waits while another one is alive in this process).
+    pub fn boot(cfg: DomainConfig) -> Domain {
+        let guard = DOMAIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // Pull the C half (and through it every kernel symbol) into links.
+        // SAFETY: reading the first entry of a static C array.
+        let _ = unsafe { std::ptr::read_volatile(sim_kernel_symbols.as_ptr()) };
+        {
+            let mut d = dmesg_lock();
+            d.lines.clear();
+            d.partial.clear();
+        }
+        let k = build_kernel(cfg);
+        *lock() = Some(k);
+        let xenwatch = Some(crate::xen::start_xenwatch());
+        crate::kernel::dmesg_append("NetBSD (simulated) booted\n");
+        Domain {
+            xenwatch,
+            _guard: guard,
+        }
+    }
+
+    pub fn config(&self) -> DomainConfig {
+        with(|k| k.cfg.clone())
+    }
+
+    // ---- modules ----
+
+    /// modload: MODULE_CMD_INIT on the calling thread; EEXIST if a module
+    /// of that name is loaded.
+    pub fn modload(&self, mi: &'static SimModinfo) -> Result<(), i32> {
+        let name = mi.name();
+        if with(|k| k.modules.iter().any(|m| m.name() == name)) {
+            return Err(EEXIST);
+        }
+        match mi.cmd(MODULE_CMD_INIT) {
+            0 => {
+                with(|k| k.modules.push(mi));
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    /// modunload of the most recently loaded module: MODULE_CMD_FINI; a
+    /// non-zero answer keeps it loaded (kern_module.c module_do_unload).
+    pub fn modunload(&self) -> Result<(), i32> {
+        let Some(mi) = with(|k| k.modules.last().copied()) else {
+            return Err(ENOENT);
+        };
+        match mi.cmd(MODULE_CMD_FINI) {
+            0 => {
+                with(|k| k.modules.retain(|m| !std::ptr::eq(*m, mi)));
+                Ok(())
+            }
+            e => {
+                crate::kernel::dmesg_append(&format!(
+                    "WARNING: module error: cannot unload module `{}' error={e}\n",
+                    mi.name()
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// Names of the loaded modules.
+    pub fn modstat(&self) -> Vec<String> {
+        with(|k| k.modules.iter().map(|m| m.name()).collect())
+    }
+
+    // ---- figures ----
+
+    pub fn reservation(&self) -> u64 {
+        with(|k| k.tot_pages)
+    }
+    pub fn max_reservation(&self) -> u64 {
+        with(|k| k.max_pages)
+    }
+    /// Changes Xen's max_pages for the domain (as `xl mem-max` would).
+    pub fn set_max_reservation(&self, pages: u64) {
+        with(|k| k.max_pages = pages)
+    }
+    pub fn host_free(&self) -> u64 {
+        with(|k| k.host_free)
+    }
+    pub fn set_host_free(&self, pages: u64) {
+        with(|k| k.host_free = pages)
+    }
+    /// Frames given to Xen whose content was not zero.
+    pub fn dirty_frames_given(&self) -> u64 {
+        with(|k| k.dirty_given)
+    }
+    /// Frames given to Xen that were zero-filled.
+    pub fn clean_frames_given(&self) -> u64 {
+        with(|k| k.clean_given)
+    }
+    /// (bytes, allocations) of kmem not yet freed.
+    pub fn kmem_outstanding(&self) -> (u64, u64) {
+        with(|k| (k.kmem_bytes, k.kmem.len() as u64))
+    }
+    /// Pages handed out by uvm_pagealloc/uvm_pglistalloc and not freed.
+    pub fn pages_owned_by_module(&self) -> u64 {
+        with(|k| k.module_pages)
+    }
+    pub fn free_pages(&self) -> u64 {
+        with(|k| k.free.len() as u64)
+    }
+    pub fn uvmexp(&self) -> Uvmexp {
+        uvmexp.get()
+    }
+    pub fn physmem(&self) -> u64 {
+        physmem.get()
+    }
+    /// UVM segments as [start, end) frame numbers, in order.
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        with(|k| k.segs.iter().map(|s| (s.start, s.end)).collect())
+    }
+    /// "free", "kernel", "module", or None outside every segment.
+    pub fn page_state(&self, pfn: u64) -> Option<&'static str> {
+        with(|k| k.page_state(pfn).map(crate::uvm::state_name))
+    }
+    /// PV p2m entry (None when invalid or out of range).
+    pub fn p2m(&self, pfn: u64) -> Option<u64> {
+        with(|k| Some(k.p2m_get(pfn)).filter(|&m| m != INVALID_P2M_ENTRY))
+    }
+    /// m2p entry of an owned MFN (None if not owned or unset).
+    pub fn m2p(&self, mfn: u64) -> Option<u64> {
+        with(|k| {
+            k.owned
+                .get(&mfn)
+                .map(|m| m.m2p)
+                .filter(|&p| p != INVALID_P2M_ENTRY)
+        })
+    }
+    pub fn frame_backed(&self, pfn: u64) -> bool {
+        with(|k| k.backed(pfn))
+    }
+    /// Content pattern of a backed frame (0 = zero-filled).
+    pub fn frame_content(&self, pfn: u64) -> Option<u64> {
+        with(|k| {
+            if k.backed(pfn) {
+                k.content_mut(pfn).map(|c| *c)
+            } else {
+                None
+            }
+        })
+    }
+    /// Simulated uptime.
+    pub fn uptime(&self) -> Duration {
+        with(|k| Duration::from_nanos(k.uptime_ns() as u64))
+    }
+    pub fn live_kthreads(&self) -> u64 {
+        with(|k| k.live_kthreads)
+    }
+    /// Dynamic sysctl nodes still present (after unload: leaks).
+    pub fn leaked_sysctl_nodes(&self) -> Vec<String> {
+        with(|k| k.sysctl.leaked())
+    }
+
+    // ---- dmesg ----
+
+    pub fn dmesg(&self) -> Vec<String> {
+        dmesg_lock().lines.clone()
+    }
+
+    // ---- faults ----
+
+    pub fn faults(&self) -> Faults {
+        with(|k| k.faults.clone())
+    }
+    pub fn set_faults(&self, f: Faults) {
+        with(|k| k.faults = f)
+    }
+    /// A copy of the faults that is written back when dropped. Counters
+    /// the model consumes meanwhile (fail_after) are overwritten then, so
+    /// keep the guard short-lived.
+    pub fn faults_mut(&self) -> FaultsMut<'_> {
+        FaultsMut {
+            _d: self,
+            f: self.faults(),
+        }
+    }
+
+    // ---- workload ----
+
+    /// The kernel allocates up to n more pages (memory pressure); returns
+    /// how many it got.
+    pub fn kernel_alloc(&self, n: u64) -> u64 {
+        with(|k| k.kernel_alloc(n))
+    }
+    /// The kernel frees up to n of its pages (most recently allocated first).
+    pub fn kernel_free(&self, n: u64) -> u64 {
+        with(|k| k.kernel_free(n))
+    }
+
+    // ---- xenstore ----
+
+    /// Writes a node (path relative to the domain home) and fires watches.
+    pub fn xenstore_write(&self, path: &str, value: &str) {
+        with(|k| k.store_write(path, Some(value)))
+    }
+    pub fn xenstore_read(&self, path: &str) -> Option<String> {
+        with(|k| k.store.get(path).cloned())
+    }
+    pub fn xenstore_rm(&self, path: &str) {
+        with(|k| k.store_write(path, None))
+    }
+    /// `xl mem-set`: writes memory/target in KiB.
+    pub fn xl_mem_set(&self, kib: u64) {
+        self.xenstore_write("memory/target", &kib.to_string())
+    }
+
+    // ---- sysctl ----
+
+    pub fn sysctl_read(&self, name: &str) -> Result<SysctlValue, i32> {
+        sysctl::read(name)
+    }
+    pub fn sysctl_write(&self, name: &str, v: SysctlValue) -> Result<(), i32> {
+        sysctl::write(name, &v)
+    }
+    pub fn sysctl_write_raw(&self, name: &str, bytes: &[u8]) -> Result<(), i32> {
+        sysctl::write_raw(name, bytes)
+    }
+    pub fn sysctl_describe(&self, name: &str) -> Option<String> {
+        with(|k| k.sysctl.describe(name))
+    }
+    /// Full names of the nodes whose name starts with `prefix`, sorted.
+    pub fn sysctl_list(&self, prefix: &str) -> Vec<String> {
+        with(|k| k.sysctl.list(prefix))
+    }
+
+    // ---- waiting ----
+
+    /// Waits (bounded) until `cond` holds; the model signals every change.
+    /// The closure runs under the state lock: use only the view.
+    pub fn wait_until(&self, mut cond: impl FnMut(&View<'_>) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock();
+        loop {
+            let Some(k) = g.as_ref() else { return false };
+            if cond(&View { k }) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let step = (deadline - now).min(Duration::from_millis(50));
+            g = CHANGED
+                .wait_timeout(g, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    // ---- invariants ----
+
+    /// Verifies the model's invariants (call when the driver is quiescent):
+    /// Xen reservation == frames the domain has backed; every free page is
+    /// backed; uvmexp.free == free pages; every unbacked frame of a
+    /// segment is owned by the module; p2m canary intact; PV: every valid
+    /// p2m entry is an owned MFN whose m2p points back, used once, inside a
+    /// segment, and every owned MFN is mapped; PVH: populated gpfns lie in
+    /// segments.
+    pub fn check(&self) -> Result<(), String> {
+        with(check_kernel)
+    }
+}
+
+fn check_kernel(k: &mut Kernel) -> Result<(), String> {
+    let mut errs = Vec::new();
+    let u = uvmexp.get();
+    if u.free as usize != k.free.len() {
+        errs.push(format!(
+            "uvmexp.free {} != {} free pages",
+            u.free,
+            k.free.len()
+        ));
+    }
+    let seg_pages: u64 = k.segs.iter().map(|s| s.end - s.start).sum();
+    if u.npages as u64 != seg_pages {
+        errs.push(format!(
+            "uvmexp.npages {} != {} pages in segments",
+            u.npages, seg_pages
+        ));
+    }
+    let (mut nfree, mut nmod) = (0u64, 0u64);
+    for s in k.segs.clone() {
+        for pfn in s.start..s.end {
+            let st = k.page_state(pfn).unwrap_or(PG_GONE);
+            let backed = k.backed(pfn);
+            match st {
+                PG_FREE => {
+                    nfree += 1;
+                    if !k.free.contains(&pfn) {
+                        errs.push(format!("free page {pfn:#x} not on the free list"));
+                    }
+                }
+                PG_MODULE => nmod += 1,
+                PG_GONE => errs.push(format!("gone page {pfn:#x} inside a segment")),
+                _ => {}
+            }
+            if !backed && st != PG_MODULE {
+                errs.push(format!(
+                    "unbacked frame {pfn:#x} is {} in UVM",
+                    crate::uvm::state_name(st)
+                ));
+            }
+        }
+    }
+    if nfree != k.free.len() as u64 {
+        errs.push(format!(
+            "{} free pages in segments, free list has {}",
+            nfree,
+            k.free.len()
+        ));
+    }
+    if nmod != k.module_pages {
+        errs.push(format!(
+            "{nmod} module pages, counter says {}",
+            k.module_pages
+        ));
+    }
+    if k.mode() != Mode::NotXen && k.tot_pages != k.backed_frames() {
+        errs.push(format!(
+            "Xen reservation {} != {} frames the domain holds",
+            k.tot_pages,
+            k.backed_frames()
+        ));
+    }
+    if k.tot_pages > k.max_pages && k.mode() != Mode::NotXen {
+        errs.push(format!(
+            "reservation {} above max_pages {}",
+            k.tot_pages, k.max_pages
+        ));
+    }
+    match k.mode() {
+        Mode::Pv => {
+            let cap = k.p2m_cap;
+            if k.p2m[cap..].iter().any(|&e| e != P2M_CANARY) {
+                errs.push("p2m written past its capacity (guard canary damaged)".into());
+            }
+            let mut seen = HashMap::new();
+            for pfn in 0..cap as u64 {
+                let m = k.p2m_get(pfn);
+                if m == INVALID_P2M_ENTRY {
+                    continue;
+                }
+                match k.owned.get(&m) {
+                    None => errs.push(format!(
+                        "p2m[{pfn:#x}] = MFN {m:#x} the domain does not own"
+                    )),
+                    Some(x) if x.m2p != pfn => errs.push(format!(
+                        "m2p[{m:#x}] = {:#x}, but p2m[{pfn:#x}] maps it",
+                        x.m2p
+                    )),
+                    _ => {}
+                }
+                if let Some(other) = seen.insert(m, pfn) {
+                    errs.push(format!("MFN {m:#x} mapped by pfns {other:#x} and {pfn:#x}"));
+                }
+                if k.seg_of(pfn).is_none() {
+                    errs.push(format!(
+                        "backed frame {pfn:#x} lies in no segment (reservation leak)"
+                    ));
+                }
+            }
+            if seen.len() != k.owned.len() {
+                errs.push(format!(
+                    "{} owned MFNs are not in the p2m (leaked reservation)",
+                    k.owned.len() - seen.len().min(k.owned.len())
+                ));
+            }
+        }
+        Mode::Pvh => {
+            let mut out: Vec<u64> = k
+                .populated
+                .keys()
+                .copied()
+                .filter(|&g| k.seg_of(g).is_none())
+                .collect();
+            out.sort_unstable();
+            if let Some(g) = out.first() {
+                errs.push(format!(
+                    "{} populated gpfns lie in no segment (first {g:#x}; reservation leak)",
+                    out.len()
+                ));
+            }
+        }
+        Mode::NotXen => {}
+    }
+    errs.truncate(20);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("\n"))
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        // Unload what is still loaded, newest first.
+        while let Some(mi) = with(|k| k.modules.last().copied()) {
+            let e = mi.cmd(MODULE_CMD_FINI);
+            with(|k| k.modules.pop());
+            if e != 0 {
+                eprintln!(
+                    "balloon-sim: module `{}' refused to unload at teardown (error {e})",
+                    mi.name()
+                );
+            }
+        }
+        if !self.wait_until(|v| v.live_kthreads() == 0, Duration::from_secs(10)) {
+            crate::kernel::kernel_panic("domain teardown: kernel threads still running");
+        }
+        with(|k| k.xenwatch_stop = true);
+        WATCHQ.notify_all();
+        if let Some(h) = self.xenwatch.take() {
+            let _ = h.join();
+        }
+        let k = lock().take();
+        if let Some(mut k) = k {
+            crate::ksync::kmem_free_all(&mut k);
+            k.sysctl.free_all();
+            xpmap_phys_to_machine_mapping.set(std::ptr::null_mut());
+            for a in k.arrays.drain(..) {
+                // SAFETY: reclaiming the boxed slice leaked by new_page_array.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(a.ptr, a.len)) });
+            }
+        }
+        uvmexp.set(Uvmexp::default());
+        physmem.set(0);
+        CHANGED.notify_all();
+    }
+}

@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! The global state of the simulated domain: UVM, Xen, xenstore, sysctl,
+//! kmem, threads. One domain per process at a time (see `Domain`).
+//!
+//! Locking: everything lives under one `std::sync::Mutex` (`STATE`). The
+//! model never calls back into C (sysctl handlers, watch callbacks, kthread
+//! functions, modcmd) while holding it. `CHANGED` is notified after every
+//! state change so tests can wait for conditions without sleeping.
+
+use std::cell::UnsafeCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::config::{DomainConfig, Faults, Mode};
+use crate::sysctl::SysctlTree;
+
+pub(crate) const PAGE_SIZE: u64 = 4096;
+pub(crate) const PAGE_SHIFT: u32 = 12;
+pub(crate) const INVALID_P2M_ENTRY: u64 = !0;
+/// p2m slots allocated past the capacity and filled with `P2M_CANARY`.
+pub(crate) const P2M_GUARD: usize = 1024;
+pub(crate) const P2M_CANARY: u64 = 0x5ca1_ab1e_dead_f00d;
+/// First MFN the host allocator hands out (distinct from any pfn in use).
+pub(crate) const FIRST_MFN: u64 = 0x40_0000;
+/// Largest PVH gpfn the model accepts (1 TiB of guest-physical space).
+pub(crate) const MAX_GPFN: u64 = 1 << 28;
+
+/// vm_page.sim_state values.
+pub(crate) const PG_FREE: i32 = 0;
+pub(crate) const PG_KERNEL: i32 = 1;
+pub(crate) const PG_MODULE: i32 = 2;
+pub(crate) const PG_GONE: i32 = 3;
+
+/// The C `struct vm_page` of balloon_host_kernel.h.
+#[repr(C)]
+pub(crate) struct VmPage {
+    pub next: *mut VmPage,
+    pub prev: *mut *mut VmPage,
+    pub pfn: u64,
+    pub state: i32,
+}
+
+/// A kernel global shared with C: same layout as `T`, written by the model
+/// only under the state lock, and read or written by C directly.
+#[repr(transparent)]
+pub struct KGlobal<T>(UnsafeCell<T>);
+
+// SAFETY: these stand for kernel globals; the model serialises its own
+// accesses under the state lock and C code accesses them as the real
+// kernel's globals would be accessed (racy reads of counters are fine).
+unsafe impl<T> Sync for KGlobal<T> {}
+
+impl<T: Copy> KGlobal<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        KGlobal(UnsafeCell::new(v))
+    }
+    /// Reads the current value.
+    pub fn get(&self) -> T {
+        // SAFETY: the pointer is valid for the whole program; volatile
+        // because C may write it behind the compiler's back.
+        unsafe { self.0.get().read_volatile() }
+    }
+    pub(crate) fn set(&self, v: T) {
+        // SAFETY: as in `get`.
+        unsafe { self.0.get().write_volatile(v) }
+    }
+}
+
+/// `struct uvmexp` (the members the shim uses; uvm_extern.h 1.232: all int).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uvmexp {
+    pub npages: i32,
+    pub free: i32,
+    pub freemin: i32,
+    pub freetarg: i32,
+}
+
+/// `struct start_info` (only nr_pages).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartInfo {
+    pub nr_pages: u64,
+}
+
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static uvmexp: KGlobal<Uvmexp> = KGlobal::new(Uvmexp {
+    npages: 0,
+    free: 0,
+    freemin: 0,
+    freetarg: 0,
+});
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static physmem: KGlobal<u64> = KGlobal::new(0);
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static hz: KGlobal<i32> = KGlobal::new(100);
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static vm_guest: KGlobal<i32> = KGlobal::new(0);
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static xen_start_info: KGlobal<StartInfo> = KGlobal::new(StartInfo { nr_pages: 0 });
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static xpmap_phys_to_machine_mapping: KGlobal<*mut u64> = KGlobal::new(std::ptr::null_mut());
+
+/// One UVM segment [start, end) (page frame numbers); `pgs` points at the
+/// vm_page of `start` inside one of `Kernel::arrays`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seg {
+    pub id: u64,
+    pub start: u64,
+    pub end: u64,
+    pub pgs: *mut VmPage,
+}
+
+/// A vm_page array. Never freed before teardown, so stale pointers into an
+/// unplugged range stay readable (uvm_physseg.c 1.18 returns unplugged
+/// vm_pages to a slab extent and never kmem_frees them either).
+pub(crate) struct PageArray {
+    pub ptr: *mut VmPage,
+    pub len: usize,
+}
+
+/// A machine frame the domain owns (PV).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mfn {
+    /// m2p entry: the pfn Xen believes this MFN backs (or INVALID).
+    pub m2p: u64,
+    /// Content pattern (0 = zero-filled).
+    pub content: u64,
+}
+
+pub(crate) struct Kernel {
+    pub cfg: DomainConfig,
+    pub boot: Instant,
+    pub faults: Faults,
+    pub booted: bool,
+    // UVM
+    pub segs: Vec<Seg>,
+    pub arrays: Vec<PageArray>,
+    pub free: BTreeSet<u64>,
+    pub kernel_pages: Vec<u64>,
+    pub module_pages: u64,
+    pub next_seg_id: u64,
+    pub next_pattern: u64,
+    // Xen
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    pub host_free: u64,
+    pub next_mfn: u64,
+    pub owned: HashMap<u64, Mfn>,
+    pub populated: HashMap<u64, u64>,
+    pub nx_content: HashMap<u64, u64>,
+    pub p2m: Vec<u64>,
+    pub p2m_cap: usize,
+    pub dirty_given: u64,
+    pub clean_given: u64,
+    // xenstore / xenbus
+    pub store: BTreeMap<String, String>,
+    pub watches: Vec<(usize, String)>,
+    pub watch_queue: VecDeque<(usize, String)>,
+    pub watch_running: Option<usize>,
+    pub watch_fired: u64,
+    pub xenwatch_stop: bool,
+    // sysctl
+    pub sysctl: SysctlTree,
+    // kmem: address -> size
+    pub kmem: HashMap<usize, usize>,
+    pub kmem_bytes: u64,
+    // threads and modules
+    pub live_kthreads: u64,
+    pub modules: Vec<&'static crate::SimModinfo>,
+}
+
+// SAFETY: the raw pointers in Kernel point into memory the Kernel owns
+// (vm_page arrays) or that C owns; they are only dereferenced under the
+// state lock, by whichever thread holds it.
+unsafe impl Send for Kernel {}
+
+pub(crate) static STATE: Mutex<Option<Kernel>> = Mutex::new(None);
+/// Notified (with STATE briefly taken) after every change of model state.
+pub(crate) static CHANGED: Condvar = Condvar::new();
+/// Wakes the xenwatch thread.
+pub(crate) static WATCHQ: Condvar = Condvar::new();
+
+pub(crate) fn lock() -> MutexGuard<'static, Option<Kernel>> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the booted kernel under the state lock, then notifies
+/// waiters. A kernel service used with no domain booted is a panic.
+pub(crate) fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    let mut g = lock();
+    let Some(k) = g.as_mut() else {
+        drop(g);
+        kernel_panic("kernel service used with no simulated domain booted");
+    };
+    let r = f(k);
+    drop(g);
+    CHANGED.notify_all();
+    r
+}
+
+/// Wakes `wait_until` callers after a change made outside `with`.
+pub(crate) fn notify_changed() {
+    drop(lock());
+    CHANGED.notify_all();
+}
+
+// ---- dmesg and panic ----
+
+pub(crate) struct Dmesg {
+    pub lines: Vec<String>,
+    pub partial: String,
+}
+
+pub(crate) static DMESG: Mutex<Dmesg> = Mutex::new(Dmesg {
+    lines: Vec::new(),
+    partial: String::new(),
+});
+
+pub(crate) fn dmesg_lock() -> MutexGuard<'static, Dmesg> {
+    DMESG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Appends kernel printf output; complete lines become dmesg lines.
+pub(crate) fn dmesg_append(s: &str) {
+    let echo = std::env::var_os("SIM_DMESG").is_some();
+    let mut d = dmesg_lock();
+    for ch in s.chars() {
+        if ch == '\n' {
+            let line = std::mem::take(&mut d.partial);
+            if echo {
+                eprintln!("[dmesg] {line}");
+            }
+            d.lines.push(line);
+        } else {
+            d.partial.push(ch);
+        }
+    }
+}
+
+/// A simulated kernel panic: the driver broke a kernel rule. Records the
+/// message in dmesg, prints it loudly and aborts the process.
+pub(crate) fn kernel_panic(msg: &str) -> ! {
+    {
+        let mut d = dmesg_lock();
+        let line = format!("panic: {msg}");
+        d.lines.push(line);
+    }
+    eprintln!("\n*** SIMULATED KERNEL PANIC: {msg}");
+    eprintln!("*** (the code under test broke a NetBSD/Xen kernel rule; aborting)\n");
+    std::process::abort();
+}
+
+impl Kernel {
+    pub(crate) fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    pub(crate) fn pattern(&mut self) -> u64 {
+        self.next_pattern += 1;
+        self.next_pattern
+    }
+
+    /// Index of the segment holding `pfn`.
+    pub(crate) fn seg_of(&self, pfn: u64) -> Option<usize> {
+        let i = self.segs.partition_point(|s| s.start <= pfn);
+        if i == 0 {
+            return None;
+        }
+        (pfn < self.segs[i - 1].end).then_some(i - 1)
+    }
+
+    pub(crate) fn page_ptr(&self, pfn: u64) -> Option<*mut VmPage> {
+        let s = self.segs[self.seg_of(pfn)?];
+        // SAFETY: pfn lies in [start, end) of a live segment whose pgs
+        // points at `end - start` vm_pages of one array.
+        Some(unsafe { s.pgs.add((pfn - s.start) as usize) })
+    }
+
+    pub(crate) fn page_state(&self, pfn: u64) -> Option<i32> {
+        // SAFETY: page_ptr returns a pointer into a live array.
+        self.page_ptr(pfn).map(|p| unsafe { (*p).state })
+    }
+
+    pub(crate) fn set_page_state(&mut self, pfn: u64, st: i32) {
+        if let Some(p) = self.page_ptr(pfn) {
+            // SAFETY: as above; the model owns sim_state.
+            unsafe { (*p).state = st };
+        }
+    }
+
+    /// Validates a vm_page pointer handed in by C: it must point at an
+    /// element of one of our arrays. Returns its pfn and state.
+    pub(crate) fn check_page(&self, pg: *const VmPage, what: &str) -> (u64, i32) {
+        let a = pg as usize;
+        let sz = std::mem::size_of::<VmPage>();
+        for arr in &self.arrays {
+            let base = arr.ptr as usize;
+            if a >= base && a < base + arr.len * sz {
+                if !(a - base).is_multiple_of(sz) {
+                    kernel_panic(&format!("{what}: misaligned vm_page pointer {pg:p}"));
+                }
+                // SAFETY: pg points at an element of a live array.
+                let (pfn, st) = unsafe { ((*pg).pfn, (*pg).state) };
+                if st == PG_GONE {
+                    kernel_panic(&format!(
+                        "{what}: vm_page of frame {pfn:#x} used after its range was unplugged"
+                    ));
+                }
+                return (pfn, st);
+            }
+        }
+        kernel_panic(&format!("{what}: {pg:p} is not a vm_page"));
+    }
+
+    pub(crate) fn p2m_get(&self, pfn: u64) -> u64 {
+        if (pfn as usize) < self.p2m_cap {
+            // SAFETY: index within the allocation; volatile because C
+            // writes the table directly (xpmap_ptom_map / _unmap).
+            unsafe { self.p2m.as_ptr().add(pfn as usize).read_volatile() }
+        } else {
+            INVALID_P2M_ENTRY
+        }
+    }
+
+    pub(crate) fn p2m_set(&mut self, pfn: u64, mfn: u64) {
+        if (pfn as usize) < self.p2m_cap {
+            // SAFETY: index within the allocation.
+            unsafe { self.p2m.as_mut_ptr().add(pfn as usize).write_volatile(mfn) }
+        }
+    }
+
+    /// Whether `pfn` is backed by memory the domain owns: PV: a valid p2m
+    /// entry holding an MFN the domain owns; PVH: a populated gpfn; not
+    /// Xen: always.
+    pub(crate) fn backed(&self, pfn: u64) -> bool {
+        match self.mode() {
+            Mode::Pv => {
+                let m = self.p2m_get(pfn);
+                m != INVALID_P2M_ENTRY && self.owned.contains_key(&m)
+            }
+            Mode::Pvh => self.populated.contains_key(&pfn),
+            Mode::NotXen => true,
+        }
+    }
+
+    /// The content pattern of a backed frame.
+    pub(crate) fn content_mut(&mut self, pfn: u64) -> Option<&mut u64> {
+        match self.mode() {
+            Mode::Pv => {
+                let m = self.p2m_get(pfn);
+                self.owned.get_mut(&m).map(|x| &mut x.content)
+            }
+            Mode::Pvh => self.populated.get_mut(&pfn),
+            Mode::NotXen => Some(self.nx_content.entry(pfn).or_insert(1)),
+        }
+    }
+
+    /// Frames the domain has backed (what Xen's reservation must equal).
+    pub(crate) fn backed_frames(&self) -> u64 {
+        match self.mode() {
+            Mode::Pv => self.owned.len() as u64,
+            Mode::Pvh => self.populated.len() as u64,
+            Mode::NotXen => 0,
+        }
+    }
+
+    pub(crate) fn sync_uvmexp(&self, npages: i32) {
+        let mut u = uvmexp.get();
+        u.npages = npages;
+        u.free = self.free.len() as i32;
+        uvmexp.set(u);
+    }
+
+    pub(crate) fn uptime_ns(&self) -> u128 {
+        self.boot.elapsed().as_nanos() * u128::from(self.cfg.time_scale.max(1))
+    }
+}

@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! Threads, locks, kmem, clock, printf/panic and small kernel services
+//! (docs/kernel-interfaces.md §7-9).
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_ulong, c_void};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crate::kernel::{dmesg_append, hz, kernel_panic, lock, with, CHANGED};
+use crate::xen::cstr;
+
+const EAGAIN: c_int = 35;
+const ENOENT: c_int = 2;
+const KM_SLEEP: u32 = 1;
+const KM_NOSLEEP: u32 = 2;
+const KTHREAD_MUSTJOIN: c_int = 0x10;
+const KSYMS_ANY: c_int = 0x0200;
+
+// ---- printf / panic (called by the C variadic wrappers) ----
+
+#[no_mangle]
+unsafe extern "C" fn sim_rs_printf(s: *const c_char) {
+    // SAFETY: the C wrapper passes a NUL-terminated string.
+    let s = unsafe { cstr(s) };
+    dmesg_append(&s);
+    crate::kernel::notify_changed();
+}
+
+#[no_mangle]
+unsafe extern "C" fn sim_rs_panic(s: *const c_char) -> ! {
+    // SAFETY: the C wrapper passes a NUL-terminated string.
+    let s = unsafe { cstr(s) };
+    kernel_panic(s.trim_end());
+}
+
+// ---- getmicrouptime ----
+
+#[repr(C)]
+struct Timeval {
+    tv_sec: i64,
+    tv_usec: i64,
+}
+
+/// getmicrouptime(9): simulated uptime = real time since boot × time scale.
+#[no_mangle]
+unsafe extern "C" fn getmicrouptime(tv: *mut Timeval) {
+    let ns = with(|k| k.uptime_ns());
+    let us = ns / 1000;
+    // SAFETY: tv points at the caller's struct timeval.
+    unsafe {
+        (*tv).tv_sec = (us / 1_000_000) as i64;
+        (*tv).tv_usec = (us % 1_000_000) as i64;
+    }
+}
+
+/// Real duration of `ticks` simulated clock ticks.
+fn ticks_to_real(ticks: u64) -> Duration {
+    let (scale, hzv) = with(|k| (u64::from(k.cfg.time_scale.max(1)), hz.get().max(1) as u64));
+    let sim_ns = u128::from(ticks) * 1_000_000_000 / u128::from(hzv);
+    Duration::from_nanos((sim_ns / u128::from(scale)) as u64)
+}
+
+// ---- kmem(9) ----
+
+fn kmem_layout(size: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(size, 16).unwrap_or_else(|_| kernel_panic("kmem: bad size"))
+}
+
+fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
+    if size == 0 {
+        kernel_panic("kmem_alloc: size 0");
+    }
+    if flags != KM_SLEEP && flags != KM_NOSLEEP {
+        kernel_panic(&format!(
+            "kmem_alloc: bad flags {flags:#x} (KM_SLEEP or KM_NOSLEEP)"
+        ));
+    }
+    with(|k| {
+        if flags == KM_NOSLEEP && k.faults.kmem_nosleep_fail {
+            return std::ptr::null_mut();
+        }
+        let lay = kmem_layout(size);
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe {
+            if zero {
+                std::alloc::alloc_zeroed(lay)
+            } else {
+                std::alloc::alloc(lay)
+            }
+        };
+        if p.is_null() {
+            kernel_panic("kmem_alloc: host out of memory");
+        }
+        if !zero {
+            // Fresh kmem memory is not zeroed; make that visible.
+            // SAFETY: p has `size` bytes.
+            unsafe { std::ptr::write_bytes(p, 0xa5, size) };
+        }
+        k.kmem.insert(p as usize, size);
+        k.kmem_bytes += size as u64;
+        p as *mut c_void
+    })
+}
+
+#[no_mangle]
+extern "C" fn kmem_alloc(size: usize, flags: u32) -> *mut c_void {
+    kmem_do_alloc(size, flags, false)
+}
+
+#[no_mangle]
+extern "C" fn kmem_zalloc(size: usize, flags: u32) -> *mut c_void {
+    kmem_do_alloc(size, flags, true)
+}
+
+/// kmem_free(9): the size must equal the allocated size; NULL or an
+/// unknown pointer is a panic.
+#[no_mangle]
+extern "C" fn kmem_free(p: *mut c_void, size: usize) {
+    with(|k| match k.kmem.get(&(p as usize)).copied() {
+        None => kernel_panic(&format!("kmem_free: {p:p} was not allocated by kmem")),
+        Some(s) if s != size => kernel_panic(&format!(
+            "kmem_free: {p:p} freed with size {size}, allocated with {s}"
+        )),
+        Some(s) => {
+            k.kmem.remove(&(p as usize));
+            k.kmem_bytes -= s as u64;
+            // SAFETY: allocated above with the same layout.
+            unsafe { std::alloc::dealloc(p as *mut u8, kmem_layout(s)) };
+        }
+    })
+}
+
+/// Frees every outstanding kmem allocation (domain teardown).
+pub(crate) fn kmem_free_all(k: &mut crate::kernel::Kernel) {
+    for (p, s) in k.kmem.drain() {
+        // SAFETY: allocated by kmem_do_alloc with this layout.
+        unsafe { std::alloc::dealloc(p as *mut u8, kmem_layout(s)) };
+    }
+    k.kmem_bytes = 0;
+}
+
+// ---- mutex(9) ----
+
+#[repr(C)]
+struct KmutexC {
+    sim_impl: *mut c_void,
+}
+
+struct KMutex {
+    owner: Mutex<Option<ThreadId>>,
+    cv: Condvar,
+}
+
+fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// # Safety
+/// `m` points at a kmutex_t initialised by mutex_init.
+unsafe fn kmutex<'a>(m: *const KmutexC, what: &str) -> &'a KMutex {
+    // SAFETY: per the contract; a NULL impl means not initialised.
+    let p = unsafe { (*m).sim_impl } as *const KMutex;
+    if p.is_null() {
+        kernel_panic(&format!("{what}: mutex not initialised"));
+    }
+    // SAFETY: set by mutex_init to a leaked Box<KMutex>.
+    unsafe { &*p }
+}
+
+#[no_mangle]
+unsafe extern "C" fn mutex_init(m: *mut KmutexC, _ty: c_int, ipl: c_int) {
+    if ipl != 0 {
+        kernel_panic("mutex_init: adaptive mutex with ipl != IPL_NONE");
+    }
+    let b = Box::new(KMutex {
+        owner: Mutex::new(None),
+        cv: Condvar::new(),
+    });
+    // SAFETY: m is the caller's kmutex_t.
+    unsafe { (*m).sim_impl = Box::into_raw(b) as *mut c_void };
+}
+
+#[no_mangle]
+unsafe extern "C" fn mutex_destroy(m: *mut KmutexC) {
+    // SAFETY: m was initialised by mutex_init.
+    let km = unsafe { kmutex(m, "mutex_destroy") };
+    if plock(&km.owner).is_some() {
+        kernel_panic("mutex_destroy: mutex is held");
+    }
+    // SAFETY: reclaiming the Box leaked by mutex_init; cleared below.
+    unsafe {
+        drop(Box::from_raw((*m).sim_impl as *mut KMutex));
+        (*m).sim_impl = std::ptr::null_mut();
+    }
+}
+
+fn km_enter(km: &KMutex) {
+    let me = std::thread::current().id();
+    let mut o = plock(&km.owner);
+    if *o == Some(me) {
+        kernel_panic("mutex_enter: locking against myself");
+    }
+    while o.is_some() {
+        o = km.cv.wait(o).unwrap_or_else(|e| e.into_inner());
+    }
+    *o = Some(me);
+}
+
+fn km_exit(km: &KMutex, what: &str) {
+    let me = std::thread::current().id();
+    let mut o = plock(&km.owner);
+    if *o != Some(me) {
+        kernel_panic(&format!("{what}: mutex not held by this thread"));
+    }
+    *o = None;
+    km.cv.notify_one();
+}
+
+#[no_mangle]
+unsafe extern "C" fn mutex_enter(m: *mut KmutexC) {
+    // SAFETY: m was initialised by mutex_init.
+    km_enter(unsafe { kmutex(m, "mutex_enter") });
+}
+
+#[no_mangle]
+unsafe extern "C" fn mutex_exit(m: *mut KmutexC) {
+    // SAFETY: m was initialised by mutex_init.
+    km_exit(unsafe { kmutex(m, "mutex_exit") }, "mutex_exit");
+}
+
+#[no_mangle]
+unsafe extern "C" fn mutex_owned(m: *const KmutexC) -> c_int {
+    // SAFETY: m was initialised by mutex_init.
+    let km = unsafe { kmutex(m, "mutex_owned") };
+    c_int::from(*plock(&km.owner) == Some(std::thread::current().id()))
+}
+
+// ---- condvar(9) ----
+
+#[repr(C)]
+struct KcondC {
+    sim_impl: *mut c_void,
+}
+
+struct KCond {
+    seq: Mutex<u64>,
+    cv: Condvar,
+}
+
+/// # Safety
+/// `c` points at a kcondvar_t initialised by cv_init.
+unsafe fn kcond<'a>(c: *const KcondC, what: &str) -> &'a KCond {
+    // SAFETY: per the contract.
+    let p = unsafe { (*c).sim_impl } as *const KCond;
+    if p.is_null() {
+        kernel_panic(&format!("{what}: condvar not initialised"));
+    }
+    // SAFETY: set by cv_init to a leaked Box<KCond>.
+    unsafe { &*p }
+}
+
+#[no_mangle]
+unsafe extern "C" fn cv_init(c: *mut KcondC, _wmesg: *const c_char) {
+    let b = Box::new(KCond {
+        seq: Mutex::new(0),
+        cv: Condvar::new(),
+    });
+    // SAFETY: c is the caller's kcondvar_t.
+    unsafe { (*c).sim_impl = Box::into_raw(b) as *mut c_void };
+}
+
+#[no_mangle]
+unsafe extern "C" fn cv_destroy(c: *mut KcondC) {
+    // SAFETY: c was initialised by cv_init.
+    unsafe {
+        kcond(c, "cv_destroy");
+        drop(Box::from_raw((*c).sim_impl as *mut KCond));
+        (*c).sim_impl = std::ptr::null_mut();
+    }
+}
+
+/// Waits on `kc`, releasing and re-taking the kernel mutex. None = forever.
+/// Returns true on timeout. The cv's own lock is taken before the kernel
+/// mutex is released, so a signal sent after that is never lost.
+fn cv_do_wait(kc: &KCond, km: &KMutex, timeout: Option<Duration>, what: &str) -> bool {
+    let mut seq = plock(&kc.seq);
+    let start = *seq;
+    km_exit(km, what);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    while *seq == start {
+        match deadline {
+            None => seq = kc.cv.wait(seq).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    timed_out = true;
+                    break;
+                }
+                seq = kc
+                    .cv
+                    .wait_timeout(seq, d - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+    }
+    drop(seq);
+    km_enter(km);
+    timed_out
+}
+
+#[no_mangle]
+unsafe extern "C" fn cv_wait(c: *mut KcondC, m: *mut KmutexC) {
+    // SAFETY: both initialised by their init functions.
+    let (kc, km) = unsafe { (kcond(c, "cv_wait"), kmutex(m, "cv_wait")) };
+    cv_do_wait(kc, km, None, "cv_wait");
+}
+
+/// cv_timedwait(9): ticks == 0 waits forever (§8); EWOULDBLOCK on timeout,
+/// 0 when woken. The wait lasts ticks/hz simulated seconds, i.e. that
+/// divided by the time scale in real time. Negative ticks time out at once.
+#[no_mangle]
+unsafe extern "C" fn cv_timedwait(c: *mut KcondC, m: *mut KmutexC, ticks: c_int) -> c_int {
+    // SAFETY: both initialised by their init functions.
+    let (kc, km) = unsafe { (kcond(c, "cv_timedwait"), kmutex(m, "cv_timedwait")) };
+    let timeout = match ticks {
+        0 => None,
+        t if t < 0 => Some(Duration::ZERO),
+        t => Some(ticks_to_real(t as u64)),
+    };
+    if cv_do_wait(kc, km, timeout, "cv_timedwait") {
+        EAGAIN
+    } else {
+        0
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn cv_signal(c: *mut KcondC) {
+    // SAFETY: initialised by cv_init.
+    let kc = unsafe { kcond(c, "cv_signal") };
+    *plock(&kc.seq) += 1;
+    kc.cv.notify_one();
+}
+
+#[no_mangle]
+unsafe extern "C" fn cv_broadcast(c: *mut KcondC) {
+    // SAFETY: initialised by cv_init.
+    let kc = unsafe { kcond(c, "cv_broadcast") };
+    *plock(&kc.seq) += 1;
+    kc.cv.notify_all();
+}
+
+// ---- kthread(9) ----
+
+extern "C" {
+    fn sim_kthread_trampoline(func: unsafe extern "C" fn(*mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// The lwp_t the simulator hands out.
+struct Lwp {
+    name: String,
+    mustjoin: bool,
+    join: Option<JoinHandle<()>>,
+}
+
+struct SendPtr(*mut c_void);
+// SAFETY: the kthread argument is handed to exactly one new thread, as the
+// kernel does.
+unsafe impl Send for SendPtr {}
+
+#[no_mangle]
+unsafe extern "C" fn sim_rs_kthread_create(
+    _pri: c_int,
+    flags: c_int,
+    func: Option<unsafe extern "C" fn(*mut c_void)>,
+    arg: *mut c_void,
+    newlp: *mut *mut c_void,
+    name: *const c_char,
+) -> c_int {
+    let Some(func) = func else {
+        kernel_panic("kthread_create: NULL function");
+    };
+    // SAFETY: the C wrapper passes a NUL-terminated name.
+    let name = unsafe { cstr(name) };
+    let a = SendPtr(arg);
+    with(|k| k.live_kthreads += 1);
+    let tname = name.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let a = a;
+            // SAFETY: runs the kthread function through the C trampoline that
+            // catches kthread_exit's longjmp; only C frames lie in between.
+            let code = unsafe { sim_kthread_trampoline(func, a.0) };
+            if code == -1 {
+                dmesg_append(&format!(
+                    "kthread {tname}: returned without calling kthread_exit\n"
+                ));
+            } else if code != 0 {
+                dmesg_append(&format!("kthread {tname}: exit code {code}\n"));
+            }
+            let mut g = lock();
+            if let Some(k) = g.as_mut() {
+                k.live_kthreads -= 1;
+            }
+            drop(g);
+            CHANGED.notify_all();
+        });
+    let h = match spawned {
+        Ok(h) => h,
+        Err(_) => {
+            with(|k| k.live_kthreads -= 1);
+            return EAGAIN;
+        }
+    };
+    let mustjoin = flags & KTHREAD_MUSTJOIN != 0;
+    let lwp = Box::new(Lwp {
+        name,
+        mustjoin,
+        join: Some(h),
+    });
+    let lp = Box::into_raw(lwp);
+    if !newlp.is_null() {
+        // SAFETY: newlp is the caller's lwp_t ** out-parameter.
+        unsafe { *newlp = lp as *mut c_void };
+    }
+    if !mustjoin {
+        // Not joinable: the lwp is gone once the thread exits (kern_kthread.c);
+        // the model leaks the small handle rather than race on it.
+        // SAFETY: lp is the Box just leaked; detach the thread.
+        unsafe { (*lp).join.take() };
+    }
+    0
+}
+
+/// kthread_join(9): KASSERTs KTHREAD_MUSTJOIN; waits; always 0; the lwp
+/// must not be touched afterwards.
+#[no_mangle]
+unsafe extern "C" fn kthread_join(l: *mut c_void) -> c_int {
+    if l.is_null() {
+        kernel_panic("kthread_join: NULL lwp");
+    }
+    // SAFETY: l came from sim_rs_kthread_create (a leaked Box<Lwp>).
+    let mut lwp = unsafe { Box::from_raw(l as *mut Lwp) };
+    if !lwp.mustjoin {
+        kernel_panic(&format!(
+            "kthread_join: {} was not created KTHREAD_MUSTJOIN",
+            lwp.name
+        ));
+    }
+    if let Some(h) = lwp.join.take() {
+        if h.thread().id() == std::thread::current().id() {
+            kernel_panic("kthread_join: a thread joining itself");
+        }
+        let _ = h.join();
+    }
+    0
+}
+
+// ---- autoconf, ksyms ----
+
+static BALLOON0: u8 = 0;
+
+/// device_find_by_xname(9): only "balloon0", attached iff the config says
+/// the built-in driver is (§3).
+#[no_mangle]
+unsafe extern "C" fn device_find_by_xname(name: *const c_char) -> *mut c_void {
+    // SAFETY: name is a NUL-terminated string.
+    let n = unsafe { CStr::from_ptr(name) };
+    let attached = with(|k| k.cfg.builtin_balloon);
+    if attached && n.to_bytes() == b"balloon0" {
+        &BALLOON0 as *const u8 as *mut c_void
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+static PHYSSEG_GRAPH: u8 = 0;
+
+/// ksyms_getval: "uvm_physseg_graph" (a static, so only with KSYMS_ANY)
+/// exists only in UVM_HOTPLUG kernels (§1, run-time detection).
+#[no_mangle]
+unsafe extern "C" fn ksyms_getval(
+    _module: *const c_char,
+    sym: *const c_char,
+    val: *mut c_ulong,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: sym is a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(sym) };
+    let hot = with(|k| k.cfg.hotplug);
+    if hot && flags & KSYMS_ANY != 0 && s.to_bytes() == b"uvm_physseg_graph" {
+        if !val.is_null() {
+            // SAFETY: val is the caller's out-parameter.
+            unsafe { *val = &PHYSSEG_GRAPH as *const u8 as c_ulong };
+        }
+        0
+    } else {
+        ENOENT
+    }
+}

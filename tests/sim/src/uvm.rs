@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! UVM pages and physical segments (docs/kernel-interfaces.md §1-2).
+//!
+//! Free-page order: the free list is kept as an ordered set and the
+//! allocator hands out the highest free frame first (deterministic, like a
+//! LIFO free list after boot). uvm_pglistalloc takes the highest free
+//! frames inside [low, high).
+
+use std::os::raw::c_int;
+
+use crate::config::fail_now;
+use crate::kernel::{
+    kernel_panic, lock, physmem, uvmexp, with, Kernel, PageArray, Seg, VmPage, CHANGED, PAGE_SHIFT,
+    PAGE_SIZE, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE,
+};
+
+const ENOMEM: c_int = 12;
+const EINVAL: c_int = 22;
+const UVM_PGA_ZERO: c_int = 0x0002;
+
+extern "C" {
+    fn sim_pglist_insert_tail(list: *mut PglistHead, pg: *mut VmPage);
+}
+
+/// Opaque `struct pglist` (TAILQ head); only touched by C helpers.
+#[repr(C)]
+pub(crate) struct PglistHead {
+    _private: [u8; 0],
+}
+
+impl Kernel {
+    /// Allocates a vm_page array for [start, start + n) and returns its
+    /// first element. Pages start in `state`.
+    pub(crate) fn new_page_array(&mut self, start: u64, n: u64, state: i32) -> *mut VmPage {
+        let v: Vec<VmPage> = (0..n)
+            .map(|i| VmPage {
+                next: std::ptr::null_mut(),
+                prev: std::ptr::null_mut(),
+                pfn: start + i,
+                state,
+            })
+            .collect();
+        let len = v.len();
+        let ptr = Box::into_raw(v.into_boxed_slice()) as *mut VmPage;
+        self.arrays.push(PageArray { ptr, len });
+        ptr
+    }
+
+    pub(crate) fn insert_seg(&mut self, start: u64, end: u64, pgs: *mut VmPage) -> u64 {
+        self.next_seg_id += 1;
+        let id = self.next_seg_id;
+        let i = self.segs.partition_point(|s| s.start < start);
+        self.segs.insert(
+            i,
+            Seg {
+                id,
+                start,
+                end,
+                pgs,
+            },
+        );
+        id
+    }
+
+    /// Takes the highest free frame (optionally within [lo, hi)).
+    fn take_free(&mut self, lo: u64, hi: u64) -> Option<u64> {
+        let pfn = *self.free.range(lo..hi).next_back()?;
+        self.free.remove(&pfn);
+        Some(pfn)
+    }
+
+    /// Moves a free frame to `state`, giving it a new content pattern when
+    /// `dirty`.
+    fn alloc_frame(&mut self, pfn: u64, state: i32) {
+        self.set_page_state(pfn, state);
+        if state == PG_MODULE {
+            self.module_pages += 1;
+        }
+    }
+
+    pub(crate) fn free_frame(&mut self, pfn: u64, old: i32) {
+        self.set_page_state(pfn, PG_FREE);
+        self.free.insert(pfn);
+        if old == PG_MODULE {
+            self.module_pages -= 1;
+        }
+    }
+
+    /// Kernel workload: allocate up to n pages (dirtying them).
+    pub(crate) fn kernel_alloc(&mut self, n: u64) -> u64 {
+        let mut got = 0;
+        while got < n {
+            let Some(pfn) = self.take_free(0, u64::MAX) else {
+                break;
+            };
+            self.alloc_frame(pfn, PG_KERNEL);
+            let pat = self.pattern();
+            if let Some(c) = self.content_mut(pfn) {
+                *c = pat;
+            }
+            self.kernel_pages.push(pfn);
+            got += 1;
+        }
+        self.sync_uvmexp(uvmexp.get().npages);
+        got
+    }
+
+    /// Kernel workload: free up to n of its pages (most recent first).
+    pub(crate) fn kernel_free(&mut self, n: u64) -> u64 {
+        let mut done = 0;
+        while done < n {
+            let Some(pfn) = self.kernel_pages.pop() else {
+                break;
+            };
+            if !self.backed(pfn) {
+                kernel_panic(&format!(
+                    "kernel page {pfn:#x} lost its backing (given to Xen while in use)"
+                ));
+            }
+            self.free_frame(pfn, PG_KERNEL);
+            done += 1;
+        }
+        self.sync_uvmexp(uvmexp.get().npages);
+        done
+    }
+}
+
+// ---- pages ----
+
+/// uvm_pagealloc_strat(9): one free page or NULL. uvm_page.c 1.246: the
+/// flag UVM_PGA_ZERO zeroes the page with pmap_zero_page; obj/anon/strat
+/// are ignored (the shim passes NULL, 0, NULL). Fails only when no page is
+/// free (the model keeps no pagedaemon reserve: kthreads get
+/// UVM_PGA_USERESERVE implicitly anyway) or by fault injection.
+#[no_mangle]
+extern "C" fn uvm_pagealloc_strat(
+    _obj: *mut std::ffi::c_void,
+    _off: i64,
+    _anon: *mut std::ffi::c_void,
+    flags: c_int,
+    _strat: c_int,
+    _free_list: c_int,
+) -> *mut VmPage {
+    with(|k| {
+        if fail_now(&mut k.faults.pagealloc_fail_after) {
+            return std::ptr::null_mut();
+        }
+        let Some(pfn) = k.take_free(0, u64::MAX) else {
+            return std::ptr::null_mut();
+        };
+        k.alloc_frame(pfn, PG_MODULE);
+        if flags & UVM_PGA_ZERO != 0 {
+            if let Some(c) = k.content_mut(pfn) {
+                *c = 0;
+            }
+        }
+        k.sync_uvmexp(uvmexp.get().npages);
+        k.page_ptr(pfn).unwrap_or(std::ptr::null_mut())
+    })
+}
+
+/// uvm_pagefree(9): KASSERT not already free (uvm_page.c 1.246); the model
+/// also refuses a frame without Xen backing (it would put memory the
+/// domain no longer has on the free list).
+#[no_mangle]
+unsafe extern "C" fn uvm_pagefree(pg: *mut VmPage) {
+    with(|k| {
+        let (pfn, st) = k.check_page(pg, "uvm_pagefree");
+        if st == PG_FREE {
+            kernel_panic(&format!("uvm_pagefree: double free of frame {pfn:#x}"));
+        }
+        if !k.backed(pfn) {
+            kernel_panic(&format!(
+                "uvm_pagefree: unbacked frame {pfn:#x} freed onto the free list"
+            ));
+        }
+        if st == PG_KERNEL {
+            k.kernel_pages.retain(|&p| p != pfn);
+        }
+        k.free_frame(pfn, st);
+        k.sync_uvmexp(uvmexp.get().npages);
+    })
+}
+
+/// uvm_pglistalloc(9), uvm_pglist.c 1.90. Only the "simple" path is
+/// modelled (nsegs >= npages, alignment <= PAGE_SIZE, boundary 0);
+/// anything else returns EINVAL. Byte addresses, high exclusive, low
+/// rounded up to a page. waitok == 0: all or nothing, ENOMEM on shortfall.
+/// waitok != 0: blocks until enough pages are free, possibly forever (as
+/// the real simple path does). Pages are appended through pageq.queue,
+/// highest frame first, and are not zeroed.
+#[no_mangle]
+unsafe extern "C" fn uvm_pglistalloc(
+    size: u64,
+    low: u64,
+    high: u64,
+    alignment: u64,
+    boundary: u64,
+    list: *mut PglistHead,
+    nsegs: c_int,
+    waitok: c_int,
+) -> c_int {
+    let npages = size.div_ceil(PAGE_SIZE);
+    if npages == 0 || alignment > PAGE_SIZE || boundary != 0 || (nsegs as i64) < npages as i64 {
+        return EINVAL;
+    }
+    let lo = low.div_ceil(PAGE_SIZE);
+    let hi = high >> PAGE_SHIFT;
+    let mut g = lock();
+    let got: Vec<*mut VmPage> = loop {
+        let Some(k) = g.as_mut() else {
+            drop(g);
+            kernel_panic("uvm_pglistalloc with no simulated domain booted");
+        };
+        if !k.segs.iter().any(|s| s.start < hi && lo < s.end) {
+            return EINVAL;
+        }
+        if fail_now(&mut k.faults.pglistalloc_fail_after) {
+            return ENOMEM;
+        }
+        let avail = k.free.range(lo..hi.max(lo)).count() as u64;
+        if avail >= npages {
+            let mut v = Vec::with_capacity(npages as usize);
+            for _ in 0..npages {
+                let pfn = k.take_free(lo, hi).expect("counted above");
+                k.alloc_frame(pfn, PG_MODULE);
+                v.push(k.page_ptr(pfn).expect("frame in a segment"));
+            }
+            k.sync_uvmexp(uvmexp.get().npages);
+            break v;
+        }
+        if waitok == 0 {
+            return ENOMEM;
+        }
+        g = CHANGED.wait(g).unwrap_or_else(|e| e.into_inner());
+    };
+    drop(g);
+    CHANGED.notify_all();
+    for pg in got {
+        // SAFETY: list is the caller's TAILQ head; pg a live vm_page now
+        // owned by the caller and on no other list.
+        unsafe { sim_pglist_insert_tail(list, pg) };
+    }
+    0
+}
+
+#[no_mangle]
+unsafe extern "C" fn uvm_vm_page_to_phys(pg: *const VmPage) -> u64 {
+    with(|k| k.check_page(pg, "VM_PAGE_TO_PHYS").0 << PAGE_SHIFT)
+}
+
+#[no_mangle]
+extern "C" fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage {
+    with(|k| k.page_ptr(pa >> PAGE_SHIFT).unwrap_or(std::ptr::null_mut()))
+}
+
+/// pmap_zero_page(9): zero-fill a frame (byte address). On PV the frame is
+/// reached through the p2m, so an unbacked frame would fault: panic.
+#[no_mangle]
+extern "C" fn pmap_zero_page(pa: u64) {
+    with(|k| {
+        let pfn = pa >> PAGE_SHIFT;
+        match k.content_mut(pfn) {
+            Some(c) => *c = 0,
+            None => kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed")),
+        }
+    })
+}
+
+/// uvm_availmem(9) (uvm_page.c 1.246): the free-page count.
+#[no_mangle]
+extern "C" fn uvm_availmem(_cached: bool) -> c_int {
+    with(|k| k.free.len() as c_int)
+}
+
+// ---- physical segments (uvm_physseg.c 1.18) ----
+
+/// uvm_physseg_plug(9). Rules, in order: an array (non-UVM_HOTPLUG) kernel
+/// panics after boot ("Tried to add RAM after uvm_page_init"); fault
+/// injection and the slab rule (npages > uvmexp.npages, §1 item 2 of the
+/// differences) return false; any overlap panics (the real kernel panics or
+/// corrupts its rbtree); every frame must already be backed by Xen (plug
+/// puts all pages on the free list at once). Success: all pages free,
+/// physmem += n, uvmexp.npages += n.
+#[no_mangle]
+unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool {
+    let n = npages as u64;
+    with(|k| {
+        if !k.cfg.hotplug {
+            kernel_panic("uvm_physseg_plug: Tried to add RAM after uvm_page_init");
+        }
+        if k.faults.plug_fail || n == 0 || n > uvmexp.get().npages as u64 {
+            return false;
+        }
+        let end = pfn + n;
+        if let Some(s) = k.segs.iter().find(|s| s.start < end && pfn < s.end) {
+            kernel_panic(&format!(
+                "uvm_physseg_plug: [{pfn:#x}, {end:#x}) overlaps segment [{:#x}, {:#x})",
+                s.start, s.end
+            ));
+        }
+        if let Some(f) = (pfn..end).find(|&f| !k.backed(f)) {
+            kernel_panic(&format!(
+                "uvm_physseg_plug: plugging unbacked frames (frame {f:#x} of [{pfn:#x}, {end:#x}))"
+            ));
+        }
+        let pgs = k.new_page_array(pfn, n, PG_FREE);
+        let id = k.insert_seg(pfn, end, pgs);
+        k.free.extend(pfn..end);
+        physmem.set(physmem.get() + n);
+        let np = uvmexp.get().npages + n as i32;
+        k.sync_uvmexp(np);
+        if !psp.is_null() {
+            if k.cfg.hotplug {
+                // SAFETY: the caller passed a uvm_physseg_t * of pointer size.
+                unsafe { psp.write_unaligned(id) };
+            } else {
+                let idx = k.segs.iter().position(|s| s.id == id).unwrap_or(0) as i32;
+                // SAFETY: the caller passed a uvm_physseg_t * of int size.
+                unsafe { (psp as *mut i32).write_unaligned(idx) };
+            }
+        }
+        true
+    })
+}
+
+/// uvm_physseg_unplug(9). pfn in no segment or a range past its segment's
+/// end: false (with the real kernel's message); fault injection: false;
+/// unplugging the whole last segment panics ("out of memory!"); without
+/// UVM_HOTPLUG a middle chunk panics. Unplug does not look at page state
+/// in the real kernel, but the caller must own every page: the model
+/// panics if one is free or not owned by the module. physmem stays,
+/// uvmexp.npages -= n, and the vm_pages become "gone".
+#[no_mangle]
+extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
+    let n = npages as u64;
+    let msg = with(|k| {
+        let Some(i) = k.seg_of(pfn) else {
+            return Some("uvm_physseg_unplug: Tried to unplug from unknown offset\n".to_string());
+        };
+        let s = k.segs[i];
+        let end = pfn + n;
+        if n == 0 || end > s.end {
+            return Some("uvm_physseg_unplug: Tried to unplug oversized span\n".to_string());
+        }
+        if k.faults.unplug_fail {
+            return None;
+        }
+        let whole = pfn == s.start && end == s.end;
+        if whole && k.segs.len() == 1 {
+            kernel_panic("uvm_physseg_unplug: out of memory! (unplugging the last segment)");
+        }
+        let middle = pfn > s.start && end < s.end;
+        if middle && !k.cfg.hotplug {
+            kernel_panic(
+                "uvm_physseg_unplug: can't unplug() from the middle of a segment without UVM_HOTPLUG",
+            );
+        }
+        for f in pfn..end {
+            match k.page_state(f) {
+                Some(PG_MODULE) => {}
+                Some(PG_FREE) => kernel_panic(&format!(
+                    "uvm_physseg_unplug: unplug of pages on the free list (frame {f:#x})"
+                )),
+                Some(st) => kernel_panic(&format!(
+                    "uvm_physseg_unplug: frame {f:#x} is not owned by the caller (state {st})"
+                )),
+                None => kernel_panic("uvm_physseg_unplug: frame vanished"),
+            }
+        }
+        for f in pfn..end {
+            k.set_page_state(f, PG_GONE);
+        }
+        k.module_pages -= n;
+        if whole {
+            k.segs.remove(i);
+        } else if pfn == s.start {
+            k.segs[i].start = end;
+            // SAFETY: the segment keeps pointing into the same array.
+            k.segs[i].pgs = unsafe { s.pgs.add(n as usize) };
+        } else if end == s.end {
+            k.segs[i].end = pfn;
+        } else {
+            k.segs[i].end = pfn;
+            // SAFETY: the tail starts inside the same array.
+            let tail = unsafe { s.pgs.add((end - s.start) as usize) };
+            k.insert_seg(end, s.end, tail);
+        }
+        let np = uvmexp.get().npages - n as i32;
+        k.sync_uvmexp(np);
+        Some(String::new())
+    });
+    match msg {
+        Some(m) if m.is_empty() => true,
+        Some(m) => {
+            crate::kernel::dmesg_append(&m);
+            false
+        }
+        None => false,
+    }
+}
+
+/// Handles: in a UVM_HOTPLUG kernel `uvm_physseg_t` is a pointer: the
+/// model hands out the segment's id (stable across other plugs/unplugs),
+/// invalid = 0 (NULL). In an array kernel it is an int index into the
+/// start-ordered array, invalid = -1; an int argument only sets the low 32
+/// bits of the register, so it is truncated.
+fn handle_to_index(k: &Kernel, h: u64) -> Option<usize> {
+    if k.cfg.hotplug {
+        if h == 0 {
+            return None;
+        }
+        k.segs.iter().position(|s| s.id == h)
+    } else {
+        let i = h as u32 as i32;
+        (i >= 0 && (i as usize) < k.segs.len()).then_some(i as usize)
+    }
+}
+
+fn index_to_handle(k: &Kernel, i: Option<usize>) -> u64 {
+    match (k.cfg.hotplug, i) {
+        (true, Some(i)) => k.segs[i].id,
+        (true, None) => 0,
+        (false, Some(i)) => i as u64,
+        (false, None) => -1i64 as u64,
+    }
+}
+
+#[no_mangle]
+extern "C" fn uvm_physseg_valid_p(h: u64) -> bool {
+    with(|k| handle_to_index(k, h).is_some())
+}
+
+#[no_mangle]
+extern "C" fn uvm_physseg_get_first() -> u64 {
+    with(|k| index_to_handle(k, (!k.segs.is_empty()).then_some(0)))
+}
+
+#[no_mangle]
+extern "C" fn uvm_physseg_get_next(h: u64) -> u64 {
+    with(|k| {
+        let next = handle_to_index(k, h)
+            .map(|i| i + 1)
+            .filter(|&i| i < k.segs.len());
+        index_to_handle(k, next)
+    })
+}
+
+/// Frame numbers, end exclusive; an invalid handle gives (paddr_t)-1.
+#[no_mangle]
+extern "C" fn uvm_physseg_get_start(h: u64) -> u64 {
+    with(|k| handle_to_index(k, h).map_or(u64::MAX, |i| k.segs[i].start))
+}
+
+#[no_mangle]
+extern "C" fn uvm_physseg_get_end(h: u64) -> u64 {
+    with(|k| handle_to_index(k, h).map_or(u64::MAX, |i| k.segs[i].end))
+}
+
+/// Page states for tests.
+pub(crate) fn state_name(st: i32) -> &'static str {
+    match st {
+        PG_FREE => "free",
+        PG_KERNEL => "kernel",
+        PG_MODULE => "module",
+        PG_GONE => "gone",
+        _ => "?",
+    }
+}

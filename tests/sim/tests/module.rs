@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! balloon.kmod end to end in the simulated domU: the real C shim and Rust
+//! core, loaded into the simulated NetBSD kernel and steered the way dom0
+//! and an administrator would (xenstore memory/target, hw.balloon.*).
+//! Every scenario runs in PV and in PVH mode.
+
+use std::time::{Duration, Instant};
+
+use balloon_sim::{balloon_module, Domain, DomainConfig, Faults, Mode, SysctlValue};
+
+const MIB: u64 = 256; // pages
+const KIB_PER_MIB: u64 = 1024;
+/// A bounded wait: the simulated clock runs 1000 times faster, so even the
+/// longest back-off (a few simulated minutes) is well within it.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn boot(mode: Mode) -> Domain {
+    Domain::boot(
+        DomainConfig::default()
+            .mode(mode)
+            .boot_mib(256)
+            .max_mib(1024)
+            .host_free_mib(2048),
+    )
+}
+
+fn loaded(mode: Mode) -> Domain {
+    let d = boot(mode);
+    d.modload(balloon_module()).expect("modload");
+    // xenstore fires a new watch once; let that first reading land so it
+    // cannot overtake what a test writes next.
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    d
+}
+
+fn quad(d: &Domain, name: &str) -> u64 {
+    match d.sysctl_read(name) {
+        Ok(SysctlValue::Quad(v)) => u64::try_from(v).expect("non-negative"),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn state(d: &Domain) -> String {
+    match d.sysctl_read("hw.balloon.state") {
+        Ok(SysctlValue::String(s)) => s,
+        other => panic!("hw.balloon.state: {other:?}"),
+    }
+}
+
+/// Sets the target with `xl mem-set` and waits for the reservation.
+fn mem_set(d: &Domain, mib: u64) {
+    d.xl_mem_set(mib * KIB_PER_MIB);
+    assert!(
+        d.wait_until(|v| v.reservation() == mib * MIB, WAIT),
+        "reservation {} pages, wanted {} ({})",
+        d.reservation(),
+        mib * MIB,
+        state(d)
+    );
+    settle(d);
+}
+
+/// Waits until the worker has nothing left to do: idle or given up.
+/// hw.balloon.state is read between bounded waits on the model (a sysctl
+/// handler cannot run inside `wait_until`, which holds the model).
+fn settle(d: &Domain) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = state_of(d);
+        if s == "idle" || s.starts_with("cancelled") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "worker still busy: {s}");
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+}
+
+fn state_of(d: &Domain) -> String {
+    match d.sysctl_read("hw.balloon.state") {
+        Ok(SysctlValue::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Unloads and checks that nothing is left behind.
+fn unload_clean(d: &Domain) {
+    d.modunload().expect("modunload");
+    assert_eq!(d.kmem_outstanding(), (0, 0), "kmem leaked");
+    assert_eq!(d.pages_owned_by_module(), 0, "pages leaked");
+    assert!(
+        d.leaked_sysctl_nodes().is_empty(),
+        "{:?}",
+        d.leaked_sysctl_nodes()
+    );
+    assert_eq!(d.live_kthreads(), 0);
+    d.check().expect("kernel and Xen consistent after unload");
+}
+
+fn both(f: impl Fn(Mode)) {
+    for mode in [Mode::Pv, Mode::Pvh] {
+        f(mode);
+    }
+}
+
+#[test]
+fn follows_targets_down_up_above_boot_and_back() {
+    both(|mode| {
+        let d = loaded(mode);
+        assert!(
+            d.dmesg().iter().any(|l| l.starts_with("balloon0: P")),
+            "{:?}",
+            d.dmesg()
+        );
+        // Down by half, back up.
+        mem_set(&d, 128);
+        d.check().unwrap();
+        assert_eq!(quad(&d, "hw.balloon.current"), 128 * KIB_PER_MIB);
+        assert_eq!(quad(&d, "hw.balloon.ballooned"), 128 * KIB_PER_MIB);
+        mem_set(&d, 256);
+        d.check().unwrap();
+        // Above boot memory.
+        d.xl_mem_set(640 * KIB_PER_MIB);
+        match mode {
+            Mode::Pvh => {
+                assert!(
+                    d.wait_until(|v| v.reservation() == 640 * MIB, WAIT),
+                    "{}",
+                    state(&d)
+                );
+                settle(&d);
+                d.check().unwrap();
+                assert!(
+                    d.segments().len() >= 4,
+                    "grew by plugged segments: {:?}",
+                    d.segments()
+                );
+                assert_eq!(quad(&d, "hw.balloon.plugged"), 384 * KIB_PER_MIB);
+            }
+            _ => {
+                // The PV p2m covers only the boot frames (see README):
+                // growth stops at boot memory with a reason.
+                assert!(d.wait_until(|v| v.dmesg_contains("giving up on target 655360 KiB"), WAIT));
+                assert_eq!(state(&d), "cancelled: no frame space left to plug into");
+                assert_eq!(d.reservation(), 256 * MIB);
+                assert!(d.dmesg().iter().any(|l| l.contains("giving up on target")));
+            }
+        }
+        // Back down: fully ballooned plugged segments are unplugged.
+        mem_set(&d, 192);
+        d.check().unwrap();
+        assert_eq!(d.segments().len(), 1, "{:?}", d.segments());
+        assert_eq!(quad(&d, "hw.balloon.plugged"), 0);
+        assert_eq!(
+            d.dirty_frames_given(),
+            0,
+            "every page given to Xen was scrubbed"
+        );
+        assert!(d.clean_frames_given() > 0);
+        unload_clean(&d);
+        assert_eq!(
+            d.reservation(),
+            256 * MIB,
+            "unload gave the ballooned memory back"
+        );
+    });
+}
+
+#[test]
+fn scrubbing_off_hands_dirty_pages_to_xen() {
+    // The scrub check above can fail: with scrubbing off, pages that held
+    // data reach Xen as they were.
+    let d = loaded(Mode::Pvh);
+    d.sysctl_write("hw.balloon.scrub", SysctlValue::Bool(false))
+        .unwrap();
+    mem_set(&d, 200);
+    assert!(d.dirty_frames_given() > 0);
+    unload_clean(&d);
+}
+
+#[test]
+fn host_out_of_memory_backs_off_gives_up_and_recovers() {
+    both(|mode| {
+        let d = loaded(mode);
+        mem_set(&d, 128);
+        d.set_host_free(0);
+        d.xl_mem_set(256 * KIB_PER_MIB);
+        assert!(
+            d.wait_until(|v| v.dmesg_contains("giving up on target 262144 KiB"), WAIT),
+            "{:?}",
+            d.dmesg()
+        );
+        assert!(
+            state(&d).starts_with("cancelled: retries exhausted"),
+            "{}",
+            state(&d)
+        );
+        assert_eq!(d.reservation(), 128 * MIB);
+        assert!(quad(&d, "hw.balloon.current") == 128 * KIB_PER_MIB);
+        // The host has memory again and dom0 asks again: it converges.
+        d.set_host_free(2048 * MIB);
+        mem_set(&d, 256);
+        d.check().unwrap();
+        unload_clean(&d);
+    });
+}
+
+#[test]
+fn short_hypercalls_and_failed_allocations_recover_when_cleared() {
+    both(|mode| {
+        let d = loaded(mode);
+        d.set_faults(Faults {
+            decrease_limit: Some(100),
+            ..Faults::default()
+        });
+        d.xl_mem_set(192 * KIB_PER_MIB);
+        assert!(d.wait_until(|v| v.reservation() < 256 * MIB, WAIT));
+        settle(&d);
+        d.check().unwrap();
+        d.set_faults(Faults {
+            pagealloc_fail_after: Some(0),
+            pglistalloc_fail_after: Some(0),
+            ..Faults::default()
+        });
+        d.xl_mem_set(160 * KIB_PER_MIB);
+        settle(&d);
+        d.check().unwrap();
+        d.set_faults(Faults {
+            increase_limit: Some(3),
+            populate_limit: Some(3),
+            ..Faults::default()
+        });
+        d.xl_mem_set(200 * KIB_PER_MIB);
+        settle(&d);
+        d.check().unwrap();
+        d.set_faults(Faults::default());
+        mem_set(&d, 176);
+        d.check().unwrap();
+        unload_clean(&d);
+    });
+}
+
+#[test]
+fn a_failed_plug_gives_its_frames_back() {
+    let d = loaded(Mode::Pvh);
+    d.set_faults(Faults {
+        plug_fail: true,
+        ..Faults::default()
+    });
+    d.xl_mem_set(300 * KIB_PER_MIB);
+    settle(&d);
+    assert_eq!(d.reservation(), 256 * MIB, "backed frames went back to Xen");
+    assert_eq!(d.segments().len(), 1);
+    d.check().unwrap();
+    d.set_faults(Faults::default());
+    mem_set(&d, 300);
+    unload_clean(&d);
+}
+
+#[test]
+fn xenstore_errors_and_garbage_change_nothing() {
+    both(|mode| {
+        let d = loaded(mode);
+        mem_set(&d, 200);
+        d.set_faults(Faults {
+            xenstore_read_error: Some(5),
+            ..Faults::default()
+        });
+        d.xl_mem_set(150 * KIB_PER_MIB);
+        assert!(d.wait_until(
+            |v| v.dmesg_contains("cannot read memory/target: error 5"),
+            WAIT
+        ));
+        d.set_faults(Faults::default());
+        for garbage in [
+            "",
+            "12 GiB",
+            "-5",
+            "0x100",
+            " 150000",
+            "99999999999999999999999",
+        ] {
+            d.xenstore_write("memory/target", garbage);
+        }
+        assert!(d.wait_until(|v| v.watch_events_delivered() >= 8, WAIT));
+        assert_eq!(quad(&d, "hw.balloon.target"), 200 * KIB_PER_MIB);
+        assert_eq!(d.reservation(), 200 * MIB);
+        mem_set(&d, 220);
+        unload_clean(&d);
+    });
+}
+
+#[test]
+fn sysctl_target_min_and_refusals() {
+    both(|mode| {
+        let d = loaded(mode);
+        let floor = quad(&d, "hw.balloon.min");
+        assert_eq!(
+            d.sysctl_write("hw.balloon.target", SysctlValue::Quad(floor as i64 - 4)),
+            Err(1),
+            "below the floor: EPERM"
+        );
+        assert_eq!(
+            d.sysctl_write("hw.balloon.min", SysctlValue::Quad(4)),
+            Err(1)
+        );
+        assert_eq!(
+            d.sysctl_write("hw.balloon.max", SysctlValue::Quad(4)),
+            Err(1)
+        );
+        assert_eq!(
+            d.sysctl_write("hw.balloon.batch", SysctlValue::Quad(0)),
+            Err(1)
+        );
+        assert_eq!(d.sysctl_write_raw("hw.balloon.target", &[1, 2, 3]), Err(22));
+        assert!(d
+            .sysctl_describe("hw.balloon.target")
+            .is_some_and(|s| s.contains("KiB")));
+        d.sysctl_write("hw.balloon.target", SysctlValue::Quad(200 * 1024))
+            .unwrap();
+        assert!(d.wait_until(|v| v.reservation() == 200 * MIB, WAIT));
+        // Raising the floor above the current size deflates to it.
+        d.sysctl_write("hw.balloon.min", SysctlValue::Quad(220 * 1024))
+            .unwrap();
+        assert!(d.wait_until(|v| v.reservation() == 220 * MIB, WAIT));
+        // A later xenstore target wins over the sysctl one.
+        mem_set(&d, 240);
+        assert_eq!(quad(&d, "hw.balloon.target"), 240 * KIB_PER_MIB);
+        unload_clean(&d);
+    });
+}
+
+#[test]
+fn unload_is_refused_while_xen_cannot_give_memory_back() {
+    both(|mode| {
+        let d = loaded(mode);
+        mem_set(&d, 128);
+        d.set_host_free(0);
+        assert_eq!(d.modunload(), Err(16), "EBUSY");
+        assert!(d.dmesg().iter().any(|l| l.contains("still ballooned")));
+        // Still loaded and working.
+        d.set_host_free(2048 * MIB);
+        mem_set(&d, 160);
+        unload_clean(&d);
+        assert_eq!(d.reservation(), 256 * MIB);
+    });
+}
+
+#[test]
+fn refuses_to_load_where_it_does_not_belong() {
+    let d = Domain::boot(DomainConfig::default().mode(Mode::NotXen).boot_mib(128));
+    assert_eq!(d.modload(balloon_module()), Err(19), "ENODEV");
+    drop(d);
+    let d = Domain::boot(DomainConfig::pv().boot_mib(128).builtin_balloon(true));
+    assert_eq!(d.modload(balloon_module()), Err(17), "EEXIST");
+    assert!(d
+        .dmesg()
+        .iter()
+        .any(|l| l.contains("own balloon driver is attached")));
+    assert_eq!(d.kmem_outstanding(), (0, 0));
+}
+
+#[test]
+fn without_uvm_hotplug_growth_is_refused_not_panicked() {
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .boot_mib(256)
+            .max_mib(1024)
+            .hotplug(false),
+    );
+    d.modload(balloon_module()).unwrap();
+    assert_eq!(
+        d.sysctl_read("hw.balloon.hotplug"),
+        Ok(SysctlValue::Bool(false))
+    );
+    assert_eq!(
+        d.sysctl_write("hw.balloon.hotplug", SysctlValue::Bool(true)),
+        Err(45)
+    );
+    d.xl_mem_set(512 * KIB_PER_MIB);
+    assert!(d.wait_until(|v| v.dmesg_contains("giving up on target 524288 KiB"), WAIT));
+    assert_eq!(d.reservation(), 256 * MIB);
+    assert_eq!(
+        state(&d),
+        "cancelled: target above boot memory and hotplug off"
+    );
+    unload_clean(&d);
+}
+
+#[test]
+fn load_and_unload_a_hundred_times() {
+    let d = boot(Mode::Pvh);
+    for _ in 0..100 {
+        d.modload(balloon_module()).unwrap();
+        d.modunload().unwrap();
+    }
+    assert_eq!(d.kmem_outstanding(), (0, 0));
+    assert!(d.leaked_sysctl_nodes().is_empty());
+    assert_eq!(d.live_kthreads(), 0);
+    d.check().unwrap();
+}
