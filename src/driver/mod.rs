@@ -104,8 +104,9 @@ pub struct Driver {
     pfns: Vec<u64>,
     frames: Vec<u64>,
     stats: DriverStats,
-    /// What was last reported to the log, so each outcome is said once.
-    reported: Option<(State, Pages)>,
+    /// What was last reported to the log (state, target, targets accepted
+    /// so far), so each outcome is said once per target request.
+    reported: Option<(State, Pages, u64)>,
 }
 
 impl Driver {
@@ -390,7 +391,8 @@ impl Driver {
     fn report<P: Platform>(&mut self, p: &mut P) {
         let state = self.worker.state();
         let target = self.worker.target();
-        if self.reported == Some((state, target)) {
+        let key = (state, target, self.worker.stats().targets_accepted);
+        if self.reported == Some(key) {
             return;
         }
         let kib = |x: Pages| x.saturating_kib().0;
@@ -410,7 +412,7 @@ impl Driver {
         };
         if let Some(line) = line {
             p.log(&line);
-            self.reported = Some((state, target));
+            self.reported = Some(key);
         }
     }
 }

@@ -367,11 +367,20 @@ impl Worker {
     }
 
     /// Something changed that may make an abandoned target reachable.
+    /// The state says at once which way the worker is about to go, so a
+    /// reader never sees "idle" while work is pending.
     fn rearm(&mut self) {
         self.backoff.reset();
         self.unplug_refused.clear();
-        if matches!(self.state, State::Cancelled(_) | State::Waiting(_)) {
-            self.state = State::Idle;
+        if self.in_flight.is_none() {
+            let (current, target) = (self.current(), self.target());
+            self.state = if current > target {
+                State::Inflating
+            } else if current < target {
+                State::Deflating
+            } else {
+                State::Idle
+            };
         }
     }
 
