@@ -301,21 +301,32 @@ impl Worker {
         if let Some(until) = self.backoff.waiting_until(now) {
             return Action::Sleep { until };
         }
-        let refused = &self.unplug_refused;
-        if let Some(range) = self
-            .space
-            .unplug_candidates()
-            .find(|r| !refused.contains(r))
-        {
-            self.in_flight = Some(InFlight::Unplug(range));
-            self.state = State::Unplugging;
-            return Action::Unplug { range };
+        if let Some(unplug) = self.start_unplug() {
+            return unplug;
         }
         if self.space.ballooned().is_zero() {
             self.state = State::Idle;
             return Action::Idle;
         }
-        let runs = self.space.choose_deflate(self.policy.batch());
+        self.start_deflate(self.policy.batch())
+    }
+
+    /// Starts unplugging a fully ballooned plugged segment, if there is
+    /// one whose unplug has not been refused.
+    fn start_unplug(&mut self) -> Option<Action> {
+        let refused = &self.unplug_refused;
+        let range = self
+            .space
+            .unplug_candidates()
+            .find(|r| !refused.contains(r))?;
+        self.in_flight = Some(InFlight::Unplug(range));
+        self.state = State::Unplugging;
+        Some(Action::Unplug { range })
+    }
+
+    /// Starts taking up to `max` ballooned frames back.
+    fn start_deflate(&mut self, max: Pages) -> Action {
+        let runs = self.space.choose_deflate(max);
         self.in_flight = Some(InFlight::Deflate(runs.clone()));
         self.state = State::Deflating;
         Action::Deflate { runs }
@@ -499,10 +510,7 @@ impl Worker {
         if current < target {
             let need = target.saturating_sub(current);
             if !self.space.ballooned().is_zero() {
-                let runs = self.space.choose_deflate(need.min(batch));
-                self.in_flight = Some(InFlight::Deflate(runs.clone()));
-                self.state = State::Deflating;
-                return Ok(Action::Deflate { runs });
+                return Ok(self.start_deflate(need.min(batch)));
             }
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
@@ -518,15 +526,8 @@ impl Worker {
             return Ok(Action::Plug { range });
         }
         if self.policy.unplug() {
-            let refused = &self.unplug_refused;
-            if let Some(range) = self
-                .space
-                .unplug_candidates()
-                .find(|r| !refused.contains(r))
-            {
-                self.in_flight = Some(InFlight::Unplug(range));
-                self.state = State::Unplugging;
-                return Ok(Action::Unplug { range });
+            if let Some(unplug) = self.start_unplug() {
+                return Ok(unplug);
             }
         }
         self.state = State::Idle;
