@@ -605,6 +605,7 @@ balloon_init(void)
 {
 	struct balloon_softc *sc = &balloon_softc;
 	struct balloon_boot_info *bi;
+	char staticmax[BALLOON_XS_VALUE_LEN];
 	unsigned long sym;
 	bool hotplug;
 	int error;
@@ -632,13 +633,17 @@ balloon_init(void)
 	error = balloon_boot_info(bi, hotplug);
 	if (error == 0)
 		error = balloon_rs_attach(bi, &sc->sc_rs);
+	memset(staticmax, 0, sizeof(staticmax));
+	if (error == 0 && xenbus_read(NULL, "memory", "static-max", staticmax,
+	    sizeof(staticmax) - 1) != 0)
+		snprintf(staticmax, sizeof(staticmax), "unknown");
 	if (error == 0)
-		printf("%s: %s guest, %llu KiB of %llu KiB maximum, "
-		    "hotplug %s\n", BALLOON_XNAME,
+		printf("%s: %s guest, %llu KiB of %llu KiB maximum "
+		    "(memory/static-max %s), hotplug %s\n", BALLOON_XNAME,
 		    bi->mode == BALLOON_GUEST_PV ? "PV" : "PVH",
 		    (unsigned long long)bi->reservation_pages * (PAGE_SIZE / 1024),
 		    (unsigned long long)bi->max_reservation_pages *
-		    (PAGE_SIZE / 1024),
+		    (PAGE_SIZE / 1024), staticmax,
 		    hotplug ? "available" : "unavailable (no UVM_HOTPLUG)");
 	kmem_free(bi, sizeof(*bi));
 	if (error != 0)
@@ -725,6 +730,26 @@ balloon_fini(void)
 	return 0;
 }
 
+/* MODULE_CMD_STAT: one line on where the driver stands. */
+static int
+balloon_stat(void)
+{
+	struct balloon_softc *sc = &balloon_softc;
+	char state[BALLOON_STATE_LEN];
+	uint64_t cur = 0, tgt = 0, bal = 0;
+
+	mutex_enter(&sc->sc_lock);
+	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_CURRENT_KIB, &cur);
+	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_TARGET_KIB, &tgt);
+	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_BALLOONED_KIB, &bal);
+	(void)balloon_rs_state(sc->sc_rs, state, sizeof(state));
+	mutex_exit(&sc->sc_lock);
+	printf("%s: %llu KiB, target %llu KiB, %llu KiB ballooned, %s\n",
+	    BALLOON_XNAME, (unsigned long long)cur, (unsigned long long)tgt,
+	    (unsigned long long)bal, state);
+	return 0;
+}
+
 static int
 balloon_modcmd(modcmd_t cmd, void *arg)
 {
@@ -735,6 +760,8 @@ balloon_modcmd(modcmd_t cmd, void *arg)
 		return balloon_init();
 	case MODULE_CMD_FINI:
 		return balloon_fini();
+	case MODULE_CMD_STAT:
+		return balloon_stat();
 	case MODULE_CMD_AUTOUNLOAD:
 		return EBUSY;	/* only an administrator unloads it */
 	default:
