@@ -66,19 +66,12 @@ fn mem_set(d: &Domain, mib: u64) {
 fn settle(d: &Domain) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let s = state_of(d);
+        let s = state(d);
         if s == "idle" || s.starts_with("cancelled") {
             return;
         }
         assert!(Instant::now() < deadline, "worker still busy: {s}");
         d.wait_until(|_| false, Duration::from_millis(2));
-    }
-}
-
-fn state_of(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        _ => String::new(),
     }
 }
 
