@@ -356,98 +356,137 @@ balloon_watch_stop(struct balloon_softc *sc)
 
 /* --- sysctl hw.balloon --- */
 
+enum balloon_node_kind {
+	BALLOON_NODE_QUAD,
+	BALLOON_NODE_BOOL,
+	BALLOON_NODE_TEXT
+};
+
+/*
+ * One sysctl node. Its sysctl_data points at its entry here, so the one
+ * handler of each kind knows which value to read and write.
+ */
 struct balloon_node {
 	const char		*bn_name;
-	enum balloon_value	 bn_value;
+	enum balloon_node_kind	 bn_kind;
+	int			 bn_value;	/* balloon_value or _text */
 	bool			 bn_writable;
 	const char		*bn_desc;
 };
 
-/* Values in KiB unless the name says otherwise. */
-static const struct balloon_node balloon_quad_nodes[] = {
-	{ "current", BALLOON_V_CURRENT_KIB, false,
-	    "Memory the domain holds now (KiB)" },
-	{ "target", BALLOON_V_TARGET_KIB, true,
+#define	BN_QUAD_RO(n, v, d)	{ n, BALLOON_NODE_QUAD, v, false, d }
+#define	BN_QUAD_RW(n, v, d)	{ n, BALLOON_NODE_QUAD, v, true, d }
+#define	BN_BOOL_RW(n, v, d)	{ n, BALLOON_NODE_BOOL, v, true, d }
+#define	BN_TEXT(n, v, d)	{ n, BALLOON_NODE_TEXT, v, false, d }
+
+/* hw.balloon.*: values in KiB unless the name says otherwise. */
+static const struct balloon_node balloon_nodes[] = {
+	BN_QUAD_RO("current", BALLOON_V_CURRENT_KIB,
+	    "Memory the domain holds now (KiB)"),
+	BN_QUAD_RW("target", BALLOON_V_TARGET_KIB,
 	    "Memory the driver steers to (KiB); a later xenstore "
-	    "memory/target wins" },
-	{ "min", BALLOON_V_MIN_KIB, true,
+	    "memory/target wins"),
+	BN_QUAD_RW("min", BALLOON_V_MIN_KIB,
 	    "Floor the domain never shrinks below (KiB); cannot be set "
-	    "under the safe floor" },
-	{ "max", BALLOON_V_MAX_KIB, false,
-	    "Xen's maximum reservation for the domain (KiB)" },
-	{ "batch", BALLOON_V_BATCH, true,
-	    "Frames per hypercall (1 to 8192)" },
-	{ "retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS, true,
-	    "Longest wait between retries after a short step (ms)" },
-	{ "retry_max", BALLOON_V_RETRY_MAX, true,
+	    "under the safe floor"),
+	BN_QUAD_RO("max", BALLOON_V_MAX_KIB,
+	    "Xen's maximum reservation for the domain (KiB)"),
+	BN_QUAD_RW("batch", BALLOON_V_BATCH,
+	    "Frames per hypercall (1 to 8192)"),
+	BN_QUAD_RW("retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS,
+	    "Longest wait between retries after a short step (ms)"),
+	BN_QUAD_RW("retry_max", BALLOON_V_RETRY_MAX,
 	    "Short steps in a row before giving up on a target; "
-	    "0 retries forever" },
-	{ "ballooned", BALLOON_V_BALLOONED_KIB, false,
-	    "Memory now given back to Xen (KiB)" },
-	{ "plugged", BALLOON_V_PLUGGED_KIB, false,
-	    "Memory in hot-plugged segments (KiB)" },
-};
-
-static const struct balloon_node balloon_bool_nodes[] = {
-	{ "scrub", BALLOON_V_SCRUB, true,
-	    "Zero pages before they are given to Xen" },
-	{ "hotplug", BALLOON_V_HOTPLUG, true,
+	    "0 retries forever"),
+	BN_QUAD_RO("ballooned", BALLOON_V_BALLOONED_KIB,
+	    "Memory now given back to Xen (KiB)"),
+	BN_QUAD_RO("plugged", BALLOON_V_PLUGGED_KIB,
+	    "Memory in hot-plugged segments (KiB)"),
+	BN_BOOL_RW("scrub", BALLOON_V_SCRUB,
+	    "Zero pages before they are given to Xen"),
+	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
 	    "Grow past boot memory with uvm_physseg_plug "
-	    "(needs options UVM_HOTPLUG)" },
-	{ "unplug", BALLOON_V_UNPLUG, true,
-	    "Unplug hot-plugged segments once fully ballooned" },
+	    "(needs options UVM_HOTPLUG)"),
+	BN_BOOL_RW("unplug", BALLOON_V_UNPLUG,
+	    "Unplug hot-plugged segments once fully ballooned"),
+	BN_TEXT("state", BALLOON_T_STATE,
+	    "What the driver is doing: idle, inflating, deflating, "
+	    "plugging, unplugging, waiting or cancelled, with the reason"),
 };
 
-#define BALLOON_NNODES	(__arraycount(balloon_quad_nodes) + \
-	__arraycount(balloon_bool_nodes))
-
-/* sysctl node numbers, to find a node's value from its handler. */
-static int balloon_node_num[BALLOON_NNODES];
-
-static const struct balloon_node *
-balloon_node_lookup(int num)
-{
-	size_t i, nq = __arraycount(balloon_quad_nodes);
-
-	for (i = 0; i < BALLOON_NNODES; i++) {
-		if (balloon_node_num[i] != num)
-			continue;
-		return i < nq ? &balloon_quad_nodes[i] :
-		    &balloon_bool_nodes[i - nq];
-	}
-	return NULL;
-}
+/* hw.balloon.stats.*: counters since load; they only grow. */
+static const struct balloon_node balloon_stat_nodes[] = {
+	BN_QUAD_RO("pages_inflated", BALLOON_V_STAT_INFLATED_PAGES,
+	    "Pages given to Xen"),
+	BN_QUAD_RO("pages_deflated", BALLOON_V_STAT_DEFLATED_PAGES,
+	    "Pages taken back from Xen"),
+	BN_QUAD_RO("pages_scrubbed", BALLOON_V_STAT_SCRUBBED_PAGES,
+	    "Pages zeroed before they were given to Xen"),
+	BN_QUAD_RO("hypercalls", BALLOON_V_STAT_HYPERCALLS,
+	    "Memory reservation hypercalls made"),
+	BN_QUAD_RO("short_results", BALLOON_V_STAT_SHORT_RESULTS,
+	    "Steps that did less than they asked"),
+	BN_QUAD_RO("retries", BALLOON_V_STAT_RETRIES,
+	    "Retries scheduled after short steps"),
+	BN_QUAD_RO("targets_accepted", BALLOON_V_STAT_TARGETS_ACCEPTED,
+	    "Targets accepted from xenstore or sysctl"),
+	BN_QUAD_RO("targets_clamped", BALLOON_V_STAT_TARGETS_CLAMPED,
+	    "Accepted xenstore targets clamped to the floor or maximum"),
+	BN_QUAD_RO("targets_refused", BALLOON_V_STAT_TARGETS_REFUSED,
+	    "Targets refused as malformed or out of range"),
+	BN_QUAD_RO("targets_given_up", BALLOON_V_STAT_TARGETS_GIVEN_UP,
+	    "Targets the driver gave up on"),
+	BN_QUAD_RO("segments_plugged", BALLOON_V_STAT_PLUGS,
+	    "Segments hot-plugged with uvm_physseg_plug"),
+	BN_QUAD_RO("segments_unplugged", BALLOON_V_STAT_UNPLUGS,
+	    "Segments released with uvm_physseg_unplug"),
+	BN_QUAD_RO("frames_lost", BALLOON_V_STAT_FRAMES_LOST,
+	    "Frames backed for a failed plug that Xen did not take back"),
+	BN_QUAD_RO("messages_suppressed", BALLOON_V_STAT_MESSAGES_SUPPRESSED,
+	    "Kernel messages dropped by the rate limit"),
+	BN_QUAD_RO("last_errno", BALLOON_V_STAT_LAST_ERRNO,
+	    "errno of the last failed step; 0 when none failed"),
+	BN_TEXT("last_error", BALLOON_T_LAST_ERROR,
+	    "The last failed step's error and kind, or none"),
+};
 
 static int
-balloon_sysctl_quad(SYSCTLFN_ARGS)
+balloon_sysctl_value(SYSCTLFN_ARGS)
 {
 	struct balloon_softc *sc = &balloon_softc;
-	const struct balloon_node *bn;
+	const struct balloon_node *bn = rnode->sysctl_data;
 	struct sysctlnode node;
 	uint64_t cur;
-	int64_t val;
+	int64_t quad;
+	bool flag;
 	int error;
 
-	bn = balloon_node_lookup(rnode->sysctl_num);
-	if (bn == NULL)
-		return ENOENT;
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
 	mutex_exit(&sc->sc_lock);
 	if (error != 0)
 		return error;
-	val = cur > INT64_MAX ? INT64_MAX : (int64_t)cur;
 	node = *rnode;
-	node.sysctl_data = &val;
+	if (bn->bn_kind == BALLOON_NODE_BOOL) {
+		flag = cur != 0;
+		node.sysctl_data = &flag;
+	} else {
+		quad = cur > INT64_MAX ? INT64_MAX : (int64_t)cur;
+		node.sysctl_data = &quad;
+	}
 	error = sysctl_lookup(SYSCTLFN_CALL(&node));
 	if (error != 0 || newp == NULL)
 		return error;
 	if (!bn->bn_writable)
 		return EPERM;
-	if (val < 0)
+	if (bn->bn_kind == BALLOON_NODE_BOOL)
+		cur = flag ? 1 : 0;
+	else if (quad < 0)
 		return EINVAL;
+	else
+		cur = (uint64_t)quad;
 	mutex_enter(&sc->sc_lock);
-	error = balloon_rs_set(sc->sc_rs, bn->bn_value, (uint64_t)val);
+	error = balloon_rs_set(sc->sc_rs, bn->bn_value, cur);
 	if (error == 0)
 		balloon_kick(sc);
 	mutex_exit(&sc->sc_lock);
@@ -455,59 +494,67 @@ balloon_sysctl_quad(SYSCTLFN_ARGS)
 }
 
 static int
-balloon_sysctl_bool(SYSCTLFN_ARGS)
+balloon_sysctl_text(SYSCTLFN_ARGS)
 {
 	struct balloon_softc *sc = &balloon_softc;
-	const struct balloon_node *bn;
+	const struct balloon_node *bn = rnode->sysctl_data;
 	struct sysctlnode node;
-	uint64_t cur;
-	bool val;
-	int error;
-
-	bn = balloon_node_lookup(rnode->sysctl_num);
-	if (bn == NULL)
-		return ENOENT;
-	mutex_enter(&sc->sc_lock);
-	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
-	mutex_exit(&sc->sc_lock);
-	if (error != 0)
-		return error;
-	val = cur != 0;
-	node = *rnode;
-	node.sysctl_data = &val;
-	error = sysctl_lookup(SYSCTLFN_CALL(&node));
-	if (error != 0 || newp == NULL)
-		return error;
-	mutex_enter(&sc->sc_lock);
-	error = balloon_rs_set(sc->sc_rs, bn->bn_value, val ? 1 : 0);
-	if (error == 0)
-		balloon_kick(sc);
-	mutex_exit(&sc->sc_lock);
-	return error;
-}
-
-static int
-balloon_sysctl_state(SYSCTLFN_ARGS)
-{
-	struct balloon_softc *sc = &balloon_softc;
-	struct sysctlnode node;
-	char state[BALLOON_STATE_LEN];
+	char text[BALLOON_STATE_LEN];
 
 	mutex_enter(&sc->sc_lock);
-	(void)balloon_rs_state(sc->sc_rs, state, sizeof(state));
+	(void)balloon_rs_text(sc->sc_rs, bn->bn_value, text, sizeof(text));
 	mutex_exit(&sc->sc_lock);
 	node = *rnode;
-	node.sysctl_data = state;
-	node.sysctl_size = sizeof(state);
+	node.sysctl_data = text;
+	node.sysctl_size = sizeof(text);
 	return sysctl_lookup(SYSCTLFN_CALL(&node));
 }
 
+/* Creates the nodes of one table under parent. */
 static int
-balloon_sysctl_init(struct balloon_softc *sc)
+balloon_sysctl_table(struct balloon_softc *sc,
+    const struct sysctlnode **parent, const struct balloon_node *table,
+    size_t n, bool hotplug)
 {
-	const struct sysctlnode *root, *cnode;
 	const struct balloon_node *bn;
-	size_t i, nq = __arraycount(balloon_quad_nodes);
+	int error, flags, type;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		bn = &table[i];
+		flags = bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY;
+		/* Without UVM_HOTPLUG hotplug stays off and cannot be set. */
+		if (bn->bn_value == BALLOON_V_HOTPLUG &&
+		    bn->bn_kind == BALLOON_NODE_BOOL && !hotplug)
+			flags = CTLFLAG_READONLY;
+		switch (bn->bn_kind) {
+		case BALLOON_NODE_QUAD:
+			type = CTLTYPE_QUAD;
+			flags |= CTLFLAG_UNSIGNED;
+			break;
+		case BALLOON_NODE_BOOL:
+			type = CTLTYPE_BOOL;
+			break;
+		default:
+			type = CTLTYPE_STRING;
+			break;
+		}
+		error = sysctl_createv(&sc->sc_sysctllog, 0, parent, NULL,
+		    flags, type, bn->bn_name, bn->bn_desc,
+		    type == CTLTYPE_STRING ? balloon_sysctl_text :
+		    balloon_sysctl_value, 0, __UNCONST(bn),
+		    type == CTLTYPE_STRING ? BALLOON_STATE_LEN : 0,
+		    CTL_CREATE, CTL_EOL);
+		if (error != 0)
+			return error;
+	}
+	return 0;
+}
+
+static int
+balloon_sysctl_init(struct balloon_softc *sc, bool hotplug)
+{
+	const struct sysctlnode *root, *stats;
 	int error;
 
 	/* Descriptions are given literally: SYSCTL_DESCR() may be NULL. */
@@ -515,33 +562,18 @@ balloon_sysctl_init(struct balloon_softc *sc)
 	    CTLFLAG_READONLY, CTLTYPE_NODE, "balloon",
 	    "Xen memory balloon (balloon.kmod)",
 	    NULL, 0, NULL, 0, CTL_HW, CTL_CREATE, CTL_EOL);
-	if (error != 0)
-		return error;
-	for (i = 0; i < nq; i++) {
-		bn = &balloon_quad_nodes[i];
-		error = sysctl_createv(&sc->sc_sysctllog, 0, &root, &cnode,
-		    (bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY) |
-		    CTLFLAG_UNSIGNED, CTLTYPE_QUAD, bn->bn_name, bn->bn_desc,
-		    balloon_sysctl_quad, 0, NULL, 0, CTL_CREATE, CTL_EOL);
-		if (error != 0)
-			return error;
-		balloon_node_num[i] = cnode->sysctl_num;
-	}
-	for (i = 0; i < __arraycount(balloon_bool_nodes); i++) {
-		bn = &balloon_bool_nodes[i];
-		error = sysctl_createv(&sc->sc_sysctllog, 0, &root, &cnode,
-		    bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY,
-		    CTLTYPE_BOOL, bn->bn_name, bn->bn_desc,
-		    balloon_sysctl_bool, 0, NULL, 0, CTL_CREATE, CTL_EOL);
-		if (error != 0)
-			return error;
-		balloon_node_num[nq + i] = cnode->sysctl_num;
-	}
-	return sysctl_createv(&sc->sc_sysctllog, 0, &root, NULL,
-	    CTLFLAG_READONLY, CTLTYPE_STRING, "state",
-	    "What the driver is doing: idle, inflating, deflating, "
-	    "plugging, unplugging, waiting or cancelled, with the reason",
-	    balloon_sysctl_state, 0, NULL, BALLOON_STATE_LEN, CTL_CREATE, CTL_EOL);
+	if (error == 0)
+		error = balloon_sysctl_table(sc, &root, balloon_nodes,
+		    __arraycount(balloon_nodes), hotplug);
+	if (error == 0)
+		error = sysctl_createv(&sc->sc_sysctllog, 0, &root, &stats,
+		    CTLFLAG_READONLY, CTLTYPE_NODE, "stats",
+		    "Counters since the module was loaded",
+		    NULL, 0, NULL, 0, CTL_CREATE, CTL_EOL);
+	if (error == 0)
+		error = balloon_sysctl_table(sc, &stats, balloon_stat_nodes,
+		    __arraycount(balloon_stat_nodes), hotplug);
+	return error;
 }
 
 /* --- load and unload --- */
@@ -649,7 +681,7 @@ balloon_init(void)
 	if (error != 0)
 		goto fail_lock;
 
-	error = balloon_sysctl_init(sc);
+	error = balloon_sysctl_init(sc, hotplug);
 	if (error != 0) {
 		printf("%s: cannot create hw.balloon: error %d\n",
 		    BALLOON_XNAME, error);
@@ -742,7 +774,8 @@ balloon_stat(void)
 	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_CURRENT_KIB, &cur);
 	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_TARGET_KIB, &tgt);
 	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_BALLOONED_KIB, &bal);
-	(void)balloon_rs_state(sc->sc_rs, state, sizeof(state));
+	(void)balloon_rs_text(sc->sc_rs, BALLOON_T_STATE, state,
+	    sizeof(state));
 	mutex_exit(&sc->sc_lock);
 	printf("%s: %llu KiB, target %llu KiB, %llu KiB ballooned, %s\n",
 	    BALLOON_XNAME, (unsigned long long)cur, (unsigned long long)tgt,

@@ -91,12 +91,25 @@ enum balloon_value {
 	BALLOON_V_SEGMENTS_PLUGGED,	/* ro: live plugged segments */
 	BALLOON_V_STAT_INFLATED_PAGES,	/* ro, counters from here on */
 	BALLOON_V_STAT_DEFLATED_PAGES,
-	BALLOON_V_STAT_SHORT_STEPS,
+	BALLOON_V_STAT_SCRUBBED_PAGES,
+	BALLOON_V_STAT_HYPERCALLS,
+	BALLOON_V_STAT_SHORT_RESULTS,
 	BALLOON_V_STAT_RETRIES,
+	BALLOON_V_STAT_TARGETS_ACCEPTED,
+	BALLOON_V_STAT_TARGETS_CLAMPED,
+	BALLOON_V_STAT_TARGETS_REFUSED,
+	BALLOON_V_STAT_TARGETS_GIVEN_UP,
 	BALLOON_V_STAT_PLUGS,
 	BALLOON_V_STAT_UNPLUGS,
-	BALLOON_V_STAT_REFUSED_TARGETS,
-	BALLOON_V_STAT_LAST_ERRNO
+	BALLOON_V_STAT_FRAMES_LOST,
+	BALLOON_V_STAT_MESSAGES_SUPPRESSED,
+	BALLOON_V_STAT_LAST_ERRNO	/* 0 when no step has failed */
+};
+
+/* Text behind hw.balloon.*. */
+enum balloon_text {
+	BALLOON_T_STATE = 1,		/* what the worker is doing */
+	BALLOON_T_LAST_ERROR		/* "none" or "ENOMEM (12) in deflate" */
 };
 
 struct balloon_rs;	/* the core's state; opaque to C */
@@ -118,8 +131,9 @@ int	balloon_rs_set_target(struct balloon_rs *,
 int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
 /* Writes a knob; EINVAL malformed, EPERM out of range, EOPNOTSUPP. */
 int	balloon_rs_set(struct balloon_rs *, enum balloon_value, uint64_t);
-/* The worker's state as text, NUL-terminated; returns its length. */
-size_t	balloon_rs_state(struct balloon_rs *, char *buf, size_t len);
+/* A text value, NUL-terminated and cut to fit; returns its length. */
+size_t	balloon_rs_text(struct balloon_rs *, enum balloon_text, char *buf,
+	    size_t len);
 /*
  * Gives every ballooned frame back to the domain before unload (fully
  * ballooned plugged segments are unplugged instead). 0 when nothing is

@@ -31,4 +31,29 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(45);
     /// Inappropriate file type or format: xenstore held garbage.
     pub const EFTYPE: Errno = Errno(79);
+
+    /// The symbolic name, as errno.h spells it, or `"E?"` for a number
+    /// this driver never reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::EPERM => "EPERM",
+            Errno::EIO => "EIO",
+            Errno::ENOMEM => "ENOMEM",
+            Errno::EBUSY => "EBUSY",
+            Errno::EINVAL => "EINVAL",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::ERANGE => "ERANGE",
+            Errno::EAGAIN => "EAGAIN",
+            Errno::EOPNOTSUPP => "EOPNOTSUPP",
+            Errno::EFTYPE => "EFTYPE",
+            _ => "E?",
+        }
+    }
+}
+
+impl core::fmt::Display for Errno {
+    /// `ENOMEM (12)`: the name for people, the number for errno(2).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
 }

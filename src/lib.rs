@@ -17,6 +17,7 @@
 //! - [`worker`]: the state machine that turns events into actions.
 //! - [`driver`]: carries actions out through a `Platform` (the kernel
 //!   in balloon.kmod, a model in tests), undoing what did not happen.
+//! - [`ratelimit`]: a budget for kernel log lines.
 //! - [`stats`]: counters the driver reports.
 //! - [`errno`]: the error numbers shared with the kernel.
 //!
@@ -39,6 +40,7 @@ pub mod driver;
 pub mod errno;
 pub mod extents;
 pub mod policy;
+pub mod ratelimit;
 pub mod segments;
 pub mod stats;
 pub mod units;

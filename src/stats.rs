@@ -4,6 +4,47 @@
 use crate::errno::Errno;
 use crate::units::Pages;
 
+/// The kind of step an error came from, for `hw.balloon.stats.last_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// Giving pages to Xen.
+    Inflate,
+    /// Taking pages back from Xen.
+    Deflate,
+    /// Plugging a new segment.
+    Plug,
+    /// Unplugging a segment.
+    Unplug,
+}
+
+impl StepKind {
+    /// The word used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Inflate => "inflate",
+            StepKind::Deflate => "deflate",
+            StepKind::Plug => "plug",
+            StepKind::Unplug => "unplug",
+        }
+    }
+}
+
+/// The last error a step reported and the step it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastError {
+    /// The error.
+    pub errno: Errno,
+    /// Where it happened.
+    pub step: StepKind,
+}
+
+impl core::fmt::Display for LastError {
+    /// `ENOMEM (12) in deflate`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} in {}", self.errno, self.step.as_str())
+    }
+}
+
 /// What the worker has done since load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -32,7 +73,7 @@ pub struct Stats {
     /// Targets refused.
     pub targets_refused: u64,
     /// The last error a step reported.
-    pub last_error: Option<Errno>,
+    pub last_error: Option<LastError>,
 }
 
 /// `a + 1`, saturating.

@@ -27,6 +27,7 @@ use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::policy::{MemInfo, MAX_BATCH};
+use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Mfn, Pages, Pfn, PfnRange, Uptime};
 use crate::worker::{Action, State, StepResult, Worker, WorkerError};
 
@@ -94,6 +95,8 @@ pub struct DriverStats {
     /// Frames backed for a plug that could not be given back (each one
     /// is still in the reservation but in no segment).
     pub frames_lost: u64,
+    /// Log lines dropped by the rate limit.
+    pub lines_suppressed: u64,
 }
 
 /// The worker plus the buffers and mode a step needs.
@@ -107,6 +110,13 @@ pub struct Driver {
     /// What was last reported to the log (state, target, targets accepted
     /// so far), so each outcome is said once per target request.
     reported: Option<(State, Pages, u64)>,
+    /// Log lines allowed per window.
+    budget: LogBudget,
+    /// The newest line over budget, printed when the window reopens so
+    /// the last outcome of a target storm is never lost.
+    held: Option<String>,
+    /// Lines dropped since the last line printed.
+    dropped: u64,
 }
 
 impl Driver {
@@ -120,6 +130,9 @@ impl Driver {
             frames: Vec::with_capacity(MAX_BATCH.0 as usize),
             stats: DriverStats::default(),
             reported: None,
+            budget: LogBudget::default(),
+            held: None,
+            dropped: 0,
         }
     }
 
@@ -145,25 +158,74 @@ impl Driver {
 
     /// Asks the worker for the next action at `now` and carries it out.
     pub fn step<P: Platform>(&mut self, p: &mut P, now: Uptime) -> StepStatus {
+        self.flush_held(p, now);
         let mem = p.meminfo();
         let status = match self.worker.next_action(now, mem) {
             Ok(Action::Idle) => StepStatus::Idle,
             Ok(Action::Sleep { until }) => StepStatus::Sleep(until.0.saturating_sub(now.0).max(1)),
             Ok(action) => {
                 if let Err(e) = self.carry_out(p, action, now) {
-                    p.log(&format!("internal error, step dropped: {e:?}"));
+                    self.say(p, now, format!("internal error, step dropped: {e:?}"));
                 }
                 StepStatus::Again
             }
             Err(e) => {
-                p.log(&format!("internal error: {e:?}"));
+                self.say(p, now, format!("internal error: {e:?}"));
                 StepStatus::Idle
             }
         };
-        if status != StepStatus::Again {
-            self.report(p);
+        if status == StepStatus::Again {
+            return status;
         }
-        status
+        self.report(p, now);
+        // A held line needs a wake-up when the window reopens.
+        match (status, self.held.is_some(), self.budget.reopens_at()) {
+            (StepStatus::Idle, true, Some(at)) => {
+                StepStatus::Sleep(at.0.saturating_sub(now.0).max(1))
+            }
+            (StepStatus::Sleep(ms), true, Some(at)) => {
+                StepStatus::Sleep(ms.min(at.0.saturating_sub(now.0).max(1)))
+            }
+            _ => status,
+        }
+    }
+
+    /// One line for the kernel log, within the budget. A line over budget
+    /// is held in place of any line held before it (which is dropped).
+    fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: String) {
+        match self.budget.admit(now) {
+            Verdict::Print => {
+                if self.held.take().is_some() {
+                    self.dropped = self.dropped.saturating_add(1);
+                }
+                self.print_dropped(p);
+                p.log(&line);
+            }
+            Verdict::OverUntil(_) => {
+                if self.held.replace(line).is_some() {
+                    self.dropped = self.dropped.saturating_add(1);
+                }
+                self.stats.lines_suppressed = self.stats.lines_suppressed.saturating_add(1);
+            }
+        }
+    }
+
+    /// Prints the held line if the budget allows it now.
+    fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        if self.held.is_none() || self.budget.admit(now) != Verdict::Print {
+            return;
+        }
+        self.print_dropped(p);
+        if let Some(line) = self.held.take() {
+            p.log(&line);
+        }
+    }
+
+    fn print_dropped<P: Platform>(&mut self, p: &mut P) {
+        if self.dropped > 0 {
+            p.log(&format!("{} earlier messages suppressed", self.dropped));
+            self.dropped = 0;
+        }
     }
 
     /// Gives every ballooned frame back before unload, stepping until none
@@ -181,10 +243,14 @@ impl Driver {
                 }
                 StepStatus::Sleep(_) => {
                     let left = self.worker.frames().ballooned();
-                    p.log(&format!(
-                        "{} KiB still ballooned: Xen gave no more back",
-                        left.saturating_kib().0
-                    ));
+                    self.say(
+                        p,
+                        now,
+                        format!(
+                            "{} KiB still ballooned: Xen gave no more back",
+                            left.saturating_kib().0
+                        ),
+                    );
                     self.worker.end_release();
                     return Err(Errno::EBUSY);
                 }
@@ -206,7 +272,7 @@ impl Driver {
             } => self.inflate(p, count, prefer, scrub, now),
             Action::Deflate { runs } => self.deflate(p, &runs, now),
             Action::Plug { range } => {
-                let result = self.plug(p, range);
+                let result = self.plug(p, range, now);
                 self.worker.complete(StepResult::Plugged(result), now)
             }
             Action::Unplug { range } => {
@@ -338,7 +404,7 @@ impl Driver {
 
     /// Gives backed frames of a segment that will not be plugged back to
     /// Xen. They are in no segment, so a shortfall here loses them.
-    fn unback_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64]) {
+    fn unback_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64], now: Uptime) {
         for chunk in pfns.chunks(MAX_BATCH.0 as usize) {
             self.frames.clear();
             for &pfn in chunk {
@@ -357,14 +423,16 @@ impl Driver {
             let lost = self.frames.len().saturating_sub(done) as u64;
             if lost > 0 {
                 self.stats.frames_lost = self.stats.frames_lost.saturating_add(lost);
-                p.log(&format!(
-                    "{lost} frames backed for a segment could not be given back"
-                ));
+                self.say(
+                    p,
+                    now,
+                    format!("{lost} frames backed for a segment could not be given back"),
+                );
             }
         }
     }
 
-    fn plug<P: Platform>(&mut self, p: &mut P, range: PfnRange) -> Result<(), Errno> {
+    fn plug<P: Platform>(&mut self, p: &mut P, range: PfnRange, now: Uptime) -> Result<(), Errno> {
         let all: Vec<u64> = range.frames().map(|f| f.0).collect();
         let mut backed = 0;
         let mut failure = None;
@@ -381,14 +449,14 @@ impl Driver {
             None => p.plug(range),
         };
         if result.is_err() {
-            self.unback_frames(p, &all[..backed]);
+            self.unback_frames(p, &all[..backed], now);
         }
         result
     }
 
     /// One log line when the worker reaches its target or gives up, not
     /// one per batch: called when the worker has nothing more to do.
-    fn report<P: Platform>(&mut self, p: &mut P) {
+    fn report<P: Platform>(&mut self, p: &mut P, now: Uptime) {
         let state = self.worker.state();
         let target = self.worker.target();
         let key = (state, target, self.worker.stats().targets_accepted);
@@ -411,7 +479,7 @@ impl Driver {
             _ => None,
         };
         if let Some(line) = line {
-            p.log(&line);
+            self.say(p, now, line);
             self.reported = Some(key);
         }
     }

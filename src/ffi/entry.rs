@@ -204,6 +204,7 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
     let w = core.driver.worker();
     let kib = |p: Pages| p.saturating_kib().0;
     let s = w.stats();
+    let d = core.driver.stats();
     let c = w.counts();
     Some(match what {
         sys::balloon_value_BALLOON_V_CURRENT_KIB => kib(w.current()),
@@ -221,14 +222,21 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
         sys::balloon_value_BALLOON_V_SEGMENTS_PLUGGED => c.plugged_segments as u64,
         sys::balloon_value_BALLOON_V_STAT_INFLATED_PAGES => s.pages_inflated.0,
         sys::balloon_value_BALLOON_V_STAT_DEFLATED_PAGES => s.pages_deflated.0,
-        sys::balloon_value_BALLOON_V_STAT_SHORT_STEPS => s.short_steps,
+        sys::balloon_value_BALLOON_V_STAT_SCRUBBED_PAGES => d.scrubbed,
+        sys::balloon_value_BALLOON_V_STAT_HYPERCALLS => d.hypercalls,
+        sys::balloon_value_BALLOON_V_STAT_SHORT_RESULTS => s.short_steps,
         sys::balloon_value_BALLOON_V_STAT_RETRIES => s.retries,
+        sys::balloon_value_BALLOON_V_STAT_TARGETS_ACCEPTED => s.targets_accepted,
+        sys::balloon_value_BALLOON_V_STAT_TARGETS_CLAMPED => s.targets_clamped,
+        sys::balloon_value_BALLOON_V_STAT_TARGETS_REFUSED => s.targets_refused,
+        sys::balloon_value_BALLOON_V_STAT_TARGETS_GIVEN_UP => s.gave_up,
         sys::balloon_value_BALLOON_V_STAT_PLUGS => s.segments_plugged,
         sys::balloon_value_BALLOON_V_STAT_UNPLUGS => s.segments_unplugged,
-        sys::balloon_value_BALLOON_V_STAT_REFUSED_TARGETS => s.targets_refused,
-        sys::balloon_value_BALLOON_V_STAT_LAST_ERRNO => {
-            s.last_error.map_or(0, |e| u64::from(e.0.unsigned_abs()))
-        }
+        sys::balloon_value_BALLOON_V_STAT_FRAMES_LOST => d.frames_lost,
+        sys::balloon_value_BALLOON_V_STAT_MESSAGES_SUPPRESSED => d.lines_suppressed,
+        sys::balloon_value_BALLOON_V_STAT_LAST_ERRNO => s
+            .last_error
+            .map_or(0, |e| u64::from(e.errno.0.unsigned_abs())),
         _ => return None,
     })
 }
@@ -308,13 +316,14 @@ impl Write for CBuf<'_> {
     }
 }
 
-/// The worker's state as text.
+/// A text value: the worker's state or the last error.
 ///
 /// # Safety
 /// As for [`core_mut`]; `buf` writable for `len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn balloon_rs_state(
+pub unsafe extern "C" fn balloon_rs_text(
     rs: *mut sys::balloon_rs,
+    what: sys::balloon_text,
     buf: *mut c_char,
     len: usize,
 ) -> usize {
@@ -326,8 +335,16 @@ pub unsafe extern "C" fn balloon_rs_state(
     let mut w = CBuf { buf: out, len: 0 };
     // SAFETY: per this function's contract.
     if let Some(core) = unsafe { core_mut(rs) } {
-        // CBuf never fails; a long state is cut short.
-        let _ = write!(w, "{}", core.driver.worker().state());
+        let worker = core.driver.worker();
+        // CBuf never fails; a long text is cut short.
+        let _ = match what {
+            sys::balloon_text_BALLOON_T_STATE => write!(w, "{}", worker.state()),
+            sys::balloon_text_BALLOON_T_LAST_ERROR => match worker.stats().last_error {
+                Some(e) => write!(w, "{e}"),
+                None => w.write_str("none"),
+            },
+            _ => Ok(()),
+        };
     }
     let n = w.len;
     w.buf[n] = 0;

@@ -25,7 +25,7 @@ use crate::backoff::{Backoff, BackoffConfig, Retry};
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
 use crate::segments::{FrameCounts, FrameSpace, PlugLimits, SegmentError};
-use crate::stats::{bump, Stats};
+use crate::stats::{bump, LastError, Stats, StepKind};
 use crate::units::{Kib, Pages, Pfn, PfnRange, Uptime};
 
 /// What the driver knows at load.
@@ -182,6 +182,16 @@ pub enum State {
 }
 
 impl WaitReason {
+    /// The kind of step whose shortfall this is.
+    pub fn step(self) -> StepKind {
+        match self {
+            WaitReason::LowMemory | WaitReason::ShortInflate => StepKind::Inflate,
+            WaitReason::ShortDeflate => StepKind::Deflate,
+            WaitReason::PlugFailed => StepKind::Plug,
+            WaitReason::UnplugFailed => StepKind::Unplug,
+        }
+    }
+
     /// A short phrase for `hw.balloon.state` and dmesg.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -545,8 +555,11 @@ impl Worker {
     /// A step fell short: schedule the retry or give up.
     fn fall_short(&mut self, now: Uptime, why: WaitReason, error: Option<Errno>) -> Action {
         bump(&mut self.stats.short_steps);
-        if error.is_some() {
-            self.stats.last_error = error;
+        if let Some(errno) = error {
+            self.stats.last_error = Some(LastError {
+                errno,
+                step: why.step(),
+            });
         }
         match self.backoff.shortfall(now) {
             Retry::At(until) => {

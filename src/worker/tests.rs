@@ -13,6 +13,7 @@ use crate::policy::Clamp;
 use crate::units::Millis;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
+use std::string::ToString;
 use std::vec::Vec;
 
 const MIB: u64 = 256;
@@ -438,7 +439,9 @@ fn short_deflate_backs_off_doubling_then_gives_up() {
         w.state(),
         State::Cancelled(CancelReason::RetriesExhausted(WaitReason::ShortDeflate))
     );
-    assert_eq!(w.stats().last_error, Some(Errno::ENOMEM));
+    let last = w.stats().last_error.expect("a short deflate with an error");
+    assert_eq!(last.errno, Errno::ENOMEM);
+    assert_eq!(last.to_string(), "ENOMEM (12) in deflate");
     // Stays idle (no spinning) until the target changes.
     assert_eq!(w.next_action(m.now, m.mem()), Ok(Action::Idle));
     m.host_free = 1 << 30;

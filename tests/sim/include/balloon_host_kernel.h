@@ -70,6 +70,8 @@ extern int hz;
 #define MIN(a, b)	((a) < (b) ? (a) : (b))
 #define MAX(a, b)	((a) > (b) ? (a) : (b))
 #define __arraycount(a)	(sizeof(a) / sizeof((a)[0]))
+/* As sys/cdefs.h: drops const to hand a pointer to an API taking void *. */
+#define __UNCONST(a)	((void *)(unsigned long)(const void *)(a))
 
 /* sys/systm.h; the libc functions of the same names serve on the host. */
 void	*memset(void *, int, size_t);
