@@ -387,3 +387,57 @@ fn release_gives_all_back() {
         assert_eq!(d.worker().target(), Pages(PAGES / 2));
     }
 }
+
+/// Steps until the driver asks to sleep or idles, at `now`.
+fn settle_at(m: &mut Model, d: &mut Driver, now: Uptime) -> StepStatus {
+    for _ in 0..100_000 {
+        match d.step(m, now) {
+            StepStatus::Again => {}
+            other => return other,
+        }
+    }
+    panic!("did not settle");
+}
+
+#[test]
+fn a_target_storm_is_rate_limited_and_its_last_outcome_is_printed_later() {
+    use crate::ratelimit::{LOG_BURST, LOG_WINDOW};
+    let (mut m, mut d) = driver(GuestMode::Pvh);
+    // 40 targets 10 ms apart, each reached at once: 40 outcomes in 0.4 s.
+    let mut last = Uptime(0);
+    for i in 0..40u64 {
+        let now = Uptime(1_000 + i * 10);
+        let kib = if i % 2 == 0 { PAGES * 4 - 4096 } else { PAGES * 4 };
+        d.worker_mut().set_target(Kib(kib), Source::Xenstore).unwrap();
+        let st = settle_at(&mut m, &mut d, now);
+        last = now;
+        if i + 1 < LOG_BURST as u64 {
+            assert_eq!(st, StepStatus::Idle, "within budget nothing is held");
+        }
+    }
+    let printed = m.log.iter().filter(|l| l.starts_with("at target")).count();
+    assert_eq!(printed, LOG_BURST as usize, "{:?}", m.log);
+    // The newest outcome is held: the driver asks to be woken when the
+    // window reopens instead of idling.
+    let reopen = Uptime(1_000 + LOG_WINDOW.0);
+    assert_eq!(
+        settle_at(&mut m, &mut d, last),
+        StepStatus::Sleep(reopen.0 - last.0)
+    );
+    assert_eq!(settle_at(&mut m, &mut d, reopen), StepStatus::Idle);
+    let n = m.log.len();
+    assert_eq!(
+        m.log[n - 2],
+        format!("{} earlier messages suppressed", 40 - LOG_BURST - 1)
+    );
+    assert_eq!(
+        m.log[n - 1],
+        format!("at target: {} KiB (0 KiB ballooned)", PAGES * 4),
+        "the last outcome is the one printed"
+    );
+    assert_eq!(d.stats().lines_suppressed, u64::from(40 - LOG_BURST));
+    // Nothing is held any more: idle, and no line repeats.
+    assert_eq!(settle_at(&mut m, &mut d, Uptime(reopen.0 + 1)), StepStatus::Idle);
+    assert_eq!(m.log.len(), n);
+    check(&m, &d);
+}
