@@ -107,9 +107,9 @@ pub struct Driver {
     pfns: Vec<u64>,
     frames: Vec<u64>,
     stats: DriverStats,
-    /// What was last reported to the log (state, target, targets accepted
-    /// so far), so each outcome is said once per target request.
-    reported: Option<(State, Pages, u64)>,
+    /// What was last reported to the log (state, target, memory held), so
+    /// each outcome is said once.
+    reported: Option<(State, Pages, Pages)>,
     /// Log lines allowed per window.
     budget: LogBudget,
     /// The newest line over budget, printed when the window reopens so
@@ -459,7 +459,9 @@ impl Driver {
     fn report<P: Platform>(&mut self, p: &mut P, now: Uptime) {
         let state = self.worker.state();
         let target = self.worker.target();
-        let key = (state, target, self.worker.stats().targets_accepted);
+        // A request that changes nothing (the same target again, at it)
+        // says nothing new.
+        let key = (state, target, self.worker.current());
         if self.reported == Some(key) {
             return;
         }

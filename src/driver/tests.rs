@@ -407,8 +407,14 @@ fn a_target_storm_is_rate_limited_and_its_last_outcome_is_printed_later() {
     let mut last = Uptime(0);
     for i in 0..40u64 {
         let now = Uptime(1_000 + i * 10);
-        let kib = if i % 2 == 0 { PAGES * 4 - 4096 } else { PAGES * 4 };
-        d.worker_mut().set_target(Kib(kib), Source::Xenstore).unwrap();
+        let kib = if i % 2 == 0 {
+            PAGES * 4 - 4096
+        } else {
+            PAGES * 4
+        };
+        d.worker_mut()
+            .set_target(Kib(kib), Source::Xenstore)
+            .unwrap();
         let st = settle_at(&mut m, &mut d, now);
         last = now;
         if i + 1 < LOG_BURST as u64 {
@@ -437,7 +443,10 @@ fn a_target_storm_is_rate_limited_and_its_last_outcome_is_printed_later() {
     );
     assert_eq!(d.stats().lines_suppressed, u64::from(40 - LOG_BURST));
     // Nothing is held any more: idle, and no line repeats.
-    assert_eq!(settle_at(&mut m, &mut d, Uptime(reopen.0 + 1)), StepStatus::Idle);
+    assert_eq!(
+        settle_at(&mut m, &mut d, Uptime(reopen.0 + 1)),
+        StepStatus::Idle
+    );
     assert_eq!(m.log.len(), n);
     check(&m, &d);
 }

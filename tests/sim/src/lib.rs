@@ -18,6 +18,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod config;
+pub mod control;
+pub mod daemon;
 mod domain;
 mod kernel;
 mod ksync;

@@ -1,0 +1,771 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! The control interface of the simulated domU: commands that read like
+//! the real tools, so one script drives a NetBSD domU and this simulator.
+//!
+//! Each command is an argument vector and gives a [`Reply`]: an exit
+//! status, standard output and standard error, as the real program would.
+//! Inside the domU: `modload`, `modunload`, `modstat`, `sysctl`,
+//! `xenstore-read`, `xenstore-write`, `xenstore-rm`, `dmesg`. On the dom0
+//! side: `xl mem-set`, `xl list`. Simulator-only commands start with `sim`
+//! (fault injection, host memory, waiting, invariants, leak accounting).
+//!
+//! The output formats follow NetBSD's programs (sysctl(8): `name = value`,
+//! `name: old -> new` on writes, `name: description` with -d; errors as
+//! `program: what: strerror`). Values are parsed as those programs parse
+//! them: sysctl(8) reads numbers with strtoimax/strtoumax in base 0, xl
+//! parses sizes with parse_mem_size_kb (xen tools/xl/xl_utils.c: a
+//! decimal with one optional suffix b, k, m, g or t; no suffix is MiB).
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::{balloon_module, Domain, SysctlValue};
+
+/// How long `sim settle` waits at most by default (real time).
+const SETTLE_DEFAULT: Duration = Duration::from_secs(30);
+
+/// What a command printed and how it ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// Exit status: 0 success, 1 failure, 2 usage error.
+    pub status: i32,
+    /// Standard output.
+    pub out: String,
+    /// Standard error.
+    pub err: String,
+}
+
+impl Reply {
+    fn ok(out: String) -> Reply {
+        Reply {
+            status: 0,
+            out,
+            err: String::new(),
+        }
+    }
+    fn fail(err: String) -> Reply {
+        Reply {
+            status: 1,
+            out: String::new(),
+            err: err + "\n",
+        }
+    }
+    fn usage(err: &str) -> Reply {
+        Reply {
+            status: 2,
+            out: String::new(),
+            err: format!("usage: {err}\n"),
+        }
+    }
+}
+
+/// NetBSD's strerror(3) text for the numbers the module and the simulated
+/// kernel return (lib/libc/gen/errlist.c wording).
+pub fn strerror(e: i32) -> String {
+    match e {
+        1 => "Operation not permitted".into(),
+        2 => "No such file or directory".into(),
+        5 => "Input/output error".into(),
+        12 => "Cannot allocate memory".into(),
+        16 => "Device busy".into(),
+        17 => "File exists".into(),
+        19 => "Operation not supported by device".into(),
+        21 => "Is a directory".into(),
+        22 => "Invalid argument".into(),
+        28 => "No space left on device".into(),
+        34 => "Result too large".into(),
+        35 => "Resource temporarily unavailable".into(),
+        45 => "Operation not supported".into(),
+        79 => "Inappropriate file type or format".into(),
+        _ => format!("Unknown error: {e}"),
+    }
+}
+
+/// NetBSD errno numbers by name, for `sim` commands and scripts.
+const ENOENT: i32 = 2;
+const EINVAL: i32 = 22;
+const ERANGE: i32 = 34;
+
+/// xl's memory size syntax, in KiB: a decimal with at most one suffix
+/// (b, k, m, g, t, any case); none means MiB. Like xl, a value that does
+/// not parse is refused; unlike xl's strtoll, overflow is refused too.
+pub fn parse_xl_size_kib(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].to_ascii_lowercase().as_str() {
+        "t" => 30,
+        "g" => 20,
+        "" | "m" => 10,
+        "k" => 0,
+        "b" => return Some(n >> 10),
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// What sysctl(8) makes of the text of a number: strtoimax/strtoumax in
+/// base 0 (0x hex, 0 octal), leading white space and a sign allowed,
+/// nothing after the digits. Err is the errno-like reason.
+pub fn parse_sysctl_number(s: &str) -> Result<i128, i32> {
+    let t = s.trim_start_matches([' ', '\t', '\n']);
+    let (neg, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (radix, digits) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (16, h)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (8, &t[1..])
+    } else {
+        (10, t)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(EINVAL);
+    }
+    let v = u128::from_str_radix(digits, radix).map_err(|_| ERANGE)?;
+    if v > u128::from(u64::MAX) {
+        return Err(ERANGE);
+    }
+    let v = v as i128;
+    Ok(if neg { -v } else { v })
+}
+
+fn show(v: &SysctlValue) -> String {
+    match v {
+        SysctlValue::Int(x) => x.to_string(),
+        SysctlValue::Quad(x) => x.to_string(),
+        SysctlValue::Bool(x) => u8::from(*x).to_string(),
+        SysctlValue::String(s) => s.clone(),
+    }
+}
+
+/// Splits a line into words: white space separates, single and double
+/// quotes group, `#` at the start of a word begins a comment.
+pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                cur.get_or_insert_with(String::new);
+            }
+            (None, '#') if cur.is_none() => break,
+            (None, c) if c.is_whitespace() => {
+                if let Some(w) = cur.take() {
+                    words.push(w);
+                }
+            }
+            (None, c) => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote".into());
+    }
+    words.extend(cur);
+    Ok(words)
+}
+
+/// A console on one simulated domU.
+pub struct Console {
+    domain: Domain,
+    /// Show progress on a terminal while waiting.
+    progress: bool,
+}
+
+impl Console {
+    /// A console on `domain`. With `progress`, waits draw a status line
+    /// on standard error (for a terminal); otherwise they print one line.
+    pub fn new(domain: Domain, progress: bool) -> Console {
+        Console { domain, progress }
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// Runs one command line (see [`split_words`]). An empty line or a
+    /// comment succeeds with no output.
+    pub fn run_line(&mut self, line: &str) -> Reply {
+        match split_words(line) {
+            Ok(w) if w.is_empty() => Reply::default(),
+            Ok(w) => self.run(&w),
+            Err(e) => Reply::usage(&e),
+        }
+    }
+
+    /// Runs one command.
+    pub fn run(&mut self, argv: &[String]) -> Reply {
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        match args.as_slice() {
+            ["modload", rest @ ..] => self.modload(rest),
+            ["modunload", rest @ ..] => self.modunload(rest),
+            ["modstat", rest @ ..] => self.modstat(rest),
+            ["sysctl", rest @ ..] => self.sysctl(rest),
+            ["xl", rest @ ..] => self.xl(rest),
+            ["xenstore-read", rest @ ..] => self.xenstore_read(rest),
+            ["xenstore-write", rest @ ..] => self.xenstore_write(rest),
+            ["xenstore-rm", rest @ ..] => self.xenstore_rm(rest),
+            ["dmesg"] => Reply::ok(
+                self.domain
+                    .dmesg()
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect(),
+            ),
+            ["sim", rest @ ..] => self.sim(rest),
+            [] => Reply::default(),
+            [cmd, ..] => Reply {
+                status: 127,
+                out: String::new(),
+                err: format!("{cmd}: not found\n"),
+            },
+        }
+    }
+
+    /// Runs a scenario: one command per line, `#` comments, a leading `!`
+    /// for a command that must fail. Each command is echoed after `$ `
+    /// with what it printed. Stops at the first command that does not end
+    /// as expected and says which line it was.
+    pub fn run_script(
+        &mut self,
+        text: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<usize, String> {
+        let mut ran = 0;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            let (must_fail, cmd) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim_start()),
+                None => (false, line),
+            };
+            let words = split_words(cmd).map_err(|e| format!("line {}: {e}", i + 1))?;
+            if words.is_empty() {
+                continue;
+            }
+            let r = self.run(&words);
+            let _ = writeln!(out, "$ {line}");
+            let _ = write!(out, "{}{}", r.out, r.err);
+            ran += 1;
+            match (must_fail, r.status) {
+                (false, 0) => {}
+                (true, s) if s != 0 => {}
+                (false, s) => {
+                    return Err(format!("line {}: `{cmd}` failed with status {s}", i + 1))
+                }
+                (true, _) => {
+                    return Err(format!("line {}: `{cmd}` succeeded but must fail", i + 1))
+                }
+            }
+        }
+        Ok(ran)
+    }
+
+    // ---- modules ----
+
+    fn module_name(arg: &str) -> Option<&'static str> {
+        let base = arg.rsplit('/').next().unwrap_or(arg);
+        matches!(base, "balloon" | "balloon.kmod").then_some("balloon")
+    }
+
+    fn modload(&mut self, args: &[&str]) -> Reply {
+        let [arg] = args else {
+            return Reply::usage("modload module");
+        };
+        let Some(_) = Self::module_name(arg) else {
+            return Reply::fail(format!("modload: {arg}: {}", strerror(ENOENT)));
+        };
+        match self.domain.modload(balloon_module()) {
+            Ok(()) => Reply::default(),
+            Err(e) => Reply::fail(format!("modload: {arg}: {}", strerror(e))),
+        }
+    }
+
+    fn modunload(&mut self, args: &[&str]) -> Reply {
+        let [arg] = args else {
+            return Reply::usage("modunload module");
+        };
+        if Self::module_name(arg).is_none() || !self.loaded() {
+            return Reply::fail(format!("modunload: {arg}: {}", strerror(ENOENT)));
+        }
+        match self.domain.modunload() {
+            Ok(()) => Reply::default(),
+            Err(e) => Reply::fail(format!("modunload: {arg}: {}", strerror(e))),
+        }
+    }
+
+    fn loaded(&self) -> bool {
+        self.domain.modstat().iter().any(|m| m == "balloon")
+    }
+
+    fn modstat(&mut self, args: &[&str]) -> Reply {
+        let want = match args {
+            [] => None,
+            [name] | ["-n", name] => Some(*name),
+            _ => return Reply::usage("modstat [-n] [name]"),
+        };
+        let mods: Vec<String> = self
+            .domain
+            .modstat()
+            .into_iter()
+            .filter(|m| want.is_none_or(|w| w == m))
+            .collect();
+        if let (Some(w), true) = (want, mods.is_empty()) {
+            return Reply::fail(format!("modstat: {w}: {}", strerror(ENOENT)));
+        }
+        let mut out =
+            String::from("NAME            CLASS      SOURCE     REFS  SIZE     REQUIRES\n");
+        for m in mods {
+            out += &format!("{m:<15} driver     filesys    0     -        -\n");
+        }
+        Reply::ok(out)
+    }
+
+    // ---- sysctl ----
+
+    /// The leaves at or below `name`, or `name` itself when it is a leaf.
+    fn leaves(&self, name: &str) -> Vec<String> {
+        if self.domain.sysctl_read(name).is_ok() {
+            return vec![name.to_string()];
+        }
+        self.domain
+            .sysctl_list(&format!("{name}."))
+            .into_iter()
+            .filter(|n| self.domain.sysctl_read(n).is_ok())
+            .collect()
+    }
+
+    fn no_such(name: &str) -> Reply {
+        Reply::fail(format!("sysctl: {name}: {}", strerror(ENOENT)))
+    }
+
+    fn sysctl(&mut self, args: &[&str]) -> Reply {
+        let mut values_only = false;
+        let mut describe = false;
+        let mut write = false;
+        let mut names = Vec::new();
+        for a in args {
+            match *a {
+                "-n" => values_only = true,
+                "-d" => describe = true,
+                "-w" => write = true,
+                s if s.starts_with('-') && s.len() > 1 => {
+                    return Reply::usage("sysctl [-dnw] name[=value] ...")
+                }
+                s => names.push(s),
+            }
+        }
+        if names.is_empty() {
+            return Reply::usage("sysctl [-dnw] name[=value] ...");
+        }
+        let mut reply = Reply::default();
+        for arg in names {
+            let r = match (write, arg.split_once('=')) {
+                (true, Some((name, value))) => self.sysctl_write(name, value, values_only),
+                (true, None) => Reply::usage("sysctl -w name=value"),
+                (false, _) if describe => self.sysctl_describe(arg, values_only),
+                (false, _) => self.sysctl_read(arg, values_only),
+            };
+            reply.out += &r.out;
+            reply.err += &r.err;
+            reply.status = reply.status.max(r.status);
+        }
+        reply
+    }
+
+    fn sysctl_read(&self, name: &str, values_only: bool) -> Reply {
+        let leaves = self.leaves(name);
+        if leaves.is_empty() {
+            return Self::no_such(name);
+        }
+        let mut out = String::new();
+        for n in leaves {
+            match self.domain.sysctl_read(&n) {
+                Ok(v) if values_only => out += &format!("{}\n", show(&v)),
+                Ok(v) => out += &format!("{n} = {}\n", show(&v)),
+                Err(e) => return Reply::fail(format!("sysctl: {n}: {}", strerror(e))),
+            }
+        }
+        Reply::ok(out)
+    }
+
+    fn sysctl_describe(&self, name: &str, values_only: bool) -> Reply {
+        let mut names = self.domain.sysctl_list(&format!("{name}."));
+        if self.domain.sysctl_describe(name).is_some() || names.is_empty() {
+            names.insert(0, name.to_string());
+        }
+        let mut out = String::new();
+        for n in names {
+            let Some(d) = self.domain.sysctl_describe(&n) else {
+                return Self::no_such(&n);
+            };
+            if values_only {
+                out += &format!("{d}\n");
+            } else {
+                out += &format!("{n}: {d}\n");
+            }
+        }
+        Reply::ok(out)
+    }
+
+    fn sysctl_write(&mut self, name: &str, text: &str, values_only: bool) -> Reply {
+        let old = match self.domain.sysctl_read(name) {
+            Ok(v) => v,
+            Err(_) if self.leaves(name).len() > 1 => {
+                return Reply::fail(format!("sysctl: {name}: {}", strerror(21)))
+            }
+            Err(_) => return Self::no_such(name),
+        };
+        let new = match &old {
+            SysctlValue::String(_) => SysctlValue::String(text.to_string()),
+            SysctlValue::Bool(_) => match parse_sysctl_number(text) {
+                Ok(v) => SysctlValue::Bool(v != 0),
+                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
+            },
+            SysctlValue::Int(_) => match parse_sysctl_number(text) {
+                Ok(v) if i32::try_from(v).is_ok() => SysctlValue::Int(v as i32),
+                Ok(_) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
+                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
+            },
+            // A quad is 64 bits either way: strtoumax's wrap of a negative
+            // value, as sysctl(8) passes it to the kernel.
+            SysctlValue::Quad(_) => match parse_sysctl_number(text) {
+                Ok(v) if v < 0 && v >= i128::from(i64::MIN) => SysctlValue::Quad(v as i64),
+                Ok(v) if v >= 0 => SysctlValue::Quad(v as u64 as i64),
+                Ok(_) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
+                Err(ERANGE) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
+                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
+            },
+        };
+        match self.domain.sysctl_write(name, new) {
+            Ok(()) => {
+                let now = self
+                    .domain
+                    .sysctl_read(name)
+                    .map(|v| show(&v))
+                    .unwrap_or_default();
+                let line = if values_only {
+                    format!("{} -> {now}\n", show(&old))
+                } else {
+                    format!("{name}: {} -> {now}\n", show(&old))
+                };
+                Reply::ok(line)
+            }
+            Err(e) => Reply::fail(format!("sysctl: {name}: {}", strerror(e))),
+        }
+    }
+
+    // ---- dom0 and xenstore ----
+
+    fn xl(&mut self, args: &[&str]) -> Reply {
+        match args {
+            ["mem-set", size] | ["mem-set", _, size] => {
+                let Some(kib) = parse_xl_size_kib(size) else {
+                    return Reply::fail(format!("invalid memory size: {size}"));
+                };
+                self.domain.xl_mem_set(kib);
+                Reply::default()
+            }
+            ["list"] => {
+                let kib = self.domain.reservation() * 4;
+                Reply::ok(format!(
+                    "Name                                        ID   Mem VCPUs\tState\tTime(s)\n\
+                     domU                                         1 {:>5}     1     -b----       0.0\n",
+                    kib / 1024
+                ))
+            }
+            _ => Reply::usage("xl mem-set [domain] size | xl list"),
+        }
+    }
+
+    /// A domU's xenstore path relative to its home, as the shim uses it.
+    fn relative(path: &str) -> &str {
+        path.strip_prefix("/local/domain/1/").unwrap_or(path)
+    }
+
+    fn xenstore_read(&self, args: &[&str]) -> Reply {
+        let [path] = args else {
+            return Reply::usage("xenstore-read path");
+        };
+        match self.domain.xenstore_read(Self::relative(path)) {
+            Some(v) => Reply::ok(format!("{v}\n")),
+            None => Reply::fail(format!("xenstore-read: couldn't read path {path}")),
+        }
+    }
+
+    fn xenstore_write(&self, args: &[&str]) -> Reply {
+        let [path, value] = args else {
+            return Reply::usage("xenstore-write path value");
+        };
+        self.domain.xenstore_write(Self::relative(path), value);
+        Reply::default()
+    }
+
+    fn xenstore_rm(&self, args: &[&str]) -> Reply {
+        let [path] = args else {
+            return Reply::usage("xenstore-rm path");
+        };
+        self.domain.xenstore_rm(Self::relative(path));
+        Reply::default()
+    }
+
+    // ---- simulator-only ----
+
+    fn sim(&mut self, args: &[&str]) -> Reply {
+        match args {
+            ["ping"] => Reply::ok("pong\n".into()),
+            ["settle"] => self.settle(SETTLE_DEFAULT),
+            ["settle", secs] => match secs.parse::<u64>() {
+                Ok(s) => self.settle(Duration::from_secs(s)),
+                Err(_) => Reply::usage("sim settle [seconds]"),
+            },
+            ["check"] => match self.domain.check() {
+                Ok(()) => Reply::ok("consistent\n".into()),
+                Err(e) => Reply::fail(format!("sim check: {e}")),
+            },
+            ["stat"] => Reply::ok(self.stat()),
+            ["host-free", size] => match parse_xl_size_kib(size) {
+                Some(kib) => {
+                    self.domain.set_host_free(kib / 4);
+                    Reply::default()
+                }
+                None => Reply::fail(format!("sim host-free: invalid size {size}")),
+            },
+            ["kernel-alloc", size] => match parse_xl_size_kib(size) {
+                Some(kib) => Reply::ok(format!("{} KiB\n", self.domain.kernel_alloc(kib / 4) * 4)),
+                None => Reply::fail(format!("sim kernel-alloc: invalid size {size}")),
+            },
+            ["kernel-free", size] => match parse_xl_size_kib(size) {
+                Some(kib) => Reply::ok(format!("{} KiB\n", self.domain.kernel_free(kib / 4) * 4)),
+                None => Reply::fail(format!("sim kernel-free: invalid size {size}")),
+            },
+            ["fault", rest @ ..] => self.fault(rest),
+            ["sysctl-raw", name, hex] => {
+                let Some(bytes) = decode_hex(hex) else {
+                    return Reply::usage("sim sysctl-raw name hexbytes");
+                };
+                match self.domain.sysctl_write_raw(name, &bytes) {
+                    Ok(()) => Reply::default(),
+                    Err(e) => Reply::fail(format!("sysctl: {name}: {}", strerror(e))),
+                }
+            }
+            _ => Reply::usage(
+                "sim ping | settle [s] | check | stat | host-free size | kernel-alloc size | \
+                 kernel-free size | fault [name value | clear] | sysctl-raw name hex",
+            ),
+        }
+    }
+
+    fn stat(&self) -> String {
+        let d = &self.domain;
+        let (bytes, allocs) = d.kmem_outstanding();
+        format!(
+            "reservation_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
+             dirty_pages_given {}\nclean_pages_given {}\nkmem_bytes {bytes}\n\
+             kmem_allocations {allocs}\nmodule_pages {}\nkthreads {}\nleaked_sysctl_nodes {}\n\
+             segments {}\n",
+            d.reservation() * 4,
+            d.max_reservation() * 4,
+            d.host_free() * 4,
+            d.dirty_frames_given(),
+            d.clean_frames_given(),
+            d.pages_owned_by_module(),
+            d.live_kthreads(),
+            d.leaked_sysctl_nodes().len(),
+            d.segments().len()
+        )
+    }
+
+    fn fault(&mut self, args: &[&str]) -> Reply {
+        let count = |v: &str| -> Result<Option<u64>, ()> {
+            match v {
+                "off" => Ok(None),
+                n => n.parse().map(Some).map_err(|_| ()),
+            }
+        };
+        let flag = |v: &str| -> Result<bool, ()> {
+            match v {
+                "on" | "1" => Ok(true),
+                "off" | "0" => Ok(false),
+                _ => Err(()),
+            }
+        };
+        let mut f = self.domain.faults_mut();
+        let r = match args {
+            [] => {
+                return Reply::ok(format!("{:?}\n", *f));
+            }
+            ["clear"] => {
+                *f = Default::default();
+                Ok(())
+            }
+            ["decrease_limit", v] => count(v).map(|c| f.decrease_limit = c),
+            ["increase_limit", v] => count(v).map(|c| f.increase_limit = c),
+            ["populate_limit", v] => count(v).map(|c| f.populate_limit = c),
+            ["pagealloc_fail_after", v] => count(v).map(|c| f.pagealloc_fail_after = c),
+            ["pglistalloc_fail_after", v] => count(v).map(|c| f.pglistalloc_fail_after = c),
+            ["plug_fail", v] => flag(v).map(|b| f.plug_fail = b),
+            ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
+            ["kmem_nosleep_fail", v] => flag(v).map(|b| f.kmem_nosleep_fail = b),
+            ["xenstore_read_error", v] => match *v {
+                "off" => Ok(f.xenstore_read_error = None),
+                n => n
+                    .parse()
+                    .map(|e| f.xenstore_read_error = Some(e))
+                    .map_err(|_| ()),
+            },
+            _ => Err(()),
+        };
+        match r {
+            Ok(()) => Reply::default(),
+            Err(()) => Reply::usage(
+                "sim fault [clear | decrease_limit|increase_limit|populate_limit|\
+                 pagealloc_fail_after|pglistalloc_fail_after N|off | \
+                 plug_fail|unplug_fail|kmem_nosleep_fail on|off | xenstore_read_error ERRNO|off]",
+            ),
+        }
+    }
+
+    /// Waits until hw.balloon.state is idle or cancelled, at most `limit`.
+    fn settle(&mut self, limit: Duration) -> Reply {
+        let start = Instant::now();
+        let first = self.read_quad("hw.balloon.current");
+        loop {
+            let state = match self.domain.sysctl_read("hw.balloon.state") {
+                Ok(SysctlValue::String(s)) => s,
+                _ => return Reply::fail("sim settle: the module is not loaded".into()),
+            };
+            let current = self.read_quad("hw.balloon.current");
+            let target = self.read_quad("hw.balloon.target");
+            let secs = start.elapsed().as_secs_f64().max(1e-3);
+            let rate = current.abs_diff(first) as f64 / 1024.0 / secs;
+            let done = state == "idle" || state.starts_with("cancelled");
+            if self.progress {
+                let mut e = std::io::stderr();
+                let _ = write!(
+                    e,
+                    "\r\x1b[K{current} KiB of target {target} KiB, {rate:.0} MiB/s, {state}"
+                );
+                if done {
+                    let _ = writeln!(e);
+                }
+                let _ = e.flush();
+            }
+            if done {
+                return Reply::ok(format!(
+                    "settled: current {current} KiB, target {target} KiB, {state} ({} ms)\n",
+                    start.elapsed().as_millis()
+                ));
+            }
+            if start.elapsed() >= limit {
+                return Reply::fail(format!(
+                    "sim settle: still {state} after {} s (current {current} KiB, target {target} KiB)",
+                    limit.as_secs()
+                ));
+            }
+            // Woken when the reservation or the module's pages change, or
+            // after 20 ms at most (a state change alone wakes nobody).
+            let (r, m) = (
+                self.domain.reservation(),
+                self.domain.pages_owned_by_module(),
+            );
+            self.domain.wait_until(
+                |v| v.reservation() != r || v.module_pages() != m,
+                Duration::from_millis(20),
+            );
+        }
+    }
+
+    fn read_quad(&self, name: &str) -> u64 {
+        match self.domain.sysctl_read(name) {
+            Ok(SysctlValue::Quad(v)) => v as u64,
+            _ => 0,
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s == "-" {
+        return Some(Vec::new());
+    }
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xl_sizes_follow_parse_mem_size_kb() {
+        assert_eq!(parse_xl_size_kib("512"), Some(512 * 1024));
+        assert_eq!(parse_xl_size_kib("512m"), Some(512 * 1024));
+        assert_eq!(parse_xl_size_kib("512M"), Some(512 * 1024));
+        assert_eq!(parse_xl_size_kib("2g"), Some(2 * 1024 * 1024));
+        assert_eq!(parse_xl_size_kib("1t"), Some(1 << 30));
+        assert_eq!(parse_xl_size_kib("4096k"), Some(4096));
+        assert_eq!(parse_xl_size_kib("1048576b"), Some(1024));
+        for bad in [
+            "",
+            "m",
+            "12mb",
+            "-1",
+            " 1",
+            "1 m",
+            "0x10",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_xl_size_kib(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sysctl_numbers_parse_like_strtoumax_base_0() {
+        assert_eq!(parse_sysctl_number("42"), Ok(42));
+        assert_eq!(parse_sysctl_number("  42"), Ok(42));
+        assert_eq!(parse_sysctl_number("0x10"), Ok(16));
+        assert_eq!(parse_sysctl_number("010"), Ok(8));
+        assert_eq!(parse_sysctl_number("0"), Ok(0));
+        assert_eq!(parse_sysctl_number("-1"), Ok(-1));
+        assert_eq!(
+            parse_sysctl_number("18446744073709551615"),
+            Ok(u64::MAX as i128)
+        );
+        assert_eq!(parse_sysctl_number("18446744073709551616"), Err(ERANGE));
+        for bad in ["", "abc", "42 ", "42k", "4 2", "08", "0x", "-"] {
+            assert_eq!(parse_sysctl_number(bad), Err(EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn words_split_with_quotes_and_comments() {
+        assert_eq!(
+            split_words("xenstore-write memory/target '512 k' # a comment").unwrap(),
+            ["xenstore-write", "memory/target", "512 k"]
+        );
+        assert_eq!(split_words("a \"\" b").unwrap(), ["a", "", "b"]);
+        assert!(split_words("# only").unwrap().is_empty());
+        assert!(split_words("a 'b").is_err());
+    }
+
+    #[test]
+    fn hex_decodes_bytes() {
+        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(decode_hex("-"), Some(vec![]));
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
+    }
+}
