@@ -616,12 +616,10 @@ impl Console {
             ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
             ["kmem_nosleep_fail", v] => flag(v).map(|b| f.kmem_nosleep_fail = b),
             ["xenstore_read_error", v] => match *v {
-                "off" => Ok(f.xenstore_read_error = None),
-                n => n
-                    .parse()
-                    .map(|e| f.xenstore_read_error = Some(e))
-                    .map_err(|_| ()),
-            },
+                "off" => Ok(None),
+                n => n.parse().map(Some).map_err(|_| ()),
+            }
+            .map(|e| f.xenstore_read_error = e),
             _ => Err(()),
         };
         match r {
