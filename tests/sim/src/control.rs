@@ -635,6 +635,10 @@ impl Console {
     /// Waits until hw.balloon.state is idle or cancelled, at most `limit`.
     fn settle(&mut self, limit: Duration) -> Reply {
         let start = Instant::now();
+        // A target written just before is the module's to take first.
+        if !self.domain.wait_until(|v| v.watches_quiet(), limit) {
+            return Reply::fail("sim settle: xenstore watch events still pending".into());
+        }
         let first = self.read_quad("hw.balloon.current");
         loop {
             let state = match self.domain.sysctl_read("hw.balloon.state") {

@@ -124,6 +124,10 @@ impl View<'_> {
     pub fn watch_events_delivered(&self) -> u64 {
         self.k.watch_fired
     }
+    /// No xenstore watch event is queued or being delivered.
+    pub fn watches_quiet(&self) -> bool {
+        self.k.watch_queue.is_empty() && self.k.watch_running.is_none()
+    }
     pub fn live_kthreads(&self) -> u64 {
         self.k.live_kthreads
     }

@@ -10,7 +10,9 @@
 //!          --host-free SIZE (8g), --no-hotplug, --no-modload
 //! ```
 //!
-//! Sizes use xl's syntax (a number with b, k, m, g or t; MiB without).
+//! A scenario file holds one command per line (`#` comments; a leading
+//! `!` for a command that must fail); `#: OPTIONS` lines at its top choose
+//! the domain. Sizes use xl's syntax (a number with b, k, m, g or t; MiB without).
 //! The demonstration boots a simulated domU, loads the real module (the C
 //! shim and the Rust core, as built for the host), steers it the way dom0
 //! would with `xl mem-set`, and prints what the module did. Commands are
@@ -170,7 +172,8 @@ fn main() {
         args.next();
         ctl(args);
     }
-    let o = parse_opts(args);
+    let args: Vec<String> = args.collect();
+    let o = parse_opts(args.clone().into_iter());
     match &o.action {
         Action::Demo => demo(&o),
         Action::Run(file) => {
@@ -183,6 +186,14 @@ fn main() {
                 eprintln!("balloon-sim: {file}: {e}");
                 exit(2)
             });
+            // `#: OPTIONS` lines at the top of a scenario choose its
+            // domain; options on the command line come after and win.
+            let from_file: Vec<String> = text
+                .lines()
+                .map_while(|l| l.strip_prefix("#:"))
+                .flat_map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .collect();
+            let o = parse_opts(from_file.into_iter().chain(args));
             let mut console = Console::new(boot(&o), std::io::stderr().is_terminal());
             match console.run_script(&text, &mut std::io::stdout()) {
                 Ok(n) => println!("# {file}: {n} commands, all as expected"),
