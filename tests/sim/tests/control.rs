@@ -524,3 +524,25 @@ fn scenario_files_run_and_a_wrong_expectation_fails() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("line 2: `sysctl -w hw.balloon.batch=64` succeeded but must fail"));
 }
+
+#[test]
+fn the_manual_page_documents_every_node() {
+    let page = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../modules/balloon/balloon.4"),
+    )
+    .expect("modules/balloon/balloon.4");
+    let mut c = console();
+    let all = ok(&mut c, "sysctl hw.balloon");
+    let mut n = 0;
+    for line in all.lines() {
+        let name = line.split(" = ").next().unwrap();
+        let short = name.strip_prefix("hw.balloon.").unwrap();
+        let entry = match short.strip_prefix("stats.") {
+            Some(_) => format!(".It Va {short}\n"),
+            None => format!(".It Va {name} "),
+        };
+        assert!(page.contains(&entry), "balloon.4 lacks {entry:?}");
+        n += 1;
+    }
+    assert_eq!(n, 29);
+}
