@@ -471,6 +471,18 @@ impl Console {
                 let Some(kib) = parse_xl_size_kib(size) else {
                     return Reply::fail(format!("invalid memory size: {size}"));
                 };
+                // libxl refuses a target above the domain's static
+                // maximum (libxl_set_memory_target); the guest never
+                // sees it. Write memory/target directly to test that.
+                let static_max = self
+                    .domain
+                    .xenstore_read("memory/static-max")
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let Some(max) = static_max.filter(|&m| kib > m) {
+                    return Reply::fail(format!(
+                        "xl mem-set: {kib} KiB is above memory/static-max ({max} KiB)"
+                    ));
+                }
                 self.domain.xl_mem_set(kib);
                 Reply::default()
             }

@@ -49,18 +49,6 @@ fn sysctl(d: &Domain, name: &str) -> String {
     }
 }
 
-/// Waits until the worker is idle or has given up.
-fn settle(d: &Domain) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = sysctl(d, "hw.balloon.state");
-        if s == "idle" || s.starts_with("cancelled") || Instant::now() > deadline {
-            return;
-        }
-        d.wait_until(|_| false, Duration::from_millis(2));
-    }
-}
-
 /// What the command line asked for.
 struct Opts {
     cfg: DomainConfig,
@@ -216,8 +204,8 @@ fn main() {
 fn demo(o: &Opts) {
     let cfg = &o.cfg;
     println!(
-        "balloon-sim: a simulated NetBSD {:?} domU, {} MiB booted, {} MiB maximum",
-        cfg.mode,
+        "balloon-sim: a simulated NetBSD {} domU, {} MiB booted, {} MiB maximum",
+        if cfg.mode == Mode::Pvh { "PVH" } else { "PV" },
         cfg.boot_pages() / MIB,
         cfg.max_pages() / MIB
     );
@@ -226,69 +214,112 @@ fn demo(o: &Opts) {
         modload: true,
         action: Action::Demo,
     });
-    println!("modload balloon: ok");
+    println!("$ modload balloon");
+    println!("$ sysctl -d hw.balloon (with values)");
     for name in d.sysctl_list("hw.balloon.") {
         if d.sysctl_read(&name).is_err() {
             continue; // a node (hw.balloon.stats)
         }
         let desc = d.sysctl_describe(&name).unwrap_or_default();
-        println!("  {name} = {:<12} {desc}", sysctl(&d, &name));
+        let line = format!("{name} = {}", sysctl(&d, &name));
+        println!("  {line:<46} {desc}");
     }
-    println!();
-    println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>9} {:>7}  state",
-        "xl mem-set", "target", "current", "ballooned", "plugged", "time"
-    );
-    for (label, mib) in [
-        ("512M  (down by half)", 512u64),
-        ("1024M (back to boot)", 1024),
-        ("2560M (above boot)", 2560),
-        ("768M  (below boot)", 768),
-        ("16M   (below the floor)", 16),
-        ("8192M (above the maximum)", 8192),
-        ("1024M (boot size)", 1024),
-    ] {
+    let steps: &[(&str, &str)] = match cfg.mode {
+        Mode::Pvh => &[
+            ("512m", "down by half"),
+            ("1g", "back to boot size"),
+            ("2560m", "above boot memory: hot-plugged segments"),
+            ("768m", "below boot memory: segments unplugged"),
+            ("16m", "below the safe floor: clamped"),
+            ("8g", "above the maximum: xl refuses"),
+            ("1g", "boot size"),
+        ],
+        _ => &[
+            ("512m", "down by half"),
+            ("1g", "back to boot size"),
+            ("2560m", "above boot memory: PV cannot grow"),
+            ("768m", "below boot memory"),
+            ("16m", "below the safe floor: clamped"),
+            ("8g", "above the maximum: xl refuses"),
+            ("1g", "boot size"),
+        ],
+    };
+    let progress = std::io::stderr().is_terminal();
+    let mut console = Console::new(d, progress);
+    let mut rows = Vec::new();
+    for (size, what) in steps {
         let start = Instant::now();
-        let mut seen = 0;
-        d.wait_until(
-            |v| {
-                seen = v.watch_events_delivered();
-                true
-            },
-            WAIT,
-        );
-        d.xl_mem_set(mib * 1024);
-        // The module has read the new target once the watch fired.
-        d.wait_until(|v| v.watch_events_delivered() > seen, WAIT);
-        settle(&d);
-        println!(
-            "{:<28} {:>7} KiB {:>6} KiB {:>6} KiB {:>5} KiB {:>5}ms  {}",
-            label,
-            sysctl(&d, "hw.balloon.target"),
-            sysctl(&d, "hw.balloon.current"),
-            sysctl(&d, "hw.balloon.ballooned"),
-            sysctl(&d, "hw.balloon.plugged"),
+        let r = console.run_line(&format!("xl mem-set domU {size}"));
+        let xl = if r.status == 0 {
+            "ok".to_string()
+        } else {
+            format!("refused: {}", r.err.trim_end())
+        };
+        console.run_line("sim settle");
+        let d = console.domain();
+        rows.push(format!(
+            "{:<6} {:<42} {:>9} {:>9} {:>9} {:>9} {:>6}ms  {}",
+            size,
+            what,
+            sysctl(d, "hw.balloon.target"),
+            sysctl(d, "hw.balloon.current"),
+            sysctl(d, "hw.balloon.ballooned"),
+            sysctl(d, "hw.balloon.plugged"),
             start.elapsed().as_millis(),
-            sysctl(&d, "hw.balloon.state")
-        );
+            if r.status == 0 {
+                sysctl(d, "hw.balloon.state")
+            } else {
+                xl
+            }
+        ));
     }
+    let d = console.domain();
     if let Err(e) = d.check() {
         println!("consistency check FAILED: {e}");
-        std::process::exit(1);
+        exit(1);
     }
+    let stat = |n: &str| sysctl(d, &format!("hw.balloon.stats.{n}"));
+    let counters: Vec<(&str, String)> = [
+        "pages_inflated",
+        "pages_deflated",
+        "pages_scrubbed",
+        "hypercalls",
+        "segments_plugged",
+        "segments_unplugged",
+        "targets_accepted",
+        "targets_clamped",
+        "targets_given_up",
+        "last_error",
+    ]
+    .iter()
+    .map(|n| (*n, stat(n)))
+    .collect();
     println!();
-    println!("kernel log:");
-    for line in d.dmesg() {
+    println!("$ dmesg | grep balloon0");
+    for line in d.dmesg().iter().filter(|l| l.starts_with("balloon0")) {
         println!("  {line}");
     }
-    match d.modunload() {
-        Ok(()) => println!("modunload balloon: ok"),
-        Err(e) => println!("modunload balloon: error {e}"),
-    }
+    let unload = match d.modunload() {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error {e}"),
+    };
     let (bytes, count) = d.kmem_outstanding();
+    println!();
+    println!("summary (KiB unless named; times are real time, the simulated clock runs 1000x)");
     println!(
-        "after unload: reservation {} MiB, kmem outstanding {bytes} bytes in {count} allocations, \
-         dirty pages handed to Xen {}",
+        "{:<6} {:<42} {:>9} {:>9} {:>9} {:>9} {:>8}  state",
+        "xl", "mem-set", "target", "current", "ballooned", "plugged", "time"
+    );
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    for (name, v) in counters {
+        println!("  hw.balloon.stats.{name:<20} {v}");
+    }
+    println!(
+        "  modunload balloon: {unload}; reservation {} MiB, kmem outstanding {bytes} bytes \
+         in {count} allocations, pages handed to Xen unzeroed {}",
         d.reservation() / MIB,
         d.dirty_frames_given()
     );
