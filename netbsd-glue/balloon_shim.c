@@ -479,14 +479,10 @@ balloon_sysctl_value(SYSCTLFN_ARGS)
 		return error;
 	if (!bn->bn_writable)
 		return EPERM;
-	if (bn->bn_kind == BALLOON_NODE_BOOL)
-		cur = flag ? 1 : 0;
-	else if (quad < 0)
-		return EINVAL;
-	else
-		cur = (uint64_t)quad;
+	/* The core judges every value, negative ones too (and counts them). */
 	mutex_enter(&sc->sc_lock);
-	error = balloon_rs_set(sc->sc_rs, bn->bn_value, cur);
+	error = balloon_rs_set(sc->sc_rs, bn->bn_value,
+	    bn->bn_kind == BALLOON_NODE_BOOL ? (flag ? 1 : 0) : quad);
 	if (error == 0)
 		balloon_kick(sc);
 	mutex_exit(&sc->sc_lock);

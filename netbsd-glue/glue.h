@@ -129,8 +129,11 @@ int	balloon_rs_set_target(struct balloon_rs *,
 	    enum balloon_target_source, const char *text, size_t len);
 /* Reads a value; EINVAL for an unknown one. */
 int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
-/* Writes a knob; EINVAL malformed, EPERM out of range, EOPNOTSUPP. */
-int	balloon_rs_set(struct balloon_rs *, enum balloon_value, uint64_t);
+/*
+ * Writes a knob as sysctl gives it (a quad is signed); EINVAL malformed
+ * (negative included), EPERM out of range or read-only, EOPNOTSUPP.
+ */
+int	balloon_rs_set(struct balloon_rs *, enum balloon_value, int64_t);
 /* A text value, NUL-terminated and cut to fit; returns its length. */
 size_t	balloon_rs_text(struct balloon_rs *, enum balloon_text, char *buf,
 	    size_t len);

@@ -2,9 +2,12 @@
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Every check balloon.kmod has, in the order a failure is cheapest to read:
-# formatting, lints, the core built for a bare-metal target (no std leaks),
-# all Rust tests (core, simulated domU, object checker), and the kernel
-# Rust object built and checked as the NetBSD module loader would take it.
+# formatting, lints, the manual page, the core built for a bare-metal
+# target (no std leaks), all Rust tests (core, simulated domU, control
+# interface, object checker), the anita driver's tests, the ATF suite with
+# kyua against the simulated domU, the suite's own test (a build that does
+# not scrub must fail the scrub case), and the kernel Rust object built
+# and checked as the NetBSD module loader would take it.
 # Ends with one line "tests: N passed, M failed" over all test runs.
 set -eu
 cd "$(dirname "$0")/.."
@@ -22,13 +25,71 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --manifest-path tools/kobjcheck/Cargo.toml --all-targets -- -D warnings
 
+status=0
+
+step "balloon.4: mandoc -Tlint"
+# Cross-references to NetBSD pages (modload(8), uvm_hotplug(9), ...)
+# cannot be found on a Linux host; every other message is a failure.
+lint=$(mandoc -Tlint -Ios=NetBSD modules/balloon/balloon.4 2>&1 |
+    grep -v -e 'referenced manual not found' -e 'mandoc.db' || :)
+if [ -n "$lint" ]; then
+	echo "$lint"
+	status=1
+fi
+
 step "core for x86_64-unknown-none (no_std)"
 cargo build --lib --target x86_64-unknown-none
 
 step "tests"
-status=0
 cargo test --workspace 2>&1 | tee -a "$log" || status=1
 cargo test --manifest-path tools/kobjcheck/Cargo.toml 2>&1 | tee -a "$log" || status=1
+
+step "anita driver: plan and parsing tests"
+if python3 -m unittest discover -s tests/anita -p 'test_*.py' >"$log.py" 2>&1; then
+	py_failed=0
+else
+	py_failed=$(sed -n 's/^FAILED (\(.*\))$/\1/p' "$log.py" |
+	    tr ',' '\n' | awk -F= '{ n += $2 } END { print n + 0 }')
+	[ "$py_failed" -gt 0 ] || py_failed=1
+	status=1
+fi
+tail -n 3 "$log.py"
+py_ran=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$log.py")
+echo "test result: ok. $(( ${py_ran:-0} - py_failed )) passed; $py_failed failed (python)" >>"$log"
+rm -f "$log.py"
+
+# Sums kyua's "Test cases: N total, S skipped, X expected failures,
+# B broken, F failed" into the log: skipped cases count as neither.
+kyua_tally() {
+	sed -n 's/^Test cases: \([0-9]*\) total, \([0-9]*\) skipped, \([0-9]*\) expected failures, \([0-9]*\) broken, \([0-9]*\) failed.*/\1 \2 \3 \4 \5/p' "$1" |
+	    awk '{ printf "test result: kyua. %d passed; %d failed\n", $1 - $2 - $3 - $4 - $5, $4 + $5 }' >>"$log"
+}
+
+step "ATF suite (kyua) against the simulated domU"
+cargo build -q -p balloon-sim
+BALLOON_SIM=target/debug/balloon-sim sh tests/atf/run-sim.sh 2>&1 | tee "$log.kyua" || status=1
+grep -q '^Test cases: ' "$log.kyua" || status=1
+kyua_tally "$log.kyua"
+rm -f "$log.kyua"
+
+step "the suite's own test: a build that does not scrub must fail t_scrub"
+cargo build -q -p balloon-sim --features balloon/test-break-scrub --target-dir target/broken-scrub
+if BALLOON_SIM=target/broken-scrub/debug/balloon-sim sh tests/atf/run-sim.sh t_scrub.sh \
+    >"$log.broken" 2>&1; then
+	echo "FAILED: t_scrub passed against a module that does not scrub"
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+elif grep -q '^Test cases: .* [1-9][0-9]* failed' "$log.broken"; then
+	grep -E '^t_scrub.sh:.*->  *failed' "$log.broken" || :
+	echo "ok: the scrub case fails against the broken build"
+	echo "test result: ok. 1 passed; 0 failed" >>"$log"
+else
+	cat "$log.broken"
+	echo "FAILED: the broken-build run did not end in a failed case"
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+fi
+rm -f "$log.broken"
 
 step "kernel Rust object, checked"
 modules/balloon/build-rust-object.sh || status=1

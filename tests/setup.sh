@@ -3,12 +3,14 @@
 #
 # Installs what building and testing balloon.kmod needs on a fresh Debian
 # machine with rustup: C toolchain and binutils (the shim, the object
-# checker's test objects), libclang (bindgen), the Rust components and the
-# pinned nightly that builds core/alloc for the NetBSD kernel target.
+# checker's test objects), libclang (bindgen), ATF and kyua (the acceptance
+# suite in tests/atf: atf-sh, atf-c, kyua), mandoc (lints balloon.4),
+# python3 (the anita driver's tests), the Rust components and the pinned
+# nightly that builds core/alloc for the NetBSD kernel target.
 # Safe to run again; skips what is already there.
 set -eu
 
-APT_PACKAGES="gcc binutils clang libclang-dev"
+APT_PACKAGES="gcc binutils clang libclang-dev pkg-config atf-sh libatf-dev kyua mandoc"
 NIGHTLY="${BALLOON_TOOLCHAIN:-nightly-2026-05-19}"
 
 missing=""
@@ -22,6 +24,11 @@ if [ -n "$missing" ]; then
 	# shellcheck disable=SC2086
 	apt-get install -y -qq $missing >/dev/null
 fi
+
+command -v python3 >/dev/null 2>&1 || {
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq && apt-get install -y -qq python3 >/dev/null
+}
 
 rustup component add clippy rustfmt >/dev/null 2>&1 || rustup component add clippy rustfmt
 rustup target add x86_64-unknown-none >/dev/null

@@ -22,7 +22,7 @@
 //! shim, and tests implement it over a model.
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
@@ -301,11 +301,11 @@ impl Driver {
         let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
         self.pfns.truncate(got);
         // The test-only broken build skips zeroing (see Cargo.toml).
-        if scrub && !cfg!(feature = "test-break-scrub") {
+        let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
+        if scrubbed {
             for &pfn in &self.pfns {
                 p.scrub(Pfn(pfn));
             }
-            self.stats.scrubbed = self.stats.scrubbed.saturating_add(got as u64);
         }
         self.frames.clear();
         if self.mode == GuestMode::Pv {
@@ -347,6 +347,11 @@ impl Driver {
             p.p2m_flush();
         }
         p.free_pages(&self.pfns[done..]);
+        // Counted as they reach Xen: pages Xen did not take were zeroed
+        // too, but went back to UVM, not to Xen.
+        if scrubbed {
+            self.stats.scrubbed = self.stats.scrubbed.saturating_add(done as u64);
+        }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
         let given: Vec<Pfn> = self.pfns[..done].iter().map(|&f| Pfn(f)).collect();
         self.worker.complete(
@@ -473,12 +478,17 @@ impl Driver {
                 kib(self.worker.current()),
                 kib(self.worker.frames().ballooned())
             )),
-            State::Cancelled(why) => Some(format!(
-                "giving up on target {} KiB at {} KiB: {}",
-                kib(target),
-                kib(self.worker.current()),
-                why.as_str()
-            )),
+            // The reason as hw.balloon.state gives it, with the last
+            // shortfall for "retries exhausted".
+            State::Cancelled(_) => {
+                let text = state.to_string();
+                Some(format!(
+                    "giving up on target {} KiB at {} KiB: {}",
+                    kib(target),
+                    kib(self.worker.current()),
+                    text.strip_prefix("cancelled: ").unwrap_or(&text)
+                ))
+            }
             _ => None,
         };
         if let Some(line) = line {

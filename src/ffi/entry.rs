@@ -249,7 +249,7 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
 pub unsafe extern "C" fn balloon_rs_set(
     rs: *mut sys::balloon_rs,
     what: sys::balloon_value,
-    v: u64,
+    v: i64,
 ) -> c_int {
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
@@ -269,8 +269,14 @@ fn flag(v: u64) -> Result<bool, Refusal> {
     }
 }
 
-fn set_value(core: &mut Core, what: sys::balloon_value, v: u64) -> Result<(), Refusal> {
+fn set_value(core: &mut Core, what: sys::balloon_value, v: i64) -> Result<(), Refusal> {
     let w = core.driver.worker_mut();
+    let Ok(v) = u64::try_from(v) else {
+        if what == sys::balloon_value_BALLOON_V_TARGET_KIB {
+            w.refuse_target();
+        }
+        return Err(Refusal::Malformed);
+    };
     match what {
         sys::balloon_value_BALLOON_V_TARGET_KIB => w.set_target(Kib(v), Source::Sysctl).map(|_| ()),
         sys::balloon_value_BALLOON_V_MIN_KIB => w.set_floor(Kib(v)),

@@ -426,6 +426,12 @@ impl Worker {
         }
     }
 
+    /// A target that could not even be read as a size (a negative sysctl
+    /// value): counted like every other refusal.
+    pub fn refuse_target(&mut self) {
+        bump(&mut self.stats.targets_refused);
+    }
+
     /// A target given as the raw bytes of a xenstore or sysctl string.
     pub fn set_target_text(&mut self, text: &[u8], source: Source) -> Result<Target, Refusal> {
         match policy::parse_kib(text) {

@@ -167,7 +167,7 @@ class PlanTests(unittest.TestCase):
         "check-xl", "check-anita", "check-isotool", "check-kmod", "check-atf",
         "make-payload", "install", "boot", "userconf", "login", "domain",
         "extract", "builtin-check", "install-kmod", "modload", "modstat",
-        "sysctl", "atf-run", "atf-results",
+        "sysctl", "atf-build", "atf-run", "atf-results",
         "mem-set-1", "follow-1", "mem-set-2", "follow-2",
         "mem-set-3", "follow-3", "mem-set-4", "follow-4",
         "modunload", "dmesg", "halt", "results",
@@ -205,6 +205,8 @@ class PlanTests(unittest.TestCase):
         self.assertEqual(steps["modload"].command,
                          "modload /var/tmp/balloon/balloon.kmod")
         self.assertEqual(steps["modunload"].command, "modunload balloon")
+        self.assertEqual(steps["atf-build"].command,
+                         "cd /var/tmp/balloon/atf && sh build.sh")
         self.assertIn("env BALLOON_MODE=netbsd", steps["atf-run"].command)
         self.assertIn("atf-run > /var/tmp/balloon/results.tps",
                       steps["atf-run"].command)
@@ -230,7 +232,8 @@ class PlanTests(unittest.TestCase):
         opts = make_opts("--no-atf", "--no-userconf")
         steps = ba.plan(opts, domain="anita-1")
         names = [s.name for s in steps]
-        for gone in ("check-atf", "atf-run", "atf-results", "userconf"):
+        for gone in ("check-atf", "atf-build", "atf-run", "atf-results",
+                     "userconf"):
             self.assertNotIn(gone, names)
         self.assertEqual(names[:6], ["check-xl", "check-anita",
                                      "check-isotool", "check-kmod",
@@ -255,7 +258,7 @@ class PlanTests(unittest.TestCase):
                          ['kernel="/k/netbsd-XEN3_DOMU_HOTPLUG.gz"'])
         self.assertIn("maxmem=1024", boot.params["vmm_args"])
         # The last step is not boot memory: one more step goes back to it.
-        self.assertEqual(names[names.index("sysctl") + 3:
+        self.assertEqual(names[names.index("sysctl") + 4:
                                names.index("modunload")],
                          ["mem-set-1", "follow-1", "mem-set-2", "follow-2",
                           "mem-set-restore", "follow-restore"])
@@ -315,7 +318,7 @@ class DryRunTests(unittest.TestCase):
             self.assertIn("[anita] install: anita.Anita(anita.URL(", out)
             self.assertIn("disk=file:%s/balloon-payload.img,xvdb,r" % work,
                           out)
-            self.assertIn("plan (31 steps):", out)
+            self.assertIn("plan (32 steps):", out)
             # Nothing was made.
             self.assertFalse(os.path.exists(work))
 

@@ -352,6 +352,7 @@ fn bad_input_table() {
         settle(&mut c);
 
         ok(&mut c, "sysctl -w hw.balloon.target=220000");
+        let refused = num(&mut c, "hw.balloon.stats.targets_refused");
         let r = c.run(&[
             "sysctl".into(),
             "-w".into(),
@@ -372,6 +373,15 @@ fn bad_input_table() {
                     row.text
                 );
                 assert_eq!(target, 220000, "{:?} changed the target", row.text);
+                // What reached the driver and was refused is counted;
+                // what sysctl(8) itself could not parse never got there.
+                let reached = matches!(msg, "Invalid argument" | "Operation not permitted");
+                assert_eq!(
+                    num(&mut c, "hw.balloon.stats.targets_refused"),
+                    refused + u64::from(reached),
+                    "{:?}",
+                    row.text
+                );
                 msg.to_string()
             }
         };
