@@ -399,6 +399,8 @@ impl Worker {
                 State::Inflating
             } else if current < target {
                 State::Deflating
+            } else if self.policy.unplug() && self.space.unplug_candidates().next().is_some() {
+                State::Unplugging
             } else {
                 State::Idle
             };

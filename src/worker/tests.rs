@@ -545,8 +545,11 @@ fn unplug_refusal_is_not_retried_until_something_changes() {
     assert_eq!(w.stats().segments_unplugged, 0);
     m.faults.unplug_fails = false;
     w.set_unplug(true);
+    // The pending unplug shows at once: never "idle" with work to do.
+    assert_eq!(w.state(), State::Unplugging);
     m.settle(&mut w, 10_000);
     assert_eq!(w.counts().plugged_segments, 0);
+    assert_eq!(w.state(), State::Idle);
 }
 
 #[test]
