@@ -237,9 +237,10 @@ impl Driver {
         loop {
             match self.step(p, now) {
                 StepStatus::Again => continue,
-                StepStatus::Idle => {
-                    self.worker.end_release();
-                    return Ok(());
+                // Idle, or asleep only to print a held log line later.
+                StepStatus::Idle => return self.released(p),
+                StepStatus::Sleep(_) if self.worker.state() == State::Idle => {
+                    return self.released(p)
                 }
                 StepStatus::Sleep(_) => {
                     let left = self.worker.frames().ballooned();
@@ -256,6 +257,17 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Release is done: the module goes away, so a held line is printed
+    /// now, over budget or not.
+    fn released<P: Platform>(&mut self, p: &mut P) -> Result<(), Errno> {
+        self.worker.end_release();
+        self.print_dropped(p);
+        if let Some(line) = self.held.take() {
+            p.log(&line);
+        }
+        Ok(())
     }
 
     fn carry_out<P: Platform>(

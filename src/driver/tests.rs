@@ -450,3 +450,39 @@ fn a_target_storm_is_rate_limited_and_its_last_outcome_is_printed_later() {
     assert_eq!(m.log.len(), n);
     check(&m, &d);
 }
+
+#[test]
+fn unload_with_a_line_held_back_succeeds_and_prints_it() {
+    use crate::ratelimit::LOG_BURST;
+    let (mut m, mut d) = driver(GuestMode::Pvh);
+    let now = Uptime(5_000);
+    for i in 0..=u64::from(LOG_BURST) {
+        let kib = if i % 2 == 0 {
+            PAGES * 4 - 4096
+        } else {
+            PAGES * 4
+        };
+        d.worker_mut()
+            .set_target(Kib(kib), Source::Xenstore)
+            .unwrap();
+        settle_at(&mut m, &mut d, now);
+    }
+    // One outcome over budget is held; the driver sleeps to print it.
+    assert!(matches!(
+        settle_at(&mut m, &mut d, now),
+        StepStatus::Sleep(_)
+    ));
+    d.worker_mut()
+        .set_target(Kib(PAGES * 2), Source::Xenstore)
+        .unwrap();
+    settle_at(&mut m, &mut d, now);
+    assert!(d.worker().frames().ballooned() > Pages::ZERO);
+    // That sleep is not Xen refusing memory: release gives all back.
+    assert_eq!(d.release(&mut m, now), Ok(()));
+    assert_eq!(d.worker().frames().ballooned(), Pages::ZERO);
+    assert_eq!(
+        m.log.last().map(String::as_str),
+        Some(format!("at target: {} KiB (0 KiB ballooned)", PAGES * 4).as_str())
+    );
+    check(&m, &d);
+}

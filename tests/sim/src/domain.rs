@@ -141,6 +141,23 @@ impl View<'_> {
     pub fn dmesg_contains(&self, s: &str) -> bool {
         dmesg_lock().lines.iter().any(|l| l.contains(s))
     }
+    /// Kernel log lines starting with `prefix`.
+    pub fn dmesg_count(&self, prefix: &str) -> usize {
+        dmesg_lock()
+            .lines
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+    /// The newest kernel log line of balloon0.
+    pub fn dmesg_last_balloon_line(&self) -> Option<String> {
+        dmesg_lock()
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("balloon0: "))
+            .cloned()
+    }
     pub fn uptime(&self) -> Duration {
         Duration::from_nanos(self.k.uptime_ns() as u64)
     }

@@ -392,3 +392,91 @@ fn load_and_unload_a_hundred_times() {
     assert_eq!(d.live_kthreads(), 0);
     d.check().unwrap();
 }
+
+#[test]
+fn a_storm_of_targets_is_rate_limited_and_its_last_outcome_still_printed() {
+    // Simulated time 10x real: the 10 s log window is 1 s of real time.
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .boot_mib(256)
+            .max_mib(1024)
+            .time_scale(10),
+    );
+    d.modload(balloon_module()).unwrap();
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    let outcomes = |d: &Domain| {
+        d.dmesg()
+            .iter()
+            .filter(|l| l.starts_with("balloon0: at target"))
+            .count()
+    };
+    let before = outcomes(&d);
+    let start = d.uptime();
+    const STORM: u64 = 40;
+    let mut last = 0;
+    for i in 0..STORM {
+        // Alternate by 4 MiB so that every request is a real change.
+        last = if i % 2 == 0 { 200_000 } else { 204_096 };
+        let delivered = {
+            let mut n = 0;
+            d.wait_until(
+                |v| {
+                    n = v.watch_events_delivered();
+                    true
+                },
+                WAIT,
+            );
+            n
+        };
+        d.xl_mem_set(last);
+        assert!(d.wait_until(|v| v.watch_events_delivered() > delivered, WAIT));
+        settle(&d);
+    }
+    let storm = d.uptime() - start;
+    let printed = outcomes(&d) - before;
+    // At most 5 lines per 10 s window the storm touched (two windows can
+    // share a 10 s span), plus the held one.
+    let windows = storm.as_secs() / 10 + 1;
+    assert!(
+        printed as u64 <= 5 * (windows + 1),
+        "{printed} lines in {storm:?}: {:#?}",
+        d.dmesg()
+    );
+    let suppressed = quad(&d, "hw.balloon.stats.messages_suppressed");
+    assert!(
+        printed as u64 + suppressed >= STORM,
+        "{printed} + {suppressed}"
+    );
+    if storm < Duration::from_secs(60) {
+        assert!(
+            suppressed > 0,
+            "a storm of {STORM} in {storm:?} was not limited"
+        );
+    }
+    // The newest outcome is printed once the window reopens, after a
+    // count of what was dropped when more than it was held back.
+    let want = format!("balloon0: at target: {last} KiB");
+    let printed_at_storm_end = printed;
+    assert!(
+        d.wait_until(
+            |v| v
+                .dmesg_last_balloon_line()
+                .is_some_and(|l| l.starts_with(&want))
+                && (suppressed == 0
+                    || v.dmesg_count("balloon0: at target") > before + printed_at_storm_end),
+            WAIT
+        ),
+        "{:#?}",
+        d.dmesg()
+    );
+    if suppressed > 1 {
+        assert!(
+            d.dmesg()
+                .iter()
+                .any(|l| l.ends_with("earlier messages suppressed")),
+            "{suppressed} suppressed: {:#?}",
+            d.dmesg()
+        );
+    }
+    unload_clean(&d);
+}
