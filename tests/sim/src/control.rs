@@ -9,12 +9,17 @@
 //! side: `xl mem-set`, `xl list`. Simulator-only commands start with `sim`
 //! (fault injection, host memory, waiting, invariants, leak accounting).
 //!
-//! The output formats follow NetBSD's programs (sysctl(8): `name = value`,
-//! `name: old -> new` on writes, `name: description` with -d; errors as
-//! `program: what: strerror`). Values are parsed as those programs parse
-//! them: sysctl(8) reads numbers with strtoimax/strtoumax in base 0, xl
-//! parses sizes with parse_mem_size_kb (xen tools/xl/xl_utils.c: a
-//! decimal with one optional suffix b, k, m, g or t; no suffix is MiB).
+//! The output formats follow NetBSD's programs: sysctl(8) as in
+//! sbin/sysctl/sysctl.c 1.157.2.1 (`name = value`, every quad printed
+//! unsigned; `name: old -> new` on writes with the new value as parsed;
+//! `name: description` with -d, for the nodes below a node; parse errors
+//! name the value, `sysctl: 12k: not a number`; kernel errors name the
+//! node, `sysctl: hw.balloon.batch: Invalid argument`; an unknown name
+//! is `third level name 'x' in 'hw.balloon.x' is invalid`), other tools
+//! as `program: what: strerror`. Values are parsed as those programs
+//! parse them: sysctl(8) with strtouq in base 0 (leading white space and
+//! a sign allowed), xl with parse_mem_size_kb (xen tools/xl: a decimal
+//! with one optional suffix b, k, m, g or t; no suffix is MiB).
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -106,7 +111,7 @@ pub fn parse_xl_size_kib(s: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
-/// What sysctl(8) makes of the text of a number: strtoimax/strtoumax in
+/// What sysctl(8) makes of the text of a number: strtouq in
 /// base 0 (0x hex, 0 octal), leading white space and a sign allowed,
 /// nothing after the digits. Err is the errno-like reason.
 pub fn parse_sysctl_number(s: &str) -> Result<i128, i32> {
@@ -137,7 +142,8 @@ pub fn parse_sysctl_number(s: &str) -> Result<i128, i32> {
 fn show(v: &SysctlValue) -> String {
     match v {
         SysctlValue::Int(x) => x.to_string(),
-        SysctlValue::Quad(x) => x.to_string(),
+        // sysctl(8) prints every quad with PRIu64.
+        SysctlValue::Quad(x) => (*x as u64).to_string(),
         SysctlValue::Bool(x) => u8::from(*x).to_string(),
         SysctlValue::String(s) => s.clone(),
     }
@@ -343,8 +349,23 @@ impl Console {
             .collect()
     }
 
-    fn no_such(name: &str) -> Reply {
-        Reply::fail(format!("sysctl: {name}: {}", strerror(ENOENT)))
+    /// An unknown name, in sysctlparseerror's words: which level of the
+    /// name was not found.
+    fn no_such(&self, name: &str) -> Reply {
+        const LEVEL: [&str; 6] = ["top", "second", "third", "fourth", "fifth", "sixth"];
+        let parts: Vec<&str> = name.split('.').collect();
+        let exists = |prefix: &str| {
+            self.domain.sysctl_describe(prefix).is_some()
+                || !self.domain.sysctl_list(&format!("{prefix}.")).is_empty()
+        };
+        let level = (1..=parts.len())
+            .find(|&k| !exists(&parts[..k].join(".")))
+            .map_or(parts.len() - 1, |k| k - 1);
+        Reply::fail(format!(
+            "sysctl: {} level name '{}' in '{name}' is invalid",
+            LEVEL.get(level).unwrap_or(&"deeper"),
+            parts[level]
+        ))
     }
 
     fn sysctl(&mut self, args: &[&str]) -> Reply {
@@ -384,7 +405,7 @@ impl Console {
     fn sysctl_read(&self, name: &str, values_only: bool) -> Reply {
         let leaves = self.leaves(name);
         if leaves.is_empty() {
-            return Self::no_such(name);
+            return self.no_such(name);
         }
         let mut out = String::new();
         for n in leaves {
@@ -399,13 +420,14 @@ impl Console {
 
     fn sysctl_describe(&self, name: &str, values_only: bool) -> Reply {
         let mut names = self.domain.sysctl_list(&format!("{name}."));
-        if self.domain.sysctl_describe(name).is_some() || names.is_empty() {
-            names.insert(0, name.to_string());
+        // A node's own description is not printed, only its children's.
+        if names.is_empty() {
+            names.push(name.to_string());
         }
         let mut out = String::new();
         for n in names {
             let Some(d) = self.domain.sysctl_describe(&n) else {
-                return Self::no_such(&n);
+                return self.no_such(&n);
             };
             if values_only {
                 out += &format!("{d}\n");
@@ -416,49 +438,40 @@ impl Console {
         Reply::ok(out)
     }
 
+    /// As sysctl(8)'s write_number (sbin/sysctl/sysctl.c 1.157.2.1):
+    /// strtouq in base 0, the value named in parse errors, an int checked
+    /// to fit, a bool any non-zero value, and on success `name: old ->
+    /// new` with the value as parsed (`-n`: the new value alone).
     fn sysctl_write(&mut self, name: &str, text: &str, values_only: bool) -> Reply {
         let old = match self.domain.sysctl_read(name) {
             Ok(v) => v,
             Err(_) if self.leaves(name).len() > 1 => {
                 return Reply::fail(format!("sysctl: {name}: {}", strerror(21)))
             }
-            Err(_) => return Self::no_such(name),
+            Err(_) => return self.no_such(name),
         };
-        let new = match &old {
-            SysctlValue::String(_) => SysctlValue::String(text.to_string()),
-            SysctlValue::Bool(_) => match parse_sysctl_number(text) {
-                Ok(v) => SysctlValue::Bool(v != 0),
-                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
-            },
-            SysctlValue::Int(_) => match parse_sysctl_number(text) {
-                Ok(v) if i32::try_from(v).is_ok() => SysctlValue::Int(v as i32),
-                Ok(_) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
-                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
-            },
-            // A quad is 64 bits either way: strtoumax's wrap of a negative
-            // value, as sysctl(8) passes it to the kernel.
-            SysctlValue::Quad(_) => match parse_sysctl_number(text) {
-                Ok(v) if v < 0 && v >= i128::from(i64::MIN) => SysctlValue::Quad(v as i64),
-                Ok(v) if v >= 0 => SysctlValue::Quad(v as u64 as i64),
-                Ok(_) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
-                Err(ERANGE) => return Reply::fail(format!("sysctl: {name}: {}", strerror(ERANGE))),
-                Err(_) => return Reply::fail(format!("sysctl: {name}: value is not a number")),
-            },
-        };
-        match self.domain.sysctl_write(name, new) {
-            Ok(()) => {
-                let now = self
-                    .domain
-                    .sysctl_read(name)
-                    .map(|v| show(&v))
-                    .unwrap_or_default();
-                let line = if values_only {
-                    format!("{} -> {now}\n", show(&old))
-                } else {
-                    format!("{name}: {} -> {now}\n", show(&old))
-                };
-                Reply::ok(line)
+        let new = if let SysctlValue::String(_) = old {
+            SysctlValue::String(text.to_string())
+        } else {
+            // strtouq: a negative value wraps modulo 2^64.
+            let q = match parse_sysctl_number(text) {
+                Ok(v) if v < 0 => (v as i64) as u64,
+                Ok(v) => v as u64,
+                Err(ERANGE) => return Reply::fail(format!("sysctl: {text}: {}", strerror(ERANGE))),
+                Err(_) => return Reply::fail(format!("sysctl: {text}: not a number")),
+            };
+            match old {
+                SysctlValue::Int(_) => match q >> 32 {
+                    0 | 0xffff_ffff => SysctlValue::Int(q as u32 as i32),
+                    _ => return Reply::fail(format!("sysctl: {text}: {}", strerror(ERANGE))),
+                },
+                SysctlValue::Bool(_) => SysctlValue::Bool(q != 0),
+                _ => SysctlValue::Quad(q as i64),
             }
+        };
+        match self.domain.sysctl_write(name, new.clone()) {
+            Ok(()) if values_only => Reply::ok(format!("{}\n", show(&new))),
+            Ok(()) => Reply::ok(format!("{name}: {} -> {}\n", show(&old), show(&new))),
             Err(e) => Reply::fail(format!("sysctl: {name}: {}", strerror(e))),
         }
     }
