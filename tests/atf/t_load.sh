@@ -254,6 +254,33 @@ reload_cycles_cleanup()
 	b_stop
 }
 
+atf_test_case refused_beside_builtin cleanup
+refused_beside_builtin_head()
+{
+	atf_set descr "modload fails with EEXIST, says why and leaves" \
+	    "nothing behind when the kernel's own balloon0 is attached"
+}
+refused_beside_builtin_body()
+{
+	b_require_sim "needs a kernel whose own balloon driver is attached;" \
+	    "tests/anita disables it at the userconf prompt"
+	b_start --no-modload --builtin-balloon
+
+	b_check -s exit:1 -o empty -e match:'^modload: (.*: )?File exists$' -- \
+	    modload balloon
+	b_check -s exit:0 -o match:"own balloon driver is attached" \
+	    -e empty -- dmesg
+	b_check -s exit:1 -o empty -e not-empty -- sysctl hw.balloon
+	b_check -s exit:0 -o save:stat -e empty -- sim stat
+	for line in "kmem_bytes 0" "kthreads 0" "leaked_sysctl_nodes 0"; do
+		atf_check -s exit:0 -o ignore -e empty grep -qx "$line" stat
+	done
+}
+refused_beside_builtin_cleanup()
+{
+	b_stop
+}
+
 atf_init_test_cases()
 {
 	atf_add_test_case load_unload
@@ -263,4 +290,5 @@ atf_init_test_cases()
 	atf_add_test_case unload_busy
 	atf_add_test_case unload_after_hotplug
 	atf_add_test_case reload_cycles
+	atf_add_test_case refused_beside_builtin
 }

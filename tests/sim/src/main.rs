@@ -7,7 +7,8 @@
 //! balloon-sim ctl --socket PATH [--wait S] COMMAND [ARG...]
 //!
 //! options: --pv (default) | --pvh, --boot SIZE (1g), --max SIZE (4g),
-//!          --host-free SIZE (8g), --no-hotplug, --no-modload
+//!          --host-free SIZE (8g), --no-hotplug, --no-modload,
+//!          --builtin-balloon (the kernel's own balloon0 is attached)
 //! ```
 //!
 //! A scenario file holds one command per line (`#` comments; a leading
@@ -31,7 +32,8 @@ const MIB: u64 = 256; // pages per MiB
 const WAIT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: balloon-sim [--pv|--pvh] [--boot SIZE] [--max SIZE] [--host-free SIZE]
-                   [--no-hotplug] [--no-modload] [run FILE|- | daemon --socket PATH]
+                   [--no-hotplug] [--no-modload] [--builtin-balloon]
+                   [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]";
 
 fn usage() -> ! {
@@ -88,6 +90,7 @@ fn parse_opts(mut args: impl Iterator<Item = String>) -> Opts {
             "--max" => o.cfg = o.cfg.max_mib(size_mib(args.next())),
             "--host-free" => o.cfg = o.cfg.host_free_mib(size_mib(args.next())),
             "--no-hotplug" => o.cfg = o.cfg.hotplug(false),
+            "--builtin-balloon" => o.cfg = o.cfg.builtin_balloon(true),
             "--no-modload" => o.modload = false,
             "run" => match (args.next(), args.next()) {
                 (Some(f), None) => o.action = Action::Run(f),
