@@ -10,19 +10,5 @@
 #include "balloon_kernel.h"
 #include "balloon_shim.h"
 
-size_t
-balloon_physseg_walk_hotplug(struct balloon_frame_range *r, size_t max)
-{
-	uvm_physseg_t seg;
-	size_t n = 0;
-
-	for (seg = uvm_physseg_get_first(); uvm_physseg_valid_p(seg);
-	    seg = uvm_physseg_get_next(seg)) {
-		if (n < max) {
-			r[n].start_pfn = uvm_physseg_get_start(seg);
-			r[n].end_pfn = uvm_physseg_get_end(seg);
-		}
-		n++;
-	}
-	return n;
-}
+#define BALLOON_PHYSSEG_WALK	balloon_physseg_walk_hotplug
+#include "balloon_physseg_walk.h"

@@ -574,6 +574,29 @@ balloon_sysctl_init(struct balloon_softc *sc, bool hotplug)
 
 /* --- load and unload --- */
 
+/* Starts the worker thread (joined by balloon_stop()). */
+static int
+balloon_worker_start(struct balloon_softc *sc)
+{
+
+	return kthread_create(PRI_NONE, KTHREAD_MPSAFE | KTHREAD_MUSTJOIN,
+	    NULL, balloon_worker, sc, &sc->sc_worker, "balloon");
+}
+
+/* Stops the watch, then the worker thread; nothing else runs after. */
+static void
+balloon_stop(struct balloon_softc *sc)
+{
+
+	balloon_watch_stop(sc);
+	mutex_enter(&sc->sc_lock);
+	sc->sc_dying = true;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
+	(void)kthread_join(sc->sc_worker);
+	sc->sc_worker = NULL;
+}
+
 /* Fills in what the core needs to know about this domain. */
 static int
 balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
@@ -683,8 +706,7 @@ balloon_init(void)
 		    BALLOON_XNAME, error);
 		goto fail_sysctl;
 	}
-	error = kthread_create(PRI_NONE, KTHREAD_MPSAFE | KTHREAD_MUSTJOIN,
-	    NULL, balloon_worker, sc, &sc->sc_worker, "balloon");
+	error = balloon_worker_start(sc);
 	if (error != 0) {
 		printf("%s: cannot start the worker: error %d\n",
 		    BALLOON_XNAME, error);
@@ -699,12 +721,7 @@ balloon_init(void)
 	return 0;
 
 fail_thread:
-	balloon_watch_stop(sc);
-	mutex_enter(&sc->sc_lock);
-	sc->sc_dying = true;
-	cv_broadcast(&sc->sc_cv);
-	mutex_exit(&sc->sc_lock);
-	(void)kthread_join(sc->sc_worker);
+	balloon_stop(sc);
 fail_sysctl:
 	sysctl_teardown(&sc->sc_sysctllog);
 	balloon_rs_detach(sc->sc_rs);
@@ -721,13 +738,7 @@ balloon_fini(void)
 	struct balloon_softc *sc = &balloon_softc;
 	int error;
 
-	balloon_watch_stop(sc);
-	mutex_enter(&sc->sc_lock);
-	sc->sc_dying = true;
-	cv_broadcast(&sc->sc_cv);
-	mutex_exit(&sc->sc_lock);
-	(void)kthread_join(sc->sc_worker);
-	sc->sc_worker = NULL;
+	balloon_stop(sc);
 
 	/* Nothing else runs now; give every ballooned page back. */
 	mutex_enter(&sc->sc_lock);
@@ -740,8 +751,7 @@ balloon_fini(void)
 		mutex_enter(&sc->sc_lock);
 		sc->sc_dying = false;
 		mutex_exit(&sc->sc_lock);
-		if (kthread_create(PRI_NONE, KTHREAD_MPSAFE | KTHREAD_MUSTJOIN,
-		    NULL, balloon_worker, sc, &sc->sc_worker, "balloon") != 0)
+		if (balloon_worker_start(sc) != 0)
 			printf("%s: cannot restart the worker\n",
 			    BALLOON_XNAME);
 		if (balloon_watch_start(sc) != 0)
