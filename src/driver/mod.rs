@@ -179,14 +179,13 @@ impl Driver {
         }
         self.report(p, now);
         // A held line needs a wake-up when the window reopens.
-        match (status, self.held.is_some(), self.budget.reopens_at()) {
-            (StepStatus::Idle, true, Some(at)) => {
-                StepStatus::Sleep(at.0.saturating_sub(now.0).max(1))
-            }
-            (StepStatus::Sleep(ms), true, Some(at)) => {
-                StepStatus::Sleep(ms.min(at.0.saturating_sub(now.0).max(1)))
-            }
-            _ => status,
+        let Some(at) = self.budget.reopens_at().filter(|_| self.held.is_some()) else {
+            return status;
+        };
+        let wake = at.0.saturating_sub(now.0).max(1);
+        match status {
+            StepStatus::Sleep(ms) => StepStatus::Sleep(ms.min(wake)),
+            _ => StepStatus::Sleep(wake),
         }
     }
 
@@ -212,9 +211,13 @@ impl Driver {
 
     /// Prints the held line if the budget allows it now.
     fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
-        if self.held.is_none() || self.budget.admit(now) != Verdict::Print {
-            return;
+        if self.held.is_some() && self.budget.admit(now) == Verdict::Print {
+            self.print_held(p);
         }
+    }
+
+    /// Prints the count of dropped lines, then the held line, if any.
+    fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
             p.log(&line);
@@ -263,10 +266,7 @@ impl Driver {
     /// now, over budget or not.
     fn released<P: Platform>(&mut self, p: &mut P) -> Result<(), Errno> {
         self.worker.end_release();
-        self.print_dropped(p);
-        if let Some(line) = self.held.take() {
-            p.log(&line);
-        }
+        self.print_held(p);
         Ok(())
     }
 

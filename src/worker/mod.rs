@@ -422,14 +422,15 @@ impl Worker {
                 Ok(t)
             }
             Err(e) => {
-                bump(&mut self.stats.targets_refused);
+                self.refuse_target();
                 Err(e)
             }
         }
     }
 
-    /// A target that could not even be read as a size (a negative sysctl
-    /// value): counted like every other refusal.
+    /// Counts a refused target: one the policy refused, one that did not
+    /// parse, or one that could not even be read as a size (a negative
+    /// sysctl value).
     pub fn refuse_target(&mut self) {
         bump(&mut self.stats.targets_refused);
     }
@@ -439,7 +440,7 @@ impl Worker {
         match policy::parse_kib(text) {
             Ok(kib) => self.set_target(kib, source),
             Err(e) => {
-                bump(&mut self.stats.targets_refused);
+                self.refuse_target();
                 Err(e)
             }
         }

@@ -139,7 +139,8 @@ pub fn parse_sysctl_number(s: &str) -> Result<i128, i32> {
     Ok(if neg { -v } else { v })
 }
 
-fn show(v: &SysctlValue) -> String {
+/// A value as sysctl(8) prints it.
+pub fn show(v: &SysctlValue) -> String {
     match v {
         SysctlValue::Int(x) => x.to_string(),
         // sysctl(8) prints every quad with PRIu64.

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-use balloon_sim::control::{parse_xl_size_kib, Console};
-use balloon_sim::{balloon_module, daemon, Domain, DomainConfig, Mode, SysctlValue};
+use balloon_sim::control::{parse_xl_size_kib, show, Console};
+use balloon_sim::{balloon_module, daemon, Domain, DomainConfig, Mode};
 
 const MIB: u64 = 256; // pages per MiB
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,10 +43,7 @@ fn usage() -> ! {
 
 fn sysctl(d: &Domain, name: &str) -> String {
     match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => v.to_string(),
-        Ok(SysctlValue::Int(v)) => v.to_string(),
-        Ok(SysctlValue::Bool(v)) => u8::from(v).to_string(),
-        Ok(SysctlValue::String(s)) => s,
+        Ok(v) => show(&v),
         Err(e) => format!("error {e}"),
     }
 }
