@@ -27,6 +27,8 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 #define BALLOON_STATE_LEN	128
 /* Bytes of a xenstore value the shim reads (a KiB count is 20 digits). */
 #define BALLOON_XS_VALUE_LEN	64
+/* Longest wait for the xenwatch thread to deliver the barrier event. */
+#define BALLOON_BARRIER_WAIT_MS	10000
 
 struct balloon_softc {
 	kmutex_t		 sc_lock;
@@ -34,6 +36,9 @@ struct balloon_softc {
 	lwp_t			*sc_worker;
 	bool			 sc_dying;	/* worker must exit */
 	bool			 sc_watching;	/* watch callbacks may act */
+	bool			 sc_watch_registered; /* sc_watch is on xenbus's list */
+	bool			 sc_barrier_done; /* sc_barrier's first event came */
+	struct xenbus_watch	 sc_barrier;	/* see balloon_watch_stop() */
 	unsigned int		 sc_callbacks;	/* watch callbacks running */
 	struct balloon_rs	*sc_rs;
 	struct sysctllog	*sc_sysctllog;
@@ -322,9 +327,18 @@ balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 	mutex_exit(&sc->sc_lock);
 }
 
+/*
+ * Registers the watch. register_xenbus_watch() (xenbus_xs.c) takes a
+ * watch off its list again when xenstored refuses it, except for EEXIST,
+ * which leaves it registered; unregistering a watch that is not on the
+ * list panics (KASSERT, or SLIST_REMOVE walking off the list). So the
+ * softc records whether the watch is registered, and only such a watch
+ * is ever unregistered.
+ */
 static int
 balloon_watch_start(struct balloon_softc *sc)
 {
+	int error;
 
 	sc->sc_watch.node = balloon_watch_node;
 	sc->sc_watch.node_sz = sizeof(balloon_watch_node);
@@ -332,13 +346,76 @@ balloon_watch_start(struct balloon_softc *sc)
 	mutex_enter(&sc->sc_lock);
 	sc->sc_watching = true;
 	mutex_exit(&sc->sc_lock);
-	return register_xenbus_watch(&sc->sc_watch);
+	error = register_xenbus_watch(&sc->sc_watch);
+	if (error == 0 || error == EEXIST)
+		sc->sc_watch_registered = true;
+	return error;
+}
+
+/* The barrier watch's callback: its first event has been delivered. */
+static void
+balloon_barrier_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
+{
+	struct balloon_softc *sc = &balloon_softc;
+
+	(void)w;
+	(void)vec;
+	(void)len;
+	mutex_enter(&sc->sc_lock);
+	sc->sc_barrier_done = true;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
 }
 
 /*
- * Stops the watch and waits for callbacks that had already begun.
- * unregister_xenbus_watch() drops queued events but need not wait for a
- * running callback; sc_watching turns late ones into no-ops.
+ * Waits until no callback of sc_watch can be running or about to run.
+ * The xenwatch thread (xenbus_xs.c) takes an event off its queue and then
+ * calls the callback with no lock held, and unregister_xenbus_watch()
+ * does not wait for a callback whose event was already taken: such a
+ * callback may not even have reached its first instruction, so no flag
+ * of ours can see it. But events are delivered one at a time, in order,
+ * and xenstore fires a newly registered watch once. So a second watch is
+ * registered after the first is gone, and once its first event has come,
+ * every earlier callback has returned.
+ */
+static void
+balloon_watch_barrier(struct balloon_softc *sc)
+{
+	int error, ticks;
+
+	sc->sc_barrier.node = balloon_watch_node;
+	sc->sc_barrier.node_sz = sizeof(balloon_watch_node);
+	sc->sc_barrier.xbw_callback = balloon_barrier_cb;
+	mutex_enter(&sc->sc_lock);
+	sc->sc_barrier_done = false;
+	mutex_exit(&sc->sc_lock);
+	error = register_xenbus_watch(&sc->sc_barrier);
+	if (error != 0 && error != EEXIST) {
+		printf("%s: cannot wait for the xenwatch thread: error %d\n",
+		    BALLOON_XNAME, error);
+		return;
+	}
+	if (error == 0) {
+		ticks = MAX((int)mstohz(BALLOON_BARRIER_WAIT_MS), 1);
+		mutex_enter(&sc->sc_lock);
+		while (!sc->sc_barrier_done) {
+			if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0 &&
+			    !sc->sc_barrier_done) {
+				printf("%s: the xenwatch thread did not answer\n",
+				    BALLOON_XNAME);
+				break;
+			}
+		}
+		mutex_exit(&sc->sc_lock);
+	}
+	/* EEXIST left it registered too (xenbus_xs.c). */
+	unregister_xenbus_watch(&sc->sc_barrier);
+}
+
+/*
+ * Stops the watch and waits for callbacks that had already begun or been
+ * taken for delivery (balloon_watch_barrier()); sc_watching turns late
+ * ones into no-ops.
  */
 static void
 balloon_watch_stop(struct balloon_softc *sc)
@@ -347,7 +424,11 @@ balloon_watch_stop(struct balloon_softc *sc)
 	mutex_enter(&sc->sc_lock);
 	sc->sc_watching = false;
 	mutex_exit(&sc->sc_lock);
-	unregister_xenbus_watch(&sc->sc_watch);
+	if (sc->sc_watch_registered) {
+		unregister_xenbus_watch(&sc->sc_watch);
+		sc->sc_watch_registered = false;
+		balloon_watch_barrier(sc);
+	}
 	mutex_enter(&sc->sc_lock);
 	while (sc->sc_callbacks > 0)
 		cv_wait(&sc->sc_cv, &sc->sc_lock);
@@ -583,7 +664,11 @@ balloon_worker_start(struct balloon_softc *sc)
 	    NULL, balloon_worker, sc, &sc->sc_worker, "balloon");
 }
 
-/* Stops the watch, then the worker thread; nothing else runs after. */
+/*
+ * Stops the watch, then the worker thread; nothing else runs after.
+ * Either may be missing (a failed start, at load or on a refused unload's
+ * restart): only what runs is stopped.
+ */
 static void
 balloon_stop(struct balloon_softc *sc)
 {
@@ -593,7 +678,8 @@ balloon_stop(struct balloon_softc *sc)
 	sc->sc_dying = true;
 	cv_broadcast(&sc->sc_cv);
 	mutex_exit(&sc->sc_lock);
-	(void)kthread_join(sc->sc_worker);
+	if (sc->sc_worker != NULL)
+		(void)kthread_join(sc->sc_worker);
 	sc->sc_worker = NULL;
 }
 
