@@ -824,27 +824,35 @@ balloon_fini(void)
 	struct balloon_softc *sc = &balloon_softc;
 	int error;
 
-	balloon_stop(sc);
+	balloon_watch_stop(sc);
 
-	/* Nothing else runs now; give every ballooned page back. */
+	/*
+	 * Give every ballooned page back. The worker thread keeps running:
+	 * it steps only with sc_lock held, so it waits meanwhile, and a
+	 * refused unload then needs no new thread (kthread_create may fail,
+	 * and a module left without its worker would never move again).
+	 */
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_release(sc->sc_rs, balloon_uptime_ms());
+	if (error == 0) {
+		sc->sc_dying = true;
+		cv_broadcast(&sc->sc_cv);
+	}
 	mutex_exit(&sc->sc_lock);
 	if (error != 0) {
-		/* Stay loaded and working: restart what was stopped. */
+		/* Stay loaded and working: watch memory/target again. */
 		printf("%s: cannot unload while memory is ballooned\n",
 		    BALLOON_XNAME);
-		mutex_enter(&sc->sc_lock);
-		sc->sc_dying = false;
-		mutex_exit(&sc->sc_lock);
-		if (balloon_worker_start(sc) != 0)
-			printf("%s: cannot restart the worker\n",
-			    BALLOON_XNAME);
 		if (balloon_watch_start(sc) != 0)
 			printf("%s: cannot watch memory/target again\n",
 			    BALLOON_XNAME);
+		mutex_enter(&sc->sc_lock);
+		balloon_kick(sc);
+		mutex_exit(&sc->sc_lock);
 		return error;
 	}
+	(void)kthread_join(sc->sc_worker);
+	sc->sc_worker = NULL;
 	sysctl_teardown(&sc->sc_sysctllog);
 	balloon_rs_detach(sc->sc_rs);
 	sc->sc_rs = NULL;

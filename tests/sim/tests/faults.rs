@@ -322,6 +322,28 @@ fn a_domain_destroyed_with_the_module_loaded_is_not_a_panic() {
     }
 }
 
+/// A refused unload keeps the worker thread running instead of stopping
+/// it and starting a new one. Before, when kthread_create failed at that
+/// moment, the module stayed loaded with no worker, its state stuck at
+/// whatever it was doing, and never moved again (found by the soak,
+/// seed 2).
+#[test]
+fn a_refused_unload_leaves_a_working_module_even_when_no_thread_can_be_made() {
+    for mode in [Mode::Pv, Mode::Pvh] {
+        let d = loaded(mode);
+        mem_set(&d, 128 * 1024);
+        d.set_host_free(0);
+        d.faults_mut().kthread_create_error = Some(35);
+        assert_eq!(d.modunload(), Err(16));
+        d.set_host_free(2048 * MIB);
+        mem_set(&d, 200 * 1024);
+        assert_eq!(d.reservation(), 200 * MIB, "the worker still works");
+        d.set_faults(Faults::default());
+        d.modunload().unwrap();
+        nothing_left(&d, "refused unload");
+    }
+}
+
 // ---- events in the middle of a step (stall points) ----
 
 /// An unload that lands while the worker is inside a decrease_reservation
