@@ -364,7 +364,10 @@ pub fn walk(
     }
     out.fault_commands = w.fault_commands;
     out.elapsed = start.elapsed();
-    out.failure = result.err();
+    let step = out.steps;
+    out.failure = result
+        .err()
+        .map(|e| format!("step {step}: {}", e.trim_start_matches("line 1: ")));
     out
 }
 
