@@ -186,6 +186,38 @@ for fv in xenpv pvh; do
 	fi
 done
 
+# The whole module per tree x flavour, linked as bsd.kmodule.mk links it,
+# checked by kobjcheck against the flavour's list (relocations the loader
+# applies, no FPU/SIMD, no TLS, no debug sections, symbols).
+KOBJCHECK=${KOBJCHECK:-$top/tools/kobjcheck/target/release/kobjcheck}
+if [ -n "$rust_obj" ] && [ -x "$KOBJCHECK" ]; then
+	echo "== balloon.kmod per tree and flavour (ld -r, kobjcheck --flavour)"
+	for tree in netbsd-10.1 netbsd-11; do
+		for fv in xenpv pvh; do
+			dir=$work/$tree-$fv
+			ls "$dir"/obj/*.o >/dev/null 2>&1 || continue
+			"$KOBJCHECK" fix-plt32 "$dir"/obj/*.o >/dev/null
+			kmod=$dir/balloon.kmod
+			if ${LD:-ld} -r -d -nostdlib -m elf_x86_64 \
+			    -T "$moddir/kmodule.ld" -o "$kmod" "$dir"/obj/*.o \
+			    "$rust_obj" >"$kmod.log" 2>&1 &&
+			    "$KOBJCHECK" check --flavour "$fv" \
+			    --kernel-symbols "$moddir/kernel-symbols.txt" \
+			    --global-prefix balloon_rs_ --global-prefix balloon_shim_ \
+			    --global-prefix balloon_physseg_walk_ \
+			    --global-prefix balloon_mod "$kmod" >>"$kmod.log" 2>&1
+			then
+				row "balloon.kmod" "$tree" "$fv" "ok ($(sed -n 's/.*sizes: //p' "$kmod.log"))"
+				pass
+			else
+				row "balloon.kmod" "$tree" "$fv" "REFUSED"
+				sed 's/^/    /' "$kmod.log"
+				fail
+			fi
+		done
+	done
+fi
+
 if [ $self_test = yes ]; then
 	echo "== the gate's own test: known-bad sources must be refused"
 	for src in "$here"/known-bad/*.c; do
