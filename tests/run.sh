@@ -105,6 +105,23 @@ sed -n 's/^gate: \([0-9]*\) passed, \([0-9]*\) failed$/test result: gate. \1 pas
 grep -q '^gate: [0-9]* passed, 0 failed$' "$log.gate" || status=1
 rm -f "$log.gate"
 
+step "modules/balloon/Makefile under bmake (no bsd.kmodule.mk: the header trees), both flavours"
+for fv in xenpv pvh; do
+	obj=$PWD/target/bmake-$fv
+	rm -rf "$obj" && mkdir -p "$obj"
+	if bmake -C modules/balloon MAKEOBJDIR="$obj" BALLOON_FLAVOUR=$fv \
+	    BALLOON_CARGO_TARGET_DIR="$PWD/target" >"$obj.log" 2>&1 &&
+	    [ -f "$obj/balloon.kmod.checked" ]; then
+		echo "ok: bmake BALLOON_FLAVOUR=$fv: $(grep 'balloon.kmod: sizes' "$obj.log")"
+		echo "test result: ok. 1 passed; 0 failed" >>"$log"
+	else
+		tail -n 30 "$obj.log"
+		echo "FAILED: bmake BALLOON_FLAVOUR=$fv"
+		echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+		status=1
+	fi
+done
+
 totals=$(awk '/^test result: /{ for (i = 1; i <= NF; i++) {
 	if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
 	END { printf "%d %d", p, f }' "$log")

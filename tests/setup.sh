@@ -10,8 +10,9 @@
 # Safe to run again; skips what is already there.
 set -eu
 
-APT_PACKAGES="gcc binutils clang libclang-dev pkg-config atf-sh libatf-dev kyua mandoc"
-# The compile gate fetches NetBSD headers with pip (tests/kernel-headers).
+APT_PACKAGES="gcc binutils clang libclang-dev pkg-config atf-sh libatf-dev kyua mandoc bmake"
+# The compile gate fetches NetBSD headers with pip (tests/kernel-headers);
+# bmake runs modules/balloon/Makefile as NetBSD make would.
 NIGHTLY="${BALLOON_TOOLCHAIN:-nightly-2026-05-19}"
 
 missing=""

@@ -11,12 +11,16 @@
 # Every global the objects define must start with balloon_.
 #
 # usage: gate.sh [--self-test] [--rust-object FILE]
+#        gate.sh --flags TREE FLAVOUR
 #   --self-test         also compile each tests/kernel-headers/known-bad/*.c
 #                       the same way; each must be refused (the gate's own
 #                       test: it fails if a known-bad file passes)
 #   --rust-object FILE  count the prelinked Rust core's undefined symbols
 #                       too (it needs only balloon_shim_*, which the shim
-#                       defines)
+#                       defines), and link and check balloon.kmod
+#   --flags TREE FLAVOUR  lay out that tree x flavour and print the whole
+#                       compile command line after the compiler (what
+#                       modules/balloon/Makefile uses without bsd.kmodule.mk)
 # Prints a table and "gate: N passed, M failed"; exit 1 on any failure.
 set -eu
 
@@ -30,8 +34,10 @@ NM=${NM:-nm}
 
 self_test=no
 rust_obj=""
+flags_for=""
 while [ $# -gt 0 ]; do
 	case $1 in
+	--flags) flags_for="$2 $3"; shift 3 ;;
 	--self-test) self_test=yes; shift ;;
 	--rust-object) rust_obj=$2; shift 2 ;;
 	-h|--help) sed -n '3,22p' "$0"; exit 0 ;;
@@ -39,7 +45,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 
-sh "$here/fetch-trees.sh"
+sh "$here/fetch-trees.sh" >&2
 
 # One value of kmod-flags.inc.
 flag() { sed -n "s/^$1=[[:space:]]*//p" "$moddir/kmod-flags.inc"; }
@@ -84,27 +90,41 @@ prepare() {
 	sh "$moddir/gen-opt-headers.sh" "$2" "$dir/opt"
 }
 
-# Compiles one file for tree $1, flavour $2 into $3; output in $3.log.
-compile() {
+# The compile flags for tree $1, flavour $2 (after the compiler's name).
+kflags() {
 	dir=$work/$1-$2
 	case $2 in
 	xenpv) fl=$(flag BALLOON_FLAVOUR_XENPV_CPPFLAGS) ;;
 	pvh) fl=$(flag BALLOON_FLAVOUR_PVH_CPPFLAGS) ;;
+	*) echo "gate.sh: flavour must be xenpv or pvh" >&2; exit 2 ;;
 	esac
 	# zig's copy of sys/param.h leaves __NetBSD_Version__ to the
 	# compiler (its one patch); a real tree defines the release's.
 	case $1 in
 	netbsd-10.1) ver=1001000000 ;;
 	netbsd-11) ver=1100000000 ;;
+	*) echo "gate.sh: tree must be netbsd-10.1 or netbsd-11" >&2; exit 2 ;;
 	esac
-	# shellcheck disable=SC2086
-	$CC --target=x86_64-unknown-netbsd $cflags $cppflags $fl \
-	    -D__NetBSD_Version__=$ver \
-	    -I"$dir/opt" -I"$top/netbsd-glue" \
-	    -isystem "$dir/kernel-only" -isystem "$here" \
-	    -isystem "$dir/kview" -isystem "$hdrs/xen-public" \
-	    -c "$4" -o "$3" >"$3.log" 2>&1
+	echo "--target=x86_64-unknown-netbsd $cflags $cppflags $fl" \
+	    "-D__NetBSD_Version__=$ver -I$dir/opt -I$top/netbsd-glue" \
+	    "-isystem $dir/kernel-only -isystem $here -isystem $dir/kview" \
+	    "-isystem $hdrs/xen-public"
 }
+
+# Compiles $4 for tree $1, flavour $2 into $3; output in $3.log.
+compile() {
+	# shellcheck disable=SC2046
+	$CC $(kflags "$1" "$2") -c "$4" -o "$3" >"$3.log" 2>&1
+}
+
+if [ -n "$flags_for" ]; then
+	# shellcheck disable=SC2086
+	set -- $flags_for
+	kflags "$1" "$2" >/dev/null
+	prepare "$1" "$2"
+	kflags "$1" "$2"
+	exit 0
+fi
 
 passed=0
 failed=0
