@@ -11,6 +11,8 @@
 # gate (the shim against real NetBSD 10.1 and 11 kernel headers).
 # Ends with one line "tests: N passed, M failed" over all test runs.
 set -eu
+# A failing command before `| tee` must fail the step, not vanish.
+set -o pipefail
 cd "$(dirname "$0")/.."
 
 log=$(mktemp)
