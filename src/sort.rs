@@ -6,12 +6,16 @@
 //! 2·log2(n) levels of a 384-byte frame in the kernel object: some 10 KiB
 //! at a batch of 8192 frames), too deep for a NetBSD kernel thread's
 //! stack. Heapsort needs O(n log n) comparisons on every input and only a
-//! loop; input already in order (frames from uvm_pglistalloc usually
-//! are) returns after one pass.
+//! loop. Input already in order, either way, takes one pass (and a
+//! reversal): UVM hands out a long free run highest frame first.
 
 /// Sorts `v` ascending, in place (not stable).
 pub fn sort<T: Ord>(v: &mut [T]) {
     if v.is_sorted() {
+        return;
+    }
+    if v.is_sorted_by(|a, b| a >= b) {
+        v.reverse();
         return;
     }
     let n = v.len();
@@ -75,6 +79,7 @@ mod tests {
         check((0..100).collect());
         check((0..100).rev().collect());
         check(alloc::vec![5; 33]);
+        check(alloc::vec![9, 9, 7, 7, 7, 3, 0, 0]);
         // Every other frame, descending then ascending: the batch shape
         // record_inflated sees from a fragmented free list.
         check(
