@@ -53,7 +53,7 @@ a figure over the budget.
 stack options:
   --budget BYTES            fail when an entry point needs more
   --entry-prefix P          entry points (default: balloon_)
-  --indirect-depth N        indirect calls followed on one chain (default 5)
+  --indirect-depth N        indirect calls followed on one chain (default 6)
   --objdump PATH            objdump to run (default $OBJDUMP or objdump)
   --cxxfilt PATH            demangler for the table (default $CXXFILT or
                             c++filt; names stay mangled if it fails)";
@@ -200,15 +200,15 @@ fn fix_plt32(files: &[String]) -> Result<(), String> {
 
 /// Indirect calls a chain is followed through unless told otherwise.
 /// The core has no trait objects or function pointers of its own; its
-/// indirect calls are core::fmt's. A real formatting chain in the kernel
-/// object makes at most four: fmt::write calls the argument's fmt (1); a
-/// derive(Debug) of a variant with several fields formats each through
-/// `<&dyn Debug as Debug>::fmt` (2), which jumps to the field's fmt (3);
-/// the writer (4). (A Display that uses write! reaches fmt::write again:
-/// argument, inner argument, writer.) Nested derive(Debug) impls are
-/// called directly in the object, and nothing formats with `{:#?}`, so no
-/// PadAdapter. One more for margin.
-const DEFAULT_INDIRECT_DEPTH: u32 = 5;
+/// indirect calls are core::fmt's, and a formatting chain makes: one for
+/// fmt::write's call of the argument's fmt; one per nested value, since a
+/// derive(Debug) may format each field through `&dyn Debug` (the deepest
+/// value the core formats is a WorkerError holding a SegmentError holding
+/// a PfnRange of Pfns of u64: four); one for the writer. Nothing formats
+/// with `{:#?}`, so no PadAdapter between writers; a Display using write!
+/// (State, LastError) nests less. Six, whatever the compiler calls
+/// directly; the panic handler formats nothing.
+const DEFAULT_INDIRECT_DEPTH: u32 = 6;
 
 struct StackOptions {
     budget: Option<u64>,
