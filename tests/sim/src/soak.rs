@@ -483,12 +483,10 @@ pub fn shrink(exe: &Path, log_text: &str, dir: &Path, budget: Duration) -> (Stri
     };
     let file = dir.join("soak-candidate.sim");
     let per_run = Duration::from_secs(120);
-    let mut trials = 0u32;
-    let mut fails_like = |keep: &[&str], want: &str| -> Option<bool> {
+    let fails_like = |keep: &[&str], want: &str| -> Option<bool> {
         if start.elapsed() >= budget {
             return None;
         }
-        trials += 1;
         std::fs::write(&file, text_of(keep)).ok()?;
         Some(replay(exe, &file, per_run).is_some_and(|e| signature(&e) == want))
     };
@@ -531,7 +529,6 @@ pub fn shrink(exe: &Path, log_text: &str, dir: &Path, budget: Duration) -> (Stri
         chunk = chunk.div_ceil(2);
     }
     let _ = std::fs::remove_file(&file);
-    let _ = trials;
     (text_of(&keep), true)
 }
 
@@ -731,7 +728,6 @@ pub fn main(args: Vec<String>) -> i32 {
             continue;
         }
         failures += 1;
-        let why = tail.join("\n");
         println!("soak: seed {s} FAILED (balloon-sim soak --seed {s} reproduces the walk):");
         for l in tail.iter().filter(|l| !l.starts_with("soak: seed")) {
             println!("  {l}");
@@ -743,7 +739,6 @@ pub fn main(args: Vec<String>) -> i32 {
             log_text.lines().filter(|l| !l.starts_with('#')).count(),
             shrink_time.as_secs()
         );
-        let _ = why;
         let (text, same) = shrink(&exe, &log_text, &out_dir, shrink_time);
         let sim = out_dir.join(format!("soak-{s}.sim"));
         let _ = std::fs::write(&sim, &text);
