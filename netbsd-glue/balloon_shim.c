@@ -411,7 +411,8 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Unplug hot-plugged segments once fully ballooned"),
 	BN_TEXT("state", BALLOON_T_STATE,
 	    "What the driver is doing: idle, inflating, deflating, "
-	    "plugging, unplugging, waiting or cancelled, with the reason"),
+	    "plugging, unplugging, returning the frames of a failed plug, "
+	    "waiting or cancelled, with the reason"),
 };
 
 /* hw.balloon.stats.*: counters since load; they only grow. */
@@ -441,7 +442,8 @@ static const struct balloon_node balloon_stat_nodes[] = {
 	BN_QUAD_RO("segments_unplugged", BALLOON_V_STAT_UNPLUGS,
 	    "Segments released with uvm_physseg_unplug"),
 	BN_QUAD_RO("frames_lost", BALLOON_V_STAT_FRAMES_LOST,
-	    "Frames backed for a failed plug that Xen did not take back"),
+	    "Frames backed for a plug and never given back: always 0, "
+	    "they are retried until Xen takes them"),
 	BN_QUAD_RO("messages_suppressed", BALLOON_V_STAT_MESSAGES_SUPPRESSED,
 	    "Kernel messages dropped by the rate limit"),
 	BN_QUAD_RO("last_errno", BALLOON_V_STAT_LAST_ERRNO,

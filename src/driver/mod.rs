@@ -12,10 +12,14 @@
 //! - **deflate**: PV: `increase_reservation` gives new MFNs, each mapped
 //!   to the next ballooned frame; PVH: `populate_physmap` on the frames;
 //!   only the frames that came back are freed to UVM.
-//! - **plug**: back every frame of the new segment first; if any is
-//!   missing give the backed ones back and report failure; only a fully
-//!   backed segment is handed to `uvm_physseg_plug`, which puts every page
-//!   on the free lists at once.
+//! - **back**: one batch of a segment being prepared for plugging: PV:
+//!   `increase_reservation` gives new MFNs, each mapped at the next frame;
+//!   PVH: `populate_physmap` on the frames.
+//! - **plug**: `uvm_physseg_plug` of a fully backed segment, which puts
+//!   every page on the free lists at once.
+//! - **return**: give frames backed for a plug that did not happen back
+//!   with `decrease_reservation` (PV: their p2m entries are cleared first
+//!   and put back for the tail Xen did not take).
 //! - **unplug**: `uvm_physseg_unplug`; the worker forgets the pages.
 //!
 //! All of it is safe Rust; the FFI layer implements [`Platform`] over the
@@ -92,9 +96,6 @@ pub struct DriverStats {
     pub hypercalls: u64,
     /// Pages zeroed before going to Xen.
     pub scrubbed: u64,
-    /// Frames backed for a plug that could not be given back (each one
-    /// is still in the reservation but in no segment).
-    pub frames_lost: u64,
     /// Log lines dropped by the rate limit.
     pub lines_suppressed: u64,
 }
@@ -246,20 +247,29 @@ impl Driver {
                     return self.released(p)
                 }
                 StepStatus::Sleep(_) => {
-                    let left = self.worker.frames().ballooned();
-                    self.say(
-                        p,
-                        now,
-                        format!(
-                            "{} KiB still ballooned: Xen gave no more back",
-                            left.saturating_kib().0
-                        ),
-                    );
+                    let line = self.release_refused();
+                    self.say(p, now, line);
                     self.worker.end_release();
                     return Err(Errno::EBUSY);
                 }
             }
         }
+    }
+
+    /// Why a release stopped short, for the log.
+    fn release_refused(&self) -> String {
+        let kib = |x: Pages| x.saturating_kib().0;
+        let frames = self.worker.frames();
+        if !frames.stranded().is_zero() {
+            return format!(
+                "cannot unload: {} KiB backed for a failed plug not yet given back: Xen took no more",
+                kib(frames.stranded())
+            );
+        }
+        format!(
+            "{} KiB still ballooned: Xen gave no more back",
+            kib(frames.ballooned())
+        )
     }
 
     /// Release is done: the module goes away, so a held line is printed
@@ -283,10 +293,22 @@ impl Driver {
                 scrub,
             } => self.inflate(p, count, prefer, scrub, now),
             Action::Deflate { runs } => self.deflate(p, &runs, now),
+            Action::Back { frames } => {
+                let pfns: Vec<u64> = frames.frames().map(|f| f.0).collect();
+                let (done, error) = self.back_frames(p, &pfns);
+                self.worker.complete(
+                    StepResult::Backed {
+                        done: Pages(done as u64),
+                        error,
+                    },
+                    now,
+                )
+            }
             Action::Plug { range } => {
-                let result = self.plug(p, range, now);
+                let result = p.plug(range);
                 self.worker.complete(StepResult::Plugged(result), now)
             }
+            Action::Return { runs } => self.return_frames(p, &runs, now),
             Action::Unplug { range } => {
                 let result = p.unplug(range);
                 self.worker.complete(StepResult::Unplugged(result), now)
@@ -420,56 +442,60 @@ impl Driver {
         )
     }
 
-    /// Gives backed frames of a segment that will not be plugged back to
-    /// Xen. They are in no segment, so a shortfall here loses them.
-    fn unback_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64], now: Uptime) {
-        for chunk in pfns.chunks(MAX_BATCH.0 as usize) {
-            self.frames.clear();
-            for &pfn in chunk {
-                match self.mode {
-                    GuestMode::Pv => {
-                        if let Some(mfn) = p.p2m_lookup(Pfn(pfn)) {
-                            self.frames.push(mfn.0);
-                            p.p2m_clear(Pfn(pfn));
-                        }
+    /// Gives frames backed for a plug that did not happen back to Xen:
+    /// one `decrease_reservation`; the frames Xen did not take stay
+    /// stranded (PV: their p2m entries are put back) and are retried.
+    fn return_frames<P: Platform>(
+        &mut self,
+        p: &mut P,
+        runs: &[PfnRange],
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        self.pfns.clear();
+        self.pfns
+            .extend(runs.iter().flat_map(|r| r.frames()).map(|f| f.0));
+        self.frames.clear();
+        match self.mode {
+            GuestMode::Pv => {
+                // A frame with no MFN behind it cannot be given back; stop
+                // at it (the worker retries with the back-off).
+                for &pfn in &self.pfns {
+                    match p.p2m_lookup(Pfn(pfn)) {
+                        Some(mfn) => self.frames.push(mfn.0),
+                        None => break,
                     }
-                    GuestMode::Pvh => self.frames.push(pfn),
+                }
+                for &pfn in &self.pfns[..self.frames.len()] {
+                    p.p2m_clear(Pfn(pfn));
                 }
             }
+            GuestMode::Pvh => self.frames.extend_from_slice(&self.pfns),
+        }
+        let (done, error) = if self.frames.is_empty() {
+            (0, Some(Errno::EINVAL))
+        } else {
             self.hypercall();
-            let done = p.decrease_reservation(&mut self.frames).unwrap_or(0);
-            let lost = self.frames.len().saturating_sub(done) as u64;
-            if lost > 0 {
-                self.stats.frames_lost = self.stats.frames_lost.saturating_add(lost);
-                self.say(
-                    p,
-                    now,
-                    format!("{lost} frames backed for a segment could not be given back"),
-                );
+            match p.decrease_reservation(&mut self.frames) {
+                Ok(d) if d >= self.frames.len() => (self.frames.len(), None),
+                Ok(d) => (d, Some(Errno::EAGAIN)),
+                Err(e) => (0, Some(e)),
             }
-        }
-    }
-
-    fn plug<P: Platform>(&mut self, p: &mut P, range: PfnRange, now: Uptime) -> Result<(), Errno> {
-        let all: Vec<u64> = range.frames().map(|f| f.0).collect();
-        let mut backed = 0;
-        let mut failure = None;
-        for chunk in all.chunks(MAX_BATCH.0 as usize) {
-            let (done, error) = self.back_frames(p, chunk);
-            backed += done;
-            if done < chunk.len() {
-                failure = Some(error.unwrap_or(Errno::ENOMEM));
-                break;
-            }
-        }
-        let result = match failure {
-            Some(e) => Err(e),
-            None => p.plug(range),
         };
-        if result.is_err() {
-            self.unback_frames(p, &all[..backed], now);
+        if self.mode == GuestMode::Pv {
+            for i in done..self.frames.len() {
+                p.p2m_set(Pfn(self.pfns[i]), Mfn(self.frames[i]));
+            }
+            p.p2m_flush();
         }
-        result
+        let error =
+            error.or_else(|| (self.frames.len() < self.pfns.len()).then_some(Errno::EINVAL));
+        self.worker.complete(
+            StepResult::Returned {
+                done: Pages(done as u64),
+                error,
+            },
+            now,
+        )
     }
 
     /// One log line when the worker reaches its target or gives up, not

@@ -232,7 +232,10 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
         sys::balloon_value_BALLOON_V_STAT_TARGETS_GIVEN_UP => s.gave_up,
         sys::balloon_value_BALLOON_V_STAT_PLUGS => s.segments_plugged,
         sys::balloon_value_BALLOON_V_STAT_UNPLUGS => s.segments_unplugged,
-        sys::balloon_value_BALLOON_V_STAT_FRAMES_LOST => d.frames_lost,
+        // Frames backed for a failed plug are given back with the
+        // back-off until Xen takes them, and unload waits for them: none
+        // is ever lost. The node stays for scripts that read it.
+        sys::balloon_value_BALLOON_V_STAT_FRAMES_LOST => 0,
         sys::balloon_value_BALLOON_V_STAT_MESSAGES_SUPPRESSED => d.lines_suppressed,
         sys::balloon_value_BALLOON_V_STAT_LAST_ERRNO => s
             .last_error

@@ -189,9 +189,14 @@ fn host_out_of_memory_backs_off_gives_up_and_recovers() {
         );
         assert_eq!(d.reservation(), 128 * MIB);
         assert!(quad(&d, "hw.balloon.current") == 128 * KIB_PER_MIB);
-        // The host has memory again and dom0 asks again: it converges.
+        // The host has memory again. The same target again changes
+        // nothing (it would defeat the back-off); a new one converges.
         d.set_host_free(2048 * MIB);
-        mem_set(&d, 256);
+        d.xl_mem_set(256 * KIB_PER_MIB);
+        watches_quiet(&d);
+        settle(&d);
+        assert_eq!(d.reservation(), 128 * MIB);
+        mem_set(&d, 250);
         d.check().unwrap();
         unload_clean(&d);
     });
@@ -479,4 +484,89 @@ fn a_storm_of_targets_is_rate_limited_and_its_last_outcome_still_printed() {
         );
     }
     unload_clean(&d);
+}
+
+// ---- issue 12: bugs found by trying to break the module ----
+
+/// Waits until every xenstore watch event written so far was delivered.
+fn watches_quiet(d: &Domain) {
+    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
+}
+
+#[test]
+fn frames_of_a_failed_plug_are_given_back_never_lost() {
+    // Bug 1: a plug that fails while Xen takes back only 100 frames a
+    // call. The frames it backed are given back, retried with the
+    // back-off; unload is refused while some remain; nothing is lost.
+    let d = loaded(Mode::Pvh);
+    d.set_faults(Faults {
+        plug_fail: true,
+        decrease_limit: Some(100),
+        ..Faults::default()
+    });
+    d.xl_mem_set(300 * KIB_PER_MIB);
+    watches_quiet(&d);
+    settle(&d);
+    assert!(state(&d).starts_with("cancelled"), "{}", state(&d));
+    assert!(
+        d.reservation() > 256 * MIB,
+        "some frames are still to go back"
+    );
+    assert_eq!(quad(&d, "hw.balloon.stats.frames_lost"), 0);
+    assert_eq!(
+        quad(&d, "hw.balloon.current"),
+        d.reservation() * 4,
+        "hw.balloon.current is Xen's reservation ({})",
+        state(&d)
+    );
+    assert_eq!(d.modunload(), Err(16), "EBUSY while frames are backed");
+    assert!(
+        d.dmesg().iter().any(|l| l.contains("failed plug")),
+        "{:#?}",
+        d.dmesg()
+    );
+    d.set_faults(Faults::default());
+    mem_set(&d, 512);
+    assert_eq!(quad(&d, "hw.balloon.stats.frames_lost"), 0);
+    d.check().unwrap();
+    unload_clean(&d);
+}
+
+#[test]
+fn rewriting_the_same_target_does_not_defeat_the_back_off() {
+    // Bug 3: with the host out of memory, the same target written again
+    // and again costs what the back-off allows: 5 short steps, then it
+    // gives up. Each write is taken (and the worker back asleep) before
+    // the next.
+    let d = loaded(Mode::Pvh);
+    mem_set(&d, 128);
+    d.set_host_free(0);
+    let before = quad(&d, "hw.balloon.stats.hypercalls");
+    for _ in 0..50 {
+        d.xl_mem_set(256 * KIB_PER_MIB);
+        watches_quiet(&d);
+        wait_state(&d, |s| {
+            s.starts_with("waiting") || s.starts_with("cancelled")
+        });
+    }
+    settle(&d);
+    assert!(state(&d).starts_with("cancelled"), "{}", state(&d));
+    let calls = quad(&d, "hw.balloon.stats.hypercalls") - before;
+    assert_eq!(calls, 5, "hypercalls for 50 identical targets");
+    d.set_host_free(2048 * MIB);
+    mem_set(&d, 250);
+    unload_clean(&d);
+}
+
+/// Waits (bounded) until hw.balloon.state satisfies `done`.
+fn wait_state(d: &Domain, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = state(d);
+        if done(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "state still {s}");
+        d.wait_until(|_| false, Duration::from_millis(1));
+    }
 }
