@@ -86,6 +86,7 @@ balloon_shim_meminfo(struct balloon_meminfo *mi)
 
 	mi->free_pages = (uint64_t)uvm_availmem(false);
 	mi->freetarg_pages = (uint64_t)MAX(uvmexp.freetarg, 0);
+	mi->managed_pages = (uint64_t)MAX(uvmexp.npages, 0);
 }
 
 /*

@@ -55,10 +55,11 @@ struct balloon_boot_info {
 	struct balloon_frame_range segments[BALLOON_MAX_BOOT_SEGMENTS];
 };
 
-/* UVM's free-memory figures, in pages. */
+/* UVM's memory figures, in pages. */
 struct balloon_meminfo {
 	uint64_t	free_pages;
 	uint64_t	freetarg_pages;
+	uint64_t	managed_pages;		/* uvmexp.npages */
 };
 
 /* Where a target came from. */

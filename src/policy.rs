@@ -142,6 +142,10 @@ pub struct MemInfo {
     pub free: Pages,
     /// The pagedaemon's free target (`uvmexp.freetarg`).
     pub freetarg: Pages,
+    /// Pages UVM manages (`uvmexp.npages`). `uvm_physseg_plug` refuses
+    /// a segment of more pages than this (uvm_physseg.c 1.18: the first
+    /// `vm_page` slab is sized from it), so no plug is larger.
+    pub managed: Pages,
 }
 
 /// How many pages inflation may take now without pushing UVM into
@@ -428,6 +432,7 @@ mod tests {
         let mem = |free, freetarg| MemInfo {
             free: Pages(free),
             freetarg: Pages(freetarg),
+            managed: Pages(1 << 20),
         };
         assert_eq!(inflate_allowance(mem(1000, 488), b), Pages(0));
         assert_eq!(inflate_allowance(mem(1001, 488), b), Pages(1));

@@ -201,6 +201,7 @@ impl Platform for Model {
         MemInfo {
             free: Pages(self.free.len() as u64),
             freetarg: Pages(64),
+            managed: Pages(PAGES + self.plugged.iter().map(|r| r.len().0).sum::<u64>()),
         }
     }
     fn log(&mut self, line: &str) {

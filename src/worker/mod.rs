@@ -673,7 +673,12 @@ impl Worker {
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
             }
-            let Some(range) = self.space.next_plug(need, self.plug_limits) else {
+            // uvm_physseg_plug refuses more pages than UVM manages.
+            let limits = PlugLimits {
+                max_segment: self.plug_limits.max_segment.min(mem.managed),
+                ..self.plug_limits
+            };
+            let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
             self.space

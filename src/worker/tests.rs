@@ -94,6 +94,7 @@ impl Model {
         MemInfo {
             free: Pages(self.free.len() as u64),
             freetarg: Pages(self.freetarg),
+            managed: Pages(self.present.iter().map(|&(s, e)| e - s).sum()),
         }
     }
 
@@ -216,7 +217,10 @@ impl Model {
                     range.len().0,
                     "plug of a segment not fully backed"
                 );
-                if self.faults.plug_fails {
+                // uvm_physseg.c 1.18: no vm_page slab for more pages than
+                // uvmexp.npages, so such a plug returns false.
+                let too_big = range.len() > self.mem().managed;
+                if self.faults.plug_fails || too_big {
                     w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
                         .unwrap();
                 } else {
@@ -458,6 +462,24 @@ fn plugged_segments_are_aligned_and_sized() {
         Action::Back { frames } => assert_eq!(frames.start(), Pfn(256 * MIB + 1024)),
         other => panic!("expected a plug, got {other:?}"),
     }
+}
+
+#[test]
+fn a_small_domain_plugs_segments_no_larger_than_uvm_manages() {
+    // Issue 12, bug 2: 16 MiB booted, 100 MiB wanted, segments of up to
+    // 32 MiB. A 32 MiB segment would be refused at first (more pages
+    // than uvmexp.npages); each plug is at most what UVM manages at the
+    // time, and the domain gets there without a shortfall.
+    let mut m = Model::new(16 * MIB, 2 * MIB, 1024 * MIB, 4096 * MIB);
+    let mut w = m.boot(16 * MIB);
+    w.set_target(kib(100 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(100 * MIB), "{:?}", w.state());
+    assert_eq!(w.stats().short_steps, 0);
+    // Boot memory, then 16 MiB (all UVM had), then 32 MiB segments.
+    let sizes: Vec<u64> = m.present.iter().map(|&(s, e)| e - s).collect();
+    let rest = 100 * MIB - 100 - 16 * MIB - 16 * MIB - 2 * 32 * MIB;
+    assert_eq!(sizes, [16 * MIB, 16 * MIB, 32 * MIB, 32 * MIB, rest]);
 }
 
 #[test]

@@ -570,3 +570,26 @@ fn wait_state(d: &Domain, done: impl Fn(&str) -> bool) {
         d.wait_until(|_| false, Duration::from_millis(1));
     }
 }
+
+#[test]
+fn a_small_pvh_domain_grows_by_segments_uvm_accepts() {
+    // Bug 2: uvm_physseg_plug refuses a segment of more pages than
+    // uvmexp.npages; a 64 MiB domain must plug smaller ones.
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .boot_mib(64)
+            .max_mib(1024)
+            .host_free_mib(2048),
+    );
+    d.modload(balloon_module()).unwrap();
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    mem_set(&d, 400);
+    let segs = d.segments();
+    assert!(segs.len() >= 3, "{segs:?}");
+    assert!(
+        segs[1].1 - segs[1].0 <= 64 * MIB,
+        "the first plug is no larger than the boot memory: {segs:?}"
+    );
+    d.check().unwrap();
+    unload_clean(&d);
+}
