@@ -30,9 +30,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::policy::{MemInfo, MAX_BATCH};
+use crate::policy::{self, MemInfo, Source, MAX_BATCH};
 use crate::ratelimit::{LogBudget, Verdict};
-use crate::units::{Mfn, Pages, Pfn, PfnRange, Uptime};
+use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
 use crate::worker::{Action, State, StepResult, Worker, WorkerError};
 
 /// How the guest addresses its memory in hypercalls.
@@ -89,6 +89,17 @@ pub enum StepStatus {
     Idle,
 }
 
+/// A failure of the shim's own that the driver logs for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShimFailure {
+    /// The worker thread could not be started again after a refused
+    /// unload.
+    WorkerRestart,
+    /// The xenstore watch could not be registered again after a refused
+    /// unload.
+    WatchRestart,
+}
+
 /// Counters only the driver sees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
@@ -118,6 +129,8 @@ pub struct Driver {
     held: Option<String>,
     /// Lines dropped since the last line printed.
     dropped: u64,
+    /// The last value read from xenstore memory/target that was applied.
+    xenstore_last: Option<Kib>,
 }
 
 impl Driver {
@@ -134,6 +147,7 @@ impl Driver {
             budget: LogBudget::default(),
             held: None,
             dropped: 0,
+            xenstore_last: None,
         }
     }
 
@@ -155,6 +169,65 @@ impl Driver {
     /// The guest mode.
     pub fn mode(&self) -> GuestMode {
         self.mode
+    }
+
+    /// The watch on memory/target fired at `now` and `xenbus_read` gave
+    /// `read`: the bytes it wrote, or its error. A missing node is
+    /// ignored; a value too long for the buffer (ERANGE), malformed
+    /// (an embedded NUL included) or refused is counted in
+    /// `targets_refused`; any other read error is logged within the
+    /// budget. On `resync` (the event of a re-registration) a value equal
+    /// to the one applied last is ignored, so that it does not replace a
+    /// target set with sysctl since.
+    pub fn xenstore_event<P: Platform>(
+        &mut self,
+        p: &mut P,
+        read: Result<&[u8], Errno>,
+        resync: bool,
+        now: Uptime,
+    ) -> Result<(), Errno> {
+        let text = match read {
+            Ok(text) => text,
+            Err(Errno::ENOENT) => return Err(Errno::ENOENT),
+            Err(Errno::ERANGE) => {
+                self.worker.refuse_target();
+                return Err(Errno::ERANGE);
+            }
+            Err(e) => {
+                self.say(p, now, format!("cannot read memory/target: error {}", e.0));
+                return Err(e);
+            }
+        };
+        let kib = match policy::parse_kib(text) {
+            Ok(kib) => kib,
+            Err(r) => {
+                self.worker.refuse_target();
+                return Err(r.errno());
+            }
+        };
+        if resync && self.xenstore_last == Some(kib) {
+            return Ok(());
+        }
+        self.worker
+            .set_target(kib, Source::Xenstore)
+            .map_err(|r| r.errno())?;
+        self.xenstore_last = Some(kib);
+        Ok(())
+    }
+
+    /// Logs a failure of the shim's own, within the budget.
+    pub fn shim_failed<P: Platform>(
+        &mut self,
+        p: &mut P,
+        what: ShimFailure,
+        error: Errno,
+        now: Uptime,
+    ) {
+        let what = match what {
+            ShimFailure::WorkerRestart => "cannot restart the worker",
+            ShimFailure::WatchRestart => "cannot watch memory/target again",
+        };
+        self.say(p, now, format!("{what}: error {}", error.0));
     }
 
     /// Asks the worker for the next action at `now` and carries it out.

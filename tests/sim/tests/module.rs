@@ -64,6 +64,8 @@ fn mem_set(d: &Domain, mib: u64) {
 /// hw.balloon.state is read between bounded waits on the model (a sysctl
 /// handler cannot run inside `wait_until`, which holds the model).
 fn settle(d: &Domain) {
+    // A target written just before is the module's to take first.
+    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
     let deadline = Instant::now() + WAIT;
     loop {
         let s = state(d);
@@ -249,8 +251,9 @@ fn a_failed_plug_gives_its_frames_back() {
     assert_eq!(d.reservation(), 256 * MIB, "backed frames went back to Xen");
     assert_eq!(d.segments().len(), 1);
     d.check().unwrap();
+    // A new target re-arms (the same one again would not).
     d.set_faults(Faults::default());
-    mem_set(&d, 300);
+    mem_set(&d, 320);
     unload_clean(&d);
 }
 
@@ -591,5 +594,112 @@ fn a_small_pvh_domain_grows_by_segments_uvm_accepts() {
         "the first plug is no larger than the boot memory: {segs:?}"
     );
     d.check().unwrap();
+    unload_clean(&d);
+}
+
+fn events(d: &Domain) -> u64 {
+    let mut n = 0;
+    d.wait_until(
+        |v| {
+            n = v.watch_events_delivered();
+            true
+        },
+        WAIT,
+    );
+    n
+}
+
+#[test]
+fn failing_xenstore_reads_are_logged_within_the_budget() {
+    // Bug 4: 500 failing reads of memory/target; every line goes
+    // through the one budget of 5 lines per 10 s.
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .boot_mib(256)
+            .max_mib(1024)
+            .time_scale(10),
+    );
+    d.modload(balloon_module()).unwrap();
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    d.set_faults(Faults {
+        xenstore_read_error: Some(5),
+        ..Faults::default()
+    });
+    let start = d.uptime();
+    for _ in 0..500 {
+        d.xl_mem_set(200 * KIB_PER_MIB);
+    }
+    watches_quiet(&d);
+    let took = d.uptime() - start;
+    let lines = d
+        .dmesg()
+        .iter()
+        .filter(|l| l.contains("cannot read memory/target"))
+        .count() as u64;
+    let windows = took.as_secs() / 10 + 1;
+    assert!(
+        lines <= 5 * (windows + 1),
+        "{lines} lines in {took:?}: {:#?}",
+        d.dmesg()
+    );
+    assert!(quad(&d, "hw.balloon.stats.messages_suppressed") > 0);
+    d.set_faults(Faults::default());
+    assert_eq!(d.reservation(), 256 * MIB);
+    unload_clean(&d);
+}
+
+#[test]
+fn a_refused_unload_keeps_the_administrators_target() {
+    // Bug 5: after EBUSY the watch is registered again and fires once;
+    // that must not replace a target set with sysctl.
+    both(|mode| {
+        let d = loaded(mode);
+        d.sysctl_write("hw.balloon.target", SysctlValue::Quad(200 * 1024))
+            .unwrap();
+        assert!(d.wait_until(|v| v.reservation() == 200 * MIB, WAIT));
+        settle(&d);
+        d.set_host_free(0);
+        let before = events(&d);
+        assert_eq!(d.modunload(), Err(16));
+        assert!(d.wait_until(|v| v.watch_events_delivered() > before, WAIT));
+        watches_quiet(&d);
+        assert_eq!(quad(&d, "hw.balloon.target"), 200 * KIB_PER_MIB);
+        d.set_host_free(2048 * MIB);
+        settle(&d);
+        assert_eq!(d.reservation(), 200 * MIB, "{mode:?}: grew unasked");
+        // A new value from the toolstack still wins.
+        mem_set(&d, 220);
+        unload_clean(&d);
+    });
+}
+
+#[test]
+fn long_xenstore_values_are_refused_and_counted() {
+    // Bug 7: a value of 64 bytes or more does not fit the shim's buffer
+    // (xenbus_read: ERANGE); it is a refused target like any other.
+    let d = loaded(Mode::Pvh);
+    mem_set(&d, 200);
+    let refused = quad(&d, "hw.balloon.stats.targets_refused");
+    let lines = d.dmesg().len();
+    d.xenstore_write("memory/target", &"1".repeat(64));
+    watches_quiet(&d);
+    assert_eq!(quad(&d, "hw.balloon.stats.targets_refused"), refused + 1);
+    assert_eq!(quad(&d, "hw.balloon.target"), 200 * KIB_PER_MIB);
+    assert_eq!(d.dmesg().len(), lines, "{:#?}", d.dmesg());
+    unload_clean(&d);
+}
+
+#[test]
+fn a_nul_inside_memory_target_is_refused() {
+    // Bug 8: the length is what xenbus_read wrote, not strlen.
+    let d = loaded(Mode::Pvh);
+    mem_set(&d, 200);
+    let refused = quad(&d, "hw.balloon.stats.targets_refused");
+    d.xenstore_write("memory/target", "307200\0junk");
+    watches_quiet(&d);
+    assert_eq!(quad(&d, "hw.balloon.stats.targets_refused"), refused + 1);
+    assert_eq!(quad(&d, "hw.balloon.target"), 200 * KIB_PER_MIB);
+    settle(&d);
+    assert_eq!(d.reservation(), 200 * MIB);
     unload_clean(&d);
 }
