@@ -428,7 +428,8 @@ static const struct balloon_node balloon_nodes[] = {
 	BN_QUAD_RW("retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS,
 	    "Longest wait between retries after a short step (ms)"),
 	BN_QUAD_RW("retry_max", BALLOON_V_RETRY_MAX,
-	    "Short steps in a row before giving up on a target; "
+	    "Retries after a short step before giving up on a target "
+	    "(the step after the last one gives up if short too); "
 	    "0 retries forever"),
 	BN_QUAD_RO("ballooned", BALLOON_V_BALLOONED_KIB,
 	    "Memory now given back to Xen (KiB)"),

@@ -33,7 +33,7 @@ use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Source, MAX_BATCH};
 use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Action, State, StepResult, Worker, WorkerError};
+use crate::worker::{Action, State, StepResult, WaitReason, Worker, WorkerError};
 
 /// How the guest addresses its memory in hypercalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,34 +263,54 @@ impl Driver {
         }
     }
 
-    /// One line for the kernel log, within the budget. A line over budget
-    /// is held in place of any line held before it (which is dropped).
+    /// One line for the kernel log, within the budget. A line held
+    /// earlier goes first if the budget allows; a line over budget is
+    /// held in place of any line held before it, which is then dropped
+    /// for good (and only then counted as suppressed).
     fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: String) {
-        match self.budget.admit(now) {
-            Verdict::Print => {
-                if self.held.take().is_some() {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                self.print_dropped(p);
-                p.log(&line);
-            }
-            Verdict::OverUntil(_) => {
-                if self.held.replace(line).is_some() {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                self.stats.lines_suppressed = self.stats.lines_suppressed.saturating_add(1);
-            }
+        self.flush_held(p, now);
+        if self.held.is_none() && self.print_within_budget(p, now, &line) {
+            return;
+        }
+        if self.held.replace(line).is_some() {
+            self.drop_one();
         }
     }
 
     /// Prints the held line if the budget allows it now.
     fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
-        if self.held.is_some() && self.budget.admit(now) == Verdict::Print {
-            self.print_held(p);
+        if let Some(line) = self.held.take() {
+            if !self.print_within_budget(p, now, &line) {
+                self.held = Some(line);
+            }
         }
     }
 
-    /// Prints the count of dropped lines, then the held line, if any.
+    /// Prints `line`, after the count of dropped lines if there is one,
+    /// each only if the budget has room for it: the count is a line like
+    /// any other. False when `line` was not printed.
+    fn print_within_budget<P: Platform>(&mut self, p: &mut P, now: Uptime, line: &str) -> bool {
+        if self.dropped > 0 {
+            if self.budget.admit(now) != Verdict::Print {
+                return false;
+            }
+            self.print_dropped(p);
+        }
+        if self.budget.admit(now) != Verdict::Print {
+            return false;
+        }
+        p.log(line);
+        true
+    }
+
+    /// A line will never be printed.
+    fn drop_one(&mut self) {
+        self.dropped = self.dropped.saturating_add(1);
+        self.stats.lines_suppressed = self.stats.lines_suppressed.saturating_add(1);
+    }
+
+    /// Prints the count of dropped lines, then the held line, if any,
+    /// whatever the budget says: the module is going away.
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
@@ -329,7 +349,8 @@ impl Driver {
         }
     }
 
-    /// Why a release stopped short, for the log.
+    /// Why a release stopped short, for the log: what the step that fell
+    /// short was.
     fn release_refused(&self) -> String {
         let kib = |x: Pages| x.saturating_kib().0;
         let frames = self.worker.frames();
@@ -339,10 +360,16 @@ impl Driver {
                 kib(frames.stranded())
             );
         }
-        format!(
-            "{} KiB still ballooned: Xen gave no more back",
-            kib(frames.ballooned())
-        )
+        let left = kib(frames.ballooned());
+        match self.worker.state() {
+            State::Waiting(WaitReason::UnplugFailed) => {
+                format!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment")
+            }
+            State::Waiting(WaitReason::ShortDeflate) => {
+                format!("{left} KiB still ballooned: Xen gave no more back")
+            }
+            other => format!("{left} KiB still ballooned: {other}"),
+        }
     }
 
     /// Release is done: the module goes away, so a held line is printed
@@ -584,6 +611,11 @@ impl Driver {
         }
         let kib = |x: Pages| x.saturating_kib().0;
         let line: Option<String> = match state {
+            // Unloading: the target no longer counts.
+            State::Idle if self.worker.releasing() => Some(format!(
+                "returned all ballooned memory: {} KiB",
+                kib(self.worker.current())
+            )),
             State::Idle => Some(format!(
                 "at target: {} KiB ({} KiB ballooned)",
                 kib(self.worker.current()),
