@@ -21,6 +21,9 @@ fn console() -> Console {
             .max_mib(1024)
             .host_free_mib(2048),
     );
+    // libxl gives Xen a maximum of memory + 1 MiB; dom0 lets the domain
+    // grow to its static-max, as `xl mem-max` does.
+    d.xl_mem_max(MAX_KIB).expect("xl mem-max");
     d.modload(balloon_module()).expect("modload");
     assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
     Console::new(d, false)
@@ -80,7 +83,7 @@ fn every_knob_reads_writes_and_refuses_as_documented() {
         .lines()
         .map(|l| l.split(" = ").next().unwrap())
         .collect();
-    assert_eq!(names.len(), 13 + 16, "{all}");
+    assert_eq!(names.len(), 14 + 16, "{all}");
     for n in &names {
         let d = ok(&mut c, &format!("sysctl -d {n}"));
         assert!(
@@ -473,11 +476,17 @@ fn the_daemon_serves_ctl_clients_and_shuts_down_clean() {
     let out = ctl(&sock, &["xl", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("domU                                         1   128"));
+    // Xen's maximum is now 129 MiB (libxl): unload needs the memory back.
+    assert!(ctl(&sock, &["xl", "mem-set", "domU", "256m"])
+        .status
+        .success());
+    assert!(ctl(&sock, &["sim", "settle"]).status.success());
     assert!(ctl(&sock, &["modunload", "balloon"]).status.success());
     let out = ctl(&sock, &["sim", "stat"]);
     let stat = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in [
-        "reservation_kib 262144",
+        // 256 MiB and the 8 special pages (32 KiB) of a PVH domain.
+        "reservation_kib 262176",
         "kmem_bytes 0",
         "kthreads 0",
         "leaked_sysctl_nodes 0",
