@@ -485,9 +485,10 @@ impl Driver {
         }
         let kib = |x: Pages| x.saturating_kib().0;
         let line: Option<String> = match state {
+            // Sizes as the toolstack counts them (memory/target).
             State::Idle => Some(format!(
                 "at target: {} KiB ({} KiB ballooned)",
-                kib(self.worker.current()),
+                kib(self.worker.as_toolstack(self.worker.current())),
                 kib(self.worker.frames().ballooned())
             )),
             // The reason as hw.balloon.state gives it, with the last
@@ -496,8 +497,8 @@ impl Driver {
                 let text = state.to_string();
                 Some(format!(
                     "giving up on target {} KiB at {} KiB: {}",
-                    kib(target),
-                    kib(self.worker.current()),
+                    kib(self.worker.as_toolstack(target)),
+                    kib(self.worker.as_toolstack(self.worker.current())),
                     text.strip_prefix("cancelled: ").unwrap_or(&text)
                 ))
             }
