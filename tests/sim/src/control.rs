@@ -637,11 +637,12 @@ impl Console {
         let d = &self.domain;
         let (bytes, allocs) = d.kmem_outstanding();
         format!(
-            "reservation_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
+            "reservation_kib {}\nmemory_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
              dirty_pages_given {}\nclean_pages_given {}\nkmem_bytes {bytes}\n\
              kmem_allocations {allocs}\nmodule_pages {}\nkthreads {}\nleaked_sysctl_nodes {}\n\
              segments {}\n",
             d.reservation() * 4,
+            d.memory() * 4,
             d.max_reservation() * 4,
             d.host_free() * 4,
             d.dirty_frames_given(),

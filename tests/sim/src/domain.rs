@@ -283,6 +283,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         modules: Vec::new(),
         cfg,
     };
+    if k.cfg.mode != Mode::NotXen {
+        k.sysctl.boot_xen(k.cfg.mode == Mode::Pv);
+    }
     let mut left_kernel = kernel_pages;
     for &(start, n) in &segs {
         let pgs = k.new_page_array(start, n, PG_FREE);

@@ -549,6 +549,17 @@ fn libxl_limits_growth_comes_through_xl_and_stops_at_static_max() {
             );
         }
         settle(&d);
+        // xl mem-set 0 sets Xen's maximum to 1 MiB: the floor still wins.
+        d.xl_mem_set(0);
+        assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
+        settle(&d);
+        assert_eq!(
+            quad(&d, "hw.balloon.target"),
+            quad(&d, "hw.balloon.min"),
+            "{}",
+            state(&d)
+        );
+        assert_eq!(quad(&d, "hw.balloon.current"), quad(&d, "hw.balloon.min"));
         d.check().unwrap();
         unload_clean(&d);
     });
