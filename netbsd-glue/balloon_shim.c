@@ -524,6 +524,9 @@ balloon_sysctl_value(SYSCTLFN_ARGS)
 	bool flag;
 	int error;
 
+	/* hw.balloon.max says the limit as it is now, not at the last target. */
+	if (bn->bn_value == BALLOON_V_MAX_KIB)
+		balloon_limit_refresh(sc);
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
 	mutex_exit(&sc->sc_lock);

@@ -221,15 +221,14 @@ impl Policy {
     }
 
     /// The floor now in force (the safe floor or what the admin raised it
-    /// to), never above the maximum.
+    /// to).
     pub fn floor(&self) -> Pages {
-        self.floor.min(self.max)
+        self.floor
     }
 
-    /// The floor the driver computed; `min` cannot go below it. Never
-    /// above the maximum.
+    /// The floor the driver computed; `min` cannot go below it.
     pub fn safe_floor(&self) -> Pages {
-        self.safe_floor.min(self.max)
+        self.safe_floor
     }
 
     /// Xen's maximum reservation for the domain.
@@ -271,7 +270,7 @@ impl Policy {
     /// `[floor, max]`.
     pub fn accept_target(&self, requested: Kib, source: Source) -> Result<Target, Refusal> {
         let pages = requested.pages_floor();
-        let floor = self.floor();
+        let floor = self.floor;
         let (pages, clamp) = if pages < floor {
             match source {
                 Source::Xenstore => (floor, Some(Clamp::ToFloor)),
@@ -296,8 +295,8 @@ impl Policy {
     /// below the safe floor, never above the maximum.
     pub fn set_floor(&mut self, min: Kib) -> Result<(), Refusal> {
         let pages = min.pages_ceil();
-        if pages < self.safe_floor() {
-            return Err(Refusal::BelowSafeFloor(Self::kib(self.safe_floor())));
+        if pages < self.safe_floor {
+            return Err(Refusal::BelowSafeFloor(Self::kib(self.safe_floor)));
         }
         if pages > self.max {
             return Err(Refusal::AboveMax(Self::kib(self.max)));
@@ -335,15 +334,18 @@ impl Policy {
     }
 
     /// Xen lowered or raised the maximum reservation (re-read with every
-    /// target): the floors follow it down while it is low and come back
-    /// when it rises again.
+    /// target). The floors stay: a maximum under them (`xl mem-set 0`
+    /// sets Xen's maximum to 1 MiB) is not a reason to starve the guest;
+    /// Xen lets a reservation above its maximum stand and only refuses new
+    /// allocations (XEN_DOMCTL_max_mem, xen/common/domctl.c).
     pub fn set_max(&mut self, max: Pages) {
         self.max = max;
     }
 
-    /// `target` clamped into `[floor, max]`: what the worker steers to.
+    /// `target` clamped to the maximum and then raised to the floor: what
+    /// the worker steers to. The floor wins over a maximum below it.
     pub fn effective(&self, target: Pages) -> Pages {
-        target.max(self.floor()).min(self.max)
+        target.min(self.max).max(self.floor)
     }
 }
 
@@ -443,14 +445,14 @@ mod tests {
         assert_eq!(p.floor(), Pages(2001));
         assert_eq!(p.effective(Pages(5)), Pages(2001));
         assert_eq!(p.effective(Pages(1 << 40)), Pages(100_000));
+        // A maximum under the floor (xl mem-set 0 sets Xen's to 1 MiB):
+        // the floor still wins, and stays when the maximum rises again.
         p.set_max(Pages(1500));
-        assert_eq!((p.floor(), p.safe_floor()), (Pages(1500), Pages(1000)));
-        // A low maximum (xl mem-set far down) lowers the floors only while
-        // it lasts: they come back when Xen's maximum rises again.
-        p.set_max(Pages(500));
-        assert_eq!((p.floor(), p.safe_floor()), (Pages(500), Pages(500)));
-        p.set_max(Pages(100_000));
         assert_eq!((p.floor(), p.safe_floor()), (Pages(2001), Pages(1000)));
+        assert_eq!(p.effective(Pages(5)), Pages(2001));
+        assert_eq!(p.effective(Pages(1 << 40)), Pages(2001));
+        p.set_max(Pages(100_000));
+        assert_eq!(p.effective(Pages(50_000)), Pages(50_000));
     }
 
     #[test]

@@ -759,7 +759,8 @@ impl Worker {
             return Err("worker: populated + ballooned != frames of live segments");
         }
         let target = self.target();
-        if target > self.policy.max() || target < self.policy.floor() {
+        // The floor wins over a maximum below it (Policy::effective).
+        if target > self.policy.max().max(self.policy.floor()) || target < self.policy.floor() {
             return Err("worker: target outside [floor, max]");
         }
         if self.policy.floor() < self.policy.safe_floor() {
