@@ -341,6 +341,14 @@ impl Worker {
             static_max,
             pvh,
         };
+        // Built with memory = maxmem: static-max alone fixes the offset
+        // (before the first target, so that nothing reports without it).
+        if let (None, Some(s)) = (self.offset, static_max) {
+            let off = policy::toolstack_offset(pvh, self.load_reservation, Some(s), Kib(0));
+            if !off.is_zero() || !pvh {
+                self.offset = Some(off);
+            }
+        }
         self.apply_limit();
     }
 

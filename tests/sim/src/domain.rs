@@ -856,7 +856,17 @@ impl Drop for Domain {
     fn drop(&mut self) {
         // Unload what is still loaded, newest first.
         while let Some(mi) = with(|k| k.modules.last().copied()) {
-            let e = mi.cmd(MODULE_CMD_FINI);
+            let mut e = mi.cmd(MODULE_CMD_FINI);
+            if e != 0 {
+                // Most often Xen's maximum (the last xl mem-set target +
+                // 1 MiB) keeps the ballooned memory from coming back: let
+                // it, as dom0 would before tearing the domain down.
+                with(|k| {
+                    k.max_pages = u64::MAX / 4;
+                    k.host_free = k.host_free.max(1 << 28);
+                });
+                e = mi.cmd(MODULE_CMD_FINI);
+            }
             with(|k| k.modules.pop());
             if e != 0 {
                 eprintln!(
