@@ -29,7 +29,6 @@
 #include <sys/sysctl.h>
 #include <sys/time.h>
 
-#include <uvm/uvm.h>
 #include <uvm/uvm_extern.h>
 #include <uvm/uvm_page.h>
 #include <uvm/uvm_physseg.h>
@@ -39,10 +38,23 @@
 #include <xen/hypervisor.h>
 #include <xen/xen.h>
 #include <xen/xenbus.h>
+#ifdef XENPV
 #include <xen/xenpmap.h>
+#endif
 #include <xen/include/public/memory.h>
 #else
 #include <balloon_host_kernel.h>
+#endif
+
+/*
+ * BALLOON_PV_P2M: this build can run in a PV domain, keeping the p2m
+ * and telling Xen the m2p. A XENPV kernel (XEN3_DOMU) has the p2m
+ * helpers (x86_xpmap.c); GENERIC, which PVH and HVM guests boot, does
+ * not link them, so its module leaves them out and refuses a PV guest.
+ * The simulated domU runs both modes from one build.
+ */
+#if !defined(_KERNEL) || defined(XENPV)
+#define BALLOON_PV_P2M	1
 #endif
 
 #endif /* _BALLOON_KERNEL_H_ */

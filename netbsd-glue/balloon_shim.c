@@ -146,6 +146,7 @@ balloon_shim_page_scrub(uint64_t pfn)
 	pmap_zero_page(ptoa(pfn));
 }
 
+#ifdef BALLOON_PV_P2M
 uint64_t
 balloon_shim_p2m_lookup(uint64_t pfn)
 {
@@ -176,6 +177,46 @@ balloon_shim_p2m_flush(void)
 
 	xpq_flush_queue();
 }
+#else	/* !BALLOON_PV_P2M */
+/*
+ * A module for GENERIC refuses a PV guest at load (balloon_init()), and
+ * the core calls these only in PV mode: reaching one is a driver bug.
+ */
+static void __dead
+balloon_no_p2m(const char *fn)
+{
+
+	panic("%s: %s in a build without PV support", BALLOON_XNAME, fn);
+}
+
+uint64_t
+balloon_shim_p2m_lookup(uint64_t pfn)
+{
+
+	balloon_no_p2m(__func__);
+}
+
+void
+balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn)
+{
+
+	balloon_no_p2m(__func__);
+}
+
+void
+balloon_shim_p2m_clear(uint64_t pfn)
+{
+
+	balloon_no_p2m(__func__);
+}
+
+void
+balloon_shim_p2m_flush(void)
+{
+
+	balloon_no_p2m(__func__);
+}
+#endif	/* BALLOON_PV_P2M */
 
 static long
 balloon_memory_op(unsigned int cmd, uint64_t *frames, size_t n)
@@ -289,7 +330,7 @@ balloon_advertise(void)
 
 	memset(v, 0, sizeof(v));
 	if (xenbus_read(NULL, "control", "feature-balloon", v,
-	    sizeof(v) - 1) == 0 && strcmp(v, "1") == 0)
+	    sizeof(v) - 1) == 0 && v[0] == '1' && v[1] == '\0')
 		return 0;
 	return xenbus_printf(NULL, "control", "feature-balloon", "%d", 1);
 }
@@ -582,7 +623,7 @@ balloon_sysctl_table(struct balloon_softc *sc,
     size_t n, bool hotplug)
 {
 	const struct balloon_node *bn;
-	int error, flags, type;
+	int error, flags;
 	size_t i;
 
 	for (i = 0; i < n; i++) {
@@ -592,24 +633,31 @@ balloon_sysctl_table(struct balloon_softc *sc,
 		if (bn->bn_value == BALLOON_V_HOTPLUG &&
 		    bn->bn_kind == BALLOON_NODE_BOOL && !hotplug)
 			flags = CTLFLAG_READONLY;
+		/*
+		 * sysctl_createv() is a macro that pastes its type argument
+		 * into a function name (sys/sysctl.h 1.236): each call names
+		 * its CTLTYPE_* literally.
+		 */
 		switch (bn->bn_kind) {
 		case BALLOON_NODE_QUAD:
-			type = CTLTYPE_QUAD;
-			flags |= CTLFLAG_UNSIGNED;
+			error = sysctl_createv(&sc->sc_sysctllog, 0, parent,
+			    NULL, flags | CTLFLAG_UNSIGNED, CTLTYPE_QUAD,
+			    bn->bn_name, bn->bn_desc, balloon_sysctl_value, 0,
+			    __UNCONST(bn), 0, CTL_CREATE, CTL_EOL);
 			break;
 		case BALLOON_NODE_BOOL:
-			type = CTLTYPE_BOOL;
+			error = sysctl_createv(&sc->sc_sysctllog, 0, parent,
+			    NULL, flags, CTLTYPE_BOOL, bn->bn_name, bn->bn_desc,
+			    balloon_sysctl_value, 0, __UNCONST(bn), 0,
+			    CTL_CREATE, CTL_EOL);
 			break;
 		default:
-			type = CTLTYPE_STRING;
+			error = sysctl_createv(&sc->sc_sysctllog, 0, parent,
+			    NULL, flags, CTLTYPE_STRING, bn->bn_name,
+			    bn->bn_desc, balloon_sysctl_text, 0, __UNCONST(bn),
+			    BALLOON_STATE_LEN, CTL_CREATE, CTL_EOL);
 			break;
 		}
-		error = sysctl_createv(&sc->sc_sysctllog, 0, parent, NULL,
-		    flags, type, bn->bn_name, bn->bn_desc,
-		    type == CTLTYPE_STRING ? balloon_sysctl_text :
-		    balloon_sysctl_value, 0, __UNCONST(bn),
-		    type == CTLTYPE_STRING ? BALLOON_STATE_LEN : 0,
-		    CTL_CREATE, CTL_EOL);
 		if (error != 0)
 			return error;
 	}
@@ -672,7 +720,7 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 {
 	struct balloon_frame_range *seg;
 	long cur, max;
-	uint64_t top = 0, per;
+	uint64_t top = 0;
 	size_t i;
 
 	memset(bi, 0, sizeof(*bi));
@@ -704,15 +752,18 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 		top = MAX(top, seg->end_pfn);
 	}
 	if (bi->mode == BALLOON_GUEST_PV) {
+#ifdef BALLOON_PV_P2M
 		/*
 		 * The p2m table the domain builder set up covers the boot
 		 * nr_pages, in whole pages of entries; nothing beyond it
 		 * can be mapped, and every frame under it may be in use.
 		 */
-		per = PAGE_SIZE / sizeof(unsigned long);
+		const uint64_t per = PAGE_SIZE / sizeof(unsigned long);
+
 		bi->frame_limit_pfn =
 		    (xen_start_info.nr_pages + per - 1) / per * per;
 		bi->plug_floor_pfn = xen_start_info.nr_pages;
+#endif
 	} else {
 		bi->frame_limit_pfn = top + bi->max_reservation_pages;
 		bi->plug_floor_pfn = top;
@@ -736,6 +787,21 @@ balloon_init(void)
 		    BALLOON_XNAME);
 		return ENODEV;
 	}
+#ifndef BALLOON_PV_P2M
+	if (vm_guest == VM_GUEST_XENPV) {
+		printf("%s: this module is built for GENERIC (PVH/HVM guests); "
+		    "a PV domain needs the amd64-xen build, not loading\n",
+		    BALLOON_XNAME);
+		return ENODEV;
+	}
+#endif
+#if defined(_KERNEL) && defined(XENPV)
+	if (vm_guest != VM_GUEST_XENPV) {
+		printf("%s: this module is built for XEN3_DOMU (PV guests), "
+		    "not loading\n", BALLOON_XNAME);
+		return ENODEV;
+	}
+#endif
 	if (device_find_by_xname(BALLOON_XNAME) != NULL) {
 		printf("%s: the kernel's own balloon driver is attached, "
 		    "not loading\n", BALLOON_XNAME);

@@ -20,9 +20,18 @@
 #ifndef _BALLOON_GLUE_H_
 #define _BALLOON_GLUE_H_
 
+/*
+ * A kernel build (-nostdinc) has no <stdint.h>: <sys/types.h> gives
+ * kernel code bool, size_t and the fixed-width types. bindgen and the
+ * simulated domU read this file as ordinary host C.
+ */
+#ifdef _KERNEL
+#include <sys/types.h>
+#else
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#endif
 
 /* The most frames one step hands to a hypercall (hw.balloon.batch). */
 #define BALLOON_MAX_BATCH	8192

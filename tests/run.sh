@@ -7,9 +7,12 @@
 # interface, object checker), the anita driver's tests, the ATF suite with
 # kyua against the simulated domU, the suite's own test (a build that does
 # not scrub must fail the scrub case), and the kernel Rust object built
-# and checked as the NetBSD module loader would take it.
+# and checked as the NetBSD module loader would take it, and the compile
+# gate (the shim against real NetBSD 10.1 and 11 kernel headers).
 # Ends with one line "tests: N passed, M failed" over all test runs.
 set -eu
+# A failing command before `| tee` must fail the step, not vanish.
+set -o pipefail
 cd "$(dirname "$0")/.."
 
 log=$(mktemp)
@@ -27,10 +30,10 @@ cargo clippy --manifest-path tools/kobjcheck/Cargo.toml --all-targets -- -D warn
 
 status=0
 
-step "balloon.4: mandoc -Tlint"
+step "balloonkmod.4: mandoc -Tlint"
 # Cross-references to NetBSD pages (modload(8), uvm_hotplug(9), ...)
 # cannot be found on a Linux host; every other message is a failure.
-lint=$(mandoc -Tlint -Ios=NetBSD modules/balloon/balloon.4 2>&1 |
+lint=$(mandoc -Tlint -Ios=NetBSD modules/balloon/balloonkmod.4 2>&1 |
     grep -v -e 'referenced manual not found' -e 'mandoc.db' || :)
 if [ -n "$lint" ]; then
 	echo "$lint"
@@ -93,6 +96,33 @@ rm -f "$log.broken"
 
 step "kernel Rust object, checked"
 modules/balloon/build-rust-object.sh || status=1
+
+step "compile gate: the shim against NetBSD 10.1 and netbsd-11 kernel headers, both flavours"
+rust_obj=""
+[ -f out/balloon_rs.o ] && rust_obj="--rust-object out/balloon_rs.o"
+# shellcheck disable=SC2086
+sh tests/kernel-headers/gate.sh --self-test $rust_obj 2>&1 | tee "$log.gate" || status=1
+sed -n 's/^gate: \([0-9]*\) passed, \([0-9]*\) failed$/test result: gate. \1 passed; \2 failed/p' \
+    "$log.gate" >>"$log"
+grep -q '^gate: [0-9]* passed, 0 failed$' "$log.gate" || status=1
+rm -f "$log.gate"
+
+step "modules/balloon/Makefile under bmake (no bsd.kmodule.mk: the header trees), both flavours"
+for fv in xenpv pvh; do
+	obj=$PWD/target/bmake-$fv
+	rm -rf "$obj" && mkdir -p "$obj"
+	if bmake -C modules/balloon MAKEOBJDIR="$obj" BALLOON_FLAVOUR=$fv \
+	    BALLOON_CARGO_TARGET_DIR="$PWD/target" >"$obj.log" 2>&1 &&
+	    [ -f "$obj/balloon.kmod.checked" ]; then
+		echo "ok: bmake BALLOON_FLAVOUR=$fv: $(grep 'balloon.kmod: sizes' "$obj.log")"
+		echo "test result: ok. 1 passed; 0 failed" >>"$log"
+	else
+		tail -n 30 "$obj.log"
+		echo "FAILED: bmake BALLOON_FLAVOUR=$fv"
+		echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+		status=1
+	fi
+done
 
 totals=$(awk '/^test result: /{ for (i = 1; i <= NF; i++) {
 	if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -1,4 +1,4 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Builds the Rust core of balloon.kmod for the NetBSD amd64 kernel and

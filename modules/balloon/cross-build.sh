@@ -1,4 +1,4 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Cross-builds balloon.kmod on Linux: the Rust core (build-rust-object.sh),
@@ -11,7 +11,9 @@
 # Without NETBSDSRCDIR (or without netbsd-glue/*.c) it says what is missing
 # and builds and checks only the Rust object (exit 0 if that passes).
 # Environment: NETBSDSRCDIR, CLANG (default clang), LD, OBJCOPY, OBJDUMP,
-# XEN_CPPFLAGS (default "-DXEN -DXENPV": a PV domU kernel), BALLOON_TOOLCHAIN.
+# BALLOON_FLAVOUR (xenpv, the default: XEN3_DOMU; or pvh: GENERIC as a
+# PVH/HVM guest), BALLOON_TOOLCHAIN. The flags are kmod-flags.inc's, as
+# the NetBSD Makefile and the CI compile gate use them.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +31,13 @@ mkdir -p "$out"
 
 CLANG=${CLANG:-clang}
 LD=${LD:-ld}
-XEN_CPPFLAGS=${XEN_CPPFLAGS:--DXEN -DXENPV}
+flavour=${BALLOON_FLAVOUR:-xenpv}
+flag() { sed -n "s/^$1=[[:space:]]*//p" "$here/kmod-flags.inc"; }
+case $flavour in
+xenpv) fl=$(flag BALLOON_FLAVOUR_XENPV_CPPFLAGS) ;;
+pvh) fl=$(flag BALLOON_FLAVOUR_PVH_CPPFLAGS) ;;
+*) echo "cross-build: BALLOON_FLAVOUR must be xenpv or pvh" >&2; exit 2 ;;
+esac
 say() { echo "cross-build: $*"; }
 
 # 1. The Rust core, prelinked and checked.
@@ -69,12 +77,11 @@ ln -s "$S/arch/x86/include" "$inc/x86"
 ln -s "$S/arch/xen/include" "$inc/xen"
 ln -s "$S/arch/amd64/include" "$inc/xen-ma/machine"
 
-cflags="--target=x86_64-unknown-netbsd -ffreestanding -nostdinc -fno-pic
-	-mcmodel=kernel -mno-red-zone -fno-common -mno-sse -mno-sse2 -mno-mmx
-	-mno-avx -msoft-float -fno-asynchronous-unwind-tables -fno-unwind-tables
-	-fno-strict-aliasing -O2 -std=gnu99 -Wall -Werror"
-cppflags="-D_KERNEL -D_MODULE -DSYSCTL_INCLUDE_DESCR $XEN_CPPFLAGS
-	-I$inc -I$inc/xen-ma -I$top/netbsd-glue
+sh "$here/gen-opt-headers.sh" "$flavour" "$out/opt"
+cflags="--target=x86_64-unknown-netbsd $(flag BALLOON_KMOD_CFLAGS)
+	$(flag BALLOON_KMOD_CWARNFLAGS)"
+cppflags="$(flag BALLOON_KMOD_CPPFLAGS) $(flag BALLOON_XEN_CPPFLAGS) $fl
+	-I$inc -I$inc/xen-ma -I$out/opt -I$top/netbsd-glue
 	-isystem $S -isystem $S/arch -isystem $S/../common/include"
 if [ -d "$S/external/mit/xen-include-public/dist" ]; then
 	cppflags="$cppflags -I$S/external/mit/xen-include-public/dist"
@@ -100,6 +107,8 @@ done
 say "wrote $out/balloon.kmod"
 
 # 6. Check it: undefined symbols must be exported kernel symbols.
-"$kobjcheck" check --kernel-symbols "$here/kernel-symbols.txt" \
+"$kobjcheck" check --flavour "$flavour" \
+	--kernel-symbols "$here/kernel-symbols.txt" \
 	--global-prefix balloon_rs_ --global-prefix balloon_shim_ \
-	--global-prefix balloon_mod "$out/balloon.kmod"
+	--global-prefix balloon_physseg_walk_ --global-prefix balloon_mod \
+	"$out/balloon.kmod"

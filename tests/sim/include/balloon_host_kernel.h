@@ -77,7 +77,6 @@ extern int hz;
 void	*memset(void *, int, size_t);
 void	*memcpy(void *, const void *, size_t);
 size_t	 strlen(const char *);
-int	 strcmp(const char *, const char *);
 int	 snprintf(char *, size_t, const char *, ...) __printflike(3, 4);
 /*
  * The kernel's printf(9) writes to the message buffer (dmesg). On the

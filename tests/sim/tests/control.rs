@@ -555,9 +555,9 @@ fn scenario_files_run_and_a_wrong_expectation_fails() {
 #[test]
 fn the_manual_page_documents_every_node() {
     let page = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../modules/balloon/balloon.4"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../modules/balloon/balloonkmod.4"),
     )
-    .expect("modules/balloon/balloon.4");
+    .expect("modules/balloon/balloonkmod.4");
     let mut c = console();
     let all = ok(&mut c, "sysctl hw.balloon");
     let mut n = 0;
@@ -568,7 +568,7 @@ fn the_manual_page_documents_every_node() {
             Some(_) => format!(".It Va {short}\n"),
             None => format!(".It Va {name} "),
         };
-        assert!(page.contains(&entry), "balloon.4 lacks {entry:?}");
+        assert!(page.contains(&entry), "balloonkmod.4 lacks {entry:?}");
         n += 1;
     }
     assert_eq!(n, 30);

@@ -22,7 +22,10 @@ Prints text/rodata/data/bss sizes. Exit 0 when every object passes, 1 on any
 refusal, 2 on a usage or I/O error.
 
 options:
-  --kernel-symbols FILE     exported kernel symbols, `symbol<TAB>header` lines
+  --kernel-symbols FILE     exported kernel symbols, lines of
+                            `symbol<TAB>flavours<TAB>defining file`
+  --flavour F               only the kernel symbols listed for flavour F
+                            (xenpv or pvh)
   --allow-list FILE         more allowed undefined symbols, one per line
   --allow-from-header FILE  allow the functions FILE declares whose names
                             start with the header prefix
@@ -56,6 +59,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut cfg = Config::default();
     let mut objdump = Some(std::env::var("OBJDUMP").unwrap_or_else(|_| "objdump".to_string()));
     let mut headers = Vec::new();
+    let mut kernel_lists = Vec::new();
+    let mut flavour = None;
     let mut header_prefix = "balloon_shim_".to_string();
     let mut files = Vec::new();
     let mut it = args.iter();
@@ -66,12 +71,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match a.as_str() {
-            "--kernel-symbols" => {
-                let path = value(a)?;
-                let list = symlist::parse_kernel_symbols(&read_text(&path)?)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                cfg.kernel_symbols.extend(list);
-            }
+            "--kernel-symbols" => kernel_lists.push(value(a)?),
+            "--flavour" => flavour = Some(value(a)?),
             "--allow-list" => {
                 let path = value(a)?;
                 cfg.allowed_undefined
@@ -88,6 +89,11 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             s => files.push(s.to_string()),
         }
+    }
+    for path in kernel_lists {
+        let list = symlist::parse_kernel_symbols(&read_text(&path)?, flavour.as_deref())
+            .map_err(|e| format!("{path}: {e}"))?;
+        cfg.kernel_symbols.extend(list);
     }
     for h in headers {
         let found = symlist::functions_in_header(&read_text(&h)?, &header_prefix);

@@ -5,32 +5,45 @@
 
 use std::collections::BTreeMap;
 
-/// Parses a `symbol<TAB>header` list. Blank lines and lines starting with
-/// `#` are skipped. Returns symbol -> header, or a message naming the
-/// first bad line.
-pub fn parse_kernel_symbols(text: &str) -> Result<BTreeMap<String, String>, String> {
+/// Parses the kernel symbol list: `symbol<TAB>flavours<TAB>defined in`,
+/// where flavours is a comma-separated list of module flavours (`xenpv`,
+/// `pvh`). Blank lines and lines starting with `#` are skipped. With a
+/// flavour, only the symbols listed for it are kept. Returns symbol ->
+/// defining file, or a message naming the first bad line.
+pub fn parse_kernel_symbols(
+    text: &str,
+    flavour: Option<&str>,
+) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end();
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let Some((sym, header)) = line.split_once('\t') else {
-            return Err(format!(
-                "line {}: expected `symbol<TAB>header`, got `{line}`",
+        let bad = || {
+            format!(
+                "line {}: expected `symbol<TAB>flavours<TAB>defined in`, got `{line}`",
                 n + 1
-            ));
+            )
         };
-        let sym = sym.trim();
-        let header = header.trim();
-        if !is_identifier(sym) || header.is_empty() {
-            return Err(format!(
-                "line {}: expected `symbol<TAB>header`, got `{line}`",
-                n + 1
-            ));
+        let mut cols = line.splitn(3, '\t').map(str::trim);
+        let (Some(sym), Some(flavours), Some(file)) = (cols.next(), cols.next(), cols.next())
+        else {
+            return Err(bad());
+        };
+        let list: Vec<&str> = flavours.split(',').map(str::trim).collect();
+        if !is_identifier(sym)
+            || file.is_empty()
+            || list.iter().any(|f| f.is_empty() || !is_identifier(f))
+        {
+            return Err(bad());
         }
-        if out.insert(sym.to_string(), header.to_string()).is_some() {
+        if !seen.insert(sym.to_string()) {
             return Err(format!("line {}: `{sym}` listed twice", n + 1));
+        }
+        if flavour.is_none_or(|f| list.contains(&f)) {
+            out.insert(sym.to_string(), file.to_string());
         }
     }
     Ok(out)
@@ -123,13 +136,23 @@ mod tests {
 
     #[test]
     fn kernel_list() {
-        let m =
-            parse_kernel_symbols("# c\n\nkmem_alloc\tsys/kmem.h\npanic\tsys/systm.h  \n").unwrap();
-        assert_eq!(m.get("kmem_alloc").map(String::as_str), Some("sys/kmem.h"));
+        let text = "# c\n\nkmem_alloc\txenpv,pvh\tkern/subr_kmem.c\n\
+                    xpq_flush_queue\txenpv\tarch/xen/x86/x86_xpmap.c  \n";
+        let m = parse_kernel_symbols(text, None).unwrap();
+        assert_eq!(
+            m.get("kmem_alloc").map(String::as_str),
+            Some("kern/subr_kmem.c")
+        );
         assert_eq!(m.len(), 2);
-        assert!(parse_kernel_symbols("kmem_alloc sys/kmem.h\n").is_err());
-        assert!(parse_kernel_symbols("a\tx\na\ty\n").is_err());
-        assert!(parse_kernel_symbols("kmem_alloc\t\n").is_err());
+        let pvh = parse_kernel_symbols(text, Some("pvh")).unwrap();
+        assert_eq!(pvh.keys().collect::<Vec<_>>(), vec!["kmem_alloc"]);
+        let pv = parse_kernel_symbols(text, Some("xenpv")).unwrap();
+        assert_eq!(pv.len(), 2);
+        assert!(parse_kernel_symbols("kmem_alloc sys/kmem.h\n", None).is_err());
+        assert!(parse_kernel_symbols("kmem_alloc\tsys/kmem.h\n", None).is_err());
+        assert!(parse_kernel_symbols("a\tpvh\tx\na\tpvh\ty\n", None).is_err());
+        assert!(parse_kernel_symbols("kmem_alloc\tpvh\t\n", None).is_err());
+        assert!(parse_kernel_symbols("kmem_alloc\t\tkern/x.c\n", None).is_err());
     }
 
     #[test]

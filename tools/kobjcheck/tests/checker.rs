@@ -95,7 +95,9 @@ fn kernel_symbols(dir: &Path) -> PathBuf {
     let p = dir.join("kernel-symbols.txt");
     std::fs::write(
         &p,
-        "# test list\nkmem_alloc\tsys/kmem.h\nkmem_free\tsys/kmem.h\npanic\tsys/systm.h\n",
+        "# test list\nkmem_alloc\txenpv,pvh\tkern/subr_kmem.c\n\
+         kmem_free\txenpv,pvh\tkern/subr_kmem.c\npanic\txenpv,pvh\tkern/subr_prf.c\n\
+         xpq_flush_queue\txenpv\tarch/xen/x86/x86_xpmap.c\n",
     )
     .expect("write list");
     p
@@ -246,6 +248,26 @@ fn refuses_unknown_undefined_symbol() {
 }
 
 #[test]
+fn flavour_limits_the_kernel_symbols() {
+    let dir = scratch("flavour");
+    let o = cc(
+        &dir,
+        "flavour",
+        "void xpq_flush_queue(void);\n\
+         void balloon_rs_flush(void) { xpq_flush_queue(); }\n",
+        KERNEL_CFLAGS,
+    );
+    let pv = check(&dir, &o, &["--allow-plt32", "--flavour", "xenpv"]);
+    assert_eq!(pv.code, 0, "{}", pv.text);
+    // GENERIC links no x86_xpmap.c: the same object is refused for pvh.
+    let pvh = check(&dir, &o, &["--allow-plt32", "--flavour", "pvh"]);
+    assert_refused(
+        &pvh,
+        "undefined symbol `xpq_flush_queue` is neither a listed kernel symbol nor a shim function",
+    );
+}
+
+#[test]
 fn allows_shim_functions_from_a_header() {
     let dir = scratch("header");
     let o = cc(
@@ -346,7 +368,7 @@ fn refuses_foreign_and_clashing_globals() {
     );
     assert_refused(
         &out,
-        "defined global symbol `panic` is also a kernel symbol (sys/systm.h)",
+        "defined global symbol `panic` is also a kernel symbol (kern/subr_prf.c)",
     );
     assert!(!out.text.contains("`balloon_rs_ok`"), "{}", out.text);
 }
