@@ -20,6 +20,7 @@
 //! - [`ratelimit`]: a budget for kernel log lines.
 //! - [`stats`]: counters the driver reports.
 //! - [`errno`]: the error numbers shared with the kernel.
+//! - [`sort`]: an in-place sort with a bounded stack (no recursion).
 //!
 //! `unsafe` is forbidden here except in the FFI layer ([`ffi`]).
 
@@ -42,6 +43,7 @@ pub mod extents;
 pub mod policy;
 pub mod ratelimit;
 pub mod segments;
+pub mod sort;
 pub mod stats;
 pub mod units;
 pub mod worker;

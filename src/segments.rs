@@ -281,7 +281,7 @@ impl FrameSpace {
     /// B-tree update, not one per frame.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
         let mut sorted: Vec<Pfn> = frames.to_vec();
-        sorted.sort_unstable();
+        crate::sort::sort(&mut sorted);
         let mut pieces: Vec<PfnRange> = Vec::new();
         let mut i = 0;
         while i < sorted.len() {

@@ -8,7 +8,8 @@
 # kyua against the simulated domU, the suite's own test (a build that does
 # not scrub must fail the scrub case), and the kernel Rust object built
 # and checked as the NetBSD module loader would take it, and the compile
-# gate (the shim against real NetBSD 10.1 and 11 kernel headers).
+# gate (the shim against real NetBSD 10.1 and 11 kernel headers). The
+# kernel Rust object's deepest stack per entry point is held to 4 KiB.
 # Ends with one line "tests: N passed, M failed" over all test runs.
 set -eu
 # A failing command before `| tee` must fail the step, not vanish.
@@ -96,6 +97,19 @@ rm -f "$log.broken"
 
 step "kernel Rust object, checked"
 modules/balloon/build-rust-object.sh || status=1
+
+step "kernel Rust object: deepest stack of each balloon_rs_* entry point within 4 KiB"
+if [ -f out/balloon_rs.o ] && tools/kobjcheck/target/release/kobjcheck stack \
+    --budget 4096 out/balloon_rs.o >"$log.stack" 2>&1; then
+	grep -E ': (deepest|OK)' "$log.stack"
+	echo "test result: ok. 1 passed; 0 failed" >>"$log"
+else
+	cat "$log.stack" 2>/dev/null || :
+	echo "FAILED: kernel Rust object over 4096 bytes of stack, recursive, or not built"
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+	status=1
+fi
+rm -f "$log.stack"
 
 step "compile gate: the shim against NetBSD 10.1 and netbsd-11 kernel headers, both flavours"
 rust_obj=""

@@ -4,7 +4,9 @@
 # Builds the Rust core of balloon.kmod for the NetBSD amd64 kernel and
 # prelinks it into ONE relocatable object, balloon_rs.o, whose only global
 # definitions are the Rust entry points (balloon_rs_*), then checks it with
-# tools/kobjcheck. Exit status is non-zero on any failure or refusal.
+# tools/kobjcheck, and prints the deepest stack use of each entry point
+# (kobjcheck stack; tests/run.sh holds it to 4 KiB). Exit status is
+# non-zero on any failure or refusal.
 #
 # usage: modules/balloon/build-rust-object.sh [--out FILE] [--keep-plt32] [--no-check]
 #
@@ -146,4 +148,11 @@ if [ "$check" = yes ]; then
 	[ "$keep_plt32" = yes ] && plt="--allow-plt32"
 	# shellcheck disable=SC2086
 	"$kobjcheck" check $allow $plt --global-prefix balloon_rs_ "$out"
+fi
+
+# 9. Stack: the deepest call chain from each entry point, printed. Over a
+#    budget or recursive (exit 1) does not stop the build: tests/run.sh
+#    checks the figure; an error running the checker (exit 2) does.
+if [ "$check" = yes ]; then
+	"$kobjcheck" stack "$out" || [ $? -eq 1 ]
 fi

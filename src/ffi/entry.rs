@@ -8,6 +8,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::Write;
+use core::mem::MaybeUninit;
 
 use balloon_sys as sys;
 use cty::{c_char, c_int};
@@ -342,26 +343,34 @@ fn set_value(core: &mut Core, what: sys::balloon_value, v: i64) -> Result<(), Re
     }
 }
 
-/// A `Write` into a C buffer that always leaves room for the NUL.
+/// A `Write` into a C buffer that always leaves room for the NUL. The
+/// buffer may be uninitialised (the shim's stack array): it is only ever
+/// written, through `MaybeUninit`, never read or made a `&mut [u8]`.
 struct CBuf<'a> {
-    buf: &'a mut [u8],
+    buf: &'a mut [MaybeUninit<u8>],
     len: usize,
 }
 
 impl Write for CBuf<'_> {
+    /// Copies what fits before the last byte; nothing here can panic.
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let room = self.buf.len().saturating_sub(self.len + 1);
-        let n = s.len().min(room);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
+        let end = self.buf.len().saturating_sub(1);
+        let free = self.buf.get_mut(self.len..end).unwrap_or_default();
+        let n = free.len().min(s.len());
+        for (d, &b) in free.iter_mut().zip(s.as_bytes()) {
+            d.write(b);
+        }
+        self.len = self.len.saturating_add(n);
         Ok(())
     }
 }
 
-/// A text value: the worker's state or the last error.
+/// A text value: the worker's state or the last error, NUL-terminated
+/// and cut to fit `len` bytes; returns its length without the NUL.
 ///
 /// # Safety
-/// As for [`core_mut`]; `buf` writable for `len` bytes.
+/// As for [`core_mut`]; `buf` writable for `len` bytes (initialised or
+/// not).
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_text(
     rs: *mut sys::balloon_rs,
@@ -372,8 +381,10 @@ pub unsafe extern "C" fn balloon_rs_text(
     if buf.is_null() || len == 0 {
         return 0;
     }
-    // SAFETY: `buf` is writable for `len` bytes per the contract.
-    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+    // SAFETY: `buf` is writable for `len` bytes per the contract; a slice
+    // of MaybeUninit<u8> may cover uninitialised bytes (u8 and
+    // MaybeUninit<u8> have the same layout).
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<MaybeUninit<u8>>(), len) };
     let mut w = CBuf { buf: out, len: 0 };
     // SAFETY: per this function's contract.
     if let Some(core) = unsafe { core_mut(rs) } {
@@ -389,7 +400,9 @@ pub unsafe extern "C" fn balloon_rs_text(
         };
     }
     let n = w.len;
-    w.buf[n] = 0;
+    if let Some(nul) = w.buf.get_mut(n) {
+        nul.write(0);
+    }
     n
 }
 
@@ -408,3 +421,6 @@ pub unsafe extern "C" fn balloon_rs_release(rs: *mut sys::balloon_rs, now_ms: u6
         Err(e) => errno(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

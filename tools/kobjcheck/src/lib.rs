@@ -14,4 +14,5 @@ pub mod check;
 pub mod disasm;
 pub mod elf;
 pub mod reloc;
+pub mod stack;
 pub mod symlist;

@@ -510,3 +510,154 @@ fn parser_rejects_garbage_without_panicking() {
         let _ = ElfObject::parse(&data[..len]);
     }
 }
+
+/// Two entry points with known frames, in assembly so the figures are
+/// exact: a call to a global function (a PLT32 relocation), a call to a
+/// local one (no relocation), and a call out of the object.
+const STACK_S: &str = "\
+.text
+.globl balloon_rs_entry
+balloon_rs_entry:
+    push %rbx
+    sub $0x100, %rsp
+    call helper_global
+    call helper_local
+    add $0x100, %rsp
+    pop %rbx
+    ret
+.globl helper_global
+helper_global:
+    sub $0x200, %rsp
+    call kmem_alloc
+    add $0x200, %rsp
+    ret
+helper_local:
+    push %rbp
+    push %r12
+    ret
+.globl balloon_rs_small
+balloon_rs_small:
+    jmp helper_local
+";
+
+fn stack(obj: &Path, extra: &[&str]) -> Outcome {
+    let mut args = vec!["stack"];
+    args.extend_from_slice(extra);
+    args.push(obj.to_str().expect("utf-8 path"));
+    kobjcheck(&args)
+}
+
+/// The figure printed for `entry` in the table.
+fn figure(o: &Outcome, entry: &str) -> u64 {
+    let line = o
+        .text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(entry))
+        .unwrap_or_else(|| panic!("no line for {entry} in:\n{}", o.text));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|b| b.trim_end_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {line}"))
+}
+
+#[test]
+fn stack_figures_from_frames_and_calls() {
+    let dir = scratch("stack");
+    let o = asm(&dir, "stack", STACK_S, &[]);
+    let out = stack(&o, &[]);
+    assert_eq!(out.code, 0, "{}", out.text);
+    // 8 (return) + 8 (push) + 0x100, then helper_global: 8 + 0x200 and
+    // the return address of its call to kmem_alloc.
+    assert_eq!(
+        figure(&out, "balloon_rs_entry"),
+        8 + 8 + 0x100 + 8 + 0x200 + 8
+    );
+    // A tail jump into helper_local (two pushes), return address reused.
+    assert_eq!(figure(&out, "balloon_rs_small"), 8 + 16);
+    assert!(
+        out.text
+            .contains("balloon_rs_entry 272 > helper_global 520 > kmem_alloc 8 (undefined)"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text.contains("undefined functions called (kmem_alloc)"),
+        "{}",
+        out.text
+    );
+    // The budget: at the figure passes, a byte less fails.
+    assert_eq!(stack(&o, &["--budget", "800"]).code, 0);
+    let over = stack(&o, &["--budget", "799"]);
+    assert_eq!(over.code, 1, "{}", over.text);
+    assert!(over.text.contains("budget 799: over"), "{}", over.text);
+    assert!(over.text.contains(": FAILED"), "{}", over.text);
+    // Entry points by another prefix.
+    let only = stack(&o, &["--entry-prefix", "helper_"]);
+    assert_eq!(figure(&only, "helper_global"), 8 + 0x200 + 8);
+    assert!(!only.text.contains("balloon_rs_entry"), "{}", only.text);
+}
+
+#[test]
+fn stack_reports_recursion_by_name() {
+    let dir = scratch("recursion");
+    let o = cc(
+        &dir,
+        "rec",
+        "int walk_tree(int n) {\n\
+         volatile char b[64];\n\
+         b[0] = (char)n;\n\
+         if (n <= 1) return b[0];\n\
+         return walk_tree(n - 1) + walk_tree(n - 2) + b[0];\n\
+         }\n\
+         int balloon_rs_walk(int n) { return walk_tree(n) + 1; }\n\
+         int balloon_rs_flat(int n) { return n * 3; }\n",
+        KERNEL_CFLAGS,
+    );
+    let out = stack(&o, &[]);
+    assert_eq!(out.code, 1, "{}", out.text);
+    let line = out
+        .text
+        .lines()
+        .find(|l| l.contains(": recursion: "))
+        .unwrap_or_else(|| panic!("no recursion line in:\n{}", out.text));
+    assert!(line.contains("walk_tree"), "{line}");
+    assert!(line.contains("reachable from balloon_rs_walk"), "{line}");
+    assert!(!line.contains("balloon_rs_flat"), "{line}");
+    // One pass through the recursion is counted: at least its frame.
+    assert!(figure(&out, "balloon_rs_walk") >= 64, "{}", out.text);
+    assert!(out.text.contains("balloon_rs_walk "), "{}", out.text);
+}
+
+#[test]
+fn stack_follows_function_pointers_to_a_bounded_depth() {
+    let dir = scratch("pointers");
+    // An operation table in data: `big` is address-taken, `unused` not.
+    let o = cc(
+        &dir,
+        "ptr",
+        "typedef int (*op_t)(int);\n\
+         static int big(int n) {\n\
+         volatile char b[2048];\n\
+         b[n & 2047] = (char)n;\n\
+         return b[(n + 1) & 2047];\n\
+         }\n\
+         static int small(int n) { return n + 1; }\n\
+         int unused(int n) { volatile char b[4096]; b[n & 4095] = 1; return b[0]; }\n\
+         op_t balloon_ops[2] = { big, small };\n\
+         int balloon_rs_dispatch(int i, int n) { return balloon_ops[i & 1](n) + 1; }\n",
+        KERNEL_CFLAGS,
+    );
+    let out = stack(&o, &[]);
+    assert_eq!(out.code, 0, "{}", out.text);
+    let deep = figure(&out, "balloon_rs_dispatch");
+    assert!((2048..4096).contains(&deep), "{}", out.text);
+    assert!(out.text.contains(">* big "), "{}", out.text);
+    // Not followed: only the call's return address.
+    let cut = stack(&o, &["--indirect-depth", "0"]);
+    assert!(figure(&cut, "balloon_rs_dispatch") < 64, "{}", cut.text);
+    assert!(
+        cut.text.contains("chains through more are not covered"),
+        "{}",
+        cut.text
+    );
+}
