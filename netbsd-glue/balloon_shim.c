@@ -25,8 +25,6 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 #define BALLOON_MAX_WAIT_MS	60000
 /* Bytes of hw.balloon.state, NUL included. */
 #define BALLOON_STATE_LEN	128
-/* Bytes of a xenstore value the shim reads (a KiB count is 20 digits). */
-#define BALLOON_XS_VALUE_LEN	64
 
 struct balloon_softc {
 	kmutex_t		 sc_lock;
@@ -34,6 +32,7 @@ struct balloon_softc {
 	lwp_t			*sc_worker;
 	bool			 sc_dying;	/* worker must exit */
 	bool			 sc_watching;	/* watch callbacks may act */
+	bool			 sc_resync;	/* next event: re-registration's */
 	unsigned int		 sc_callbacks;	/* watch callbacks running */
 	struct balloon_rs	*sc_rs;
 	struct sysctllog	*sc_sysctllog;
@@ -86,6 +85,7 @@ balloon_shim_meminfo(struct balloon_meminfo *mi)
 
 	mi->free_pages = (uint64_t)uvm_availmem(false);
 	mi->freetarg_pages = (uint64_t)MAX(uvmexp.freetarg, 0);
+	mi->managed_pages = (uint64_t)MAX(uvmexp.npages, 0);
 }
 
 /*
@@ -305,10 +305,11 @@ balloon_limit_refresh(struct balloon_softc *sc)
 	max = balloon_reservation_op(XENMEM_maximum_reservation);
 	if (max <= 0)
 		return;
+	/* The core reads the digits up to the NUL padding. */
 	memset(smax, 0, sizeof(smax));
 	if (xenbus_read(NULL, "memory", "static-max", smax,
 	    sizeof(smax) - 1) == 0)
-		len = strlen(smax);
+		len = sizeof(smax);
 	mutex_enter(&sc->sc_lock);
 	(void)balloon_rs_set_limit(sc->sc_rs, (uint64_t)max, smax, len);
 	mutex_exit(&sc->sc_lock);
@@ -386,11 +387,36 @@ balloon_worker(void *arg)
 
 /* --- the xenstore watch --- */
 
+/*
+ * Bytes xenbus_read wrote into a buffer zeroed before: up to its last
+ * byte that is not NUL, never past the buffer.
+ */
+static size_t
+balloon_value_len(const char *buf, size_t size)
+{
+	size_t n;
+
+	for (n = size; n > 0 && buf[n - 1] == '\0'; n--)
+		continue;
+	return n;
+}
+
+/*
+ * Every line the callback causes is the core's, within its log budget.
+ * The netbsd-10 xenbus_read (xenbus_probe.c 1.58.6.1 and
+ * xbdback_xenbus.c 1.101.4.2 call it as (t, dir, node, buf, bufsz))
+ * fills the caller's buffer and reports no length: the buffer is zeroed
+ * first and the core is given what was written, so bytes after an
+ * embedded NUL reach it and are refused, and strlen never runs off the
+ * end of a buffer xenbus_read filled to the last byte.
+ */
 static void
 balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 {
 	struct balloon_softc *sc = &balloon_softc;
 	char value[BALLOON_XS_VALUE_LEN];
+	size_t n;
+	bool resync;
 	int error;
 
 	(void)w;
@@ -407,23 +433,29 @@ balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 	balloon_toolstack_refresh(sc);
 	memset(value, 0, sizeof(value));
 	error = xenbus_read(NULL, "memory", "target", value, sizeof(value));
+	n = error == 0 ? balloon_value_len(value, sizeof(value)) : 0;
 
 	mutex_enter(&sc->sc_lock);
-	if (error != 0) {
-		if (error != ENOENT)
-			printf("%s: cannot read memory/target: error %d\n",
-			    BALLOON_XNAME, error);
-	} else if (balloon_rs_set_target(sc->sc_rs, BALLOON_SOURCE_XENSTORE,
-	    value, strlen(value)) == 0) {
-		balloon_kick(sc);
-	}
+	resync = sc->sc_resync;
+	sc->sc_resync = false;
+	(void)balloon_rs_xenstore_event(sc->sc_rs, error, value, n, resync,
+	    balloon_uptime_ms());
 	sc->sc_callbacks--;
+	/*
+	 * Wakes the worker (a new target, or a log line held for later: it
+	 * works out when to print it) and balloon_watch_stop().
+	 */
 	cv_broadcast(&sc->sc_cv);
 	mutex_exit(&sc->sc_lock);
 }
 
+/*
+ * Registers the watch. After a refused unload (resync) the event
+ * xenstored fires for the new registration is marked, so that it does
+ * not undo a target set with sysctl meanwhile.
+ */
 static int
-balloon_watch_start(struct balloon_softc *sc)
+balloon_watch_start(struct balloon_softc *sc, bool resync)
 {
 
 	sc->sc_watch.node = balloon_watch_node;
@@ -431,6 +463,7 @@ balloon_watch_start(struct balloon_softc *sc)
 	sc->sc_watch.xbw_callback = balloon_watch_cb;
 	mutex_enter(&sc->sc_lock);
 	sc->sc_watching = true;
+	sc->sc_resync = resync;
 	mutex_exit(&sc->sc_lock);
 	return register_xenbus_watch(&sc->sc_watch);
 }
@@ -497,7 +530,8 @@ static const struct balloon_node balloon_nodes[] = {
 	BN_QUAD_RW("retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS,
 	    "Longest wait between retries after a short step (ms)"),
 	BN_QUAD_RW("retry_max", BALLOON_V_RETRY_MAX,
-	    "Short steps in a row before giving up on a target; "
+	    "Retries after a short step before giving up on a target "
+	    "(the step after the last one gives up if short too); "
 	    "0 retries forever"),
 	BN_QUAD_RO("ballooned", BALLOON_V_BALLOONED_KIB,
 	    "Memory now given back to Xen (KiB)"),
@@ -515,7 +549,8 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Unplug hot-plugged segments once fully ballooned"),
 	BN_TEXT("state", BALLOON_T_STATE,
 	    "What the driver is doing: idle, inflating, deflating, "
-	    "plugging, unplugging, waiting or cancelled, with the reason"),
+	    "plugging, unplugging, returning the frames of a failed plug, "
+	    "waiting or cancelled, with the reason"),
 };
 
 /* hw.balloon.stats.*: counters since load; they only grow. */
@@ -545,7 +580,8 @@ static const struct balloon_node balloon_stat_nodes[] = {
 	BN_QUAD_RO("segments_unplugged", BALLOON_V_STAT_UNPLUGS,
 	    "Segments released with uvm_physseg_unplug"),
 	BN_QUAD_RO("frames_lost", BALLOON_V_STAT_FRAMES_LOST,
-	    "Frames backed for a failed plug that Xen did not take back"),
+	    "Frames backed for a plug and never given back: always 0, "
+	    "they are retried until Xen takes them"),
 	BN_QUAD_RO("messages_suppressed", BALLOON_V_STAT_MESSAGES_SUPPRESSED,
 	    "Kernel messages dropped by the rate limit"),
 	BN_QUAD_RO("last_errno", BALLOON_V_STAT_LAST_ERRNO,
@@ -848,7 +884,7 @@ balloon_init(void)
 		    BALLOON_XNAME, error);
 		goto fail_sysctl;
 	}
-	error = balloon_watch_start(sc);
+	error = balloon_watch_start(sc, false);
 	if (error != 0) {
 		printf("%s: cannot watch memory/target: error %d\n",
 		    BALLOON_XNAME, error);
@@ -872,11 +908,22 @@ fail_lock:
 	return error;
 }
 
+/* A failure of the shim's own, logged by the core within its budget. */
+static void
+balloon_shim_failed(struct balloon_softc *sc, enum balloon_shim_failure what,
+    int error)
+{
+
+	mutex_enter(&sc->sc_lock);
+	balloon_rs_shim_failed(sc->sc_rs, what, error, balloon_uptime_ms());
+	mutex_exit(&sc->sc_lock);
+}
+
 static int
 balloon_fini(void)
 {
 	struct balloon_softc *sc = &balloon_softc;
-	int error;
+	int error, restart;
 
 	balloon_stop(sc);
 
@@ -885,18 +932,19 @@ balloon_fini(void)
 	error = balloon_rs_release(sc->sc_rs, balloon_uptime_ms());
 	mutex_exit(&sc->sc_lock);
 	if (error != 0) {
-		/* Stay loaded and working: restart what was stopped. */
-		printf("%s: cannot unload while memory is ballooned\n",
-		    BALLOON_XNAME);
+		/*
+		 * Stay loaded and working: restart what was stopped. The
+		 * core has logged why.
+		 */
 		mutex_enter(&sc->sc_lock);
 		sc->sc_dying = false;
 		mutex_exit(&sc->sc_lock);
-		if (balloon_worker_start(sc) != 0)
-			printf("%s: cannot restart the worker\n",
-			    BALLOON_XNAME);
-		if (balloon_watch_start(sc) != 0)
-			printf("%s: cannot watch memory/target again\n",
-			    BALLOON_XNAME);
+		if ((restart = balloon_worker_start(sc)) != 0)
+			balloon_shim_failed(sc, BALLOON_FAIL_WORKER_RESTART,
+			    restart);
+		if ((restart = balloon_watch_start(sc, true)) != 0)
+			balloon_shim_failed(sc, BALLOON_FAIL_WATCH_RESTART,
+			    restart);
 		return error;
 	}
 	/* No balloon driver runs any more (see balloon_advertise()). */

@@ -39,6 +39,13 @@
 /* Largest number of boot segments the shim reports. */
 #define BALLOON_MAX_BOOT_SEGMENTS	64
 
+/*
+ * Bytes of the buffer the shim reads a xenstore value into, NUL
+ * included: a KiB count has at most 20 digits, and a longer value makes
+ * xenbus_read fail with ERANGE.
+ */
+#define BALLOON_XS_VALUE_LEN	64
+
 /* A run of frames [start, end). */
 struct balloon_frame_range {
 	uint64_t	start_pfn;
@@ -64,16 +71,17 @@ struct balloon_boot_info {
 	struct balloon_frame_range segments[BALLOON_MAX_BOOT_SEGMENTS];
 };
 
-/* UVM's free-memory figures, in pages. */
+/* UVM's memory figures, in pages. */
 struct balloon_meminfo {
 	uint64_t	free_pages;
 	uint64_t	freetarg_pages;
+	uint64_t	managed_pages;		/* uvmexp.npages */
 };
 
-/* Where a target came from. */
-enum balloon_target_source {
-	BALLOON_SOURCE_XENSTORE = 1,
-	BALLOON_SOURCE_SYSCTL = 2
+/* A failure of the shim's own, logged by the core (within its budget). */
+enum balloon_shim_failure {
+	BALLOON_FAIL_WORKER_RESTART = 1,	/* kthread_create after EBUSY */
+	BALLOON_FAIL_WATCH_RESTART = 2		/* register_xenbus_watch, same */
 };
 
 /* What balloon_rs_step() asks the worker thread to do next. */
@@ -134,14 +142,26 @@ void	balloon_rs_detach(struct balloon_rs *);
 /* Carries out at most one step at now_ms; says when to call again. */
 enum balloon_step_status balloon_rs_step(struct balloon_rs *, uint64_t now_ms,
 	    uint64_t *wait_ms);
-/* A target in KiB as text (xenstore) or from sysctl; errno on refusal. */
-int	balloon_rs_set_target(struct balloon_rs *,
-	    enum balloon_target_source, const char *text, size_t len);
+/*
+ * The watch on memory/target fired. error is what xenbus_read returned:
+ * 0, and text holds the len bytes it wrote (len at most
+ * BALLOON_XS_VALUE_LEN; a NUL among them is refused), or a positive
+ * errno (ENOENT is ignored, ERANGE counts as a refused target, any other
+ * is logged). resync is true for the first event after the watch was
+ * registered again: xenstored fires a new watch once, and that event
+ * does not replace a target set with sysctl since when xenstore's value
+ * is the one applied last. 0 when the target was taken, else an errno.
+ */
+int	balloon_rs_xenstore_event(struct balloon_rs *, int error,
+	    const char *text, size_t len, bool resync, uint64_t now_ms);
+/* Logs a failure of the shim's own, within the core's log budget. */
+void	balloon_rs_shim_failed(struct balloon_rs *, enum balloon_shim_failure,
+	    int error, uint64_t now_ms);
 /*
  * The limit targets are clamped to, read afresh whenever a target arrives:
  * XENMEM_maximum_reservation now, in pages, and the text of
- * memory/static-max in KiB (NULL or len 0 when unreadable). The first call
- * after attach fixes the PVH toolstack offset. EINVAL for a zero maximum.
+ * memory/static-max in KiB (NULL or len 0 when unreadable; NUL padding
+ * ends it). EINVAL for a zero maximum.
  */
 int	balloon_rs_set_limit(struct balloon_rs *, uint64_t max_reservation_pages,
 	    const char *static_max, size_t len);

@@ -13,6 +13,8 @@ pub struct Errno(pub i32);
 impl Errno {
     /// Operation not permitted: a value outside the safe range.
     pub const EPERM: Errno = Errno(1);
+    /// No such file or directory: a xenstore node that is not there.
+    pub const ENOENT: Errno = Errno(2);
     /// Input/output error: a hypercall failed outright.
     pub const EIO: Errno = Errno(5);
     /// Out of memory.
@@ -37,6 +39,7 @@ impl Errno {
     pub fn name(self) -> &'static str {
         match self {
             Errno::EPERM => "EPERM",
+            Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
             Errno::ENOMEM => "ENOMEM",
             Errno::EBUSY => "EBUSY",

@@ -122,12 +122,16 @@ pub struct Target {
 
 /// Parses a size in KiB as xenstore and sysctl strings carry it: ASCII
 /// decimal digits only, optionally followed by one newline or NUL
-/// padding. Everything else (empty, signs, spaces, unit suffixes, hex)
-/// is malformed: guessing what "1G" or " 512" meant is how targets go
-/// wrong silently.
+/// padding. Everything else (empty, signs, spaces, unit suffixes, hex,
+/// a NUL with anything but NULs after it) is malformed: guessing what
+/// "1G", " 512" or "300000<NUL>junk" meant is how targets go wrong
+/// silently.
 pub fn parse_kib(text: &[u8]) -> Result<Kib, Refusal> {
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    let mut digits = &text[..end];
+    let (mut digits, padding) = text.split_at(end);
+    if padding.iter().any(|&b| b != 0) {
+        return Err(Refusal::Malformed);
+    }
     if let [rest @ .., b'\n'] = digits {
         digits = rest;
     }
@@ -179,6 +183,10 @@ pub struct MemInfo {
     pub free: Pages,
     /// The pagedaemon's free target (`uvmexp.freetarg`).
     pub freetarg: Pages,
+    /// Pages UVM manages (`uvmexp.npages`). `uvm_physseg_plug` refuses
+    /// a segment of more pages than this (uvm_physseg.c 1.18: the first
+    /// `vm_page` slab is sized from it), so no plug is larger.
+    pub managed: Pages,
 }
 
 /// How many pages inflation may take now without pushing UVM into
@@ -373,6 +381,9 @@ mod tests {
             b"0x10",
             b"1.5",
             b"5\n\n",
+            b"300000\0junk",
+            b"300000\0\x001",
+            b"\x00300000",
         ] {
             assert_eq!(parse_kib(bad), Err(Refusal::Malformed), "{:?}", bad);
         }
@@ -495,6 +506,7 @@ mod tests {
         let mem = |free, freetarg| MemInfo {
             free: Pages(free),
             freetarg: Pages(freetarg),
+            managed: Pages(1 << 20),
         };
         assert_eq!(inflate_allowance(mem(1000, 488), b), Pages(0));
         assert_eq!(inflate_allowance(mem(1001, 488), b), Pages(1));

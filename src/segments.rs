@@ -10,7 +10,11 @@
 //! - **ballooned**: in a live segment; the driver holds its `vm_page` and
 //!   the frame has been given back to Xen;
 //! - **unpopulated**: in a segment the driver is preparing to plug; not
-//!   yet known to UVM nor (as far as the core knows) backed by Xen;
+//!   yet known to UVM. Its leading frames may already be backed by Xen:
+//!   a plug backs the segment one batch a step before plugging it;
+//! - **stranded**: backed by Xen but in no segment, left by a plug that
+//!   did not happen; given back to Xen before anything else, and never
+//!   reused by a plug while backed;
 //! - **absent**: in no segment.
 //!
 //! Ballooned frames are stored as runs ([`Extents`]), so memory grows with
@@ -57,6 +61,9 @@ pub struct Segment {
     pub life: Life,
     /// How many of its frames are ballooned (always 0 while pending).
     pub ballooned: Pages,
+    /// Pending: how many of its leading frames Xen backs already (the
+    /// plug backs them in order). Live: always 0.
+    pub backed: Pages,
 }
 
 impl Segment {
@@ -84,6 +91,8 @@ pub enum FrameState {
     Ballooned,
     /// In a segment being prepared for plugging.
     Unpopulated,
+    /// Backed by Xen, in no segment: to be given back.
+    Stranded,
     /// In no segment.
     Absent,
 }
@@ -103,6 +112,9 @@ pub enum SegmentError {
     NoSuchSegment(PfnRange),
     /// The segment still has frames that are not ballooned.
     NotFullyBallooned(PfnRange),
+    /// A pending segment is not backed the way the operation needs
+    /// (frames backed out of order, or plugged before fully backed).
+    NotBacked(PfnRange),
 }
 
 /// Frame counts by state.
@@ -114,6 +126,10 @@ pub struct FrameCounts {
     pub ballooned: Pages,
     /// Frames of segments being prepared.
     pub unpopulated: Pages,
+    /// Frames of the segment being prepared that Xen backs already.
+    pub backing: Pages,
+    /// Frames Xen backs that lie in no segment, to be given back.
+    pub stranded: Pages,
     /// Frames of boot segments.
     pub boot: Pages,
     /// Frames of live plugged segments.
@@ -144,6 +160,8 @@ pub struct PlugLimits {
 pub struct FrameSpace {
     segments: BTreeMap<u64, Segment>,
     ballooned: Extents,
+    /// Frames backed by Xen for a plug that did not happen.
+    stranded: Extents,
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
 }
@@ -155,6 +173,7 @@ impl FrameSpace {
         let mut space = FrameSpace {
             segments: BTreeMap::new(),
             ballooned: Extents::new(),
+            stranded: Extents::new(),
             live: Pages::ZERO,
         };
         for &range in boot {
@@ -185,6 +204,7 @@ impl FrameSpace {
                 origin,
                 life,
                 ballooned: Pages::ZERO,
+                backed: Pages::ZERO,
             },
         );
         Ok(())
@@ -221,6 +241,7 @@ impl FrameSpace {
     /// The state of one frame.
     pub fn state(&self, pfn: Pfn) -> FrameState {
         match self.segment_of(pfn) {
+            None if self.stranded.contains(pfn) => FrameState::Stranded,
             None => FrameState::Absent,
             Some(s) if s.life == Life::Pending => FrameState::Unpopulated,
             Some(_) if self.ballooned.contains(pfn) => FrameState::Ballooned,
@@ -245,11 +266,31 @@ impl FrameSpace {
 
     /// The segment being prepared for plugging, if any.
     pub fn pending_segment(&self) -> Option<PfnRange> {
+        self.pending().map(|s| s.range)
+    }
+
+    /// The segment being prepared for plugging, with how much of it is
+    /// backed.
+    pub fn pending(&self) -> Option<Segment> {
         self.segments
             .values()
             .rev()
             .find(|s| s.life == Life::Pending)
-            .map(|s| s.range)
+            .copied()
+    }
+
+    /// Frames backed by Xen for a plug that did not happen, not yet
+    /// given back.
+    pub fn stranded(&self) -> Pages {
+        self.stranded.total()
+    }
+
+    /// Frames Xen backs outside every live segment: the backed part of
+    /// the segment being prepared and the stranded frames. They count in
+    /// Xen's reservation but UVM does not know them.
+    pub fn backed_outside(&self) -> Pages {
+        let backing = self.pending().map_or(Pages::ZERO, |s| s.backed);
+        self.stranded.total().saturating_add(backing)
     }
 
     /// Frame counts by state. O(number of segments).
@@ -259,10 +300,14 @@ impl FrameSpace {
             ballooned_runs: self.ballooned.run_count(),
             ..FrameCounts::default()
         };
+        c.stranded = self.stranded.total();
         for s in self.segments.values() {
             c.populated = c.populated.saturating_add(s.populated());
             match (s.origin, s.life) {
-                (_, Life::Pending) => c.unpopulated = c.unpopulated.saturating_add(s.range.len()),
+                (_, Life::Pending) => {
+                    c.unpopulated = c.unpopulated.saturating_add(s.range.len());
+                    c.backing = c.backing.saturating_add(s.backed);
+                }
                 (Origin::Boot, Life::Live) => c.boot = c.boot.saturating_add(s.range.len()),
                 (Origin::Plugged, Life::Live) => {
                     c.plugged = c.plugged.saturating_add(s.range.len());
@@ -427,8 +472,10 @@ impl FrameSpace {
         PfnRange::with_len(start, len)
     }
 
-    /// Marks `range` as a segment being prepared. It must not overlap any
-    /// segment and must lie above every existing one.
+    /// Marks `range` as a segment being prepared, none of it backed yet.
+    /// It must not overlap any segment or stranded frame (those are still
+    /// backed: a plug there would back them twice), and must lie above
+    /// every existing segment.
     pub fn begin_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
         if range.start() < self.span_end() {
             if let Some(other) = self.overlapping(range) {
@@ -436,31 +483,108 @@ impl FrameSpace {
             }
             return Err(SegmentError::Overlap(range));
         }
+        if let Some(taken) = self.stranded.clipped(range).next() {
+            return Err(SegmentError::Overlap(taken));
+        }
         self.add_segment(range, Origin::Plugged, Life::Pending)
     }
 
-    fn pending(&self, range: PfnRange) -> Result<(), SegmentError> {
+    /// The next frames of the pending segment to back: up to `max` after
+    /// those backed already. `None` when it is fully backed or there is
+    /// no pending segment.
+    pub fn next_backing(&self, max: Pages) -> Option<PfnRange> {
+        let s = self.pending()?;
+        let left = s.range.len().saturating_sub(s.backed);
+        if left.is_zero() || max.is_zero() {
+            return None;
+        }
+        let start = s.range.start().checked_add(s.backed)?;
+        PfnRange::with_len(start, left.min(max))
+    }
+
+    /// The first `done` frames of `frames` (as [`FrameSpace::next_backing`]
+    /// gave them) are backed now.
+    pub fn record_backed(&mut self, frames: PfnRange, done: Pages) -> Result<(), SegmentError> {
+        let s = self.pending().ok_or(SegmentError::NoSuchSegment(frames))?;
+        let next = s.range.start().checked_add(s.backed);
+        if next != Some(frames.start()) || !s.range.covers(frames) || done > frames.len() {
+            return Err(SegmentError::NotBacked(frames));
+        }
+        if let Some(seg) = self.segments.get_mut(&s.range.start().0) {
+            seg.backed = seg.backed.saturating_add(done);
+        }
+        Ok(())
+    }
+
+    fn pending_is(&self, range: PfnRange) -> Result<(), SegmentError> {
         match self.segments.get(&range.start().0) {
             Some(s) if s.range == range && s.life == Life::Pending => Ok(()),
             _ => Err(SegmentError::NoSuchSegment(range)),
         }
     }
 
-    /// The pending segment is backed and plugged: its frames are now
-    /// populated and owned by UVM.
+    /// The pending segment is fully backed and plugged: its frames are
+    /// now populated and owned by UVM.
     pub fn finish_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
-        self.pending(range)?;
+        self.pending_is(range)?;
         if let Some(s) = self.segments.get_mut(&range.start().0) {
+            if s.backed != s.range.len() {
+                return Err(SegmentError::NotBacked(range));
+            }
             s.life = Life::Live;
+            s.backed = Pages::ZERO;
             self.live = self.live.saturating_add(range.len());
         }
         Ok(())
     }
 
-    /// Plugging the pending segment failed; its frames are absent again.
-    pub fn abandon_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
-        self.pending(range)?;
+    /// The pending segment will not be plugged: it goes away, and the
+    /// frames Xen backs for it become stranded (to be given back).
+    /// Returns how many.
+    pub fn abandon_plug(&mut self, range: PfnRange) -> Result<Pages, SegmentError> {
+        self.pending_is(range)?;
+        let backed = self
+            .segments
+            .get(&range.start().0)
+            .map_or(Pages::ZERO, |s| s.backed);
+        if let Some(part) = PfnRange::with_len(range.start(), backed) {
+            self.stranded
+                .insert(part)
+                .map_err(|_| SegmentError::Overlap(part))?;
+        }
         self.segments.remove(&range.start().0);
+        Ok(backed)
+    }
+
+    /// Up to `max` stranded frames to give back, lowest first.
+    pub fn choose_return(&self, max: Pages) -> Vec<PfnRange> {
+        let mut out = Vec::new();
+        let mut left = max;
+        for run in self.stranded.runs() {
+            if left.is_zero() {
+                break;
+            }
+            let take = run.take_front(left);
+            left = left.saturating_sub(take.len());
+            out.push(take);
+        }
+        out
+    }
+
+    /// Xen took these stranded frames back: they are absent now. All must
+    /// be stranded; otherwise nothing changes.
+    pub fn record_returned(&mut self, runs: &[PfnRange]) -> Result<(), SegmentError> {
+        for (i, &r) in runs.iter().enumerate() {
+            if let Err(e) = self.stranded.remove(r) {
+                for &done in &runs[..i] {
+                    let _ = self.stranded.insert(done);
+                }
+                let pfn = match e {
+                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
+                };
+                return Err(SegmentError::WrongState(pfn, self.state(pfn)));
+            }
+        }
         Ok(())
     }
 
@@ -493,9 +617,17 @@ impl FrameSpace {
 
     /// Checks every invariant of the representation (ARCHITECTURE.md):
     /// segments disjoint and non-empty, plugged segments above boot ones,
-    /// ballooned frames only in live segments, per-segment counts right.
+    /// ballooned frames only in live segments, per-segment counts right,
+    /// backed frames only in the pending segment (at most all of it),
+    /// stranded frames in no segment.
     pub fn verify(&self) -> Result<(), &'static str> {
         self.ballooned.check()?;
+        self.stranded.check()?;
+        for r in self.stranded.runs() {
+            if self.overlapping(r).is_some() {
+                return Err("segments: stranded frame inside a segment");
+            }
+        }
         let mut prev_end: Option<Pfn> = None;
         let mut seen_plugged = false;
         let mut sum = Pages::ZERO;
@@ -527,6 +659,9 @@ impl FrameSpace {
             if s.life == Life::Pending && !n.is_zero() {
                 return Err("segments: ballooned frame in a pending segment");
             }
+            if s.backed > s.range.len() || (s.life == Life::Live && !s.backed.is_zero()) {
+                return Err("segments: backed count of a segment is wrong");
+            }
             sum = sum.saturating_add(n);
         }
         if sum != self.ballooned.total() {
@@ -550,6 +685,13 @@ mod tests {
 
     fn r(s: u64, e: u64) -> PfnRange {
         PfnRange::new(Pfn(s), Pfn(e)).unwrap()
+    }
+
+    fn back_all(fs: &mut FrameSpace, seg: PfnRange) {
+        while let Some(next) = fs.next_backing(Pages(300)) {
+            fs.record_backed(next, next.len()).unwrap();
+        }
+        assert_eq!(fs.pending().map(|s| s.backed), Some(seg.len()));
     }
 
     fn limits(limit: u64) -> PlugLimits {
@@ -606,6 +748,7 @@ mod tests {
         assert_eq!(seg, r(1024, 1624));
         fs.begin_plug(seg).unwrap();
         assert_eq!(fs.state(Pfn(1024)), FrameState::Unpopulated);
+        back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
         fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)])
             .unwrap();
@@ -661,6 +804,7 @@ mod tests {
         let mut fs = FrameSpace::new(&[r(0, 512)]).unwrap();
         let seg = r(512, 516);
         fs.begin_plug(seg).unwrap();
+        back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
         assert_eq!(fs.inflate_preference(), Some(seg));
         fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)]).unwrap();
@@ -684,6 +828,54 @@ mod tests {
             fs.record_unplugged(r(0, 512)),
             Err(SegmentError::NoSuchSegment(r(0, 512)))
         );
+        fs.verify().unwrap();
+    }
+
+    #[test]
+    fn a_plug_backs_in_order_and_an_abandoned_one_strands_its_frames() {
+        let mut fs = FrameSpace::new(&[r(0, 1024)]).unwrap();
+        let seg = r(1024, 2048);
+        fs.begin_plug(seg).unwrap();
+        assert_eq!(fs.next_backing(Pages(100)), Some(r(1024, 1124)));
+        // Out of order, or more than asked: refused, nothing changes.
+        assert_eq!(
+            fs.record_backed(r(1100, 1200), Pages(100)),
+            Err(SegmentError::NotBacked(r(1100, 1200)))
+        );
+        assert_eq!(
+            fs.record_backed(r(1024, 1124), Pages(101)),
+            Err(SegmentError::NotBacked(r(1024, 1124)))
+        );
+        fs.record_backed(r(1024, 1124), Pages(100)).unwrap();
+        fs.record_backed(r(1124, 1224), Pages(40)).unwrap();
+        assert_eq!(fs.next_backing(Pages(1000)), Some(r(1164, 2048)));
+        assert_eq!(fs.backed_outside(), Pages(140));
+        assert_eq!(fs.finish_plug(seg), Err(SegmentError::NotBacked(seg)));
+        fs.verify().unwrap();
+        assert_eq!(fs.abandon_plug(seg), Ok(Pages(140)));
+        assert_eq!(fs.pending_segment(), None);
+        assert_eq!(fs.stranded(), Pages(140));
+        assert_eq!(fs.backed_outside(), Pages(140));
+        assert_eq!(fs.state(Pfn(1100)), FrameState::Stranded);
+        assert_eq!(fs.state(Pfn(1164)), FrameState::Absent);
+        assert_eq!(fs.counts().stranded, Pages(140));
+        // Never plugged over while its frames are backed.
+        assert_eq!(
+            fs.begin_plug(seg),
+            Err(SegmentError::Overlap(r(1024, 1164)))
+        );
+        assert_eq!(fs.choose_return(Pages(100)), [r(1024, 1124)]);
+        assert!(fs.record_returned(&[r(1024, 1124), r(2000, 2001)]).is_err());
+        assert_eq!(
+            fs.stranded(),
+            Pages(140),
+            "a refused return changes nothing"
+        );
+        fs.record_returned(&[r(1024, 1124)]).unwrap();
+        fs.record_returned(&fs.choose_return(Pages(100))).unwrap();
+        assert_eq!(fs.stranded(), Pages(0));
+        fs.verify().unwrap();
+        fs.begin_plug(seg).unwrap();
         fs.verify().unwrap();
     }
 

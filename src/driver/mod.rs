@@ -12,10 +12,14 @@
 //! - **deflate**: PV: `increase_reservation` gives new MFNs, each mapped
 //!   to the next ballooned frame; PVH: `populate_physmap` on the frames;
 //!   only the frames that came back are freed to UVM.
-//! - **plug**: back every frame of the new segment first; if any is
-//!   missing give the backed ones back and report failure; only a fully
-//!   backed segment is handed to `uvm_physseg_plug`, which puts every page
-//!   on the free lists at once.
+//! - **back**: one batch of a segment being prepared for plugging: PV:
+//!   `increase_reservation` gives new MFNs, each mapped at the next frame;
+//!   PVH: `populate_physmap` on the frames.
+//! - **plug**: `uvm_physseg_plug` of a fully backed segment, which puts
+//!   every page on the free lists at once.
+//! - **return**: give frames backed for a plug that did not happen back
+//!   with `decrease_reservation` (PV: their p2m entries are cleared first
+//!   and put back for the tail Xen did not take).
 //! - **unplug**: `uvm_physseg_unplug`; the worker forgets the pages.
 //!
 //! All of it is safe Rust; the FFI layer implements [`Platform`] over the
@@ -26,10 +30,10 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::policy::{MemInfo, MAX_BATCH};
+use crate::policy::{self, MemInfo, Source, MAX_BATCH};
 use crate::ratelimit::{LogBudget, Verdict};
-use crate::units::{Mfn, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Action, State, StepResult, Worker, WorkerError};
+use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
+use crate::worker::{Action, State, StepResult, WaitReason, Worker, WorkerError};
 
 /// How the guest addresses its memory in hypercalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,17 @@ pub enum StepStatus {
     Idle,
 }
 
+/// A failure of the shim's own that the driver logs for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShimFailure {
+    /// The worker thread could not be started again after a refused
+    /// unload.
+    WorkerRestart,
+    /// The xenstore watch could not be registered again after a refused
+    /// unload.
+    WatchRestart,
+}
+
 /// Counters only the driver sees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
@@ -92,9 +107,6 @@ pub struct DriverStats {
     pub hypercalls: u64,
     /// Pages zeroed before going to Xen.
     pub scrubbed: u64,
-    /// Frames backed for a plug that could not be given back (each one
-    /// is still in the reservation but in no segment).
-    pub frames_lost: u64,
     /// Log lines dropped by the rate limit.
     pub lines_suppressed: u64,
 }
@@ -117,6 +129,8 @@ pub struct Driver {
     held: Option<String>,
     /// Lines dropped since the last line printed.
     dropped: u64,
+    /// The last value read from xenstore memory/target that was applied.
+    xenstore_last: Option<Kib>,
 }
 
 impl Driver {
@@ -133,6 +147,7 @@ impl Driver {
             budget: LogBudget::default(),
             held: None,
             dropped: 0,
+            xenstore_last: None,
         }
     }
 
@@ -154,6 +169,65 @@ impl Driver {
     /// The guest mode.
     pub fn mode(&self) -> GuestMode {
         self.mode
+    }
+
+    /// The watch on memory/target fired at `now` and `xenbus_read` gave
+    /// `read`: the bytes it wrote, or its error. A missing node is
+    /// ignored; a value too long for the buffer (ERANGE), malformed
+    /// (an embedded NUL included) or refused is counted in
+    /// `targets_refused`; any other read error is logged within the
+    /// budget. On `resync` (the event of a re-registration) a value equal
+    /// to the one applied last is ignored, so that it does not replace a
+    /// target set with sysctl since.
+    pub fn xenstore_event<P: Platform>(
+        &mut self,
+        p: &mut P,
+        read: Result<&[u8], Errno>,
+        resync: bool,
+        now: Uptime,
+    ) -> Result<(), Errno> {
+        let text = match read {
+            Ok(text) => text,
+            Err(Errno::ENOENT) => return Err(Errno::ENOENT),
+            Err(Errno::ERANGE) => {
+                self.worker.refuse_target();
+                return Err(Errno::ERANGE);
+            }
+            Err(e) => {
+                self.say(p, now, format!("cannot read memory/target: error {}", e.0));
+                return Err(e);
+            }
+        };
+        let kib = match policy::parse_kib(text) {
+            Ok(kib) => kib,
+            Err(r) => {
+                self.worker.refuse_target();
+                return Err(r.errno());
+            }
+        };
+        if resync && self.xenstore_last == Some(kib) {
+            return Ok(());
+        }
+        self.worker
+            .set_target(kib, Source::Xenstore)
+            .map_err(|r| r.errno())?;
+        self.xenstore_last = Some(kib);
+        Ok(())
+    }
+
+    /// Logs a failure of the shim's own, within the budget.
+    pub fn shim_failed<P: Platform>(
+        &mut self,
+        p: &mut P,
+        what: ShimFailure,
+        error: Errno,
+        now: Uptime,
+    ) {
+        let what = match what {
+            ShimFailure::WorkerRestart => "cannot restart the worker",
+            ShimFailure::WatchRestart => "cannot watch memory/target again",
+        };
+        self.say(p, now, format!("{what}: error {}", error.0));
     }
 
     /// Asks the worker for the next action at `now` and carries it out.
@@ -189,34 +263,54 @@ impl Driver {
         }
     }
 
-    /// One line for the kernel log, within the budget. A line over budget
-    /// is held in place of any line held before it (which is dropped).
+    /// One line for the kernel log, within the budget. A line held
+    /// earlier goes first if the budget allows; a line over budget is
+    /// held in place of any line held before it, which is then dropped
+    /// for good (and only then counted as suppressed).
     fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: String) {
-        match self.budget.admit(now) {
-            Verdict::Print => {
-                if self.held.take().is_some() {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                self.print_dropped(p);
-                p.log(&line);
-            }
-            Verdict::OverUntil(_) => {
-                if self.held.replace(line).is_some() {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-                self.stats.lines_suppressed = self.stats.lines_suppressed.saturating_add(1);
-            }
+        self.flush_held(p, now);
+        if self.held.is_none() && self.print_within_budget(p, now, &line) {
+            return;
+        }
+        if self.held.replace(line).is_some() {
+            self.drop_one();
         }
     }
 
     /// Prints the held line if the budget allows it now.
     fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
-        if self.held.is_some() && self.budget.admit(now) == Verdict::Print {
-            self.print_held(p);
+        if let Some(line) = self.held.take() {
+            if !self.print_within_budget(p, now, &line) {
+                self.held = Some(line);
+            }
         }
     }
 
-    /// Prints the count of dropped lines, then the held line, if any.
+    /// Prints `line`, after the count of dropped lines if there is one,
+    /// each only if the budget has room for it: the count is a line like
+    /// any other. False when `line` was not printed.
+    fn print_within_budget<P: Platform>(&mut self, p: &mut P, now: Uptime, line: &str) -> bool {
+        if self.dropped > 0 {
+            if self.budget.admit(now) != Verdict::Print {
+                return false;
+            }
+            self.print_dropped(p);
+        }
+        if self.budget.admit(now) != Verdict::Print {
+            return false;
+        }
+        p.log(line);
+        true
+    }
+
+    /// A line will never be printed.
+    fn drop_one(&mut self) {
+        self.dropped = self.dropped.saturating_add(1);
+        self.stats.lines_suppressed = self.stats.lines_suppressed.saturating_add(1);
+    }
+
+    /// Prints the count of dropped lines, then the held line, if any,
+    /// whatever the budget says: the module is going away.
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
@@ -246,19 +340,35 @@ impl Driver {
                     return self.released(p)
                 }
                 StepStatus::Sleep(_) => {
-                    let left = self.worker.frames().ballooned();
-                    self.say(
-                        p,
-                        now,
-                        format!(
-                            "{} KiB still ballooned: Xen gave no more back",
-                            left.saturating_kib().0
-                        ),
-                    );
+                    let line = self.release_refused();
+                    self.say(p, now, line);
                     self.worker.end_release();
                     return Err(Errno::EBUSY);
                 }
             }
+        }
+    }
+
+    /// Why a release stopped short, for the log: what the step that fell
+    /// short was.
+    fn release_refused(&self) -> String {
+        let kib = |x: Pages| x.saturating_kib().0;
+        let frames = self.worker.frames();
+        if !frames.stranded().is_zero() {
+            return format!(
+                "cannot unload: {} KiB backed for a failed plug not yet given back: Xen took no more",
+                kib(frames.stranded())
+            );
+        }
+        let left = kib(frames.ballooned());
+        match self.worker.state() {
+            State::Waiting(WaitReason::UnplugFailed) => {
+                format!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment")
+            }
+            State::Waiting(WaitReason::ShortDeflate) => {
+                format!("{left} KiB still ballooned: Xen gave no more back")
+            }
+            other => format!("{left} KiB still ballooned: {other}"),
         }
     }
 
@@ -283,10 +393,22 @@ impl Driver {
                 scrub,
             } => self.inflate(p, count, prefer, scrub, now),
             Action::Deflate { runs } => self.deflate(p, &runs, now),
+            Action::Back { frames } => {
+                let pfns: Vec<u64> = frames.frames().map(|f| f.0).collect();
+                let (done, error) = self.back_frames(p, &pfns);
+                self.worker.complete(
+                    StepResult::Backed {
+                        done: Pages(done as u64),
+                        error,
+                    },
+                    now,
+                )
+            }
             Action::Plug { range } => {
-                let result = self.plug(p, range, now);
+                let result = p.plug(range);
                 self.worker.complete(StepResult::Plugged(result), now)
             }
+            Action::Return { runs } => self.return_frames(p, &runs, now),
             Action::Unplug { range } => {
                 let result = p.unplug(range);
                 self.worker.complete(StepResult::Unplugged(result), now)
@@ -420,56 +542,60 @@ impl Driver {
         )
     }
 
-    /// Gives backed frames of a segment that will not be plugged back to
-    /// Xen. They are in no segment, so a shortfall here loses them.
-    fn unback_frames<P: Platform>(&mut self, p: &mut P, pfns: &[u64], now: Uptime) {
-        for chunk in pfns.chunks(MAX_BATCH.0 as usize) {
-            self.frames.clear();
-            for &pfn in chunk {
-                match self.mode {
-                    GuestMode::Pv => {
-                        if let Some(mfn) = p.p2m_lookup(Pfn(pfn)) {
-                            self.frames.push(mfn.0);
-                            p.p2m_clear(Pfn(pfn));
-                        }
+    /// Gives frames backed for a plug that did not happen back to Xen:
+    /// one `decrease_reservation`; the frames Xen did not take stay
+    /// stranded (PV: their p2m entries are put back) and are retried.
+    fn return_frames<P: Platform>(
+        &mut self,
+        p: &mut P,
+        runs: &[PfnRange],
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        self.pfns.clear();
+        self.pfns
+            .extend(runs.iter().flat_map(|r| r.frames()).map(|f| f.0));
+        self.frames.clear();
+        match self.mode {
+            GuestMode::Pv => {
+                // A frame with no MFN behind it cannot be given back; stop
+                // at it (the worker retries with the back-off).
+                for &pfn in &self.pfns {
+                    match p.p2m_lookup(Pfn(pfn)) {
+                        Some(mfn) => self.frames.push(mfn.0),
+                        None => break,
                     }
-                    GuestMode::Pvh => self.frames.push(pfn),
+                }
+                for &pfn in &self.pfns[..self.frames.len()] {
+                    p.p2m_clear(Pfn(pfn));
                 }
             }
+            GuestMode::Pvh => self.frames.extend_from_slice(&self.pfns),
+        }
+        let (done, error) = if self.frames.is_empty() {
+            (0, Some(Errno::EINVAL))
+        } else {
             self.hypercall();
-            let done = p.decrease_reservation(&mut self.frames).unwrap_or(0);
-            let lost = self.frames.len().saturating_sub(done) as u64;
-            if lost > 0 {
-                self.stats.frames_lost = self.stats.frames_lost.saturating_add(lost);
-                self.say(
-                    p,
-                    now,
-                    format!("{lost} frames backed for a segment could not be given back"),
-                );
+            match p.decrease_reservation(&mut self.frames) {
+                Ok(d) if d >= self.frames.len() => (self.frames.len(), None),
+                Ok(d) => (d, Some(Errno::EAGAIN)),
+                Err(e) => (0, Some(e)),
             }
-        }
-    }
-
-    fn plug<P: Platform>(&mut self, p: &mut P, range: PfnRange, now: Uptime) -> Result<(), Errno> {
-        let all: Vec<u64> = range.frames().map(|f| f.0).collect();
-        let mut backed = 0;
-        let mut failure = None;
-        for chunk in all.chunks(MAX_BATCH.0 as usize) {
-            let (done, error) = self.back_frames(p, chunk);
-            backed += done;
-            if done < chunk.len() {
-                failure = Some(error.unwrap_or(Errno::ENOMEM));
-                break;
-            }
-        }
-        let result = match failure {
-            Some(e) => Err(e),
-            None => p.plug(range),
         };
-        if result.is_err() {
-            self.unback_frames(p, &all[..backed], now);
+        if self.mode == GuestMode::Pv {
+            for i in done..self.frames.len() {
+                p.p2m_set(Pfn(self.pfns[i]), Mfn(self.frames[i]));
+            }
+            p.p2m_flush();
         }
-        result
+        let error =
+            error.or_else(|| (self.frames.len() < self.pfns.len()).then_some(Errno::EINVAL));
+        self.worker.complete(
+            StepResult::Returned {
+                done: Pages(done as u64),
+                error,
+            },
+            now,
+        )
     }
 
     /// One log line when the worker reaches its target or gives up, not
@@ -485,6 +611,11 @@ impl Driver {
         }
         let kib = |x: Pages| x.saturating_kib().0;
         let line: Option<String> = match state {
+            // Unloading: the target no longer counts.
+            State::Idle if self.worker.releasing() => Some(format!(
+                "returned all ballooned memory: {} KiB",
+                kib(self.worker.as_toolstack(self.worker.current()))
+            )),
             // Sizes as the toolstack counts them (memory/target).
             State::Idle => Some(format!(
                 "at target: {} KiB ({} KiB ballooned)",

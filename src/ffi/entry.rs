@@ -14,7 +14,7 @@ use balloon_sys as sys;
 use cty::{c_char, c_int};
 
 use crate::backoff::BackoffConfig;
-use crate::driver::{Driver, GuestMode, StepStatus};
+use crate::driver::{Driver, GuestMode, ShimFailure, StepStatus};
 use crate::errno::Errno;
 use crate::policy::{Refusal, Source};
 use crate::segments::PlugLimits;
@@ -141,36 +141,41 @@ pub unsafe extern "C" fn balloon_rs_step(
     status
 }
 
-/// A target as text (xenstore) or from sysctl.
+/// The watch on memory/target fired: what `xenbus_read` gave.
 ///
 /// # Safety
-/// As for [`core_mut`]; `text` valid for `len` bytes (or NULL with 0).
+/// As for [`core_mut`]; `text` valid for `len` bytes (or NULL). Only the
+/// first `BALLOON_XS_VALUE_LEN` bytes (the shim's buffer) are ever read.
 #[no_mangle]
-pub unsafe extern "C" fn balloon_rs_set_target(
+pub unsafe extern "C" fn balloon_rs_xenstore_event(
     rs: *mut sys::balloon_rs,
-    source: sys::balloon_target_source,
+    error: c_int,
     text: *const c_char,
     len: usize,
+    resync: bool,
+    now_ms: u64,
 ) -> c_int {
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return errno(Errno::EINVAL);
     };
-    let source = match source {
-        sys::balloon_target_source_BALLOON_SOURCE_XENSTORE => Source::Xenstore,
-        sys::balloon_target_source_BALLOON_SOURCE_SYSCTL => Source::Sysctl,
-        _ => return errno(Errno::EINVAL),
-    };
-    let bytes: &[u8] = if text.is_null() || len == 0 {
-        &[]
+    let read = if error != 0 {
+        Err(Errno(error))
+    } else if text.is_null() || len == 0 {
+        Ok(&[][..])
     } else {
-        // SAFETY: `text` is valid for `len` bytes per the contract and not
-        // written while this slice lives.
-        unsafe { core::slice::from_raw_parts(text.cast::<u8>(), len) }
+        let len = len.min(sys::BALLOON_XS_VALUE_LEN as usize);
+        // SAFETY: `text` is valid for `len` bytes per the contract (cut
+        // to the shim's buffer size) and not written while this slice
+        // lives.
+        Ok(unsafe { core::slice::from_raw_parts(text.cast::<u8>(), len) })
     };
-    match core.driver.worker_mut().set_target_text(bytes, source) {
-        Ok(_) => 0,
-        Err(r) => errno(r.errno()),
+    match core
+        .driver
+        .xenstore_event(&mut ShimPlatform, read, resync, Uptime(now_ms))
+    {
+        Ok(()) => 0,
+        Err(e) => errno(e),
     }
 }
 
@@ -206,6 +211,30 @@ pub unsafe extern "C" fn balloon_rs_set_limit(
         .worker_mut()
         .set_limit(Pages(max_reservation_pages), smax, pvh);
     0
+}
+
+/// A failure of the shim's own, for the log.
+///
+/// # Safety
+/// As for [`core_mut`].
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_shim_failed(
+    rs: *mut sys::balloon_rs,
+    what: sys::balloon_shim_failure,
+    error: c_int,
+    now_ms: u64,
+) {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return;
+    };
+    let what = match what {
+        sys::balloon_shim_failure_BALLOON_FAIL_WORKER_RESTART => ShimFailure::WorkerRestart,
+        sys::balloon_shim_failure_BALLOON_FAIL_WATCH_RESTART => ShimFailure::WatchRestart,
+        _ => return,
+    };
+    core.driver
+        .shim_failed(&mut ShimPlatform, what, Errno(error), Uptime(now_ms));
 }
 
 /// Reads a value behind hw.balloon.
@@ -269,7 +298,10 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
         sys::balloon_value_BALLOON_V_STAT_TARGETS_GIVEN_UP => s.gave_up,
         sys::balloon_value_BALLOON_V_STAT_PLUGS => s.segments_plugged,
         sys::balloon_value_BALLOON_V_STAT_UNPLUGS => s.segments_unplugged,
-        sys::balloon_value_BALLOON_V_STAT_FRAMES_LOST => d.frames_lost,
+        // Frames backed for a failed plug are given back with the
+        // back-off until Xen takes them, and unload waits for them: none
+        // is ever lost. The node stays for scripts that read it.
+        sys::balloon_value_BALLOON_V_STAT_FRAMES_LOST => 0,
         sys::balloon_value_BALLOON_V_STAT_MESSAGES_SUPPRESSED => d.lines_suppressed,
         sys::balloon_value_BALLOON_V_STAT_LAST_ERRNO => s
             .last_error

@@ -116,6 +116,7 @@ impl Platform for ShimPlatform {
         MemInfo {
             free: Pages(mi.free_pages),
             freetarg: Pages(mi.freetarg_pages),
+            managed: Pages(mi.managed_pages),
         }
     }
 

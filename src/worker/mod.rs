@@ -8,16 +8,27 @@
 //! clock and UVM's memory figures are inputs, and the same inputs give
 //! the same actions, so every path can be tested on the host.
 //!
-//! Order of work, each step at most one batch:
+//! Order of work, each step at most one batch (one hypercall):
 //! 1. if a back-off wait is running, sleep until it ends;
-//! 2. above the target: give frames to Xen (inflate), preferring the
+//! 2. frames Xen backs for a plug that did not happen (stranded) go back
+//!    to Xen first, before anything else;
+//! 3. above the target: give frames to Xen (inflate), preferring the
 //!    newest plugged segment, no faster than the low-memory guard allows;
 //!    at or above the target with a fully ballooned plugged segment:
 //!    unplug it;
-//! 3. below the target: take ballooned frames back (deflate), boot memory
+//! 4. below the target: take ballooned frames back (deflate), boot memory
 //!    first; with none left and hotplug on, plug a new segment above the
-//!    highest frame;
-//! 4. otherwise idle.
+//!    highest frame: back it one batch a step, then `uvm_physseg_plug`
+//!    it. A segment no longer wanted (target lowered, hotplug off,
+//!    unload), or one that could not be backed or plugged, is abandoned
+//!    and its backed frames are stranded (step 2);
+//! 5. otherwise idle.
+//!
+//! Only steps that move towards the target (a full inflate or deflate, a
+//! plug, an unplug) reset the back-off. Backing a segment and giving
+//! stranded frames back do not: a plug that keeps failing is retried
+//! `max_retries` times, its frames given back each time, then given up.
+//! The failure of a plug counts once its frames are back with Xen.
 
 use alloc::vec::Vec;
 
@@ -74,12 +85,24 @@ pub enum Action {
         /// The frames, lowest first; at most one batch in total.
         runs: Vec<PfnRange>,
     },
-    /// Back every frame of `range` (PV: increase_reservation and p2m; PVH:
-    /// populate_physmap), then `uvm_physseg_plug` it; on any shortfall
-    /// give the backed frames back and report failure.
+    /// Back these frames of the segment being prepared (PV:
+    /// increase_reservation and p2m; PVH: populate_physmap): at most one
+    /// batch, in order, after the frames backed before.
+    Back {
+        /// The frames.
+        frames: PfnRange,
+    },
+    /// `uvm_physseg_plug` the segment being prepared; every frame of it
+    /// is backed.
     Plug {
         /// The new segment.
         range: PfnRange,
+    },
+    /// Give these stranded frames (backed for a plug that did not happen,
+    /// in no segment) back to Xen with `decrease_reservation`.
+    Return {
+        /// The frames, lowest first; at most one batch in total.
+        runs: Vec<PfnRange>,
     },
     /// `uvm_physseg_unplug` this fully ballooned segment and forget its
     /// pages.
@@ -115,8 +138,22 @@ pub enum StepResult<'a> {
         /// What stopped the step early.
         error: Option<Errno>,
     },
-    /// Whether the segment was backed and plugged.
+    /// How many leading frames of a [`Action::Back`] Xen backs now.
+    Backed {
+        /// Frames backed.
+        done: Pages,
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
+    /// Whether the segment was plugged.
     Plugged(Result<(), Errno>),
+    /// How many leading frames of a [`Action::Return`] Xen took back.
+    Returned {
+        /// Frames given back.
+        done: Pages,
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
     /// Whether the segment was unplugged.
     Unplugged(Result<(), Errno>),
 }
@@ -147,6 +184,8 @@ pub enum WaitReason {
     ShortDeflate,
     /// A segment could not be backed or plugged.
     PlugFailed,
+    /// Xen took back fewer stranded frames than asked.
+    ReturnShort,
     /// A segment could not be unplugged.
     UnplugFailed,
 }
@@ -175,6 +214,8 @@ pub enum State {
     Plugging,
     /// Releasing an empty segment.
     Unplugging,
+    /// Giving Xen back the frames of a plug that did not happen.
+    Returning,
     /// Waiting to retry.
     Waiting(WaitReason),
     /// Stopped until the target or a knob changes.
@@ -187,7 +228,7 @@ impl WaitReason {
         match self {
             WaitReason::LowMemory | WaitReason::ShortInflate => StepKind::Inflate,
             WaitReason::ShortDeflate => StepKind::Deflate,
-            WaitReason::PlugFailed => StepKind::Plug,
+            WaitReason::PlugFailed | WaitReason::ReturnShort => StepKind::Plug,
             WaitReason::UnplugFailed => StepKind::Unplug,
         }
     }
@@ -199,6 +240,7 @@ impl WaitReason {
             WaitReason::ShortInflate => "page allocation or decrease_reservation fell short",
             WaitReason::ShortDeflate => "host has no free memory",
             WaitReason::PlugFailed => "segment could not be plugged",
+            WaitReason::ReturnShort => "Xen took back fewer frames of a failed plug than asked",
             WaitReason::UnplugFailed => "segment could not be unplugged",
         }
     }
@@ -224,6 +266,7 @@ impl core::fmt::Display for State {
             State::Deflating => f.write_str("deflating"),
             State::Plugging => f.write_str("plugging"),
             State::Unplugging => f.write_str("unplugging"),
+            State::Returning => f.write_str("returning the frames of a failed plug"),
             State::Waiting(why) => write!(f, "waiting: {}", why.as_str()),
             State::Cancelled(CancelReason::RetriesExhausted(why)) => {
                 write!(f, "cancelled: retries exhausted ({})", why.as_str())
@@ -238,8 +281,20 @@ impl core::fmt::Display for State {
 enum InFlight {
     Inflate(Pages),
     Deflate(Vec<PfnRange>),
+    Back(PfnRange),
     Plug(PfnRange),
+    Return(Vec<PfnRange>),
     Unplug(PfnRange),
+}
+
+/// What a completed step means for the back-off.
+enum Outcome {
+    /// A step towards the target did all it asked: reset the back-off.
+    Progress,
+    /// Backing a segment or giving frames back: no change.
+    Neutral,
+    /// The step fell short.
+    Short(WaitReason, Option<Errno>),
 }
 
 /// The driver's brain: bookkeeping, policy, back-off, target and stats.
@@ -261,6 +316,9 @@ pub struct Worker {
     unplug_refused: Vec<PfnRange>,
     /// Giving everything back before unload: the target no longer counts.
     releasing: bool,
+    /// A plug failed with this error; it counts as a shortfall once the
+    /// frames backed for it are back with Xen.
+    failed_plug: Option<Errno>,
     /// `XENMEM_current_reservation` at load.
     load_reservation: Pages,
     /// Pages Xen counts that `memory/target` does not
@@ -301,6 +359,7 @@ impl Worker {
             stats: Stats::default(),
             unplug_refused: Vec::new(),
             releasing: false,
+            failed_plug: None,
             load_reservation: boot.reservation,
             offset: None,
             limit: Limit {
@@ -393,11 +452,13 @@ impl Worker {
         self.rearm();
     }
 
-    /// The release's next step.
-    fn release_action(&mut self, now: Uptime) -> Action {
-        if let Some(until) = self.backoff.waiting_until(now) {
-            return Action::Sleep { until };
-        }
+    /// True while giving everything back before unload.
+    pub fn releasing(&self) -> bool {
+        self.releasing
+    }
+
+    /// The release's next step, once stranded frames are back.
+    fn release_action(&mut self) -> Action {
         if let Some(unplug) = self.start_unplug() {
             return unplug;
         }
@@ -421,6 +482,46 @@ impl Worker {
         Some(Action::Unplug { range })
     }
 
+    /// Starts giving up to one batch of stranded frames back.
+    fn start_return(&mut self) -> Action {
+        let runs = self.space.choose_return(self.policy.batch());
+        self.in_flight = Some(InFlight::Return(runs.clone()));
+        self.state = State::Returning;
+        Action::Return { runs }
+    }
+
+    /// The next step of the segment being prepared: back one more batch
+    /// of it, or plug it once fully backed.
+    fn continue_plug(&mut self, range: PfnRange) -> Action {
+        self.state = State::Plugging;
+        match self.space.next_backing(self.policy.batch()) {
+            Some(frames) => {
+                self.in_flight = Some(InFlight::Back(frames));
+                Action::Back { frames }
+            }
+            None => {
+                self.in_flight = Some(InFlight::Plug(range));
+                Action::Plug { range }
+            }
+        }
+    }
+
+    /// Abandons the segment being prepared when it is no longer wanted:
+    /// unloading, hotplug turned off, or no growth needed any more. Its
+    /// backed frames are stranded and go back to Xen next.
+    fn drop_unwanted_plug(&mut self) -> Result<(), WorkerError> {
+        let Some(seg) = self.space.pending() else {
+            return Ok(());
+        };
+        if !self.releasing && self.policy.hotplug() && self.target() > self.held() {
+            return Ok(());
+        }
+        self.space
+            .abandon_plug(seg.range)
+            .map_err(WorkerError::Bookkeeping)?;
+        Ok(())
+    }
+
     /// Starts taking up to `max` ballooned frames back.
     fn start_deflate(&mut self, max: Pages) -> Action {
         let runs = self.space.choose_deflate(max);
@@ -429,8 +530,16 @@ impl Worker {
         Action::Deflate { runs }
     }
 
-    /// Pages the domain holds now, as Xen counts its reservation.
+    /// Pages the domain holds now, as Xen counts its reservation: UVM's,
+    /// those outside UVM at load, and those backed outside every live
+    /// segment (a plug being prepared, or stranded).
     pub fn current(&self) -> Pages {
+        self.held().saturating_add(self.space.backed_outside())
+    }
+
+    /// Pages the domain holds that UVM can use (or that were outside UVM
+    /// at load): what growth and shrinking are decided on.
+    fn held(&self) -> Pages {
         self.space.populated().saturating_add(self.outside)
     }
 
@@ -480,9 +589,14 @@ impl Worker {
     fn rearm(&mut self) {
         self.backoff.reset();
         self.unplug_refused.clear();
+        self.failed_plug = None;
         if self.in_flight.is_none() {
-            let (current, target) = (self.current(), self.target());
-            self.state = if current > target {
+            let (current, target) = (self.held(), self.target());
+            self.state = if !self.space.stranded().is_zero() {
+                State::Returning
+            } else if self.space.pending().is_some() && target > current {
+                State::Plugging
+            } else if current > target {
                 State::Inflating
             } else if current < target {
                 State::Deflating
@@ -496,8 +610,9 @@ impl Worker {
 
     /// A new target in KiB from `source`, as the toolstack counts memory
     /// (the toolstack offset, fixed by the first xenstore target, is
-    /// added). Accepted targets replace the old one and re-arm a worker
-    /// that had given up; refused ones change nothing but the refusal
+    /// added). Accepted targets replace the old one; one that differs from
+    /// it re-arms a worker that had given up (and resets the back-off), an
+    /// unchanged one does not. Refused ones change nothing but the refusal
     /// count.
     pub fn set_target(&mut self, kib: Kib, source: Source) -> Result<Target, Refusal> {
         if self.offset.is_none() && source == Source::Xenstore {
@@ -516,8 +631,11 @@ impl Worker {
                 if t.clamp.is_some() {
                     bump(&mut self.stats.targets_clamped);
                 }
+                let changed = t.pages != self.target;
                 self.target = t.pages;
-                self.rearm();
+                if changed {
+                    self.rearm();
+                }
                 Ok(t)
             }
             Err(e) => {
@@ -545,10 +663,14 @@ impl Worker {
         }
     }
 
-    /// Runs a knob change on the policy; a change that took re-arms.
+    /// Runs a knob change on the policy; one that changed the policy
+    /// re-arms, one that left it as it was does not.
     fn knob(&mut self, f: impl FnOnce(&mut Policy) -> Result<(), Refusal>) -> Result<(), Refusal> {
+        let before = self.policy;
         f(&mut self.policy)?;
-        self.rearm();
+        if self.policy != before {
+            self.rearm();
+        }
         Ok(())
     }
 
@@ -571,28 +693,36 @@ impl Worker {
 
     /// `hw.balloon.unplug`.
     pub fn set_unplug(&mut self, on: bool) {
-        self.policy.set_unplug(on);
-        self.rearm();
+        let _ = self.knob(|p| {
+            p.set_unplug(on);
+            Ok(())
+        });
     }
 
-    /// `hw.balloon.scrub`.
+    /// `hw.balloon.scrub`: how pages go, not whether a target is
+    /// reachable, so it never re-arms.
     pub fn set_scrub(&mut self, on: bool) {
         self.policy.set_scrub(on);
     }
 
     /// Xen's maximum reservation changed (`xl mem-max`).
     pub fn set_max(&mut self, max: Pages) {
-        self.policy.set_max(max);
-        self.rearm();
+        let _ = self.knob(|p| {
+            p.set_max(max);
+            Ok(())
+        });
     }
 
-    /// The retry knobs; refused when they do not make sense together.
+    /// The retry knobs; refused when they do not make sense together. A
+    /// change re-arms.
     pub fn set_backoff(&mut self, config: BackoffConfig) -> Result<(), Refusal> {
         if !config.is_valid() {
             return Err(Refusal::OutOfRange);
         }
-        self.backoff.set_config(config);
-        self.rearm();
+        if config != self.backoff.config() {
+            self.backoff.set_config(config);
+            self.rearm();
+        }
         Ok(())
     }
 
@@ -601,14 +731,23 @@ impl Worker {
         if self.in_flight.is_some() {
             return Err(WorkerError::StepInFlight);
         }
-        if self.releasing {
-            return Ok(self.release_action(now));
-        }
-        if let State::Cancelled(_) = self.state {
-            return Ok(Action::Idle);
+        self.drop_unwanted_plug()?;
+        if !self.releasing {
+            if let State::Cancelled(_) = self.state {
+                return Ok(Action::Idle);
+            }
         }
         if let Some(until) = self.backoff.waiting_until(now) {
             return Ok(Action::Sleep { until });
+        }
+        if !self.space.stranded().is_zero() {
+            return Ok(self.start_return());
+        }
+        if self.releasing {
+            return Ok(self.release_action());
+        }
+        if let Some(seg) = self.space.pending() {
+            return Ok(self.continue_plug(seg.range));
         }
         let current = self.current();
         let target = self.target();
@@ -635,15 +774,18 @@ impl Worker {
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
             }
-            let Some(range) = self.space.next_plug(need, self.plug_limits) else {
+            // uvm_physseg_plug refuses more pages than UVM manages.
+            let limits = PlugLimits {
+                max_segment: self.plug_limits.max_segment.min(mem.managed),
+                ..self.plug_limits
+            };
+            let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
             self.space
                 .begin_plug(range)
                 .map_err(WorkerError::Bookkeeping)?;
-            self.in_flight = Some(InFlight::Plug(range));
-            self.state = State::Plugging;
-            return Ok(Action::Plug { range });
+            return Ok(self.continue_plug(range));
         }
         if self.policy.unplug() {
             if let Some(unplug) = self.start_unplug() {
@@ -684,7 +826,7 @@ impl Worker {
     /// The result of the step in flight, at `now`.
     pub fn complete(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
         let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
-        let short = match (step, result) {
+        let outcome = match (step, result) {
             (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {
                 let got = Pages(frames.len() as u64);
                 if got > asked {
@@ -695,12 +837,10 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.inflate_steps);
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
-                (got < asked || error.is_some()).then_some((WaitReason::ShortInflate, error))
+                short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
             (InFlight::Deflate(runs), StepResult::Deflated { done, error }) => {
-                let asked = runs
-                    .iter()
-                    .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()));
+                let asked = total(&runs);
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
@@ -710,7 +850,21 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);
-                (done < asked || error.is_some()).then_some((WaitReason::ShortDeflate, error))
+                short_or_progress(done < asked, WaitReason::ShortDeflate, error)
+            }
+            (InFlight::Back(frames), StepResult::Backed { done, error }) => {
+                if done > frames.len() {
+                    self.drop_pending_after_error();
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .record_backed(frames, done)
+                    .map_err(WorkerError::Bookkeeping)?;
+                if done < frames.len() || error.is_some() {
+                    self.plug_failed(error.unwrap_or(Errno::ENOMEM))?
+                } else {
+                    Outcome::Neutral
+                }
             }
             (InFlight::Plug(range), StepResult::Plugged(res)) => match res {
                 Ok(()) => {
@@ -718,42 +872,86 @@ impl Worker {
                         .finish_plug(range)
                         .map_err(WorkerError::Bookkeeping)?;
                     bump(&mut self.stats.segments_plugged);
-                    None
+                    Outcome::Progress
                 }
-                Err(e) => {
-                    self.space
-                        .abandon_plug(range)
-                        .map_err(WorkerError::Bookkeeping)?;
-                    Some((WaitReason::PlugFailed, Some(e)))
-                }
+                Err(e) => self.plug_failed(e)?,
             },
+            (InFlight::Return(runs), StepResult::Returned { done, error }) => {
+                let asked = total(&runs);
+                if done > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                let leading = leading_frames(&runs, done);
+                self.space
+                    .record_returned(&leading)
+                    .map_err(WorkerError::Bookkeeping)?;
+                if done < asked || error.is_some() {
+                    Outcome::Short(
+                        WaitReason::ReturnShort,
+                        Some(error.unwrap_or(Errno::EAGAIN)),
+                    )
+                } else if self.space.stranded().is_zero() {
+                    // All back with Xen: now the plug's failure counts.
+                    match self.failed_plug.take() {
+                        Some(e) => Outcome::Short(WaitReason::PlugFailed, Some(e)),
+                        None => Outcome::Neutral,
+                    }
+                } else {
+                    Outcome::Neutral
+                }
+            }
             (InFlight::Unplug(range), StepResult::Unplugged(res)) => match res {
                 Ok(()) => {
                     self.space
                         .record_unplugged(range)
                         .map_err(WorkerError::Bookkeeping)?;
                     bump(&mut self.stats.segments_unplugged);
-                    None
+                    Outcome::Progress
                 }
                 Err(e) => {
                     self.unplug_refused.push(range);
-                    Some((WaitReason::UnplugFailed, Some(e)))
+                    Outcome::Short(WaitReason::UnplugFailed, Some(e))
                 }
             },
-            (InFlight::Plug(range), _) => {
-                // Keep the frame space consistent: the plug did not happen.
-                let _ = self.space.abandon_plug(range);
+            (InFlight::Back(_) | InFlight::Plug(_), _) => {
+                self.drop_pending_after_error();
                 return Err(WorkerError::Mismatch);
             }
             _ => return Err(WorkerError::Mismatch),
         };
-        match short {
-            None => self.backoff.progress(),
-            Some((why, error)) => {
+        match outcome {
+            Outcome::Progress => self.backoff.progress(),
+            Outcome::Neutral => {}
+            Outcome::Short(why, error) => {
                 self.fall_short(now, why, error);
             }
         }
         Ok(())
+    }
+
+    /// A plug step's result could not be taken: the segment will not be
+    /// plugged, and what it had backed goes back to Xen.
+    fn drop_pending_after_error(&mut self) {
+        if let Some(seg) = self.space.pending() {
+            let _ = self.space.abandon_plug(seg.range);
+        }
+    }
+
+    /// The segment being prepared could not be backed or plugged: it is
+    /// abandoned. With frames to give back, the failure counts once they
+    /// are back; with none, it counts now.
+    fn plug_failed(&mut self, error: Errno) -> Result<Outcome, WorkerError> {
+        if let Some(seg) = self.space.pending() {
+            self.space
+                .abandon_plug(seg.range)
+                .map_err(WorkerError::Bookkeeping)?;
+        }
+        if self.space.stranded().is_zero() {
+            return Ok(Outcome::Short(WaitReason::PlugFailed, Some(error)));
+        }
+        self.failed_plug = Some(error);
+        self.state = State::Returning;
+        Ok(Outcome::Neutral)
     }
 
     /// Checks the invariants of ARCHITECTURE.md that the core can see:
@@ -774,11 +972,18 @@ impl Worker {
         if self.policy.floor() < self.policy.safe_floor() {
             return Err("worker: floor below the safe floor");
         }
-        let plugging = matches!(self.in_flight, Some(InFlight::Plug(_)));
-        match (self.space.pending_segment(), &self.in_flight) {
+        let pending = self.space.pending_segment();
+        match (pending, &self.in_flight) {
             (Some(p), Some(InFlight::Plug(r))) if p == *r => {}
-            (None, _) if !plugging => {}
-            _ => return Err("worker: pending segment without its plug in flight"),
+            (Some(p), Some(InFlight::Back(f))) if p.covers(*f) => {}
+            (_, Some(InFlight::Back(_) | InFlight::Plug(_))) => {
+                return Err("worker: a plug step in flight for another segment")
+            }
+            (Some(_), Some(_)) => return Err("worker: another step in flight during a plug"),
+            _ => {}
+        }
+        if pending.is_some() && !self.space.stranded().is_zero() {
+            return Err("worker: a plug prepared while frames are stranded");
         }
         if let Some(InFlight::Inflate(n)) = self.in_flight {
             if self.current().saturating_sub(n) < self.policy.floor().min(self.current()) {
@@ -786,6 +991,22 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Frames in `runs`.
+fn total(runs: &[PfnRange]) -> Pages {
+    runs.iter()
+        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()))
+}
+
+/// A step towards the target: short when it did less than asked or
+/// reported an error, else progress.
+fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outcome {
+    if short || error.is_some() {
+        Outcome::Short(why, error)
+    } else {
+        Outcome::Progress
     }
 }
 

@@ -25,8 +25,10 @@ struct Faults {
     alloc_limit: Option<u64>,
     /// decrease_reservation completes at most this many extents.
     decrease_limit: Option<u64>,
-    /// The plug hypercalls or uvm_physseg_plug fail.
+    /// uvm_physseg_plug fails.
     plug_fails: bool,
+    /// The hypercalls backing a plug do nothing.
+    back_fails: bool,
     /// uvm_physseg_unplug refuses.
     unplug_fails: bool,
 }
@@ -48,6 +50,9 @@ struct Model {
     now: Uptime,
     /// Frames that live in some UVM segment (to check plug never overlaps).
     present: BTreeSet<(u64, u64)>,
+    /// Frames Xen backs outside every segment (a plug being prepared or
+    /// one that failed).
+    backed: u64,
 }
 
 impl Model {
@@ -63,6 +68,7 @@ impl Model {
             faults: Faults::default(),
             now: Uptime(0),
             present: [(0, boot_pages)].into_iter().collect(),
+            backed: 0,
         }
     }
 
@@ -88,6 +94,7 @@ impl Model {
         MemInfo {
             free: Pages(self.free.len() as u64),
             freetarg: Pages(self.freetarg),
+            managed: Pages(self.present.iter().map(|&(s, e)| e - s).sum()),
         }
     }
 
@@ -172,6 +179,31 @@ impl Model {
                 )
                 .unwrap();
             }
+            Action::Back { frames } => {
+                let (s, e) = (frames.start().0, frames.end().0);
+                for &(ps, pe) in &self.present {
+                    assert!(e <= ps || pe <= s, "backing frames of a live segment");
+                }
+                let asked = frames.len().0;
+                let room = self.max_pages.saturating_sub(self.reservation);
+                let done = if self.faults.back_fails {
+                    0
+                } else {
+                    asked.min(room).min(self.host_free)
+                };
+                self.reservation += done;
+                self.host_free -= done;
+                self.backed += done;
+                let error = (done < asked).then_some(Errno::ENOMEM);
+                w.complete(
+                    StepResult::Backed {
+                        done: Pages(done),
+                        error,
+                    },
+                    self.now,
+                )
+                .unwrap();
+            }
             Action::Plug { range } => {
                 let (s, e) = (range.start().0, range.end().0);
                 for &(ps, pe) in &self.present {
@@ -180,20 +212,40 @@ impl Model {
                         "plug overlaps a segment: a kernel panic"
                     );
                 }
-                let n = range.len().0;
-                let ok = !self.faults.plug_fails
-                    && self.reservation + n <= self.max_pages
-                    && n <= self.host_free;
-                if ok {
-                    self.reservation += n;
-                    self.host_free -= n;
+                assert_eq!(
+                    self.backed,
+                    range.len().0,
+                    "plug of a segment not fully backed"
+                );
+                // uvm_physseg.c 1.18: no vm_page slab for more pages than
+                // uvmexp.npages, so such a plug returns false.
+                let too_big = range.len() > self.mem().managed;
+                if self.faults.plug_fails || too_big {
+                    w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
+                        .unwrap();
+                } else {
+                    self.backed = 0;
                     self.free.extend(s..e);
                     self.present.insert((s, e));
                     w.complete(StepResult::Plugged(Ok(())), self.now).unwrap();
-                } else {
-                    w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
-                        .unwrap();
                 }
+            }
+            Action::Return { runs } => {
+                let asked: u64 = runs.iter().map(|r| r.len().0).sum();
+                assert!(asked <= self.backed, "return of frames not backed");
+                let done = self.faults.decrease_limit.map_or(asked, |l| asked.min(l));
+                self.reservation -= done;
+                self.host_free += done;
+                self.backed -= done;
+                let error = (done < asked).then_some(Errno::EAGAIN);
+                w.complete(
+                    StepResult::Returned {
+                        done: Pages(done),
+                        error,
+                    },
+                    self.now,
+                )
+                .unwrap();
             }
             Action::Unplug { range } => {
                 let (s, e) = (range.start().0, range.end().0);
@@ -366,25 +418,68 @@ fn plugged_segments_are_aligned_and_sized() {
     let (mut m, mut w) = domain();
     w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
         .unwrap();
-    match w.next_action(m.now, m.mem()).unwrap() {
-        Action::Plug { range } => {
-            assert_eq!(range.start(), Pfn(256 * MIB));
-            assert_eq!(range.len(), Pages(700), "exactly what the target needs");
-            m.free.extend(range.start().0..range.end().0);
-            m.reservation += 700;
-            m.host_free -= 700;
-            m.present.insert((range.start().0, range.end().0));
-            w.complete(StepResult::Plugged(Ok(())), m.now).unwrap();
+    // Backed one batch (512 frames) a step, in order, then plugged.
+    let mut backed = Vec::new();
+    let range = loop {
+        match w.next_action(m.now, m.mem()).unwrap() {
+            Action::Back { frames } => {
+                backed.push(frames);
+                m.reservation += frames.len().0;
+                m.host_free -= frames.len().0;
+                m.backed += frames.len().0;
+                w.complete(
+                    StepResult::Backed {
+                        done: frames.len(),
+                        error: None,
+                    },
+                    m.now,
+                )
+                .unwrap();
+                w.verify().unwrap();
+                assert_eq!(w.current().0, m.reservation);
+            }
+            Action::Plug { range } => break range,
+            other => panic!("expected a plug, got {other:?}"),
         }
-        other => panic!("expected plug, got {other:?}"),
-    }
+    };
+    assert_eq!(range.start(), Pfn(256 * MIB));
+    assert_eq!(range.len(), Pages(700), "exactly what the target needs");
+    assert_eq!(
+        backed,
+        [
+            PfnRange::with_len(Pfn(256 * MIB), Pages(512)).unwrap(),
+            PfnRange::with_len(Pfn(256 * MIB + 512), Pages(188)).unwrap(),
+        ]
+    );
+    m.free.extend(range.start().0..range.end().0);
+    m.backed = 0;
+    m.present.insert((range.start().0, range.end().0));
+    w.complete(StepResult::Plugged(Ok(())), m.now).unwrap();
     assert_eq!(m.settle(&mut w, 10), 0);
     w.set_target(kib(256 * MIB + 100 + 701), Source::Xenstore)
         .unwrap();
     match w.next_action(m.now, m.mem()).unwrap() {
-        Action::Plug { range } => assert_eq!(range.start(), Pfn(256 * MIB + 1024)),
-        other => panic!("expected plug, got {other:?}"),
+        Action::Back { frames } => assert_eq!(frames.start(), Pfn(256 * MIB + 1024)),
+        other => panic!("expected a plug, got {other:?}"),
     }
+}
+
+#[test]
+fn a_small_domain_plugs_segments_no_larger_than_uvm_manages() {
+    // Issue 12, bug 2: 16 MiB booted, 100 MiB wanted, segments of up to
+    // 32 MiB. A 32 MiB segment would be refused at first (more pages
+    // than uvmexp.npages); each plug is at most what UVM manages at the
+    // time, and the domain gets there without a shortfall.
+    let mut m = Model::new(16 * MIB, 2 * MIB, 1024 * MIB, 4096 * MIB);
+    let mut w = m.boot(16 * MIB);
+    w.set_target(kib(100 * MIB), Source::Xenstore).unwrap();
+    m.settle(&mut w, 10_000);
+    assert_eq!(w.current(), Pages(100 * MIB), "{:?}", w.state());
+    assert_eq!(w.stats().short_steps, 0);
+    // Boot memory, then 16 MiB (all UVM had), then 32 MiB segments.
+    let sizes: Vec<u64> = m.present.iter().map(|&(s, e)| e - s).collect();
+    let rest = 100 * MIB - 100 - 16 * MIB - 16 * MIB - 2 * 32 * MIB;
+    assert_eq!(sizes, [16 * MIB, 16 * MIB, 32 * MIB, 32 * MIB, rest]);
 }
 
 #[test]
@@ -544,6 +639,11 @@ fn unplug_refusal_is_not_retried_until_something_changes() {
     assert!(w.counts().plugged_segments >= 1);
     assert_eq!(w.stats().segments_unplugged, 0);
     m.faults.unplug_fails = false;
+    // Writing the value it has changes nothing: still not retried.
+    w.set_unplug(true);
+    assert_eq!(m.settle(&mut w, 10), 0);
+    assert_eq!(w.stats().segments_unplugged, 0);
+    w.set_unplug(false);
     w.set_unplug(true);
     // The pending unplug shows at once: never "idle" with work to do.
     assert_eq!(w.state(), State::Unplugging);
@@ -592,6 +692,15 @@ fn raising_the_floor_deflates_to_it() {
     assert_eq!(w.current(), raised);
 }
 
+/// Re-arms a worker that may have given up, the way an administrator
+/// would: a knob that really changes (writing a value it already has does
+/// not re-arm). Leaves hotplug and unplug on.
+fn rearm(w: &mut Worker) {
+    w.set_hotplug(false).unwrap();
+    w.set_hotplug(true).unwrap();
+    w.set_unplug(true);
+}
+
 /// One random step of the property test.
 #[derive(Clone, Debug)]
 enum Op {
@@ -612,12 +721,14 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::option::weighted(0.3, 0u64..600),
             proptest::bool::weighted(0.2),
             proptest::bool::weighted(0.2),
+            proptest::bool::weighted(0.1),
         )
-            .prop_map(|(a, d, p, u)| Op::Faults(Faults {
+            .prop_map(|(a, d, p, u, b)| Op::Faults(Faults {
                 alloc_limit: a,
                 decrease_limit: d,
                 plug_fails: p,
                 unplug_fails: u,
+                back_fails: b,
             })),
         1 => (1u64..2048).prop_map(Op::Batch),
         1 => any::<bool>().prop_map(Op::Hotplug),
@@ -659,8 +770,7 @@ proptest! {
         // Clear every fault, give the host memory, re-arm: it converges.
         m.faults = Faults::default();
         m.host_free = 1 << 30;
-        w.set_hotplug(true).unwrap();
-        w.set_unplug(true);
+        rearm(&mut w);
         w.set_batch(Pages(2048)).unwrap();
         let goal = w.target();
         steps += m.settle(&mut w, 20_000) as u64;
@@ -713,6 +823,7 @@ fn a_hundred_thousand_random_steps() {
                     decrease_limit: pick(&mut rng),
                     plug_fails: rng.below(5) == 0,
                     unplug_fails: rng.below(5) == 0,
+                    back_fails: rng.below(8) == 0,
                 };
             }
             4 => {
@@ -726,8 +837,7 @@ fn a_hundred_thousand_random_steps() {
             7 => {
                 m.faults = Faults::default();
                 m.host_free = 1 << 30;
-                w.set_hotplug(true).unwrap();
-                w.set_unplug(true);
+                rearm(&mut w);
                 let goal = w.target();
                 steps += m.settle(&mut w, 50_000) as u64;
                 assert_eq!(w.current(), goal, "no convergence at step {steps}");

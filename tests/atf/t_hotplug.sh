@@ -299,7 +299,12 @@ plug_fails_body()
 	b_assert "memory_kib after failed plugs" "$v" -eq "$B_LOAD_KIB"
 	b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
 
+	# The same target again changes nothing; a new one re-arms.
 	b_check -- sim fault clear
+	b_target $((B_LOAD_KIB + B_STEP))
+	b_expect hw.balloon.state \
+	    "cancelled: retries exhausted (segment could not be plugged)"
+	b_target "$B_LOAD_KIB"
 	b_target $((B_LOAD_KIB + B_STEP))
 	b_expect hw.balloon.state idle
 	b_expect hw.balloon.plugged "$B_STEP"
@@ -314,7 +319,7 @@ atf_test_case unplug_fails cleanup
 unplug_fails_head()
 {
 	atf_set descr "An unplug that fails leaves the segment plugged and" \
-	    "ballooned; the next target unplugs it"
+	    "ballooned; a knob that changes unplugs it"
 }
 unplug_fails_body()
 {
@@ -333,8 +338,13 @@ unplug_fails_body()
 	b_get v hw.balloon.stats.short_results
 	b_assert "stats.short_results" "$v" -ge 1
 
+	# Writing what hw.balloon.unplug already is changes nothing; a
+	# change re-arms and the unplug is tried again.
 	b_check -- sim fault clear
-	b_target "$B_LOAD_KIB"
+	b_set hw.balloon.unplug 1
+	b_expect hw.balloon.plugged "$B_STEP"
+	b_set hw.balloon.unplug 0
+	b_set hw.balloon.unplug 1
 	b_wait_sysctl hw.balloon.plugged -eq 0
 	b_expect hw.balloon.ballooned 0
 	b_expect hw.balloon.stats.segments_unplugged 1

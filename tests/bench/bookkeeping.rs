@@ -76,6 +76,7 @@ fn run(frames: u64, order: Order) -> Figures {
     let mem = MemInfo {
         free: Pages(u64::MAX / 2),
         freetarg: Pages(0),
+        managed: Pages(u64::MAX / 2),
     };
     // Which frames the "allocator" hands out, highest first as UVM's
     // free lists tend to.

@@ -76,7 +76,6 @@ extern int hz;
 /* sys/systm.h; the libc functions of the same names serve on the host. */
 void	*memset(void *, int, size_t);
 void	*memcpy(void *, const void *, size_t);
-size_t	 strlen(const char *);
 int	 snprintf(char *, size_t, const char *, ...) __printflike(3, 4);
 /*
  * The kernel's printf(9) writes to the message buffer (dmesg). On the

@@ -277,11 +277,18 @@ extern "C" fn uvm_availmem(_cached: bool) -> c_int {
 
 /// uvm_physseg_plug(9). Rules, in order: an array (non-UVM_HOTPLUG) kernel
 /// panics after boot ("Tried to add RAM after uvm_page_init"); fault
-/// injection and the slab rule (npages > uvmexp.npages, §1 item 2 of the
-/// differences) return false; any overlap panics (the real kernel panics or
-/// corrupts its rbtree); every frame must already be backed by Xen (plug
-/// puts all pages on the free list at once). Success: all pages free,
-/// physmem += n, uvmexp.npages += n.
+/// injection and the slab rule return false; any overlap panics (the real
+/// kernel panics or corrupts its rbtree); every frame must already be
+/// backed by Xen (plug puts all pages on the free list at once). Success:
+/// all pages free, physmem += n, uvmexp.npages += n.
+///
+/// The slab rule (uvm_physseg.c 1.18, 2023-04-09, read in raweden/netbsd
+/// @294265af, the same in NetBSD/src 1.9 @496ac5a5): with no room left by
+/// earlier unplugs, plug kmem_zallocs a vm_page slab trying sizes from
+/// uvmexp.npages down to npages; when npages > uvmexp.npages no size is
+/// tried and plug returns false. The model does not reuse unplugged slab
+/// room, so it refuses every such plug (the real kernel might accept one
+/// after an unplug; a driver must not count on it).
 #[no_mangle]
 unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool {
     let n = npages as u64;

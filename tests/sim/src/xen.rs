@@ -269,9 +269,15 @@ impl Kernel {
     }
 }
 
-/// xenbus_read (netbsd-10 form, xenbus_probe.c 1.58.6.1): reads "dir/node"
-/// relative to the domain's home into buf, NUL-terminated. ENOENT if
-/// missing, ERANGE if it does not fit, or the injected error.
+/// xenbus_read, netbsd-10 form: (t, dir, node, buf, bufsz), reading into
+/// the caller's buffer and reporting no length. Only its callers could be
+/// read (xenbus_probe.c 1.58.6.1, xbdback_xenbus.c 1.101.4.2, both on the
+/// netbsd-10 branch); xenbus_xs.c and xenbus.h of that era are not in the
+/// sources reachable here. Modelled: reads "dir/node" relative to the
+/// domain's home, copies every byte of the value (a NUL inside included,
+/// as xenstored's reply carries them) and a NUL after it; ENOENT if
+/// missing, ERANGE if value and NUL do not fit in bufsz (what a netbsd-10
+/// kernel returns then is not confirmed), or the injected error.
 #[no_mangle]
 unsafe extern "C" fn xenbus_read(
     _t: *mut c_void,
@@ -369,8 +375,9 @@ pub(crate) unsafe fn cstr(p: *const c_char) -> String {
 }
 
 /// register_xenbus_watch: watches w->node (relative to the home); xenstore
-/// fires a new watch once at registration, then on every write to the
-/// node or below. Callbacks run on the "xenwatch" thread, one at a time,
+/// fires a new watch once at registration ("We fire once up front",
+/// do_watch in xen-project/xen tools/xenstored/watch.c @5c293058), then on
+/// every write to the node or below. Callbacks run on the "xenwatch" thread, one at a time,
 /// with no simulator lock held, as callback(w, {path, token}, 2).
 /// Registering the same watch twice corrupts the kernel's SLIST: panic.
 #[no_mangle]

@@ -316,6 +316,12 @@ fn bad_input_table() {
             sysctl: Err("not a number"),
         },
         Row {
+            // 64 bytes: too long for the shim's buffer (xenbus_read ERANGE).
+            text: "1111111111111111111111111111111111111111111111111111111111111111",
+            xenstore: None,
+            sysctl: Err("Result too large"),
+        },
+        Row {
             text: "210000",
             xenstore: Some(210000),
             sysctl: Ok(210000),
