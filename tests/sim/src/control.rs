@@ -371,13 +371,7 @@ impl Console {
             ["xenstore-write", rest @ ..] => self.xenstore_write(rest),
             ["xenstore-rm", rest @ ..] => self.xenstore_rm(rest),
             ["expect", rest @ ..] => self.expect(rest),
-            ["dmesg"] => Reply::ok(
-                self.domain
-                    .dmesg()
-                    .iter()
-                    .map(|l| format!("{l}\n"))
-                    .collect(),
-            ),
+            ["dmesg", rest @ ..] => self.dmesg(rest),
             ["sim", rest @ ..] => self.sim(rest),
             [] => Reply::default(),
             [cmd, ..] => Reply {
@@ -635,28 +629,73 @@ impl Console {
         }
     }
 
+    /// dmesg(8) as sbin/dmesg/dmesg.c 1.27.40.2 prints the message
+    /// buffer: each line's kernel stamp re-printed as `"[% 5jd.%6.6ld] "`
+    /// (six digits, the kernel's seven rounded), or with -t no stamp at
+    /// all (the stamp and the blanks after it are skipped).
+    fn dmesg(&self, args: &[&str]) -> Reply {
+        let quiet = match args {
+            [] => false,
+            ["-t"] => true,
+            _ => {
+                return Reply {
+                    status: 1,
+                    out: String::new(),
+                    err: "Usage: dmesg [-dTt] [-M core] [-N system]\n".into(),
+                }
+            }
+        };
+        let mut out = String::new();
+        for raw in self.domain.dmesg_msgbuf() {
+            let Some((stamp, text)) = split_stamp(&raw) else {
+                out += &format!("{raw}\n");
+                continue;
+            };
+            if !quiet {
+                out += &stamp;
+            }
+            out += text;
+            out.push('\n');
+        }
+        Reply::ok(out)
+    }
+
     // ---- dom0 and xenstore ----
 
     fn xl(&self, args: &[&str]) -> Reply {
+        // xl_mem.c @7a2b0d11: libxl logs why, then xl says what failed.
+        let libxl = |func: &str, e: crate::XlError, xl: String| {
+            Reply::fail(format!(
+                "libxl: error: libxl_mem.c: {func}: Domain 1:{}\n{xl}",
+                e.0
+            ))
+        };
         match args {
             ["mem-set", size] | ["mem-set", _, size] => {
                 let Some(kib) = parse_xl_size_kib(size) else {
                     return Reply::fail(format!("invalid memory size: {size}"));
                 };
-                // libxl refuses a target above the domain's static
-                // maximum (libxl_set_memory_target); the guest never
-                // sees it. Write memory/target directly to test that.
-                let static_max = self
-                    .domain
-                    .xenstore_read("memory/static-max")
-                    .and_then(|v| v.parse::<u64>().ok());
-                if let Some(max) = static_max.filter(|&m| kib > m) {
-                    return Reply::fail(format!(
-                        "xl mem-set: {kib} KiB is above memory/static-max ({max} KiB)"
-                    ));
+                match self.domain.try_xl_mem_set(kib) {
+                    Ok(()) => Reply::default(),
+                    Err(e) => libxl(
+                        "libxl_set_memory_target",
+                        e,
+                        format!("cannot set domid 1 dynamic max memory to : {size}"),
+                    ),
                 }
-                self.domain.xl_mem_set(kib);
-                Reply::default()
+            }
+            ["mem-max", _, size] => {
+                let Some(kib) = parse_xl_size_kib(size) else {
+                    return Reply::fail(format!("invalid memory size: {size}"));
+                };
+                match self.domain.xl_mem_max(kib) {
+                    Ok(()) => Reply::default(),
+                    Err(e) => libxl(
+                        "libxl_domain_setmaxmem",
+                        e,
+                        format!("cannot set domid 1 static max memory to : {size}"),
+                    ),
+                }
             }
             ["list"] => {
                 let kib = self.domain.reservation() * 4;
@@ -666,7 +705,7 @@ impl Console {
                     kib / 1024
                 ))
             }
-            _ => Reply::usage("xl mem-set [domain] size | xl list"),
+            _ => Reply::usage("xl mem-set [domain] size | xl mem-max domain size | xl list"),
         }
     }
 
@@ -731,6 +770,10 @@ impl Console {
     fn sim(&self, args: &[&str]) -> Reply {
         match args {
             ["ping"] => Reply::ok("pong\n".into()),
+            ["resume"] => {
+                self.domain.resume();
+                Reply::default()
+            }
             ["settle"] => self.settle(SETTLE_DEFAULT),
             ["settle", secs] => match secs.parse::<u64>() {
                 Ok(s) => self.settle(Duration::from_secs(s)),
@@ -813,7 +856,7 @@ impl Console {
                 }
             }
             _ => Reply::usage(
-                "sim ping | settle [s] | sleep TIME | check | invariants | stat | \
+                "sim ping | resume | settle [s] | sleep TIME | check | invariants | stat | \
                  host-free size | kernel-alloc size | kernel-free size | \
                  fault [name value | clear] | stall [POINT [N]] | stalled [s] | release | \
                  sysctl-raw name hex",
@@ -1003,7 +1046,8 @@ impl Console {
 
     /// The soak's checks, after a settle: the model's frame-by-frame check
     /// (frames backed for a failed plug may wait outside any segment);
-    /// with the module loaded, `current` equal to Xen's reservation,
+    /// with the module loaded, `current` equal to Xen's reservation as the
+    /// driver counts it (less a PVH guest's special pages),
     /// `frames_lost` 0, `ballooned` equal to the pages the module holds,
     /// no counter lower than at the previous check of the same load, no
     /// page given to Xen unzeroed while scrubbing stayed on, and no
@@ -1056,10 +1100,14 @@ impl Console {
         let ballooned = quad("hw.balloon.ballooned").unwrap_or(0);
         let lost = quad("hw.balloon.stats.frames_lost").unwrap_or(0);
         let snap = self.domain.snapshot();
-        if current != snap.reservation * 4 {
+        // Xen counts the special pages of a PVH guest in its reservation;
+        // the driver, like xl, does not.
+        if current != snap.memory * 4 {
             errs.push(format!(
-                "hw.balloon.current {current} KiB != Xen's reservation {} KiB",
-                snap.reservation * 4
+                "hw.balloon.current {current} KiB != Xen's reservation {} KiB \
+                 (less {} KiB of special pages)",
+                snap.memory * 4,
+                (snap.reservation - snap.memory) * 4
             ));
         }
         if lost != 0 {
@@ -1194,6 +1242,33 @@ impl Console {
     }
 }
 
+/// Splits a message-buffer line into the stamp as dmesg(8) prints it and
+/// the text after the stamp and its blanks (dmesg.c 1.27.40.2: sscanf
+/// "[%jd.%ld]", the fraction scaled from however many digits the kernel
+/// printed to nanoseconds, then `"[% 5jd.%6.6ld] "`). None when the line
+/// has no stamp.
+fn split_stamp(raw: &str) -> Option<(String, &str)> {
+    let body = raw.strip_prefix('[')?;
+    let close = body.find(']')?;
+    let (sec, frac) = body[..close].trim_start().split_once('.')?;
+    let sec: i64 = sec.parse().ok()?;
+    let scale = frac.len() as u32;
+    let fsec: i64 = frac.parse().ok()?;
+    let text = body[close + 1..].trim_start_matches(' ');
+    let micro = if scale > 6 {
+        let nsec = fsec * 10i64.checked_pow(9u32.checked_sub(scale)?)?;
+        format!("{:06}", (nsec + 499) / 1000)
+    } else {
+        format!(
+            "{:0>w$}{}",
+            fsec,
+            "000000".get(..(6 - scale) as usize)?,
+            w = scale as usize
+        )
+    };
+    Some((format!("[{:>5}.{micro}] ", format!(" {sec}")), text))
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s == "-" {
         return Some(Vec::new());
@@ -1261,6 +1336,25 @@ mod tests {
         assert_eq!(split_words("a \"\" b").unwrap(), ["a", "", "b"]);
         assert!(split_words("# only").unwrap().is_empty());
         assert!(split_words("a 'b").is_err());
+    }
+
+    #[test]
+    fn dmesg_reprints_the_kernel_stamp_as_dmesg_8_does() {
+        // The kernel's seven digits, rounded to six.
+        assert_eq!(
+            split_stamp("[   1.2345678] balloon0: unloaded"),
+            Some(("[    1.234568] ".to_string(), "balloon0: unloaded"))
+        );
+        assert_eq!(
+            split_stamp("[ 12345.0000004] x"),
+            Some(("[ 12345.000000] ".to_string(), "x"))
+        );
+        // A kernel printing six digits or fewer: padded with zeros.
+        assert_eq!(
+            split_stamp("[   3.25] y"),
+            Some(("[    3.250000] ".to_string(), "y"))
+        );
+        assert_eq!(split_stamp("balloon0: no stamp"), None);
     }
 
     #[test]

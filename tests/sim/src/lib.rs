@@ -40,7 +40,9 @@ static CORE_KMEM: balloon::ffi::HostKmemAllocator = balloon::ffi::HostKmemAlloca
 
 pub use config::{DomainConfig, Faults, MemOp, Mode, MAX_BOOT_BYTES, MAX_MAX_BYTES};
 pub use domain::balloon_module;
-pub use domain::{test_module, Domain, FaultsMut, SimModinfo, Snapshot, View};
+pub use domain::{
+    test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
+};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use sysctl::SysctlValue;
 
