@@ -317,6 +317,14 @@ balloon_limit_refresh(struct balloon_softc *sc)
 		len = sizeof(smax);
 	mutex_enter(&sc->sc_lock);
 	(void)balloon_rs_set_limit(sc->sc_rs, (uint64_t)max, smax, len);
+	/*
+	 * A new limit may move the target (the core clamps it), even when
+	 * what asked for the refresh (a sysctl write) is then refused, or
+	 * was only a read of hw.balloon.max: wake the worker, which asks the
+	 * core what to do. Without it the driver said "deflating" and slept
+	 * for good (found by the soak).
+	 */
+	cv_broadcast(&sc->sc_cv);
 	mutex_exit(&sc->sc_lock);
 }
 

@@ -364,6 +364,37 @@ fn a_refused_unload_leaves_a_working_module_even_when_no_thread_can_be_made() {
     }
 }
 
+/// A sysctl target write re-reads Xen's maximum, and the new maximum may
+/// move the target (the core clamps it) even when the write itself is
+/// refused. Before the fix the worker was not woken: hw.balloon.state
+/// said "deflating" and nothing moved again (found by the soak, seed 1).
+#[test]
+fn a_refused_target_that_moves_the_limit_wakes_the_worker() {
+    let d = loaded(Mode::Pvh);
+    mem_set(&d, 112 * 1024);
+    d.xl_mem_max(256 * 1024).unwrap();
+    d.set_host_free(MIB);
+    d.sysctl_write("hw.balloon.target", SysctlValue::Quad(200_000))
+        .unwrap();
+    settle(&d);
+    assert!(state(&d).starts_with("cancelled"), "{}", state(&d));
+    d.set_host_free(2048 * MIB);
+    d.xl_mem_max(120 * 1024).unwrap();
+    assert_eq!(
+        d.sysctl_write("hw.balloon.target", SysctlValue::Quad(250_000)),
+        Err(1),
+        "above Xen's maximum: EPERM"
+    );
+    let target = quad(&d, "hw.balloon.target");
+    assert!(
+        target < 200_000,
+        "the new maximum clamped the target: {target}"
+    );
+    settle(&d);
+    assert_eq!(d.memory() * 4, target, "the worker took the clamped target");
+    unload(&d, "limit moved the target");
+}
+
 // ---- events in the middle of a step (stall points) ----
 
 /// An unload that lands while the worker is inside a decrease_reservation
