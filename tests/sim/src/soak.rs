@@ -268,17 +268,12 @@ impl Walk {
                     lines.push(format!("sim kernel-{what} {mib}m"));
                 }
                 82..=88 => {
-                    if self.rng.percent(50) {
-                        lines.push("? modunload balloon".into());
+                    let what = if self.rng.percent(50) {
+                        "modunload"
                     } else {
-                        // The driver fixes hw.balloon.toolstack_offset from
-                        // the first memory/target it reads; one written
-                        // before that read leaves the offset at 0 and a
-                        // PVH domain 32 KiB short of xl's target (a known
-                        // bug). Let the first read happen.
-                        lines.push("? modload balloon".into());
-                        lines.push("? sim settle".into());
-                    }
+                        "modload"
+                    };
+                    lines.push(format!("? {what} balloon"));
                 }
                 _ => {
                     // A hypercall or page allocation stalled mid-step
@@ -342,10 +337,6 @@ pub fn walk(
     };
     let mut last_report = Instant::now();
     let mut result = run("modload balloon", log);
-    if result.is_ok() {
-        // See the modload action: the first target read before any write.
-        result = run("? sim settle", log);
-    }
     while result.is_ok() {
         let snap = console.domain().snapshot();
         out.hypercalls = snap.hypercalls;
