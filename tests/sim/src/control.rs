@@ -35,6 +35,8 @@ use crate::{balloon_module, Domain, MemOp, SysctlValue};
 
 /// How long `sim settle` waits at most by default (real time).
 const SETTLE_DEFAULT: Duration = Duration::from_secs(30);
+/// Simulated time a settled state must last for `sim settle`.
+const SETTLE_CONFIRM: Duration = Duration::from_secs(1);
 
 /// What a command printed and how it ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1184,7 +1186,10 @@ impl Console {
         }
     }
 
-    /// Waits until hw.balloon.state is idle or cancelled, at most `limit`.
+    /// Waits until hw.balloon.state is idle or cancelled, at most `limit`,
+    /// and still is one simulated second (and 2 ms) later with nothing
+    /// moved: a worker that has not yet taken its first step after a load
+    /// (or a kick) still reads idle.
     fn settle(&self, limit: Duration) -> Reply {
         let start = Instant::now();
         // A target written just before is the module's to take first.
@@ -1201,7 +1206,25 @@ impl Console {
             let target = self.read_quad("hw.balloon.target");
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             let rate = current.abs_diff(first) as f64 / 1024.0 / secs;
-            let done = state == "idle" || state.starts_with("cancelled");
+            let mut done = state == "idle" || state.starts_with("cancelled");
+            if done {
+                let (r, m) = (
+                    self.domain.reservation(),
+                    self.domain.pages_owned_by_module(),
+                );
+                // One simulated second, and at least 2 ms of real time for
+                // the worker thread to be scheduled at high time scales.
+                let t = Instant::now();
+                let _ = self.sleep(SETTLE_CONFIRM);
+                std::thread::sleep(Duration::from_millis(2).saturating_sub(t.elapsed()));
+                let again = match self.domain.sysctl_read("hw.balloon.state") {
+                    Ok(SysctlValue::String(s)) => s,
+                    _ => return Reply::fail("sim settle: the module is not loaded".into()),
+                };
+                done = again == state
+                    && self.domain.reservation() == r
+                    && self.domain.pages_owned_by_module() == m;
+            }
             if self.progress {
                 let mut e = std::io::stderr();
                 let _ = write!(
