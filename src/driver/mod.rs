@@ -33,7 +33,7 @@ use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Source, MAX_BATCH};
 use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Action, State, StepResult, WaitReason, Worker, WorkerError};
+use crate::worker::{Action, CancelReason, State, StepResult, WaitReason, Worker, WorkerError};
 
 /// How the guest addresses its memory in hypercalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -623,6 +623,13 @@ impl Driver {
             )),
             // The reason as hw.balloon.state gives it, with the last
             // shortfall for "retries exhausted".
+            // docs/kernel-growth.md section 8: one line with the reason.
+            State::Cancelled(CancelReason::Clipped(g)) => Some(format!(
+                "target {} KiB clipped to {} KiB: {}",
+                kib(target),
+                kib(self.worker.current()),
+                g.refusal().unwrap_or("growth refused")
+            )),
             State::Cancelled(_) => {
                 let text = state.to_string();
                 Some(format!(

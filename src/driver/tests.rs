@@ -219,7 +219,7 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
         reservation: Pages(PAGES),
         max_reservation: Pages(PAGES * 4),
         freemin: Pages(64),
-        hotplug_supported: true,
+        growth: crate::worker::Growth::Available,
         plug: PlugLimits {
             align: Pages(512),
             max_segment: Pages(32768),

@@ -19,7 +19,7 @@ use crate::errno::Errno;
 use crate::policy::{Refusal, Source};
 use crate::segments::PlugLimits;
 use crate::units::{Kib, Millis, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Boot, Worker};
+use crate::worker::{Boot, Growth, Worker};
 
 use super::platform::ShimPlatform;
 
@@ -84,7 +84,12 @@ pub unsafe extern "C" fn balloon_rs_attach(
         reservation: Pages(bi.reservation_pages),
         max_reservation: Pages(bi.max_reservation_pages),
         freemin: Pages(bi.freemin_pages),
-        hotplug_supported: bi.hotplug_supported,
+        growth: match bi.growth {
+            sys::balloon_growth_BALLOON_GROWTH_AVAILABLE => Growth::Available,
+            sys::balloon_growth_BALLOON_GROWTH_PV_P2M => Growth::PvP2m,
+            sys::balloon_growth_BALLOON_GROWTH_PVH_DIRECT_MAP => Growth::PvhDirectMap,
+            _ => Growth::NoUvmHotplug,
+        },
         plug: PlugLimits {
             align: PLUG_ALIGN,
             max_segment: PLUG_MAX_SEGMENT,

@@ -50,10 +50,41 @@ pub struct Boot<'a> {
     pub max_reservation: Pages,
     /// `uvmexp.freemin`.
     pub freemin: Pages,
-    /// The kernel has `options UVM_HOTPLUG`.
-    pub hotplug_supported: bool,
+    /// Whether the kernel lets the domain grow past its boot memory.
+    pub growth: Growth,
     /// Where plugged segments may go.
     pub plug: PlugLimits,
+}
+
+/// Whether the kernel lets the domain grow by plugging segments, and if
+/// not, why (docs/kernel-growth.md sections 6 and 8: plug is used only
+/// with `options UVM_HOTPLUG` and the whole growth interface set of the
+/// mode; no stock kernel has both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// UVM_HOTPLUG and every growth interface of the mode are there.
+    Available,
+    /// PV without the PV growth set (every stock XEN3_DOMU).
+    PvP2m,
+    /// PVH on a kernel without `options UVM_HOTPLUG` (stock GENERIC).
+    NoUvmHotplug,
+    /// PVH with UVM_HOTPLUG but without the PVH growth set.
+    PvhDirectMap,
+}
+
+impl Growth {
+    /// The reason growth is refused, as `hw.balloon.state` and dmesg give
+    /// it; `None` when growth is available.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Growth::Available => None,
+            Growth::PvP2m => Some("PV: the p2m ends at boot memory"),
+            Growth::NoUvmHotplug => Some("kernel lacks options UVM_HOTPLUG"),
+            Growth::PvhDirectMap => {
+                Some("PVH: the direct map ends at boot memory (x86/pmap.c pmap_init_directmap)")
+            }
+        }
+    }
 }
 
 /// Why the driver could not start.
@@ -199,6 +230,9 @@ pub enum CancelReason {
     HotplugOff,
     /// No frame space left to plug a segment into.
     NoFrameSpace,
+    /// The target is above what the domain can reach without growing,
+    /// and the kernel cannot grow it: the target is clipped.
+    Clipped(Growth),
 }
 
 /// What the worker is doing, for `hw.balloon.state`.
@@ -253,6 +287,7 @@ impl CancelReason {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
+            CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
         }
     }
 }
@@ -270,6 +305,9 @@ impl core::fmt::Display for State {
             State::Waiting(why) => write!(f, "waiting: {}", why.as_str()),
             State::Cancelled(CancelReason::RetriesExhausted(why)) => {
                 write!(f, "cancelled: retries exhausted ({})", why.as_str())
+            }
+            State::Cancelled(CancelReason::Clipped(g)) => {
+                write!(f, "clipped: {}", g.refusal().unwrap_or("growth refused"))
             }
             State::Cancelled(why) => write!(f, "cancelled: {}", why.as_str()),
         }
@@ -319,9 +357,16 @@ pub struct Worker {
     /// A plug failed with this error; it counts as a shortfall once the
     /// frames backed for it are back with Xen.
     failed_plug: Option<Errno>,
+    /// Whether the kernel can take a plug (fixed at load).
+    growth: Growth,
 }
 
 impl Worker {
+    /// Whether the kernel lets the domain grow, or why not.
+    pub fn growth(&self) -> Growth {
+        self.growth
+    }
+
     /// The worker for a domain that booted as `boot` says. The target
     /// starts at the current reservation: nothing moves until asked.
     pub fn new(boot: &Boot<'_>) -> Result<Worker, InitError> {
@@ -331,7 +376,11 @@ impl Worker {
             .checked_sub(space.populated())
             .ok_or(InitError::ReservationBelowSegments)?;
         let floor = policy::safe_floor(space.populated(), boot.freemin, policy::DEFAULT_BALLAST);
-        let policy = Policy::new(floor, boot.max_reservation, boot.hotplug_supported);
+        let policy = Policy::new(
+            floor,
+            boot.max_reservation,
+            boot.growth == Growth::Available,
+        );
         Ok(Worker {
             space,
             policy,
@@ -345,6 +394,7 @@ impl Worker {
             unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
+            growth: boot.growth,
         })
     }
 
@@ -670,6 +720,10 @@ impl Worker {
             if !self.space.ballooned().is_zero() {
                 return Ok(self.start_deflate(need.min(batch)));
             }
+            if self.growth != Growth::Available {
+                // Never plug on a kernel that cannot take it: clip.
+                return Ok(self.cancel(CancelReason::Clipped(self.growth)));
+            }
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
             }
@@ -696,7 +750,9 @@ impl Worker {
     }
 
     fn cancel(&mut self, why: CancelReason) -> Action {
-        if self.state != State::Cancelled(why) {
+        // A clipped target is not given up on: it is met as far as it
+        // can be.
+        if self.state != State::Cancelled(why) && !matches!(why, CancelReason::Clipped(_)) {
             bump(&mut self.stats.gave_up);
         }
         self.state = State::Cancelled(why);

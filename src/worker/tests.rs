@@ -79,7 +79,7 @@ impl Model {
             reservation: Pages(self.reservation),
             max_reservation: Pages(self.max_pages),
             freemin: Pages(64),
-            hotplug_supported: true,
+            growth: crate::worker::Growth::Available,
             plug: PlugLimits {
                 align: Pages(512),
                 max_segment: Pages(32 * MIB),

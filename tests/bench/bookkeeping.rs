@@ -64,7 +64,7 @@ fn run(frames: u64, order: Order) -> Figures {
         reservation: Pages(frames),
         max_reservation: Pages(frames),
         freemin: Pages(64),
-        hotplug_supported: false,
+        growth: balloon::worker::Growth::NoUvmHotplug,
         plug: PlugLimits {
             align: Pages(512),
             max_segment: Pages(32768),

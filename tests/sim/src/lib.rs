@@ -27,7 +27,7 @@ mod sysctl;
 mod uvm;
 mod xen;
 
-pub use config::{DomainConfig, Faults, Mode};
+pub use config::{DomainConfig, Faults, Flavour, Mode};
 pub use domain::balloon_module;
 pub use domain::{test_module, Domain, FaultsMut, SimModinfo, View};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
