@@ -614,28 +614,29 @@ impl Driver {
             // Unloading: the target no longer counts.
             State::Idle if self.worker.releasing() => Some(format!(
                 "returned all ballooned memory: {} KiB",
-                kib(self.worker.current())
+                kib(self.worker.as_toolstack(self.worker.current()))
             )),
+            // Sizes as the toolstack counts them (memory/target).
             State::Idle => Some(format!(
                 "at target: {} KiB ({} KiB ballooned)",
-                kib(self.worker.current()),
+                kib(self.worker.as_toolstack(self.worker.current())),
                 kib(self.worker.frames().ballooned())
             )),
-            // The reason as hw.balloon.state gives it, with the last
-            // shortfall for "retries exhausted".
             // docs/kernel-growth.md section 8: one line with the reason.
             State::Cancelled(CancelReason::Clipped(g)) => Some(format!(
                 "target {} KiB clipped to {} KiB: {}",
-                kib(target),
-                kib(self.worker.current()),
+                kib(self.worker.as_toolstack(target)),
+                kib(self.worker.as_toolstack(self.worker.current())),
                 g.refusal().unwrap_or("growth refused")
             )),
+            // The reason as hw.balloon.state gives it, with the last
+            // shortfall for "retries exhausted".
             State::Cancelled(_) => {
                 let text = state.to_string();
                 Some(format!(
                     "giving up on target {} KiB at {} KiB: {}",
-                    kib(target),
-                    kib(self.worker.current()),
+                    kib(self.worker.as_toolstack(target)),
+                    kib(self.worker.as_toolstack(self.worker.current())),
                     text.strip_prefix("cancelled: ").unwrap_or(&text)
                 ))
             }
