@@ -73,13 +73,17 @@ impl Model {
     }
 
     fn boot(&self, boot_pages: u64) -> Worker {
+        self.boot_on(boot_pages, crate::worker::Growth::Available)
+    }
+
+    fn boot_on(&self, boot_pages: u64, growth: crate::worker::Growth) -> Worker {
         let seg = [PfnRange::new(Pfn(0), Pfn(boot_pages)).unwrap()];
         Worker::new(&Boot {
             segments: &seg,
             reservation: Pages(self.reservation),
             max_reservation: Pages(self.max_pages),
             freemin: Pages(64),
-            growth: crate::worker::Growth::Available,
+            growth,
             plug: PlugLimits {
                 align: Pages(512),
                 max_segment: Pages(32 * MIB),
@@ -480,6 +484,36 @@ fn a_small_domain_plugs_segments_no_larger_than_uvm_manages() {
     let sizes: Vec<u64> = m.present.iter().map(|&(s, e)| e - s).collect();
     let rest = 100 * MIB - 100 - 16 * MIB - 16 * MIB - 2 * 32 * MIB;
     assert_eq!(sizes, [16 * MIB, 16 * MIB, 32 * MIB, 32 * MIB, rest]);
+}
+
+/// docs/kernel-growth.md section 8: on a kernel that cannot grow, a
+/// target above what deflation reaches is clipped (not given up on), and
+/// no plug or back step is ever asked for.
+#[test]
+fn a_kernel_that_cannot_grow_clips_and_never_plugs() {
+    use crate::worker::Growth;
+    for g in [Growth::PvP2m, Growth::NoUvmHotplug, Growth::PvhDirectMap] {
+        let mut m = Model::new(256 * MIB, 20 * MIB, 1024 * MIB, 4096 * MIB);
+        let mut w = m.boot_on(256 * MIB, g);
+        assert!(!w.policy().hotplug());
+        assert!(w.set_hotplug(true).is_err());
+        w.set_target(kib(128 * MIB), Source::Xenstore).unwrap();
+        m.settle(&mut w, 10_000);
+        w.set_target(kib(600 * MIB), Source::Xenstore).unwrap();
+        m.settle(&mut w, 10_000);
+        assert_eq!(w.state(), State::Cancelled(CancelReason::Clipped(g)));
+        assert_eq!(
+            w.state().to_string(),
+            alloc::format!("clipped: {}", g.refusal().unwrap())
+        );
+        assert_eq!(w.current(), Pages(256 * MIB + 100));
+        assert_eq!(w.counts().plugged_segments, 0);
+        // Nothing was backed for a plug, and UVM has its boot segment only.
+        assert_eq!(m.backed, 0, "{g:?}");
+        assert_eq!(w.stats().segments_plugged, 0);
+        assert_eq!(m.present.len(), 1);
+        assert_eq!(w.stats().gave_up, 0);
+    }
 }
 
 #[test]
