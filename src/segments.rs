@@ -325,6 +325,31 @@ impl FrameSpace {
     /// and merged into runs first, so a contiguous batch costs one
     /// B-tree update, not one per frame.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        let pieces = self.inflated_pieces(frames)?;
+        for &piece in &pieces {
+            // Cannot fail: every piece was checked to hold no ballooned
+            // frame, and pieces are disjoint.
+            self.ballooned
+                .insert(piece)
+                .map_err(|_| SegmentError::Duplicate(piece.start()))?;
+            if let Some(seg) = self.segment_of_mut(piece.start()) {
+                seg.ballooned = seg.ballooned.saturating_add(piece.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, changing nothing, that [`FrameSpace::record_inflated`]
+    /// would accept `frames`: every frame populated and appearing once.
+    /// The driver asks before any frame goes to Xen, so that the record
+    /// after the hypercall cannot be refused.
+    pub fn check_inflated(&self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        self.inflated_pieces(frames).map(|_| ())
+    }
+
+    /// `frames` sorted, merged into runs and split at segment boundaries,
+    /// each piece checked to be populated; the lowest offender otherwise.
+    fn inflated_pieces(&self, frames: &[Pfn]) -> Result<Vec<PfnRange>, SegmentError> {
         let mut sorted: Vec<Pfn> = frames.to_vec();
         crate::sort::sort(&mut sorted);
         let mut pieces: Vec<PfnRange> = Vec::new();
@@ -348,17 +373,7 @@ impl FrameSpace {
                 .ok_or(SegmentError::WrongState(end, FrameState::Absent))?;
             self.populated_pieces(run, &mut pieces)?;
         }
-        for &piece in &pieces {
-            // Cannot fail: every piece was checked to hold no ballooned
-            // frame, and pieces are disjoint.
-            self.ballooned
-                .insert(piece)
-                .map_err(|_| SegmentError::Duplicate(piece.start()))?;
-            if let Some(seg) = self.segment_of_mut(piece.start()) {
-                seg.ballooned = seg.ballooned.saturating_add(piece.len());
-            }
-        }
-        Ok(())
+        Ok(pieces)
     }
 
     /// Splits `run` at segment boundaries into `out`, checking that every

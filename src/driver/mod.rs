@@ -118,6 +118,8 @@ pub struct Driver {
     mode: GuestMode,
     pfns: Vec<u64>,
     frames: Vec<u64>,
+    /// The frames of an inflate as the bookkeeping takes them.
+    given: Vec<Pfn>,
     stats: DriverStats,
     /// What was last reported to the log (state, target, memory held), so
     /// each outcome is said once.
@@ -142,6 +144,7 @@ impl Driver {
             mode,
             pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
             frames: Vec::with_capacity(MAX_BATCH.0 as usize),
+            given: Vec::with_capacity(MAX_BATCH.0 as usize),
             stats: DriverStats::default(),
             reported: None,
             budget: LogBudget::default(),
@@ -239,7 +242,12 @@ impl Driver {
             Ok(Action::Sleep { until }) => StepStatus::Sleep(until.0.saturating_sub(now.0).max(1)),
             Ok(action) => {
                 if let Err(e) = self.carry_out(p, action, now) {
-                    self.say(p, now, format!("internal error, step dropped: {e:?}"));
+                    let line = if self.worker.stopped() {
+                        format!("stopped: {}: {e:?}", self.worker.state())
+                    } else {
+                        format!("internal error, step dropped: {e:?}")
+                    };
+                    self.say(p, now, line);
                 }
                 StepStatus::Again
             }
@@ -330,6 +338,14 @@ impl Driver {
     /// worker then steers to its target again: after Ok the module
     /// unloads, after EBUSY it stays and goes on working.
     pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
+        if self.worker.stopped() {
+            // The bookkeeping no longer knows which frames are whose: a
+            // release could give pages to UVM twice or leave frames in
+            // Xen unaccounted. The module stays.
+            let line = format!("cannot unload: {}", self.worker.state());
+            self.say(p, now, line);
+            return Err(Errno::EBUSY);
+        }
         self.worker.begin_release();
         loop {
             match self.step(p, now) {
@@ -434,6 +450,15 @@ impl Driver {
         self.pfns.resize(n, 0);
         let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
         self.pfns.truncate(got);
+        // The point of no return is the hypercall: everything the record
+        // after it could refuse is checked here, before anything moves.
+        self.given.clear();
+        self.given.extend(self.pfns.iter().map(|&f| Pfn(f)));
+        if let Err(e) = self.worker.check_inflate(&self.given) {
+            self.undo_refused_alloc(p);
+            self.worker.refuse_inflate();
+            return Err(e);
+        }
         // The test-only broken build skips zeroing (see Cargo.toml).
         let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
         if scrubbed {
@@ -455,8 +480,10 @@ impl Driver {
                     None => break,
                 }
             }
-            let unbacked: Vec<u64> = self.pfns.split_off(keep);
-            p.free_pages(&unbacked);
+            if let Some(unbacked) = self.pfns.get(keep..) {
+                p.free_pages(unbacked);
+            }
+            self.pfns.truncate(keep);
             for &pfn in &self.pfns {
                 p.p2m_clear(Pfn(pfn));
             }
@@ -487,14 +514,31 @@ impl Driver {
             self.stats.scrubbed = self.stats.scrubbed.saturating_add(done as u64);
         }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
-        let given: Vec<Pfn> = self.pfns[..done].iter().map(|&f| Pfn(f)).collect();
+        // The frames Xen took are the leading `done` of `pfns`, which are
+        // the leading frames of `given` (the PV cut above only drops a tail).
+        self.given.truncate(done);
         self.worker.complete(
             StepResult::Inflated {
-                frames: &given,
+                frames: &self.given,
                 error,
             },
             now,
         )
+    }
+
+    /// The bookkeeping refused the pages UVM gave for an inflate, before
+    /// any went to Xen: each page goes back to UVM once, except those
+    /// the bookkeeping says the driver holds already (ballooned), which
+    /// are kept: freeing them could put one page on the free lists twice.
+    fn undo_refused_alloc<P: Platform>(&mut self, p: &mut P) {
+        self.frames.clear();
+        self.frames.extend_from_slice(&self.pfns);
+        crate::sort::sort(&mut self.frames);
+        self.frames.dedup();
+        let space = self.worker.frames();
+        self.frames
+            .retain(|&f| space.state(Pfn(f)) != crate::segments::FrameState::Ballooned);
+        p.free_pages(&self.frames);
     }
 
     /// Backs `pfns` with memory from Xen; returns how many leading frames

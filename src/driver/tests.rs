@@ -33,6 +33,9 @@ struct Model {
     log: Vec<String>,
     /// The most frames any one reservation hypercall was given.
     max_extents: usize,
+    /// A fault: the next allocation hands out this page first (one the
+    /// bookkeeping does not think populated).
+    stray: Option<u64>,
 }
 
 impl Model {
@@ -54,6 +57,7 @@ impl Model {
             zeroed: BTreeSet::new(),
             log: Vec::new(),
             max_extents: 0,
+            stray: None,
         };
         for pfn in 0..pages {
             let f = m.new_frame(pfn);
@@ -81,6 +85,12 @@ impl Model {
 impl Platform for Model {
     fn alloc_pages(&mut self, out: &mut [u64], _prefer: Option<PfnRange>) -> usize {
         let mut n = 0;
+        if let (Some(pg), Some(slot)) = (self.stray.take(), out.first_mut()) {
+            self.free.remove(&pg);
+            self.owned.insert(pg);
+            *slot = pg;
+            n = 1;
+        }
         while n < out.len() {
             let Some(pg) = self.free.pop_last() else {
                 break;
@@ -648,4 +658,65 @@ fn the_suppressed_count_line_is_within_the_budget() {
         "{second:?}"
     );
     assert!(second.len() <= LOG_BURST as usize, "{second:?}");
+}
+
+/// UVM hands out a page the bookkeeping does not think populated (here:
+/// a backed frame outside every segment). The record after the hypercall
+/// would refuse it, so the driver checks before: nothing goes to Xen,
+/// every page goes back to UVM once, the driver stops with the reason in
+/// hw.balloon.state, and never retries (not on a new target, not on
+/// unload). Before the check, the batch went to Xen unrecorded and the
+/// next step inflated again: the test fails there.
+#[test]
+fn pages_the_bookkeeping_refuses_never_reach_xen_and_stop_the_driver() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let stray = PAGES * 2 + 3;
+        let mut m = Model::new(mode, PAGES);
+        let f = m.new_frame(stray);
+        m.p2m.insert(stray, f);
+        m.xen.insert(f);
+        m.stray = Some(stray);
+        let seg = [PfnRange::new(Pfn(0), Pfn(PAGES)).unwrap()];
+        let w = Worker::new(&Boot {
+            segments: &seg,
+            reservation: Pages(PAGES + 1),
+            max_reservation: Pages(PAGES * 4),
+            freemin: Pages(64),
+            hotplug_supported: true,
+            plug: PlugLimits {
+                align: Pages(512),
+                max_segment: Pages(32768),
+                frame_limit: Pfn(PAGES * 8),
+                floor: Pfn(PAGES * 4),
+            },
+        })
+        .unwrap();
+        let mut d = Driver::new(w, mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        let stopped = State::Cancelled(crate::worker::CancelReason::FramesRefused);
+        assert_eq!(d.worker().state(), stopped, "{:?}", m.log);
+        assert_eq!(m.xen.len() as u64, PAGES + 1, "nothing went to Xen");
+        assert_eq!(d.stats().hypercalls, 0);
+        assert!(m.owned.is_empty(), "every page went back to UVM");
+        assert_eq!(m.free.len() as u64, PAGES + 1);
+        assert_eq!(d.worker().frames().ballooned(), Pages(0));
+        d.worker().verify().unwrap();
+        assert!(
+            m.log.iter().any(|l| l.contains("bookkeeping refused")),
+            "{:?}",
+            m.log
+        );
+        // Never retried: not on a new target, not by an unload.
+        d.worker_mut()
+            .set_target(Kib(PAGES * 3), Source::Sysctl)
+            .unwrap();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Idle);
+        assert_eq!(d.worker().state(), stopped);
+        assert_eq!(d.release(&mut m, Uptime(0)), Err(Errno::EBUSY));
+        assert_eq!(m.xen.len() as u64, PAGES + 1);
+        assert_eq!(d.stats().hypercalls, 0);
+    }
 }

@@ -199,6 +199,14 @@ pub enum CancelReason {
     HotplugOff,
     /// No frame space left to plug a segment into.
     NoFrameSpace,
+    /// The bookkeeping refused frames UVM handed out for an inflate;
+    /// they went back to UVM and nothing went to Xen. Stopped for good:
+    /// UVM and the bookkeeping disagree about which pages are whose.
+    FramesRefused,
+    /// The bookkeeping refused the result of a step that had already
+    /// taken effect (frames given to Xen or back to UVM). Stopped for
+    /// good: a retry could lose frames or free pages twice.
+    ResultRefused,
 }
 
 /// What the worker is doing, for `hw.balloon.state`.
@@ -253,6 +261,12 @@ impl CancelReason {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
+            CancelReason::FramesRefused => {
+                "bookkeeping refused the pages UVM gave; stopped until reload"
+            }
+            CancelReason::ResultRefused => {
+                "bookkeeping refused a step that took effect; stopped until reload"
+            }
         }
     }
 }
@@ -319,6 +333,10 @@ pub struct Worker {
     /// A plug failed with this error; it counts as a shortfall once the
     /// frames backed for it are back with Xen.
     failed_plug: Option<Errno>,
+    /// The bookkeeping refused a step ([`CancelReason::FramesRefused`],
+    /// [`CancelReason::ResultRefused`]): nothing more is done, whatever
+    /// the target or knobs say, and an unload is refused.
+    stopped: bool,
 }
 
 impl Worker {
@@ -345,6 +363,7 @@ impl Worker {
             unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
+            stopped: false,
         })
     }
 
@@ -503,7 +522,7 @@ impl Worker {
         self.backoff.reset();
         self.unplug_refused.clear();
         self.failed_plug = None;
-        if self.in_flight.is_none() {
+        if self.in_flight.is_none() && !self.stopped {
             let (current, target) = (self.held(), self.target());
             self.state = if !self.space.stranded().is_zero() {
                 State::Returning
@@ -630,6 +649,9 @@ impl Worker {
         if self.in_flight.is_some() {
             return Err(WorkerError::StepInFlight);
         }
+        if self.stopped {
+            return Ok(Action::Idle);
+        }
         self.drop_unwanted_plug()?;
         if !self.releasing {
             if let State::Cancelled(_) = self.state {
@@ -722,8 +744,58 @@ impl Worker {
         }
     }
 
-    /// The result of the step in flight, at `now`.
+    /// True once the bookkeeping refused a step: the worker does nothing
+    /// more until the module is reloaded.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Stops the worker for good with `why` in `hw.balloon.state`.
+    fn stop(&mut self, why: CancelReason) {
+        self.in_flight = None;
+        self.stopped = true;
+        self.cancel(why);
+    }
+
+    /// Checks, before any frame goes to Xen, that the bookkeeping will
+    /// record these frames of the inflate in flight: at most as many as
+    /// asked, each populated and appearing once. Changes nothing.
+    pub fn check_inflate(&self, frames: &[Pfn]) -> Result<(), WorkerError> {
+        match self.in_flight {
+            Some(InFlight::Inflate(asked)) => {
+                if Pages(frames.len() as u64) > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .check_inflated(frames)
+                    .map_err(WorkerError::Bookkeeping)
+            }
+            Some(_) => Err(WorkerError::Mismatch),
+            None => Err(WorkerError::NothingInFlight),
+        }
+    }
+
+    /// The driver refused the inflate in flight before it took effect
+    /// ([`Worker::check_inflate`] failed; the pages went back to UVM):
+    /// the worker stops for good with [`CancelReason::FramesRefused`].
+    pub fn refuse_inflate(&mut self) {
+        self.stop(CancelReason::FramesRefused);
+    }
+
+    /// The result of the step in flight, at `now`. A result refused while
+    /// a step was in flight (it took effect, but the bookkeeping cannot
+    /// record it) stops the worker for good with
+    /// [`CancelReason::ResultRefused`]: never retried blindly.
     pub fn complete(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
+        let in_flight = self.in_flight.is_some();
+        let r = self.complete_step(result, now);
+        if r.is_err() && in_flight {
+            self.stop(CancelReason::ResultRefused);
+        }
+        r
+    }
+
+    fn complete_step(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
         let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
         let outcome = match (step, result) {
             (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {

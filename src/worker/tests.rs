@@ -582,49 +582,95 @@ fn partial_inflate_records_exactly_the_leading_frames() {
 
 #[test]
 fn results_must_match_the_step() {
-    let (mut m, mut w) = domain();
+    let (m, mut w) = domain();
     assert_eq!(
         w.complete(StepResult::Plugged(Ok(())), m.now),
         Err(WorkerError::NothingInFlight)
     );
+    // No step was in flight: nothing took effect, nothing stops.
+    assert!(!w.stopped());
+    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
+    let absent = [Pfn(1 << 40)];
+    let cases = [
+        (
+            StepResult::Deflated {
+                done: Pages(0),
+                error: None,
+            },
+            WorkerError::Mismatch,
+        ),
+        (
+            StepResult::Inflated {
+                frames: &too_many,
+                error: None,
+            },
+            WorkerError::MoreThanAsked,
+        ),
+        // A frame the core never thought populated (absent).
+        (
+            StepResult::Inflated {
+                frames: &absent,
+                error: None,
+            },
+            WorkerError::Bookkeeping(SegmentError::WrongState(
+                Pfn(1 << 40),
+                crate::segments::FrameState::Absent,
+            )),
+        ),
+    ];
+    for (bad, expect) in cases {
+        let (mut m, mut w) = domain();
+        w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
+        let _ = w.next_action(m.now, m.mem()).unwrap();
+        assert_eq!(w.complete(bad, m.now), Err(expect));
+        assert_refused_step_stops_for_good(&mut m, &mut w);
+    }
+}
+
+/// A result refused after its step took effect stops the worker for
+/// good: the reason is in the state, no target or knob re-arms it, and
+/// no step is ever tried again.
+fn assert_refused_step_stops_for_good(m: &mut Model, w: &mut Worker) {
+    let stopped = State::Cancelled(CancelReason::ResultRefused);
+    assert_eq!(w.state(), stopped);
+    assert!(w.stopped());
+    assert!(w.state().to_string().contains("bookkeeping refused"));
+    w.verify().unwrap();
+    assert_eq!(m.settle(w, 10), 0, "no step after a refusal");
+    w.set_target(kib(200 * MIB), Source::Sysctl).unwrap();
+    w.set_batch(Pages(64)).unwrap();
+    assert_eq!(w.state(), stopped, "a new target does not re-arm");
+    assert_eq!(m.settle(w, 10), 0, "no step after a new target");
+    w.begin_release();
+    assert_eq!(m.settle(w, 10), 0, "no step while releasing");
+    assert_eq!(w.state(), stopped);
+}
+
+#[test]
+fn a_refused_deflate_result_stops_for_good() {
+    let (mut m, mut w) = domain();
     w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
-    let _ = w.next_action(m.now, m.mem()).unwrap();
+    m.settle(&mut w, 10_000);
+    w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
+    let Action::Deflate { runs } = w.next_action(m.now, m.mem()).unwrap() else {
+        panic!("expected a deflate");
+    };
+    let asked = total(&runs);
+    let before = w.frames().ballooned();
+    // Pages went back to UVM; a result claiming more than asked is refused
+    // and nothing is retried (a retry would free pages twice).
     assert_eq!(
         w.complete(
             StepResult::Deflated {
-                done: Pages(0),
-                error: None
-            },
-            m.now
-        ),
-        Err(WorkerError::Mismatch)
-    );
-    let _ = w.next_action(m.now, m.mem()).unwrap();
-    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
-    assert_eq!(
-        w.complete(
-            StepResult::Inflated {
-                frames: &too_many,
+                done: asked.saturating_add(Pages(1)),
                 error: None
             },
             m.now
         ),
         Err(WorkerError::MoreThanAsked)
     );
-    let _ = w.next_action(m.now, m.mem()).unwrap();
-    // A frame the core never thought populated (absent) is refused.
-    assert!(matches!(
-        w.complete(
-            StepResult::Inflated {
-                frames: &[Pfn(1 << 40)],
-                error: None
-            },
-            m.now
-        ),
-        Err(WorkerError::Bookkeeping(_))
-    ));
-    w.verify().unwrap();
-    m.settle(&mut w, 10_000);
+    assert_eq!(w.frames().ballooned(), before);
+    assert_refused_step_stops_for_good(&mut m, &mut w);
 }
 
 #[test]
