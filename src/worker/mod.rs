@@ -703,9 +703,16 @@ impl Worker {
             let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
-            self.space
-                .begin_plug(range)
-                .map_err(WorkerError::Bookkeeping)?;
+            // The bitmap grows to cover the new segment here, before
+            // anything is backed: no memory for it is a plug that failed
+            // (retried with the back-off), not a panic.
+            match self.space.begin_plug(range) {
+                Ok(()) => {}
+                Err(SegmentError::NoMemory) => {
+                    return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
+                }
+                Err(e) => return Err(WorkerError::Bookkeeping(e)),
+            }
             return Ok(self.continue_plug(range));
         }
         if self.policy.unplug() {
@@ -760,7 +767,7 @@ impl Worker {
     /// Checks, before any frame goes to Xen, that the bookkeeping will
     /// record these frames of the inflate in flight: at most as many as
     /// asked, each populated and appearing once. Changes nothing.
-    pub fn check_inflate(&self, frames: &[Pfn]) -> Result<(), WorkerError> {
+    pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
         match self.in_flight {
             Some(InFlight::Inflate(asked)) => {
                 if Pages(frames.len() as u64) > asked {

@@ -121,7 +121,7 @@ fn run(frames: u64, order: Order) -> Figures {
     let inflate = start.elapsed();
     let ballooned = w.frames().ballooned();
     let heap = LIVE.load(Ordering::Relaxed).saturating_sub(heap_before) - buf.capacity() * 8;
-    let runs = w.counts().ballooned_runs;
+    let runs = w.frames().ballooned_runs();
     w.set_target(Kib(u64::MAX), Source::Xenstore)
         .expect("target");
     let start = Instant::now();
