@@ -434,6 +434,59 @@ impl FrameSpace {
         out
     }
 
+    /// Where the next deflate starts and how many frames it takes: the
+    /// lowest ballooned frame and `min(max, ballooned)`. Boot memory comes
+    /// first, then plugged segments, because they lie above it. `None`
+    /// when nothing is ballooned. No allocation: the frames are read with
+    /// [`FrameSpace::ballooned_from`] as the step goes.
+    pub fn deflate_cursor(&self, max: Pages) -> Option<(Pfn, Pages)> {
+        let first = self.ballooned.next_run(Pfn(0))?;
+        let count = max.min(self.ballooned.total());
+        (!count.is_zero()).then_some((first.start(), count))
+    }
+
+    /// Ballooned frames at or after `from`, lowest first.
+    pub fn ballooned_from(&self, from: Pfn) -> impl Iterator<Item = Pfn> + '_ {
+        let mut pos = from;
+        core::iter::from_fn(move || {
+            let r = self.ballooned.next_run(pos)?;
+            pos = r.end();
+            Some(r)
+        })
+        .flat_map(|r| r.frames())
+    }
+
+    /// Records that the first `n` ballooned frames at or after `from` are
+    /// backed again and back in UVM. Refused, changing nothing, when
+    /// there are fewer. No allocation.
+    pub fn record_deflated_from(&mut self, from: Pfn, n: Pages) -> Result<(), SegmentError> {
+        let mut left = n;
+        let mut pos = from;
+        while !left.is_zero() {
+            let r = self
+                .ballooned
+                .next_run(pos)
+                .ok_or(SegmentError::WrongState(pos, FrameState::Populated))?;
+            left = left.saturating_sub(r.len());
+            pos = r.end();
+        }
+        let mut left = n;
+        let mut pos = from;
+        while !left.is_zero() {
+            let Some(r) = self.ballooned.next_run(pos) else {
+                break;
+            };
+            let take = r.take_front(left);
+            self.ballooned
+                .remove(take)
+                .map_err(|_| SegmentError::WrongState(take.start(), FrameState::Populated))?;
+            self.adjust_ballooned_range(take);
+            left = left.saturating_sub(take.len());
+            pos = take.end();
+        }
+        Ok(())
+    }
+
     /// Records that these ballooned frames are backed again and back in
     /// UVM. All must be ballooned; otherwise nothing changes.
     pub fn record_deflated(&mut self, runs: &[PfnRange]) -> Result<(), SegmentError> {

@@ -408,10 +408,15 @@ impl Driver {
                 prefer,
                 scrub,
             } => self.inflate(p, count, prefer, scrub, now),
-            Action::Deflate { runs } => self.deflate(p, &runs, now),
+            Action::Deflate { from, count } => self.deflate(p, from, count, now),
             Action::Back { frames } => {
-                let pfns: Vec<u64> = frames.frames().map(|f| f.0).collect();
+                // The scratch list is taken out for the call and put back:
+                // no allocation.
+                let mut pfns = core::mem::take(&mut self.pfns);
+                pfns.clear();
+                pfns.extend(frames.frames().map(|f| f.0).take(MAX_BATCH.0 as usize));
                 let (done, error) = self.back_frames(p, &pfns);
+                self.pfns = pfns;
                 self.worker.complete(
                     StepResult::Backed {
                         done: Pages(done as u64),
@@ -571,12 +576,17 @@ impl Driver {
     fn deflate<P: Platform>(
         &mut self,
         p: &mut P,
-        runs: &[PfnRange],
+        from: Pfn,
+        count: Pages,
         now: Uptime,
     ) -> Result<(), WorkerError> {
-        let pfns: Vec<u64> = runs.iter().flat_map(|r| r.frames()).map(|f| f.0).collect();
+        let mut pfns = core::mem::take(&mut self.pfns);
+        pfns.clear();
+        let n = count.min(MAX_BATCH).0 as usize;
+        pfns.extend(self.worker.frames().ballooned_from(from).take(n).map(|f| f.0));
         let (done, error) = self.back_frames(p, &pfns);
-        p.free_pages(&pfns[..done]);
+        p.free_pages(pfns.get(..done).unwrap_or(&[]));
+        self.pfns = pfns;
         self.worker.complete(
             StepResult::Deflated {
                 done: Pages(done as u64),

@@ -79,11 +79,15 @@ pub enum Action {
         /// Zero each page before it goes.
         scrub: bool,
     },
-    /// Have Xen back these ballooned frames again, in this order, and free
-    /// their `vm_page`s to UVM.
+    /// Have Xen back ballooned frames again and free their `vm_page`s to
+    /// UVM: the first `count` ballooned frames at or after `from`, lowest
+    /// first ([`FrameSpace::ballooned_from`]). A cursor and a count, so
+    /// that a step allocates nothing.
     Deflate {
-        /// The frames, lowest first; at most one batch in total.
-        runs: Vec<PfnRange>,
+        /// The lowest ballooned frame.
+        from: Pfn,
+        /// Frames to take back; at most one batch.
+        count: Pages,
     },
     /// Back these frames of the segment being prepared (PV:
     /// increase_reservation and p2m; PVH: populate_physmap): at most one
@@ -294,7 +298,7 @@ impl core::fmt::Display for State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
     Inflate(Pages),
-    Deflate(Vec<PfnRange>),
+    Deflate(Pfn, Pages),
     Back(PfnRange),
     Plug(PfnRange),
     Return(Vec<PfnRange>),
@@ -456,10 +460,13 @@ impl Worker {
 
     /// Starts taking up to `max` ballooned frames back.
     fn start_deflate(&mut self, max: Pages) -> Action {
-        let runs = self.space.choose_deflate(max);
-        self.in_flight = Some(InFlight::Deflate(runs.clone()));
+        let Some((from, count)) = self.space.deflate_cursor(max) else {
+            self.state = State::Idle;
+            return Action::Idle;
+        };
+        self.in_flight = Some(InFlight::Deflate(from, count));
         self.state = State::Deflating;
-        Action::Deflate { runs }
+        Action::Deflate { from, count }
     }
 
     /// Pages the domain holds now, as Xen counts its reservation: UVM's,
@@ -817,14 +824,12 @@ impl Worker {
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
                 short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
-            (InFlight::Deflate(runs), StepResult::Deflated { done, error }) => {
-                let asked = total(&runs);
+            (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
-                let leading = leading_frames(&runs, done);
                 self.space
-                    .record_deflated(&leading)
+                    .record_deflated_from(from, done)
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);

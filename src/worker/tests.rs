@@ -152,20 +152,19 @@ impl Model {
                 )
                 .unwrap();
             }
-            Action::Deflate { runs } => {
-                let asked: u64 = runs.iter().map(|r| r.len().0).sum();
+            Action::Deflate { from, count } => {
+                let asked = count.0;
                 let room = self.max_pages.saturating_sub(self.reservation);
                 let done = asked.min(room).min(self.host_free);
-                let mut left = done;
-                for r in &runs {
-                    for pfn in r.frames() {
-                        if left == 0 {
-                            break;
-                        }
-                        assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
-                        self.free.insert(pfn.0);
-                        left -= 1;
-                    }
+                let frames: Vec<Pfn> = w
+                    .frames()
+                    .ballooned_from(from)
+                    .take(done as usize)
+                    .collect();
+                assert_eq!(frames.len() as u64, done, "fewer ballooned frames than asked");
+                for pfn in frames {
+                    assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
+                    self.free.insert(pfn.0);
                 }
                 self.reservation += done;
                 self.host_free -= done;
@@ -652,10 +651,9 @@ fn a_refused_deflate_result_stops_for_good() {
     w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
     m.settle(&mut w, 10_000);
     w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
-    let Action::Deflate { runs } = w.next_action(m.now, m.mem()).unwrap() else {
+    let Action::Deflate { count: asked, .. } = w.next_action(m.now, m.mem()).unwrap() else {
         panic!("expected a deflate");
     };
-    let asked = total(&runs);
     let before = w.frames().ballooned();
     // Pages went back to UVM; a result claiming more than asked is refused
     // and nothing is retried (a retry would free pages twice).

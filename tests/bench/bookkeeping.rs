@@ -127,8 +127,8 @@ fn run(frames: u64, order: Order) -> Figures {
     let start = Instant::now();
     loop {
         match w.next_action(now, mem).expect("action") {
-            Action::Deflate { runs } => {
-                let n = runs.iter().map(|r| r.len().0).sum();
+            Action::Deflate { count, .. } => {
+                let n = count.0;
                 w.complete(
                     StepResult::Deflated {
                         done: Pages(n),
