@@ -25,8 +25,7 @@
 //! All of it is safe Rust; the FFI layer implements [`Platform`] over the
 //! shim, and tests implement it over a model.
 
-use alloc::format;
-use alloc::string::{String, ToString};
+use crate::logline::LogLine;
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
@@ -128,7 +127,7 @@ pub struct Driver {
     budget: LogBudget,
     /// The newest line over budget, printed when the window reopens so
     /// the last outcome of a target storm is never lost.
-    held: Option<String>,
+    held: Option<LogLine>,
     /// Lines dropped since the last line printed.
     dropped: u64,
     /// The last value read from xenstore memory/target that was applied.
@@ -197,7 +196,7 @@ impl Driver {
                 return Err(Errno::ERANGE);
             }
             Err(e) => {
-                self.say(p, now, format!("cannot read memory/target: error {}", e.0));
+                self.say(p, now, LogLine::format(format_args!("cannot read memory/target: error {}", e.0)));
                 return Err(e);
             }
         };
@@ -230,7 +229,7 @@ impl Driver {
             ShimFailure::WorkerRestart => "cannot restart the worker",
             ShimFailure::WatchRestart => "cannot watch memory/target again",
         };
-        self.say(p, now, format!("{what}: error {}", error.0));
+        self.say(p, now, LogLine::format(format_args!("{what}: error {}", error.0)));
     }
 
     /// Asks the worker for the next action at `now` and carries it out.
@@ -243,16 +242,16 @@ impl Driver {
             Ok(action) => {
                 if let Err(e) = self.carry_out(p, action, now) {
                     let line = if self.worker.stopped() {
-                        format!("stopped: {}: {e:?}", self.worker.state())
+                        LogLine::format(format_args!("stopped: {}: {e:?}", self.worker.state()))
                     } else {
-                        format!("internal error, step dropped: {e:?}")
+                        LogLine::format(format_args!("internal error, step dropped: {e:?}"))
                     };
                     self.say(p, now, line);
                 }
                 StepStatus::Again
             }
             Err(e) => {
-                self.say(p, now, format!("internal error: {e:?}"));
+                self.say(p, now, LogLine::format(format_args!("internal error: {e:?}")));
                 StepStatus::Idle
             }
         };
@@ -275,9 +274,9 @@ impl Driver {
     /// earlier goes first if the budget allows; a line over budget is
     /// held in place of any line held before it, which is then dropped
     /// for good (and only then counted as suppressed).
-    fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: String) {
+    fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: LogLine) {
         self.flush_held(p, now);
-        if self.held.is_none() && self.print_within_budget(p, now, &line) {
+        if self.held.is_none() && self.print_within_budget(p, now, line.as_str()) {
             return;
         }
         if self.held.replace(line).is_some() {
@@ -288,7 +287,7 @@ impl Driver {
     /// Prints the held line if the budget allows it now.
     fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
         if let Some(line) = self.held.take() {
-            if !self.print_within_budget(p, now, &line) {
+            if !self.print_within_budget(p, now, line.as_str()) {
                 self.held = Some(line);
             }
         }
@@ -322,13 +321,16 @@ impl Driver {
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
-            p.log(&line);
+            p.log(line.as_str());
         }
     }
 
     fn print_dropped<P: Platform>(&mut self, p: &mut P) {
         if self.dropped > 0 {
-            p.log(&format!("{} earlier messages suppressed", self.dropped));
+            p.log(
+                LogLine::format(format_args!("{} earlier messages suppressed", self.dropped))
+                    .as_str(),
+            );
             self.dropped = 0;
         }
     }
@@ -342,7 +344,7 @@ impl Driver {
             // The bookkeeping no longer knows which frames are whose: a
             // release could give pages to UVM twice or leave frames in
             // Xen unaccounted. The module stays.
-            let line = format!("cannot unload: {}", self.worker.state());
+            let line = LogLine::format(format_args!("cannot unload: {}", self.worker.state()));
             self.say(p, now, line);
             return Err(Errno::EBUSY);
         }
@@ -367,24 +369,24 @@ impl Driver {
 
     /// Why a release stopped short, for the log: what the step that fell
     /// short was.
-    fn release_refused(&self) -> String {
+    fn release_refused(&self) -> LogLine {
         let kib = |x: Pages| x.saturating_kib().0;
         let frames = self.worker.frames();
         if !frames.stranded().is_zero() {
-            return format!(
+            return LogLine::format(format_args!(
                 "cannot unload: {} KiB backed for a failed plug not yet given back: Xen took no more",
                 kib(frames.stranded())
-            );
+            ));
         }
         let left = kib(frames.ballooned());
         match self.worker.state() {
             State::Waiting(WaitReason::UnplugFailed) => {
-                format!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment")
+                LogLine::format(format_args!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment"))
             }
             State::Waiting(WaitReason::ShortDeflate) => {
-                format!("{left} KiB still ballooned: Xen gave no more back")
+                LogLine::format(format_args!("{left} KiB still ballooned: Xen gave no more back"))
             }
-            other => format!("{left} KiB still ballooned: {other}"),
+            other => LogLine::format(format_args!("{left} KiB still ballooned: {other}")),
         }
     }
 
@@ -664,27 +666,28 @@ impl Driver {
             return;
         }
         let kib = |x: Pages| x.saturating_kib().0;
-        let line: Option<String> = match state {
+        let line: Option<LogLine> = match state {
             // Unloading: the target no longer counts.
-            State::Idle if self.worker.releasing() => Some(format!(
+            State::Idle if self.worker.releasing() => Some(LogLine::format(format_args!(
                 "returned all ballooned memory: {} KiB",
                 kib(self.worker.current())
-            )),
-            State::Idle => Some(format!(
+            ))),
+            State::Idle => Some(LogLine::format(format_args!(
                 "at target: {} KiB ({} KiB ballooned)",
                 kib(self.worker.current()),
                 kib(self.worker.frames().ballooned())
-            )),
+            ))),
             // The reason as hw.balloon.state gives it, with the last
             // shortfall for "retries exhausted".
             State::Cancelled(_) => {
-                let text = state.to_string();
-                Some(format!(
+                let text = LogLine::format(format_args!("{state}"));
+                let text = text.as_str();
+                Some(LogLine::format(format_args!(
                     "giving up on target {} KiB at {} KiB: {}",
                     kib(target),
                     kib(self.worker.current()),
-                    text.strip_prefix("cancelled: ").unwrap_or(&text)
-                ))
+                    text.strip_prefix("cancelled: ").unwrap_or(text)
+                )))
             }
             _ => None,
         };

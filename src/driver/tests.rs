@@ -7,6 +7,7 @@ use crate::segments::PlugLimits;
 use crate::units::Kib;
 use crate::worker::{Boot, State};
 use std::collections::{BTreeMap, BTreeSet};
+use std::format;
 use std::string::String;
 use std::vec::Vec;
 
