@@ -178,13 +178,16 @@ impl FrameSpace {
             stranded: Extents::new(),
             live: Pages::ZERO,
         };
+        // The bitmap first: it is the large allocation, and it fails
+        // rather than waits.
+        let end = boot.iter().map(|r| r.end()).max().unwrap_or_default();
+        space
+            .ballooned
+            .try_cover(end)
+            .map_err(|_| SegmentError::NoMemory)?;
         for &range in boot {
             space.add_segment(range, Origin::Boot, Life::Live)?;
         }
-        space
-            .ballooned
-            .try_cover(space.span_end())
-            .map_err(|_| SegmentError::NoMemory)?;
         Ok(space)
     }
 

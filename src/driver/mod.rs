@@ -196,7 +196,11 @@ impl Driver {
                 return Err(Errno::ERANGE);
             }
             Err(e) => {
-                self.say(p, now, LogLine::format(format_args!("cannot read memory/target: error {}", e.0)));
+                self.say(
+                    p,
+                    now,
+                    LogLine::format(format_args!("cannot read memory/target: error {}", e.0)),
+                );
                 return Err(e);
             }
         };
@@ -229,7 +233,11 @@ impl Driver {
             ShimFailure::WorkerRestart => "cannot restart the worker",
             ShimFailure::WatchRestart => "cannot watch memory/target again",
         };
-        self.say(p, now, LogLine::format(format_args!("{what}: error {}", error.0)));
+        self.say(
+            p,
+            now,
+            LogLine::format(format_args!("{what}: error {}", error.0)),
+        );
     }
 
     /// Asks the worker for the next action at `now` and carries it out.
@@ -251,7 +259,11 @@ impl Driver {
                 StepStatus::Again
             }
             Err(e) => {
-                self.say(p, now, LogLine::format(format_args!("internal error: {e:?}")));
+                self.say(
+                    p,
+                    now,
+                    LogLine::format(format_args!("internal error: {e:?}")),
+                );
                 StepStatus::Idle
             }
         };
@@ -380,12 +392,12 @@ impl Driver {
         }
         let left = kib(frames.ballooned());
         match self.worker.state() {
-            State::Waiting(WaitReason::UnplugFailed) => {
-                LogLine::format(format_args!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment"))
-            }
-            State::Waiting(WaitReason::ShortDeflate) => {
-                LogLine::format(format_args!("{left} KiB still ballooned: Xen gave no more back"))
-            }
+            State::Waiting(WaitReason::UnplugFailed) => LogLine::format(format_args!(
+                "{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment"
+            )),
+            State::Waiting(WaitReason::ShortDeflate) => LogLine::format(format_args!(
+                "{left} KiB still ballooned: Xen gave no more back"
+            )),
             other => LogLine::format(format_args!("{left} KiB still ballooned: {other}")),
         }
     }
@@ -585,7 +597,13 @@ impl Driver {
         let mut pfns = core::mem::take(&mut self.pfns);
         pfns.clear();
         let n = count.min(MAX_BATCH).0 as usize;
-        pfns.extend(self.worker.frames().ballooned_from(from).take(n).map(|f| f.0));
+        pfns.extend(
+            self.worker
+                .frames()
+                .ballooned_from(from)
+                .take(n)
+                .map(|f| f.0),
+        );
         let (done, error) = self.back_frames(p, &pfns);
         p.free_pages(pfns.get(..done).unwrap_or(&[]));
         self.pfns = pfns;

@@ -2,6 +2,7 @@
 //! hypercalls and frees, and the undo of partial steps.
 
 use super::*;
+use crate::ffi::test_alloc::{allocations, failing, uncounted};
 use crate::policy::Source;
 use crate::segments::PlugLimits;
 use crate::units::Kib;
@@ -242,9 +243,73 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
     (m, Driver::new(w, mode))
 }
 
+/// The model as a platform whose own work is not counted as the driver's
+/// allocations.
+struct Uncounted<'a>(&'a mut Model);
+
+impl Platform for Uncounted<'_> {
+    fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize {
+        uncounted(|| self.0.alloc_pages(out, prefer))
+    }
+    fn free_pages(&mut self, pfns: &[u64]) {
+        uncounted(|| self.0.free_pages(pfns))
+    }
+    fn scrub(&mut self, pfn: Pfn) {
+        uncounted(|| self.0.scrub(pfn))
+    }
+    fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
+        uncounted(|| self.0.p2m_lookup(pfn))
+    }
+    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
+        uncounted(|| self.0.p2m_set(pfn, mfn))
+    }
+    fn p2m_clear(&mut self, pfn: Pfn) {
+        uncounted(|| self.0.p2m_clear(pfn))
+    }
+    fn p2m_flush(&mut self) {}
+    fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.decrease_reservation(frames))
+    }
+    fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.increase_reservation(mfns))
+    }
+    fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.populate_physmap(pfns))
+    }
+    fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        uncounted(|| self.0.plug(range))
+    }
+    fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        uncounted(|| self.0.unplug(range))
+    }
+    fn meminfo(&mut self) -> MemInfo {
+        uncounted(|| self.0.meminfo())
+    }
+    fn log(&mut self, line: &str) {
+        uncounted(|| self.0.log(line))
+    }
+}
+
+/// One driver step; asserts it allocated nothing unless it was on a
+/// plug's path (a plug grows the bitmap before it is backed; a failed
+/// plug keeps its stranded frames as runs).
+fn step_counted(m: &mut Model, d: &mut Driver, now: Uptime) -> StepStatus {
+    let plug_before = d.worker().frames().backed_outside();
+    let pending_before = d.worker().frames().pending_segment();
+    let (status, n) = allocations(|| d.step(&mut Uncounted(m), now));
+    let plug_path = !plug_before.is_zero()
+        || pending_before.is_some()
+        || d.worker().frames().pending_segment().is_some()
+        || !d.worker().frames().stranded().is_zero();
+    if !plug_path {
+        assert_eq!(n, 0, "a step allocated: {:?}", d.worker().state());
+    }
+    status
+}
+
 fn settle(m: &mut Model, d: &mut Driver) {
     for _ in 0..100_000 {
-        match d.step(m, Uptime(0)) {
+        match step_counted(m, d, Uptime(0)) {
             StepStatus::Again => {}
             _ => return,
         }
@@ -469,7 +534,7 @@ fn release_gives_all_back() {
 /// Steps until the driver asks to sleep or idles, at `now`.
 fn settle_at(m: &mut Model, d: &mut Driver, now: Uptime) -> StepStatus {
     for _ in 0..100_000 {
-        match d.step(m, now) {
+        match step_counted(m, d, now) {
             StepStatus::Again => {}
             other => return other,
         }
@@ -719,5 +784,61 @@ fn pages_the_bookkeeping_refuses_never_reach_xen_and_stop_the_driver() {
         assert_eq!(d.release(&mut m, Uptime(0)), Err(Errno::EBUSY));
         assert_eq!(m.xen.len() as u64, PAGES + 1);
         assert_eq!(d.stats().hypercalls, 0);
+    }
+}
+
+/// The kernel has no memory for the bookkeeping at attach: attach fails
+/// with an error (ENOMEM at the entry point), no panic.
+#[test]
+fn no_memory_at_attach_is_an_error_not_a_panic() {
+    let seg = [PfnRange::new(Pfn(0), Pfn(PAGES)).unwrap()];
+    let boot = Boot {
+        segments: &seg,
+        reservation: Pages(PAGES),
+        max_reservation: Pages(PAGES * 4),
+        freemin: Pages(64),
+        hotplug_supported: true,
+        plug: PlugLimits {
+            align: Pages(512),
+            max_segment: Pages(32768),
+            frame_limit: Pfn(PAGES * 8),
+            floor: Pfn(PAGES),
+        },
+    };
+    let r = failing(|| Worker::new(&boot).map(|_| ()));
+    assert_eq!(
+        r,
+        Err(crate::worker::InitError::Segments(
+            crate::segments::SegmentError::NoMemory
+        ))
+    );
+    assert!(Worker::new(&boot).is_ok());
+}
+
+/// The kernel has no memory to grow the bookkeeping for a plug: the plug
+/// fails before anything is backed (nothing to give back), is retried
+/// with the back-off, and succeeds once memory is there.
+#[test]
+fn no_memory_at_plug_is_a_failed_plug_retried() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4 + 4096), Source::Xenstore)
+            .unwrap();
+        let xen_before = m.xen.len();
+        let status = failing(|| d.step(&mut m, Uptime(0)));
+        assert!(matches!(status, StepStatus::Sleep(_)), "{status:?}");
+        assert_eq!(
+            d.worker().state(),
+            State::Waiting(crate::worker::WaitReason::PlugFailed)
+        );
+        assert_eq!(d.worker().frames().pending_segment(), None);
+        assert_eq!(m.xen.len(), xen_before, "nothing was backed");
+        assert_eq!(d.stats().hypercalls, 0);
+        let last = d.worker().stats().last_error.expect("the plug's error");
+        assert_eq!(last.errno, Errno::ENOMEM);
+        settle_at(&mut m, &mut d, Uptime(60_000));
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES + 1024));
     }
 }

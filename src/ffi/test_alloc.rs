@@ -62,10 +62,32 @@ pub fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (r, COUNT.with(Cell::get).saturating_sub(before))
 }
 
+/// Runs `f` without counting its allocations (a model's own work).
+pub fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    let before = COUNT.with(Cell::get);
+    let r = f();
+    COUNT.with(|c| c.set(before));
+    r
+}
+
 /// Runs `f` with every allocation of this thread failing.
 pub fn failing<R>(f: impl FnOnce() -> R) -> R {
     FAIL.with(|x| x.set(true));
     let r = f();
     FAIL.with(|x| x.set(false));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_fails_this_threads_allocations() {
+        let (v, n) = allocations(|| std::vec::Vec::<u64>::with_capacity(4));
+        assert_eq!((v.capacity(), n), (4, 1));
+        let mut w: std::vec::Vec<u64> = std::vec::Vec::new();
+        assert!(failing(|| w.try_reserve(8)).is_err());
+        assert!(w.try_reserve(8).is_ok());
+    }
 }

@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::backoff::BackoffConfig;
+use crate::ffi::test_alloc::allocations;
 use crate::policy::Clamp;
 use crate::units::Millis;
 use proptest::prelude::*;
@@ -53,6 +54,11 @@ struct Model {
     /// Frames Xen backs outside every segment (a plug being prepared or
     /// one that failed).
     backed: u64,
+    /// Allocations the worker made in the step being carried out.
+    worker_allocs: u64,
+    /// Steps that carried out an inflate or deflate (checked to allocate
+    /// nothing).
+    steps_checked: u64,
 }
 
 impl Model {
@@ -69,6 +75,8 @@ impl Model {
             now: Uptime(0),
             present: [(0, boot_pages)].into_iter().collect(),
             backed: 0,
+            worker_allocs: 0,
+            steps_checked: 0,
         }
     }
 
@@ -100,8 +108,28 @@ impl Model {
 
     /// Carries out one action; returns false when the worker is idle.
     fn step(&mut self, w: &mut Worker) -> bool {
+        let mem = self.mem();
+        let (action, n) = allocations(|| w.next_action(self.now, mem));
+        let action = action.unwrap();
+        self.worker_allocs = n;
+        // Inflate and deflate steps (and sleeping or idling) allocate
+        // nothing; a plug may (its bitmap grows before it is backed), and
+        // so may the rare paths of a failed plug (stranded frames kept as
+        // runs) and a refused unplug.
+        let no_alloc = matches!(
+            action,
+            Action::Inflate { .. } | Action::Deflate { .. } | Action::Sleep { .. } | Action::Idle
+        );
+        let more = self.step_action(w, action);
+        if no_alloc {
+            assert_eq!(self.worker_allocs, 0, "a step allocated ({:?})", w.state());
+            self.steps_checked += 1;
+        }
+        more
+    }
+
+    fn step_action(&mut self, w: &mut Worker, action: Action) -> bool {
         let before = w.current();
-        let action = w.next_action(self.now, self.mem()).unwrap();
         match action {
             Action::Idle => return false,
             Action::Sleep { until } => {
@@ -143,7 +171,8 @@ impl Model {
                 self.host_free += done as u64;
                 let frames: Vec<Pfn> = pages[..done].iter().map(|&p| Pfn(p)).collect();
                 let error = (done < pages.len()).then_some(Errno::EAGAIN);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Inflated {
                         frames: &frames,
                         error,
@@ -161,7 +190,11 @@ impl Model {
                     .ballooned_from(from)
                     .take(done as usize)
                     .collect();
-                assert_eq!(frames.len() as u64, done, "fewer ballooned frames than asked");
+                assert_eq!(
+                    frames.len() as u64,
+                    done,
+                    "fewer ballooned frames than asked"
+                );
                 for pfn in frames {
                     assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
                     self.free.insert(pfn.0);
@@ -169,7 +202,8 @@ impl Model {
                 self.reservation += done;
                 self.host_free -= done;
                 let error = (done < asked).then_some(Errno::ENOMEM);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Deflated {
                         done: Pages(done),
                         error,
@@ -194,7 +228,8 @@ impl Model {
                 self.host_free -= done;
                 self.backed += done;
                 let error = (done < asked).then_some(Errno::ENOMEM);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Backed {
                         done: Pages(done),
                         error,
@@ -220,13 +255,14 @@ impl Model {
                 // uvmexp.npages, so such a plug returns false.
                 let too_big = range.len() > self.mem().managed;
                 if self.faults.plug_fails || too_big {
-                    w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
+                    self.complete_counted(w, StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
                         .unwrap();
                 } else {
                     self.backed = 0;
                     self.free.extend(s..e);
                     self.present.insert((s, e));
-                    w.complete(StepResult::Plugged(Ok(())), self.now).unwrap();
+                    self.complete_counted(w, StepResult::Plugged(Ok(())), self.now)
+                        .unwrap();
                 }
             }
             Action::Return { runs } => {
@@ -237,7 +273,8 @@ impl Model {
                 self.host_free += done;
                 self.backed -= done;
                 let error = (done < asked).then_some(Errno::EAGAIN);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Returned {
                         done: Pages(done),
                         error,
@@ -259,7 +296,7 @@ impl Model {
                     );
                 }
                 if self.faults.unplug_fails {
-                    w.complete(StepResult::Unplugged(Err(Errno::EBUSY)), self.now)
+                    self.complete_counted(w, StepResult::Unplugged(Err(Errno::EBUSY)), self.now)
                         .unwrap();
                 } else {
                     self.present.remove(&(s, e));
@@ -269,7 +306,8 @@ impl Model {
                             "unplugged page not held by the driver"
                         );
                     }
-                    w.complete(StepResult::Unplugged(Ok(())), self.now).unwrap();
+                    self.complete_counted(w, StepResult::Unplugged(Ok(())), self.now)
+                        .unwrap();
                 }
             }
         }
@@ -307,6 +345,18 @@ impl Model {
     }
 
     /// Steps until idle or cancelled; panics past `limit` steps.
+    /// `w.complete`, its allocations counted in `worker_allocs`.
+    fn complete_counted(
+        &mut self,
+        w: &mut Worker,
+        r: StepResult<'_>,
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        let (res, n) = allocations(|| w.complete(r, now));
+        self.worker_allocs += n;
+        res
+    }
+
     fn settle(&mut self, w: &mut Worker, limit: usize) -> usize {
         for n in 0..limit {
             if !self.step(w) {
@@ -900,6 +950,13 @@ fn a_hundred_thousand_random_steps() {
     assert!(
         convergences > 10,
         "the walk checked convergence only {convergences} times"
+    );
+    // Every inflate, deflate, sleep and idle step was checked to
+    // allocate nothing (Model::step).
+    assert!(
+        m.steps_checked > 40_000,
+        "only {} steps checked for allocations",
+        m.steps_checked
     );
 }
 
