@@ -240,6 +240,79 @@ impl FrameBits {
         None
     }
 
+    /// The lowest frame in the set.
+    pub fn first(&self) -> Option<Pfn> {
+        self.next_bit(self.low as u64 * BITS, true).map(Pfn)
+    }
+
+    /// Frames in the set at or after `from`, lowest first: a word at a
+    /// time, one `trailing_zeros` per frame.
+    pub fn iter_from(&self, from: Pfn) -> impl Iterator<Item = Pfn> + '_ {
+        let from = from.0.max(self.low as u64 * BITS);
+        let mut w = from / BITS;
+        let mut word = self
+            .words
+            .get(w as usize)
+            .map_or(0, |&x| x & (u64::MAX << (from % BITS)));
+        core::iter::from_fn(move || loop {
+            if word != 0 {
+                let bit = u64::from(word.trailing_zeros());
+                word &= word - 1;
+                return Some(Pfn(w * BITS + bit));
+            }
+            w += 1;
+            word = *self.words.get(w as usize)?;
+        })
+    }
+
+    /// How many frames of the set lie at or after `from`, counting no
+    /// further than `enough`.
+    pub fn count_from(&self, from: Pfn, enough: Pages) -> Pages {
+        let mut n = 0u64;
+        let mut w = from.0 / BITS;
+        let mut m = u64::MAX << (from.0 % BITS);
+        while let Some(&x) = self.words.get(w as usize) {
+            n += u64::from((x & m).count_ones());
+            if n >= enough.0 {
+                return enough;
+            }
+            m = u64::MAX;
+            w += 1;
+        }
+        Pages(n)
+    }
+
+    /// Removes the lowest frames of the set in `[from, end)`, at most
+    /// `max` of them, a word at a time; returns how many it removed.
+    pub fn remove_first(&mut self, from: Pfn, end: Pfn, max: Pages) -> Pages {
+        let (lo, hi) = (from.0, end.0.min(self.covered().0));
+        let mut left = max.0;
+        let mut w = lo / BITS;
+        while left > 0 && w * BITS < hi {
+            let m = mask(w, lo, hi);
+            if let Some(x) = self.words.get_mut(w as usize) {
+                let mut hit = *x & m;
+                let c = u64::from(hit.count_ones());
+                if c <= left {
+                    *x &= !hit;
+                    left -= c;
+                } else {
+                    for _ in 0..left {
+                        let low = hit & hit.wrapping_neg();
+                        *x &= !low;
+                        hit &= !low;
+                    }
+                    left = 0;
+                }
+            }
+            w += 1;
+        }
+        let done = max.0 - left;
+        self.total -= done;
+        self.advance_low();
+        Pages(done)
+    }
+
     /// All runs, lowest first.
     pub fn runs(&self) -> impl Iterator<Item = PfnRange> + '_ {
         let mut pos = Pfn(0);
@@ -326,6 +399,17 @@ mod tests {
                         let full = (s..e).all(|p| model.contains(&p));
                         prop_assert_eq!(x.remove(r(s, e)).is_ok(), full && covered);
                         if full && covered { for p in s..e { model.remove(&p); } }
+                    }
+                    2 if len % 3 == 0 => {
+                        let want: std::vec::Vec<u64> = model.range(s..).copied().collect();
+                        prop_assert_eq!(x.count_from(Pfn(s), Pages(len)).0, (want.len() as u64).min(len));
+                        let got: std::vec::Vec<u64> = x.iter_from(Pfn(s)).map(|p| p.0).collect();
+                        prop_assert_eq!(&got, &want);
+                        let end = (s + 2 * len).min(700);
+                        let gone: std::vec::Vec<u64> = model.range(s..end).copied().take(len as usize).collect();
+                        prop_assert_eq!(x.remove_first(Pfn(s), Pfn(end), Pages(len)).0, gone.len() as u64);
+                        for p in gone { model.remove(&p); }
+                        prop_assert_eq!(x.first().map(|p| p.0), model.first().copied());
                     }
                     2 => prop_assert_eq!(x.insert_one(Pfn(s)), s < 640 && model.insert(s)),
                     _ => prop_assert_eq!(x.remove_one(Pfn(s)), model.remove(&s)),

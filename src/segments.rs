@@ -443,49 +443,36 @@ impl FrameSpace {
     /// when nothing is ballooned. No allocation: the frames are read with
     /// [`FrameSpace::ballooned_from`] as the step goes.
     pub fn deflate_cursor(&self, max: Pages) -> Option<(Pfn, Pages)> {
-        let first = self.ballooned.next_run(Pfn(0))?;
+        let first = self.ballooned.first()?;
         let count = max.min(self.ballooned.total());
-        (!count.is_zero()).then_some((first.start(), count))
+        (!count.is_zero()).then_some((first, count))
     }
 
     /// Ballooned frames at or after `from`, lowest first.
     pub fn ballooned_from(&self, from: Pfn) -> impl Iterator<Item = Pfn> + '_ {
-        let mut pos = from;
-        core::iter::from_fn(move || {
-            let r = self.ballooned.next_run(pos)?;
-            pos = r.end();
-            Some(r)
-        })
-        .flat_map(|r| r.frames())
+        self.ballooned.iter_from(from)
     }
 
     /// Records that the first `n` ballooned frames at or after `from` are
     /// backed again and back in UVM. Refused, changing nothing, when
-    /// there are fewer. No allocation.
+    /// there are fewer. A word of the bitmap at a time; no allocation.
     pub fn record_deflated_from(&mut self, from: Pfn, n: Pages) -> Result<(), SegmentError> {
-        let mut left = n;
-        let mut pos = from;
-        while !left.is_zero() {
-            let r = self
-                .ballooned
-                .next_run(pos)
-                .ok_or(SegmentError::WrongState(pos, FrameState::Populated))?;
-            left = left.saturating_sub(r.len());
-            pos = r.end();
+        if self.ballooned.count_from(from, n) < n {
+            return Err(SegmentError::WrongState(from, self.state(from)));
         }
         let mut left = n;
-        let mut pos = from;
-        while !left.is_zero() {
-            let Some(r) = self.ballooned.next_run(pos) else {
+        for seg in self.segments.values_mut() {
+            if left.is_zero() {
                 break;
-            };
-            let take = r.take_front(left);
-            self.ballooned
-                .remove(take)
-                .map_err(|_| SegmentError::WrongState(take.start(), FrameState::Populated))?;
-            self.adjust_ballooned_range(take);
-            left = left.saturating_sub(take.len());
-            pos = take.end();
+            }
+            if seg.range.end() <= from {
+                continue;
+            }
+            let got = self
+                .ballooned
+                .remove_first(from.max(seg.range.start()), seg.range.end(), left);
+            seg.ballooned = seg.ballooned.saturating_sub(got);
+            left = left.saturating_sub(got);
         }
         Ok(())
     }
