@@ -468,9 +468,9 @@ impl FrameSpace {
             if seg.range.end() <= from {
                 continue;
             }
-            let got = self
-                .ballooned
-                .remove_first(from.max(seg.range.start()), seg.range.end(), left);
+            let got =
+                self.ballooned
+                    .remove_first(from.max(seg.range.start()), seg.range.end(), left);
             seg.ballooned = seg.ballooned.saturating_sub(got);
             left = left.saturating_sub(got);
         }

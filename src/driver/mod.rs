@@ -688,11 +688,12 @@ impl Driver {
             // Unloading: the target no longer counts.
             State::Idle if self.worker.releasing() => Some(LogLine::format(format_args!(
                 "returned all ballooned memory: {} KiB",
-                kib(self.worker.current())
+                kib(self.worker.as_toolstack(self.worker.current()))
             ))),
+            // Sizes as the toolstack counts them (memory/target).
             State::Idle => Some(LogLine::format(format_args!(
                 "at target: {} KiB ({} KiB ballooned)",
-                kib(self.worker.current()),
+                kib(self.worker.as_toolstack(self.worker.current())),
                 kib(self.worker.frames().ballooned())
             ))),
             // The reason as hw.balloon.state gives it, with the last
@@ -702,8 +703,8 @@ impl Driver {
                 let text = text.as_str();
                 Some(LogLine::format(format_args!(
                     "giving up on target {} KiB at {} KiB: {}",
-                    kib(target),
-                    kib(self.worker.current()),
+                    kib(self.worker.as_toolstack(target)),
+                    kib(self.worker.as_toolstack(self.worker.current())),
                     text.strip_prefix("cancelled: ").unwrap_or(text)
                 )))
             }

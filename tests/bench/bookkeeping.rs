@@ -65,7 +65,7 @@ fn frames_in_order(span: u64, order: Order) -> Vec<u64> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     match order {
         Order::Contiguous => (span / 2..span).rev().collect(),
-        Order::EveryOther => (0..span).rev().filter(|f| f % 2 == 0).collect(),
+        Order::EveryOther => (0..span).rev().filter(|f| f.is_multiple_of(2)).collect(),
         Order::RandomHalf => {
             let mut all: Vec<u64> = (0..span).collect();
             for i in (1..all.len()).rev() {
@@ -80,7 +80,7 @@ fn frames_in_order(span: u64, order: Order) -> Vec<u64> {
             let mut f = 0;
             while f < span && (out.len() as u64) < span / 2 {
                 let len = [1, 8, 64, 512][(rng.next() % 4) as usize].min(span - f);
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     out.extend(f..f + len);
                 }
                 f += len;
