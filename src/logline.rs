@@ -6,7 +6,7 @@
 use core::fmt;
 
 /// Bytes of a log line (the kernel's printf adds the prefix and newline).
-pub const LOG_LINE_MAX: usize = 192;
+pub const LOG_LINE_MAX: usize = 128;
 
 /// One log line, formatted in place.
 #[derive(Clone, Copy, PartialEq, Eq)]
