@@ -842,3 +842,35 @@ fn no_memory_at_plug_is_a_failed_plug_retried() {
         assert_eq!(d.worker().current(), Pages(PAGES + 1024));
     }
 }
+
+/// A watch event, its read errors, sysctl-style knob changes and a
+/// release allocate nothing (the driver and worker only; the model's own
+/// work is not counted).
+#[test]
+fn watch_events_knobs_and_release_allocate_nothing() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        let (_, n) = allocations(|| {
+            let mut p = Uncounted(&mut m);
+            let _ = d.xenstore_event(&mut p, Ok(b"200000"), false, Uptime(1));
+            let _ = d.xenstore_event(&mut p, Ok(b"junk"), false, Uptime(2));
+            let _ = d.xenstore_event(&mut p, Err(Errno::EIO), false, Uptime(3));
+            let _ = d.xenstore_event(&mut p, Err(Errno::ERANGE), true, Uptime(4));
+            let w = d.worker_mut();
+            let _ = w.set_batch(Pages(256));
+            let _ = w.set_floor(Kib(PAGES));
+            let _ = w.set_hotplug(false);
+            w.set_unplug(false);
+            w.set_scrub(true);
+        });
+        assert_eq!(n, 0, "an entry point allocated");
+        let (r, n) = allocations(|| d.release(&mut Uncounted(&mut m), Uptime(10)));
+        assert_eq!(r, Ok(()));
+        assert_eq!(n, 0, "release allocated");
+        check(&m, &d);
+    }
+}
