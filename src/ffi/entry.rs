@@ -17,9 +17,9 @@ use crate::backoff::BackoffConfig;
 use crate::driver::{Driver, GuestMode, ShimFailure, StepStatus};
 use crate::errno::Errno;
 use crate::policy::{Refusal, Source};
-use crate::segments::PlugLimits;
+use crate::segments::{PlugLimits, SegmentError};
 use crate::units::{Kib, Millis, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Boot, Growth, Worker};
+use crate::worker::{Boot, Growth, InitError, Worker};
 
 use super::platform::ShimPlatform;
 
@@ -97,8 +97,10 @@ pub unsafe extern "C" fn balloon_rs_attach(
             floor: Pfn(bi.plug_floor_pfn),
         },
     };
-    let Ok(worker) = Worker::new(&boot) else {
-        return errno(Errno::EINVAL);
+    let worker = match Worker::new(&boot) {
+        Ok(w) => w,
+        Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
+        Err(_) => return errno(Errno::EINVAL),
     };
     let core = Box::new(Core {
         driver: Driver::new(worker, mode),

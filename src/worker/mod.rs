@@ -110,11 +110,15 @@ pub enum Action {
         /// Zero each page before it goes.
         scrub: bool,
     },
-    /// Have Xen back these ballooned frames again, in this order, and free
-    /// their `vm_page`s to UVM.
+    /// Have Xen back ballooned frames again and free their `vm_page`s to
+    /// UVM: the first `count` ballooned frames at or after `from`, lowest
+    /// first ([`FrameSpace::ballooned_from`]). A cursor and a count, so
+    /// that a step allocates nothing.
     Deflate {
-        /// The frames, lowest first; at most one batch in total.
-        runs: Vec<PfnRange>,
+        /// The lowest ballooned frame.
+        from: Pfn,
+        /// Frames to take back; at most one batch.
+        count: Pages,
     },
     /// Back these frames of the segment being prepared (PV:
     /// increase_reservation and p2m; PVH: populate_physmap): at most one
@@ -233,6 +237,14 @@ pub enum CancelReason {
     /// The target is above what the domain can reach without growing,
     /// and the kernel cannot grow it: the target is clipped.
     Clipped(Growth),
+    /// The bookkeeping refused frames UVM handed out for an inflate;
+    /// they went back to UVM and nothing went to Xen. Stopped for good:
+    /// UVM and the bookkeeping disagree about which pages are whose.
+    FramesRefused,
+    /// The bookkeeping refused the result of a step that had already
+    /// taken effect (frames given to Xen or back to UVM). Stopped for
+    /// good: a retry could lose frames or free pages twice.
+    ResultRefused,
 }
 
 /// What the worker is doing, for `hw.balloon.state`.
@@ -288,6 +300,12 @@ impl CancelReason {
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
             CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
+            CancelReason::FramesRefused => {
+                "bookkeeping refused the pages UVM gave; stopped until reload"
+            }
+            CancelReason::ResultRefused => {
+                "bookkeeping refused a step that took effect; stopped until reload"
+            }
         }
     }
 }
@@ -318,7 +336,7 @@ impl core::fmt::Display for State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
     Inflate(Pages),
-    Deflate(Vec<PfnRange>),
+    Deflate(Pfn, Pages),
     Back(PfnRange),
     Plug(PfnRange),
     Return(Vec<PfnRange>),
@@ -359,6 +377,10 @@ pub struct Worker {
     failed_plug: Option<Errno>,
     /// Whether the kernel can take a plug (fixed at load).
     growth: Growth,
+    /// The bookkeeping refused a step ([`CancelReason::FramesRefused`],
+    /// [`CancelReason::ResultRefused`]): nothing more is done, whatever
+    /// the target or knobs say, and an unload is refused.
+    stopped: bool,
     /// `XENMEM_current_reservation` at load.
     load_reservation: Pages,
     /// Pages Xen counts that `memory/target` does not
@@ -410,6 +432,7 @@ impl Worker {
             releasing: false,
             failed_plug: None,
             growth: boot.growth,
+            stopped: false,
             load_reservation: boot.reservation,
             offset: None,
             limit: Limit {
@@ -574,10 +597,13 @@ impl Worker {
 
     /// Starts taking up to `max` ballooned frames back.
     fn start_deflate(&mut self, max: Pages) -> Action {
-        let runs = self.space.choose_deflate(max);
-        self.in_flight = Some(InFlight::Deflate(runs.clone()));
+        let Some((from, count)) = self.space.deflate_cursor(max) else {
+            self.state = State::Idle;
+            return Action::Idle;
+        };
+        self.in_flight = Some(InFlight::Deflate(from, count));
         self.state = State::Deflating;
-        Action::Deflate { runs }
+        Action::Deflate { from, count }
     }
 
     /// Pages the domain holds now, as Xen counts its reservation: UVM's,
@@ -640,7 +666,7 @@ impl Worker {
         self.backoff.reset();
         self.unplug_refused.clear();
         self.failed_plug = None;
-        if self.in_flight.is_none() {
+        if self.in_flight.is_none() && !self.stopped {
             let (current, target) = (self.held(), self.target());
             self.state = if !self.space.stranded().is_zero() {
                 State::Returning
@@ -781,6 +807,9 @@ impl Worker {
         if self.in_flight.is_some() {
             return Err(WorkerError::StepInFlight);
         }
+        if self.stopped {
+            return Ok(Action::Idle);
+        }
         self.drop_unwanted_plug()?;
         if !self.releasing {
             if let State::Cancelled(_) = self.state {
@@ -836,9 +865,16 @@ impl Worker {
             let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
-            self.space
-                .begin_plug(range)
-                .map_err(WorkerError::Bookkeeping)?;
+            // The bitmap grows to cover the new segment here, before
+            // anything is backed: no memory for it is a plug that failed
+            // (retried with the back-off), not a panic.
+            match self.space.begin_plug(range) {
+                Ok(()) => {}
+                Err(SegmentError::NoMemory) => {
+                    return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
+                }
+                Err(e) => return Err(WorkerError::Bookkeeping(e)),
+            }
             return Ok(self.continue_plug(range));
         }
         if self.policy.unplug() {
@@ -879,8 +915,58 @@ impl Worker {
         }
     }
 
-    /// The result of the step in flight, at `now`.
+    /// True once the bookkeeping refused a step: the worker does nothing
+    /// more until the module is reloaded.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Stops the worker for good with `why` in `hw.balloon.state`.
+    fn stop(&mut self, why: CancelReason) {
+        self.in_flight = None;
+        self.stopped = true;
+        self.cancel(why);
+    }
+
+    /// Checks, before any frame goes to Xen, that the bookkeeping will
+    /// record these frames of the inflate in flight: at most as many as
+    /// asked, each populated and appearing once. Changes nothing.
+    pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
+        match self.in_flight {
+            Some(InFlight::Inflate(asked)) => {
+                if Pages(frames.len() as u64) > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .check_inflated(frames)
+                    .map_err(WorkerError::Bookkeeping)
+            }
+            Some(_) => Err(WorkerError::Mismatch),
+            None => Err(WorkerError::NothingInFlight),
+        }
+    }
+
+    /// The driver refused the inflate in flight before it took effect
+    /// ([`Worker::check_inflate`] failed; the pages went back to UVM):
+    /// the worker stops for good with [`CancelReason::FramesRefused`].
+    pub fn refuse_inflate(&mut self) {
+        self.stop(CancelReason::FramesRefused);
+    }
+
+    /// The result of the step in flight, at `now`. A result refused while
+    /// a step was in flight (it took effect, but the bookkeeping cannot
+    /// record it) stops the worker for good with
+    /// [`CancelReason::ResultRefused`]: never retried blindly.
     pub fn complete(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
+        let in_flight = self.in_flight.is_some();
+        let r = self.complete_step(result, now);
+        if r.is_err() && in_flight {
+            self.stop(CancelReason::ResultRefused);
+        }
+        r
+    }
+
+    fn complete_step(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
         let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
         let outcome = match (step, result) {
             (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {
@@ -895,14 +981,12 @@ impl Worker {
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
                 short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
-            (InFlight::Deflate(runs), StepResult::Deflated { done, error }) => {
-                let asked = total(&runs);
+            (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
-                let leading = leading_frames(&runs, done);
                 self.space
-                    .record_deflated(&leading)
+                    .record_deflated_from(from, done)
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);
