@@ -544,7 +544,7 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Zero pages before they are given to Xen"),
 	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
 	    "Grow past boot memory with uvm_physseg_plug "
-	    "(needs options UVM_HOTPLUG)"),
+	    "(needs options UVM_HOTPLUG and the kernel growth interfaces)"),
 	BN_BOOL_RW("unplug", BALLOON_V_UNPLUG,
 	    "Unplug hot-plugged segments once fully ballooned"),
 	BN_TEXT("state", BALLOON_T_STATE,

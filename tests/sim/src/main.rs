@@ -236,8 +236,22 @@ fn demo(o: &Opts) {
         Mode::Pvh => &[
             ("512m", "down by half"),
             ("1g", "back to boot size"),
-            ("2560m", "above boot memory: hot-plugged segments"),
-            ("768m", "below boot memory: segments unplugged"),
+            (
+                "2560m",
+                if cfg.flavour == Flavour::Stock {
+                    "above boot memory: clipped on a stock kernel"
+                } else {
+                    "above boot memory: hot-plugged segments"
+                },
+            ),
+            (
+                "768m",
+                if cfg.flavour == Flavour::Stock {
+                    "below boot memory"
+                } else {
+                    "below boot memory: segments unplugged"
+                },
+            ),
             ("16m", "below the safe floor: clamped"),
             ("8g", "above the maximum: xl refuses"),
             ("1g", "boot size"),
