@@ -22,6 +22,9 @@ mod kernel_panic;
 #[cfg(target_os = "none")]
 mod kmem_alloc;
 
+#[cfg(test)]
+pub mod test_alloc;
+
 #[cfg(all(feature = "sim-kmem", not(target_os = "none")))]
 mod host_kmem;
 #[cfg(all(feature = "sim-kmem", not(target_os = "none")))]

@@ -1091,7 +1091,8 @@ impl Console {
             Ok(SysctlValue::String(s)) => s,
             other => return Reply::fail(format!("sim invariants: hw.balloon.state: {other:?}")),
         };
-        let settled = state == "idle" || state.starts_with("cancelled");
+        let settled =
+            state == "idle" || state.starts_with("cancelled") || state.starts_with("clipped");
         if !settled {
             errs.push(format!(
                 "not settled: hw.balloon.state is {state:?} (run sim settle first)"
@@ -1186,7 +1187,8 @@ impl Console {
         }
     }
 
-    /// Waits until hw.balloon.state is idle or cancelled, at most `limit`,
+    /// Waits until hw.balloon.state is idle, cancelled or clipped, at most
+    /// `limit`,
     /// and still is one simulated second (and 2 ms) later with nothing
     /// moved: a worker that has not yet taken its first step after a load
     /// (or a kick) still reads idle.
@@ -1206,7 +1208,8 @@ impl Console {
             let target = self.read_quad("hw.balloon.target");
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             let rate = current.abs_diff(first) as f64 / 1024.0 / secs;
-            let mut done = state == "idle" || state.starts_with("cancelled");
+            let mut done =
+                state == "idle" || state.starts_with("cancelled") || state.starts_with("clipped");
             if done {
                 let (r, m) = (
                     self.domain.reservation(),

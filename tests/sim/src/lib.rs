@@ -38,7 +38,7 @@ mod xen;
 #[global_allocator]
 static CORE_KMEM: balloon::ffi::HostKmemAllocator = balloon::ffi::HostKmemAllocator;
 
-pub use config::{DomainConfig, Faults, MemOp, Mode, MAX_BOOT_BYTES, MAX_MAX_BYTES};
+pub use config::{DomainConfig, Faults, Flavour, MemOp, Mode, MAX_BOOT_BYTES, MAX_MAX_BYTES};
 pub use domain::balloon_module;
 pub use domain::{
     test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,

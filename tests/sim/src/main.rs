@@ -11,7 +11,9 @@
 //! options: --pv (default) | --pvh | --not-xen (a kernel that is no Xen
 //!          guest), --boot SIZE (1g), --max SIZE (4g), --host-free SIZE
 //!          (8g), --no-hotplug, --no-modload, --builtin-balloon (the
-//!          kernel's own balloon0 is attached), --time-scale N (simulated
+//!          kernel's own balloon0 is attached), --kernel stock|assisted
+//!          (stock: no kernel growth interfaces, the default; assisted:
+//!          those of docs/kernel-growth.md), --time-scale N (simulated
 //!          time runs N times real time; 1000)
 //! ```
 //!
@@ -34,14 +36,15 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 use balloon_sim::control::{parse_xl_size_kib, show, Console};
-use balloon_sim::{balloon_module, daemon, soak, Domain, DomainConfig, Mode};
+use balloon_sim::{balloon_module, daemon, soak, Domain, DomainConfig, Flavour, Mode};
 
 const MIB: u64 = 256; // pages per MiB
 const WAIT: Duration = Duration::from_secs(30);
 
 const USAGE: &str =
     "usage: balloon-sim [--pv|--pvh|--not-xen] [--boot SIZE] [--max SIZE] [--host-free SIZE]
-                   [--no-hotplug] [--no-modload] [--builtin-balloon] [--time-scale N]
+                   [--no-hotplug] [--no-modload] [--builtin-balloon]
+                   [--kernel stock|assisted] [--time-scale N]
                    [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]
        balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh]
@@ -85,6 +88,7 @@ struct OptSet {
     builtin: Option<bool>,
     modload: Option<bool>,
     time_scale: Option<u32>,
+    flavour: Option<Flavour>,
 }
 
 /// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
@@ -128,6 +132,12 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
             "--no-hotplug" => o.hotplug = Some(false),
             "--builtin-balloon" => o.builtin = Some(true),
             "--no-modload" => o.modload = Some(false),
+            "--kernel" => match args.next().as_deref() {
+                Some("stock") => o.flavour = Some(Flavour::Stock),
+                Some("assisted") => o.flavour = Some(Flavour::Assisted),
+                Some(v) => return Err(format!("--kernel {v}: stock or assisted")),
+                None => return Err("--kernel needs stock or assisted".into()),
+            },
             "--time-scale" => {
                 let v = args.next().ok_or("--time-scale needs a number")?;
                 match v.parse::<u32>() {
@@ -191,6 +201,9 @@ fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, bool), String> {
     }
     if let Some(t) = cmd.time_scale.or(file.time_scale) {
         cfg = cfg.time_scale(t);
+    }
+    if let Some(f) = cmd.flavour.or(file.flavour) {
+        cfg = cfg.flavour(f);
     }
     cfg.validate()?;
     Ok((cfg, cmd.modload.or(file.modload).unwrap_or(true)))
@@ -348,8 +361,22 @@ fn demo(o: &Opts) {
         Mode::Pvh => &[
             ("512m", "down by half"),
             ("1g", "back to boot size"),
-            ("2560m", "above boot memory: hot-plugged segments"),
-            ("768m", "below boot memory: segments unplugged"),
+            (
+                "2560m",
+                if cfg.flavour == Flavour::Stock {
+                    "above boot memory: clipped on a stock kernel"
+                } else {
+                    "above boot memory: hot-plugged segments"
+                },
+            ),
+            (
+                "768m",
+                if cfg.flavour == Flavour::Stock {
+                    "below boot memory"
+                } else {
+                    "below boot memory: segments unplugged"
+                },
+            ),
             ("16m", "below the safe floor: clamped"),
             ("8g", "above the maximum: xl refuses"),
             ("1g", "boot size"),

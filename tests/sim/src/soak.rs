@@ -2,6 +2,8 @@
 //! The soak: a seeded random walk of balloon.kmod in the simulated domU,
 //! checked after every settle.
 //!
+//! Each seed picks its domain: PV or PVH, a stock kernel or one with the
+//! growth interfaces (so that plugs and their faults happen), its sizes.
 //! Each step carries out one to three random actions, drawn from: targets
 //! from xenstore (`xenstore-write memory/target`, well-formed, out of
 //! range or garbage, and `xl mem-set`) and from sysctl, knob writes
@@ -31,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::control::Console;
-use crate::{Domain, DomainConfig, Mode};
+use crate::{Domain, DomainConfig, Flavour, Mode};
 
 /// The hidden subcommand the parent runs the walk with.
 pub const CHILD_COMMAND: &str = "soak-child";
@@ -71,6 +73,8 @@ impl Rng {
 #[derive(Clone, Debug)]
 pub struct Shape {
     pub mode: Mode,
+    /// A kernel with the growth interfaces (plugs happen) or a stock one.
+    pub assisted: bool,
     pub boot_mib: u64,
     pub max_mib: u64,
     pub host_free_mib: u64,
@@ -84,8 +88,10 @@ impl Shape {
         let mode = mode.unwrap_or(if r.percent(50) { Mode::Pv } else { Mode::Pvh });
         let boot_mib = *r.pick(&[128, 192, 256, 512]);
         let max_mib = boot_mib * *r.pick(&[1, 2, 4]);
+        let assisted = r.percent(60);
         Shape {
             mode,
+            assisted,
             boot_mib,
             max_mib,
             host_free_mib: max_mib * 2,
@@ -114,6 +120,11 @@ impl Shape {
             .max_mib(self.max_mib)
             .host_free_mib(self.host_free_mib)
             .time_scale(TIME_SCALE)
+            .flavour(if self.assisted {
+                Flavour::Assisted
+            } else {
+                Flavour::Stock
+            })
     }
 }
 
