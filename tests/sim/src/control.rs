@@ -1187,11 +1187,10 @@ impl Console {
         }
     }
 
-    /// Waits until hw.balloon.state is idle, cancelled or clipped, at most
-    /// `limit`,
-    /// and still is one simulated second (and 2 ms) later with nothing
-    /// moved: a worker that has not yet taken its first step after a load
-    /// (or a kick) still reads idle.
+    /// Waits until hw.balloon.state is idle, cancelled or clipped with no
+    /// kernel thread woken and not yet back at work (a worker kicked by a
+    /// sysctl write or a load still reads as it was), at most `limit`, and
+    /// still is one simulated second later with nothing moved.
     fn settle(&self, limit: Duration) -> Reply {
         let start = Instant::now();
         // A target written just before is the module's to take first.
@@ -1208,26 +1207,13 @@ impl Console {
             let target = self.read_quad("hw.balloon.target");
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             let rate = current.abs_diff(first) as f64 / 1024.0 / secs;
-            let mut done =
-                state == "idle" || state.starts_with("cancelled") || state.starts_with("clipped");
-            if done {
-                let (r, m) = (
-                    self.domain.reservation(),
-                    self.domain.pages_owned_by_module(),
-                );
-                // One simulated second, and at least 2 ms of real time for
-                // the worker thread to be scheduled at high time scales.
-                let t = Instant::now();
-                let _ = self.sleep(SETTLE_CONFIRM);
-                std::thread::sleep(Duration::from_millis(2).saturating_sub(t.elapsed()));
-                let again = match self.domain.sysctl_read("hw.balloon.state") {
-                    Ok(SysctlValue::String(s)) => s,
-                    _ => return Reply::fail("sim settle: the module is not loaded".into()),
-                };
-                done = again == state
-                    && self.domain.reservation() == r
-                    && self.domain.pages_owned_by_module() == m;
-            }
+            // A kicked worker that has not yet asked the core, or a new one
+            // that has not yet taken its first step, still reads as it
+            // was: wait until every kernel thread is back in its wait.
+            let done =
+                (state == "idle" || state.starts_with("cancelled") || state.starts_with("clipped"))
+                    && self.quiet()
+                    && self.still_settled(&state);
             if self.progress {
                 let mut e = std::io::stderr();
                 let _ = write!(
@@ -1262,6 +1248,30 @@ impl Console {
                 Duration::from_millis(2),
             );
         }
+    }
+
+    /// Every kernel thread waits on a condvar and none has been woken
+    /// without getting back to work yet.
+    fn quiet(&self) -> bool {
+        self.domain.pending_wakeups() == 0 && self.domain.kthreads_running() == 0
+    }
+
+    /// A settled state that lasts: no wake-up pending, and one simulated
+    /// second later the same state with nothing moved.
+    fn still_settled(&self, state: &str) -> bool {
+        let (r, m) = (
+            self.domain.reservation(),
+            self.domain.pages_owned_by_module(),
+        );
+        let _ = self.sleep(SETTLE_CONFIRM);
+        let again = match self.domain.sysctl_read("hw.balloon.state") {
+            Ok(SysctlValue::String(s)) => s,
+            _ => return false,
+        };
+        again == state
+            && self.quiet()
+            && self.domain.reservation() == r
+            && self.domain.pages_owned_by_module() == m
     }
 
     fn read_quad(&self, name: &str) -> u64 {

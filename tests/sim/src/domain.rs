@@ -650,6 +650,18 @@ impl Domain {
     pub fn live_kthreads(&self) -> u64 {
         with(|k| k.live_kthreads)
     }
+    /// Kernel threads woken by a cv_signal or cv_broadcast that have not yet
+    /// taken their mutex back: work handed over and not yet seen (a worker
+    /// kicked by a sysctl write that has not yet asked the core).
+    pub fn pending_wakeups(&self) -> u64 {
+        crate::ksync::pending_wakeups()
+    }
+    /// Kernel threads not waiting on a condvar: running, or about to (a
+    /// worker just created has not yet reached its first wait).
+    pub fn kthreads_running(&self) -> u64 {
+        let live = self.live_kthreads();
+        live.saturating_sub(crate::ksync::threads_waiting())
+    }
     /// Dynamic sysctl nodes still present (after unload: leaks).
     pub fn leaked_sysctl_nodes(&self) -> Vec<String> {
         with(|k| k.sysctl.leaked())
@@ -1108,5 +1120,6 @@ impl Domain {
                 let _ = h.join();
             }
         }
+        crate::ksync::forget_wakeups();
     }
 }

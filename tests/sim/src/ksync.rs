@@ -306,8 +306,21 @@ struct KcondC {
 }
 
 struct KCond {
-    seq: Mutex<u64>,
+    seq: Mutex<CondState>,
     cv: Condvar,
+}
+
+/// A condvar's state under its own lock.
+#[derive(Default)]
+struct CondState {
+    /// Bumped by every signal and broadcast.
+    seq: u64,
+    /// Threads inside cv_wait/cv_timedwait.
+    waiting: u64,
+    /// Of those, threads a signal has woken that have not yet taken the
+    /// kernel mutex back: a wake-up still on its way (see
+    /// `pending_wakeups`).
+    unwoken: u64,
 }
 
 /// # Safety
@@ -326,7 +339,7 @@ unsafe fn kcond<'a>(c: *const KcondC, what: &str) -> &'a KCond {
 unsafe extern "C" fn cv_init(c: *mut KcondC, _wmesg: *const c_char) {
     freeze_point();
     let b = Box::into_raw(Box::new(KCond {
-        seq: Mutex::new(0),
+        seq: Mutex::new(CondState::default()),
         cv: Condvar::new(),
     }));
     register_sync(true, b as usize);
@@ -350,35 +363,88 @@ unsafe extern "C" fn cv_destroy(c: *mut KcondC) {
 /// Returns true on timeout. The cv's own lock is taken before the kernel
 /// mutex is released, so a signal sent after that is never lost.
 fn cv_do_wait(kc: &KCond, km: &KMutex, timeout: Option<Duration>, what: &str) -> bool {
-    let mut seq = plock(&kc.seq);
-    let start = *seq;
+    let mut st = plock(&kc.seq);
+    let start = st.seq;
+    st.waiting += 1;
     km_exit(km, what);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
-    while *seq == start {
+    while st.seq == start {
         if thread_is_frozen() {
-            drop(seq);
+            drop(st);
             park_forever();
         }
         match deadline {
-            None => seq = kc.cv.wait(seq).unwrap_or_else(|e| e.into_inner()),
+            None => st = kc.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     timed_out = true;
                     break;
                 }
-                seq = kc
+                st = kc
                     .cv
-                    .wait_timeout(seq, d - now)
+                    .wait_timeout(st, d - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
         }
     }
-    drop(seq);
+    drop(st);
     km_enter(km);
+    let mut st = plock(&kc.seq);
+    st.waiting -= 1;
+    if st.seq != start && st.unwoken > 0 {
+        st.unwoken -= 1;
+    }
+    drop(st);
+    crate::kernel::notify_changed();
     timed_out
+}
+
+/// A destroyed domain's threads are parked for good, some of them woken
+/// but never back: forget their wake-ups (every condvar that exists now
+/// is that domain's).
+pub(crate) fn forget_wakeups() {
+    let objs = plock(&SYNC_OBJS);
+    for &(cond, p) in objs.iter() {
+        if cond {
+            // SAFETY: as in pending_wakeups.
+            let kc = unsafe { &*(p as *const KCond) };
+            let mut st = plock(&kc.seq);
+            st.unwoken = 0;
+            st.waiting = 0;
+        }
+    }
+}
+
+/// Threads waiting in cv_wait or cv_timedwait now.
+pub(crate) fn threads_waiting() -> u64 {
+    let objs = plock(&SYNC_OBJS);
+    objs.iter()
+        .filter(|&&(cond, _)| cond)
+        .map(|&(_, p)| {
+            // SAFETY: as in pending_wakeups.
+            let kc = unsafe { &*(p as *const KCond) };
+            plock(&kc.seq).waiting
+        })
+        .sum()
+}
+
+/// Kernel threads that a cv_signal or cv_broadcast has woken and that have
+/// not yet got their mutex back: work handed to a thread (a kicked worker)
+/// that it has not yet seen. `sim settle` waits for none.
+pub(crate) fn pending_wakeups() -> u64 {
+    let objs = plock(&SYNC_OBJS);
+    objs.iter()
+        .filter(|&&(cond, _)| cond)
+        .map(|&(_, p)| {
+            // SAFETY: registered by cv_init and removed by cv_destroy
+            // (under SYNC_OBJS) before the Box is freed.
+            let kc = unsafe { &*(p as *const KCond) };
+            plock(&kc.seq).unwoken
+        })
+        .sum()
 }
 
 #[no_mangle]
@@ -412,8 +478,12 @@ unsafe extern "C" fn cv_signal(c: *mut KcondC) {
     freeze_point();
     // SAFETY: initialised by cv_init.
     let kc = unsafe { kcond(c, "cv_signal") };
-    *plock(&kc.seq) += 1;
-    kc.cv.notify_one();
+    let mut st = plock(&kc.seq);
+    st.seq += 1;
+    // Every waiter sees the new sequence number and wakes.
+    st.unwoken = st.waiting;
+    drop(st);
+    kc.cv.notify_all();
 }
 
 #[no_mangle]
@@ -421,7 +491,10 @@ unsafe extern "C" fn cv_broadcast(c: *mut KcondC) {
     freeze_point();
     // SAFETY: initialised by cv_init.
     let kc = unsafe { kcond(c, "cv_broadcast") };
-    *plock(&kc.seq) += 1;
+    let mut st = plock(&kc.seq);
+    st.seq += 1;
+    st.unwoken = st.waiting;
+    drop(st);
     kc.cv.notify_all();
 }
 
