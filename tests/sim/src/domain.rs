@@ -230,6 +230,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         boot: Instant::now(),
         faults: Faults::default(),
         booted: false,
+        xpq: Default::default(),
         segs: Vec::new(),
         arrays: Vec::new(),
         free: BTreeSet::new(),
@@ -579,6 +580,17 @@ impl Domain {
 
 fn check_kernel(k: &mut Kernel) -> Result<(), String> {
     let mut errs = Vec::new();
+    // x86_xpmap.c 1.84.4.2: an update left in a CPU's queue has not reached
+    // Xen's m2p (see xen.rs, the per-CPU m2p queue).
+    for (cpu, q) in k.xpq.iter().enumerate() {
+        if !q.is_empty() {
+            errs.push(format!(
+                "cpu{cpu}'s m2p queue holds {} unflushed updates (first: MFN {:#x})",
+                q.len(),
+                q[0].0
+            ));
+        }
+    }
     let u = uvmexp.get();
     if u.free as usize != k.free.len() {
         errs.push(format!(

@@ -160,6 +160,9 @@ pub(crate) struct Kernel {
     pub p2m_cap: usize,
     pub dirty_given: u64,
     pub clean_given: u64,
+    /// Per-CPU m2p update queues (x86_xpmap.c `xpq_queue_array[MAXCPUS]`):
+    /// (mfn, pfn) pairs queued and not yet flushed.
+    pub xpq: [Vec<(u64, u64)>; crate::xen::NCPU],
     // xenstore / xenbus
     pub store: BTreeMap<String, String>,
     pub watches: Vec<(usize, String)>,

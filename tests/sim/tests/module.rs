@@ -751,3 +751,16 @@ fn unload_messages_say_what_happened() {
     assert_eq!(d.kmem_outstanding(), (0, 0));
     d.check().unwrap();
 }
+
+/// x86_xpmap.c 1.84.4.2: the m2p queue is per CPU. Deflating in a PV
+/// domain queues one m2p update per frame and flushes; if the worker can
+/// move to another CPU in between (the simulated domU moves it at every
+/// chance), updates stay queued and Xen's m2p is stale.
+#[test]
+fn pv_deflate_leaves_no_m2p_update_behind_on_any_cpu() {
+    let d = loaded(Mode::Pv);
+    mem_set(&d, 192);
+    mem_set(&d, 256);
+    d.check().expect("m2p up to date, no CPU holds a queued update");
+    unload_clean(&d);
+}
