@@ -113,13 +113,15 @@ impl Platform for Model {
         assert_eq!(self.mode, GuestMode::Pv, "PVH has no p2m");
         self.p2m.get(&pfn.0).copied().map(Mfn)
     }
-    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
-        self.p2m.insert(pfn.0, mfn.0);
+    fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]) {
+        assert_eq!(pfns.len(), mfns.len());
+        for (&pfn, &mfn) in pfns.iter().zip(mfns) {
+            self.p2m.insert(pfn, mfn);
+        }
     }
     fn p2m_clear(&mut self, pfn: Pfn) {
         self.p2m.remove(&pfn.0);
     }
-    fn p2m_flush(&mut self) {}
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
         self.max_extents = self.max_extents.max(frames.len());
         let limit = self.decrease_limit.unwrap_or(usize::MAX);

@@ -761,6 +761,7 @@ fn pv_deflate_leaves_no_m2p_update_behind_on_any_cpu() {
     let d = loaded(Mode::Pv);
     mem_set(&d, 192);
     mem_set(&d, 256);
-    d.check().expect("m2p up to date, no CPU holds a queued update");
+    d.check()
+        .expect("m2p up to date, no CPU holds a queued update");
     unload_clean(&d);
 }
