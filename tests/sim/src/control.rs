@@ -593,11 +593,13 @@ impl Console {
     fn stat(&self) -> String {
         let d = &self.domain;
         let (bytes, allocs) = d.kmem_outstanding();
+        let slabs = d.slab_stats();
         format!(
             "reservation_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
              dirty_pages_given {}\nclean_pages_given {}\nkmem_bytes {bytes}\n\
              kmem_allocations {allocs}\nmodule_pages {}\nkthreads {}\nleaked_sysctl_nodes {}\n\
-             segments {}\n",
+             segments {}\nphysseg_slabs {}\nphysseg_slab_kmem_bytes {}\n\
+             physseg_slab_leaked_bytes {}\nphysseg_unlocked_changes {}\n",
             d.reservation() * 4,
             d.max_reservation() * 4,
             d.host_free() * 4,
@@ -606,7 +608,11 @@ impl Console {
             d.pages_owned_by_module(),
             d.live_kthreads(),
             d.leaked_sysctl_nodes().len(),
-            d.segments().len()
+            d.segments().len(),
+            slabs.slabs,
+            slabs.bytes,
+            slabs.leaked_bytes,
+            slabs.unlocked_tree_changes
         )
     }
 

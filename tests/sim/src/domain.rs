@@ -231,6 +231,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         faults: Faults::default(),
         booted: false,
         xpq: Default::default(),
+        slabs: Vec::new(),
+        seg_slab: HashMap::new(),
+        physseg_unlocked_changes: 0,
         segs: Vec::new(),
         arrays: Vec::new(),
         free: BTreeSet::new(),
@@ -423,6 +426,12 @@ impl Domain {
         physmem.get()
     }
     /// UVM segments as [start, end) frame numbers, in order.
+    /// Hotplug's vm_page slabs: kmem allocated by plugs and never freed
+    /// (uvm_physseg.c 1.18), and the unlocked segment-tree changes.
+    pub fn slab_stats(&self) -> crate::uvm::SlabStats {
+        with(|k| k.slab_stats())
+    }
+
     pub fn segments(&self) -> Vec<(u64, u64)> {
         with(|k| k.segs.iter().map(|s| (s.start, s.end)).collect())
     }

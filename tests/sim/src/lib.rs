@@ -32,6 +32,7 @@ pub use domain::balloon_module;
 pub use domain::{test_module, Domain, FaultsMut, SimModinfo, View};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use sysctl::SysctlValue;
+pub use uvm::SlabStats;
 
 /// The exported kernel globals (also reachable from C by these names).
 pub mod globals {

@@ -140,7 +140,10 @@ fn follows_targets_down_up_above_boot_and_back() {
                 assert!(d.dmesg().iter().any(|l| l.contains("giving up on target")));
             }
         }
-        // Back down: fully ballooned plugged segments are unplugged.
+        // Back down: with hw.balloon.unplug on (off by default: see
+        // balloonkmod.4 BUGS), fully ballooned plugged segments are unplugged.
+        d.sysctl_write("hw.balloon.unplug", SysctlValue::Bool(true))
+            .expect("unplug on");
         mem_set(&d, 192);
         d.check().unwrap();
         assert_eq!(d.segments().len(), 1, "{:?}", d.segments());
@@ -764,4 +767,48 @@ fn pv_deflate_leaves_no_m2p_update_behind_on_any_cpu() {
     d.check()
         .expect("m2p up to date, no CPU holds a queued update");
     unload_clean(&d);
+}
+
+/// uvm_physseg.c 1.18: the first plug kmem_zallocs a vm_page slab of
+/// uvmexp.npages entries; an unplug that empties it destroys its extent
+/// and never frees it, and plug and unplug change the segment tree with no
+/// lock while other CPUs read it. So unplug is off by default, and each
+/// grow/shrink cycle with it on leaks one slab, as `sim stat` shows.
+#[test]
+fn unplug_is_off_by_default_and_each_cycle_with_it_leaks_a_vm_page_slab() {
+    let d = loaded(Mode::Pvh);
+    assert_eq!(
+        d.sysctl_read("hw.balloon.unplug"),
+        Ok(SysctlValue::Bool(false)),
+        "unplug must be off by default"
+    );
+    mem_set(&d, 384);
+    let first = d.slab_stats();
+    assert_eq!(first.slabs, 1, "{first:?}");
+    assert!(first.bytes > 0 && first.unlocked_tree_changes >= 1);
+    // Off: shrinking keeps the segment and its slab; nothing leaks.
+    mem_set(&d, 256);
+    assert_eq!(d.segments().len(), 2, "{:?}", d.segments());
+    assert_eq!(d.slab_stats().leaked_bytes, 0);
+    mem_set(&d, 384);
+    assert_eq!(d.slab_stats().slabs, 1, "growth reused the plugged segment");
+    // On: each cycle unplugs, destroys the slab's extent and leaks it.
+    d.sysctl_write("hw.balloon.unplug", SysctlValue::Bool(true))
+        .expect("unplug on");
+    mem_set(&d, 256);
+    assert_eq!(d.segments().len(), 1, "{:?}", d.segments());
+    let one = d.slab_stats();
+    assert_eq!(one.leaked_bytes, first.bytes, "{one:?}");
+    mem_set(&d, 384);
+    mem_set(&d, 256);
+    let two = d.slab_stats();
+    assert_eq!(two.slabs, 2, "{two:?}");
+    assert!(two.leaked_bytes > one.leaked_bytes, "{two:?}");
+    assert!(two.unlocked_tree_changes >= 4, "{two:?}");
+    unload_clean(&d);
+    assert_eq!(
+        d.slab_stats().bytes,
+        two.bytes,
+        "unload frees no slab either"
+    );
 }
