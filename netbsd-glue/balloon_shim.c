@@ -285,6 +285,65 @@ balloon_reservation_op(unsigned int cmd)
 	return HYPERVISOR_memory_op(cmd, &domid);
 }
 
+/*
+ * Re-reads the limit targets are clamped to, as every target arrives:
+ * Xen's maximum reservation, which libxl sets to memory + 1 MiB at domain
+ * creation (libxl_dom.c @021cd1c4 libxl__build_pre) and which xl mem-set
+ * raises to the target + 1 MiB before it writes memory/target
+ * (libxl_mem.c @0241809b libxl_set_memory_target), bounded by
+ * memory/static-max. The hypercall and the xenstore read run without
+ * sc_lock; the core takes the figures under it.
+ */
+static void
+balloon_limit_refresh(struct balloon_softc *sc)
+{
+	char smax[BALLOON_XS_VALUE_LEN];
+	size_t len = 0;
+	long max;
+
+	max = balloon_reservation_op(XENMEM_maximum_reservation);
+	if (max <= 0)
+		return;
+	/* The core reads the digits up to the NUL padding. */
+	memset(smax, 0, sizeof(smax));
+	if (xenbus_read(NULL, "memory", "static-max", smax,
+	    sizeof(smax) - 1) == 0)
+		len = sizeof(smax);
+	mutex_enter(&sc->sc_lock);
+	(void)balloon_rs_set_limit(sc->sc_rs, (uint64_t)max, smax, len);
+	mutex_exit(&sc->sc_lock);
+}
+
+/*
+ * control/feature-balloon = 1 says a balloon driver runs: XAPI's squeezed
+ * waits for it, and the Windows PV drivers write it when their balloon
+ * starts and remove it when it stops (xenserver/win-xenbus
+ * src/xenbus/fdo.c __FdoD3ToD0 / __FdoD0ToD3). xenstore may lose it across
+ * a suspend and resume; xs_resume() then registers every watch again
+ * (xenbus_xs.c 1.9.2.1), so the target watch fires and writes it back.
+ * Returns 0 or the errno of xenbus_printf(9).
+ */
+static int
+balloon_advertise(void)
+{
+	char v[4];
+
+	memset(v, 0, sizeof(v));
+	if (xenbus_read(NULL, "control", "feature-balloon", v,
+	    sizeof(v) - 1) == 0 && v[0] == '1' && v[1] == '\0')
+		return 0;
+	return xenbus_printf(NULL, "control", "feature-balloon", "%d", 1);
+}
+
+/* What every target event refreshes: the limit and the advertisement. */
+static void
+balloon_toolstack_refresh(struct balloon_softc *sc)
+{
+
+	balloon_limit_refresh(sc);
+	(void)balloon_advertise();
+}
+
 /* Wakes the worker: a target or knob changed. Called with sc_lock held. */
 static void
 balloon_kick(struct balloon_softc *sc)
@@ -370,6 +429,7 @@ balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 	sc->sc_callbacks++;
 	mutex_exit(&sc->sc_lock);
 
+	balloon_toolstack_refresh(sc);
 	memset(value, 0, sizeof(value));
 	error = xenbus_read(NULL, "memory", "target", value, sizeof(value));
 	n = error == 0 ? balloon_value_len(value, sizeof(value)) : 0;
@@ -462,7 +522,8 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Floor the domain never shrinks below (KiB); cannot be set "
 	    "under the safe floor"),
 	BN_QUAD_RO("max", BALLOON_V_MAX_KIB,
-	    "Xen's maximum reservation for the domain (KiB)"),
+	    "Most memory a target may ask for (KiB): Xen's maximum "
+	    "reservation and memory/static-max, re-read with every target"),
 	BN_QUAD_RW("batch", BALLOON_V_BATCH,
 	    "Frames per hypercall (1 to 8192)"),
 	BN_QUAD_RW("retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS,
@@ -475,6 +536,9 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Memory now given back to Xen (KiB)"),
 	BN_QUAD_RO("plugged", BALLOON_V_PLUGGED_KIB,
 	    "Memory in hot-plugged segments (KiB)"),
+	BN_QUAD_RO("toolstack_offset", BALLOON_V_OFFSET_KIB,
+	    "Memory Xen counts beyond memory/target: PVH special pages "
+	    "and ACPI tables (KiB)"),
 	BN_BOOL_RW("scrub", BALLOON_V_SCRUB,
 	    "Zero pages before they are given to Xen"),
 	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
@@ -536,6 +600,9 @@ balloon_sysctl_value(SYSCTLFN_ARGS)
 	bool flag;
 	int error;
 
+	/* hw.balloon.max says the limit as it is now, not at the last target. */
+	if (bn->bn_value == BALLOON_V_MAX_KIB)
+		balloon_limit_refresh(sc);
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_get(sc->sc_rs, bn->bn_value, &cur);
 	mutex_exit(&sc->sc_lock);
@@ -554,6 +621,9 @@ balloon_sysctl_value(SYSCTLFN_ARGS)
 		return error;
 	if (!bn->bn_writable)
 		return EPERM;
+	/* A target is judged against the limit as it is now. */
+	if (bn->bn_value == BALLOON_V_TARGET_KIB)
+		balloon_limit_refresh(sc);
 	/* The core judges every value, negative ones too (and counts them). */
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_set(sc->sc_rs, bn->bn_value,
@@ -799,6 +869,7 @@ balloon_init(void)
 	kmem_free(bi, sizeof(*bi));
 	if (error != 0)
 		goto fail_lock;
+	balloon_limit_refresh(sc);
 
 	error = balloon_sysctl_init(sc, hotplug);
 	if (error != 0) {
@@ -818,6 +889,10 @@ balloon_init(void)
 		    BALLOON_XNAME, error);
 		goto fail_thread;
 	}
+	error = balloon_advertise();
+	if (error != 0)
+		printf("%s: cannot write control/feature-balloon: error %d\n",
+		    BALLOON_XNAME, error);
 	return 0;
 
 fail_thread:
@@ -871,6 +946,8 @@ balloon_fini(void)
 			    restart);
 		return error;
 	}
+	/* No balloon driver runs any more (see balloon_advertise()). */
+	(void)xenbus_rm(NULL, "control", "feature-balloon");
 	sysctl_teardown(&sc->sc_sysctllog);
 	balloon_rs_detach(sc->sc_rs);
 	sc->sc_rs = NULL;

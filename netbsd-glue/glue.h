@@ -120,7 +120,8 @@ enum balloon_value {
 	BALLOON_V_STAT_UNPLUGS,
 	BALLOON_V_STAT_FRAMES_LOST,
 	BALLOON_V_STAT_MESSAGES_SUPPRESSED,
-	BALLOON_V_STAT_LAST_ERRNO	/* 0 when no step has failed */
+	BALLOON_V_STAT_LAST_ERRNO,	/* 0 when no step has failed */
+	BALLOON_V_OFFSET_KIB		/* ro: reservation beyond memory/target */
 };
 
 /* Text behind hw.balloon.*. */
@@ -156,7 +157,15 @@ int	balloon_rs_xenstore_event(struct balloon_rs *, int error,
 /* Logs a failure of the shim's own, within the core's log budget. */
 void	balloon_rs_shim_failed(struct balloon_rs *, enum balloon_shim_failure,
 	    int error, uint64_t now_ms);
-/* Reads a value; EINVAL for an unknown one. */
+/*
+ * The limit targets are clamped to, read afresh whenever a target arrives:
+ * XENMEM_maximum_reservation now, in pages, and the text of
+ * memory/static-max in KiB (NULL or len 0 when unreadable; NUL padding
+ * ends it). EINVAL for a zero maximum.
+ */
+int	balloon_rs_set_limit(struct balloon_rs *, uint64_t max_reservation_pages,
+	    const char *static_max, size_t len);
+/* Reads a value; EINVAL for an unknown one. KiB sizes as xl counts them. */
 int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
 /*
  * Writes a knob as sysctl gives it (a quad is signed); EINVAL malformed

@@ -14,6 +14,43 @@ pub const MAX_BATCH: Pages = Pages(8192);
 /// What the driver keeps above UVM's `freemin` at the least: NetBSD's own
 /// balloon(4) floor is freemin + 1 MiB (REFERENCE.md §7).
 pub const DEFAULT_BALLAST: Pages = Pages(256);
+/// LIBXL_MAXMEM_CONSTANT (1024 KiB, libxl_internal.h; x86
+/// `libxl__arch_extra_memory`, libxl_x86.c): the slack libxl puts above
+/// `memory` in Xen's maximum reservation at domain creation
+/// (`libxl__build_pre`, libxl_dom.c @021cd1c4) and above every `xl
+/// mem-set` target (`libxl_set_memory_target`, libxl_mem.c @0241809b).
+/// Pages Xen counts beyond what the toolstack calls memory (a PVH guest's
+/// special pages and ACPI tables) fit in it.
+pub const TOOLSTACK_SLACK: Pages = Pages(256);
+
+/// The pages Xen's reservation holds that `memory/target` does not count,
+/// fixed once per load at the first target xenstore gives, as Linux fixes
+/// `target_diff` at its first watch event (drivers/xen/xen-balloon.c
+/// @06236046: static-max minus the pages it holds; 0 for PV). Here, for a
+/// PVH guest: its reservation at load minus `memory/static-max` when that
+/// lies within [`TOOLSTACK_SLACK`] (the domain was built with memory =
+/// maxmem, or the module is loaded again after any `xl mem-set`), else
+/// minus that first `memory/target` (memory < maxmem), else 0. Xen
+/// counts at most the slack beyond memory at creation, so a larger
+/// difference means neither figure is what the domain was built with.
+pub fn toolstack_offset(
+    pvh: bool,
+    reservation: Pages,
+    static_max: Option<Kib>,
+    first_target: Kib,
+) -> Pages {
+    if !pvh {
+        return Pages::ZERO;
+    }
+    for basis in [static_max, Some(first_target)].into_iter().flatten() {
+        if let Some(d) = reservation.checked_sub(basis.pages_floor()) {
+            if d <= TOOLSTACK_SLACK {
+                return d;
+            }
+        }
+    }
+    Pages::ZERO
+}
 
 /// Where a requested target came from; the source decides whether an
 /// out-of-range value is clamped or refused.
@@ -191,7 +228,8 @@ impl Policy {
         }
     }
 
-    /// The floor now in force (the safe floor or what the admin raised it to).
+    /// The floor now in force (the safe floor or what the admin raised it
+    /// to).
     pub fn floor(&self) -> Pages {
         self.floor
     }
@@ -240,10 +278,11 @@ impl Policy {
     /// `[floor, max]`.
     pub fn accept_target(&self, requested: Kib, source: Source) -> Result<Target, Refusal> {
         let pages = requested.pages_floor();
-        let (pages, clamp) = if pages < self.floor {
+        let floor = self.floor;
+        let (pages, clamp) = if pages < floor {
             match source {
-                Source::Xenstore => (self.floor, Some(Clamp::ToFloor)),
-                Source::Sysctl => return Err(Refusal::BelowFloor(Self::kib(self.floor))),
+                Source::Xenstore => (floor, Some(Clamp::ToFloor)),
+                Source::Sysctl => return Err(Refusal::BelowFloor(Self::kib(floor))),
             }
         } else if pages > self.max {
             match source {
@@ -302,17 +341,19 @@ impl Policy {
         self.scrub = on;
     }
 
-    /// Xen lowered or raised the maximum reservation: the floor follows
-    /// it down if it must.
+    /// Xen lowered or raised the maximum reservation (re-read with every
+    /// target). The floors stay: a maximum under them (`xl mem-set 0`
+    /// sets Xen's maximum to 1 MiB) is not a reason to starve the guest;
+    /// Xen lets a reservation above its maximum stand and only refuses new
+    /// allocations (XEN_DOMCTL_max_mem, xen/common/domctl.c).
     pub fn set_max(&mut self, max: Pages) {
         self.max = max;
-        self.safe_floor = self.safe_floor.min(max);
-        self.floor = self.floor.min(max);
     }
 
-    /// `target` clamped into `[floor, max]`: what the worker steers to.
+    /// `target` clamped to the maximum and then raised to the floor: what
+    /// the worker steers to. The floor wins over a maximum below it.
     pub fn effective(&self, target: Pages) -> Pages {
-        target.max(self.floor).min(self.max)
+        target.min(self.max).max(self.floor)
     }
 }
 
@@ -415,8 +456,34 @@ mod tests {
         assert_eq!(p.floor(), Pages(2001));
         assert_eq!(p.effective(Pages(5)), Pages(2001));
         assert_eq!(p.effective(Pages(1 << 40)), Pages(100_000));
+        // A maximum under the floor (xl mem-set 0 sets Xen's to 1 MiB):
+        // the floor still wins, and stays when the maximum rises again.
         p.set_max(Pages(1500));
-        assert_eq!((p.floor(), p.safe_floor()), (Pages(1500), Pages(1000)));
+        assert_eq!((p.floor(), p.safe_floor()), (Pages(2001), Pages(1000)));
+        assert_eq!(p.effective(Pages(5)), Pages(2001));
+        assert_eq!(p.effective(Pages(1 << 40)), Pages(2001));
+        p.set_max(Pages(100_000));
+        assert_eq!(p.effective(Pages(50_000)), Pages(50_000));
+    }
+
+    #[test]
+    fn toolstack_offset_is_what_xen_counts_beyond_static_max() {
+        // PVH built with memory = maxmem = 1 GiB: 8 special pages and
+        // 4 pages of ACPI tables above it.
+        let gib = Kib(1 << 20);
+        let off = |pvh, r, s, t| toolstack_offset(pvh, Pages(r), s, Kib(t));
+        assert_eq!(off(true, 262_144 + 12, Some(gib), 1 << 20), Pages(12));
+        assert_eq!(off(true, 262_144, Some(gib), 1 << 20), Pages(0));
+        // Loaded again after xl mem-set 512m: static-max still says it.
+        assert_eq!(off(true, 262_144 + 12, Some(gib), 1 << 19), Pages(12));
+        // PV: the reservation is what xl calls memory.
+        assert_eq!(off(false, 262_144 + 12, Some(gib), 1 << 20), Pages(0));
+        // memory (256 MiB) < maxmem: the first target says it.
+        assert_eq!(off(true, 65_536 + 8, Some(gib), 1 << 18), Pages(8));
+        assert_eq!(off(true, 65_536 + 8, None, 1 << 18), Pages(8));
+        // More than libxl's slack from both: no guess.
+        assert_eq!(off(true, 262_144 + 257, Some(gib), 1 << 20), Pages(0));
+        assert_eq!(off(true, 262_144 + 256, Some(gib), 1 << 20), Pages(256));
     }
 
     #[test]

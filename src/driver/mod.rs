@@ -616,11 +616,12 @@ impl Driver {
             // Unloading: the target no longer counts.
             State::Idle if self.worker.releasing() => Some(format!(
                 "returned all ballooned memory: {} KiB",
-                kib(self.worker.current())
+                kib(self.worker.as_toolstack(self.worker.current()))
             )),
+            // Sizes as the toolstack counts them (memory/target).
             State::Idle => Some(format!(
                 "at target: {} KiB ({} KiB ballooned)",
-                kib(self.worker.current()),
+                kib(self.worker.as_toolstack(self.worker.current())),
                 kib(self.worker.frames().ballooned())
             )),
             // The reason as hw.balloon.state gives it, with the last
@@ -629,8 +630,8 @@ impl Driver {
                 let text = state.to_string();
                 Some(format!(
                     "giving up on target {} KiB at {} KiB: {}",
-                    kib(target),
-                    kib(self.worker.current()),
+                    kib(self.worker.as_toolstack(target)),
+                    kib(self.worker.as_toolstack(self.worker.current())),
                     text.strip_prefix("cancelled: ").unwrap_or(&text)
                 ))
             }

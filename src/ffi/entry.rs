@@ -179,6 +179,40 @@ pub unsafe extern "C" fn balloon_rs_xenstore_event(
     }
 }
 
+/// Xen's maximum reservation now and the text of `memory/static-max`,
+/// read afresh whenever a target arrives.
+///
+/// # Safety
+/// As for [`core_mut`]; `static_max` valid for `len` bytes (or NULL with 0).
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_set_limit(
+    rs: *mut sys::balloon_rs,
+    max_reservation_pages: u64,
+    static_max: *const c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { core_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    if max_reservation_pages == 0 {
+        return errno(Errno::EINVAL);
+    }
+    let text: &[u8] = if static_max.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: `static_max` is valid for `len` bytes per the contract.
+        unsafe { core::slice::from_raw_parts(static_max.cast::<u8>(), len) }
+    };
+    // An unreadable or malformed static-max bounds nothing.
+    let smax = crate::policy::parse_kib(text).ok();
+    let pvh = core.driver.mode() == GuestMode::Pvh;
+    core.driver
+        .worker_mut()
+        .set_limit(Pages(max_reservation_pages), smax, pvh);
+    0
+}
+
 /// A failure of the shim's own, for the log.
 ///
 /// # Safety
@@ -237,10 +271,12 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
     let d = core.driver.stats();
     let c = w.counts();
     Some(match what {
-        sys::balloon_value_BALLOON_V_CURRENT_KIB => kib(w.current()),
-        sys::balloon_value_BALLOON_V_TARGET_KIB => kib(w.target()),
-        sys::balloon_value_BALLOON_V_MIN_KIB => kib(w.policy().floor()),
-        sys::balloon_value_BALLOON_V_MAX_KIB => kib(w.policy().max()),
+        // Sizes as the toolstack counts them (memory/target, xl list).
+        sys::balloon_value_BALLOON_V_CURRENT_KIB => kib(w.as_toolstack(w.current())),
+        sys::balloon_value_BALLOON_V_TARGET_KIB => kib(w.as_toolstack(w.target())),
+        sys::balloon_value_BALLOON_V_MIN_KIB => kib(w.as_toolstack(w.policy().floor())),
+        sys::balloon_value_BALLOON_V_MAX_KIB => kib(w.as_toolstack(w.policy().max())),
+        sys::balloon_value_BALLOON_V_OFFSET_KIB => kib(w.toolstack_offset()),
         sys::balloon_value_BALLOON_V_BATCH => w.policy().batch().0,
         sys::balloon_value_BALLOON_V_SCRUB => u64::from(w.policy().scrub()),
         sys::balloon_value_BALLOON_V_HOTPLUG => u64::from(w.policy().hotplug()),

@@ -319,6 +319,21 @@ pub struct Worker {
     /// A plug failed with this error; it counts as a shortfall once the
     /// frames backed for it are back with Xen.
     failed_plug: Option<Errno>,
+    /// `XENMEM_current_reservation` at load.
+    load_reservation: Pages,
+    /// Pages Xen counts that `memory/target` does not
+    /// ([`policy::toolstack_offset`]); fixed by the first xenstore target.
+    offset: Option<Pages>,
+    /// What the last [`Worker::set_limit`] read.
+    limit: Limit,
+}
+
+/// The figures the limit on targets comes from.
+#[derive(Clone, Copy, Debug)]
+struct Limit {
+    xen_max: Pages,
+    static_max: Option<Kib>,
+    pvh: bool,
 }
 
 impl Worker {
@@ -345,7 +360,79 @@ impl Worker {
             unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
+            load_reservation: boot.reservation,
+            offset: None,
+            limit: Limit {
+                xen_max: boot.max_reservation,
+                static_max: None,
+                pvh: false,
+            },
         })
+    }
+
+    /// The pages Xen's reservation holds beyond what the toolstack calls
+    /// the domain's memory (0 until the first xenstore target fixed it).
+    pub fn toolstack_offset(&self) -> Pages {
+        self.offset.unwrap_or(Pages::ZERO)
+    }
+
+    /// A figure of the reservation as `xl` and `memory/target` count it.
+    pub fn as_toolstack(&self, p: Pages) -> Pages {
+        p.saturating_sub(self.toolstack_offset())
+    }
+
+    /// A size in KiB as the toolstack counts it, as the reservation counts it.
+    fn to_reservation(&self, kib: Kib) -> Kib {
+        Kib(kib
+            .0
+            .saturating_add(self.toolstack_offset().saturating_kib().0))
+    }
+
+    /// The limit targets are clamped to, read afresh whenever a target
+    /// arrives: Xen's maximum reservation now (which `xl mem-set` raises to
+    /// the target plus 1 MiB before it writes `memory/target`,
+    /// libxl_mem.c @0241809b), and never above `memory/static-max` (KiB,
+    /// when readable). `pvh`: an auto-translated guest. Re-arms only when
+    /// the limit changed.
+    pub fn set_limit(&mut self, xen_max: Pages, static_max: Option<Kib>, pvh: bool) {
+        self.limit = Limit {
+            xen_max,
+            static_max,
+            pvh,
+        };
+        // Built with memory = maxmem: static-max alone fixes the offset
+        // (before the first target, so that nothing reports without it).
+        if let (None, Some(s)) = (self.offset, static_max) {
+            let off = policy::toolstack_offset(pvh, self.load_reservation, Some(s), Kib(0));
+            if !off.is_zero() || !pvh {
+                self.offset = Some(off);
+            }
+        }
+        self.apply_limit();
+    }
+
+    fn apply_limit(&mut self) {
+        let Limit {
+            xen_max,
+            static_max,
+            pvh,
+        } = self.limit;
+        let off = self.toolstack_offset();
+        if let (true, Some(s)) = (pvh, static_max) {
+            // PVH: plugged frames may reach as far as static-max lets the
+            // domain grow, whatever Xen's maximum was at load.
+            let reach = Pfn(self.plug_limits.floor.0.saturating_add(s.pages_floor().0));
+            if reach > self.plug_limits.frame_limit {
+                self.plug_limits.frame_limit = reach;
+            }
+        }
+        let max = match static_max {
+            Some(s) => xen_max.min(s.pages_floor().saturating_add(off)),
+            None => xen_max,
+        };
+        if max != self.policy.max() {
+            self.set_max(max);
+        }
     }
 
     /// Starts giving every ballooned frame back, whatever the target, as
@@ -521,12 +608,24 @@ impl Worker {
         }
     }
 
-    /// A new target in KiB from `source`. Accepted targets replace the old
-    /// one; one that differs from it re-arms a worker that had given up
-    /// (and resets the back-off), an unchanged one does not. Refused ones
-    /// change nothing but the refusal count.
+    /// A new target in KiB from `source`, as the toolstack counts memory
+    /// (the toolstack offset, fixed by the first xenstore target, is
+    /// added). Accepted targets replace the old one; one that differs from
+    /// it re-arms a worker that had given up (and resets the back-off), an
+    /// unchanged one does not. Refused ones change nothing but the refusal
+    /// count.
     pub fn set_target(&mut self, kib: Kib, source: Source) -> Result<Target, Refusal> {
-        match self.policy.accept_target(kib, source) {
+        if self.offset.is_none() && source == Source::Xenstore {
+            let l = self.limit;
+            self.offset = Some(policy::toolstack_offset(
+                l.pvh,
+                self.load_reservation,
+                l.static_max,
+                kib,
+            ));
+            self.apply_limit();
+        }
+        match self.policy.accept_target(self.to_reservation(kib), source) {
             Ok(t) => {
                 bump(&mut self.stats.targets_accepted);
                 if t.clamp.is_some() {
@@ -575,8 +674,10 @@ impl Worker {
         Ok(())
     }
 
-    /// `hw.balloon.min`: raise (or lower, not under the safe floor) the floor.
+    /// `hw.balloon.min` (KiB as the toolstack counts): raise (or lower, not
+    /// under the safe floor) the floor.
     pub fn set_floor(&mut self, min: Kib) -> Result<(), Refusal> {
+        let min = self.to_reservation(min);
         self.knob(|p| p.set_floor(min))
     }
 
@@ -864,7 +965,8 @@ impl Worker {
             return Err("worker: populated + ballooned != frames of live segments");
         }
         let target = self.target();
-        if target > self.policy.max() || target < self.policy.floor() {
+        // The floor wins over a maximum below it (Policy::effective).
+        if target > self.policy.max().max(self.policy.floor()) || target < self.policy.floor() {
             return Err("worker: target outside [floor, max]");
         }
         if self.policy.floor() < self.policy.safe_floor() {

@@ -89,6 +89,16 @@ class SizeTests(unittest.TestCase):
         self.assertEqual(ba.kib_to_text(1500), "1500 KiB")
 
 
+class KernelStampTests(unittest.TestCase):
+    def test_stamps_are_stripped_as_dmesg_t_would(self):
+        self.assertEqual(ba.strip_kernel_stamp("[     1.234568] balloon0: x"),
+                         "balloon0: x")
+        self.assertEqual(ba.strip_kernel_stamp("[ 12345.000000] a [1.0] b"),
+                         "a [1.0] b")
+        self.assertEqual(ba.strip_kernel_stamp("balloon0: unloaded"),
+                         "balloon0: unloaded")
+
+
 class ReleaseTests(unittest.TestCase):
     def test_url(self):
         self.assertEqual(ba.release_spec(URL), ("url", URL, "amd64"))
@@ -782,8 +792,10 @@ class FakeGuest(object):
         if inner == "cat /var/tmp/balloon/results.tps":
             return self.tps, 0
         if inner == "dmesg | grep balloon0":
-            return ("balloon0: PV guest, 524288 KiB of 2097152 KiB maximum\n"
-                    "balloon0: unloaded\n"), 0
+            # NetBSD's dmesg(8) prints the kernel's time stamps.
+            return ("[     1.234568] balloon0: PV guest, 524288 KiB of "
+                    "2097152 KiB maximum\n"
+                    "[    42.100000] balloon0: unloaded\n"), 0
         return "", 0
 
 
@@ -905,7 +917,8 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual([m["last_kib"] for m in results["mem_steps"]],
                          [393216, 524288, 262144, 524288])
         self.assertEqual(results["atf"]["totals"]["passed"], 1)
-        self.assertEqual(results["dmesg"][-1], "balloon0: unloaded")
+        self.assertEqual(results["dmesg"][-1], "balloon0: unloaded",
+                         "the kernel's time stamps are stripped")
         self.assertIn(("set_workdir", self.work), calls)
         child = [c[1] for c in calls if c[0] == "child"][0]
         self.assertEqual(child.sent, ["disable balloon\r", "quit\r"])

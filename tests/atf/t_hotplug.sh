@@ -91,7 +91,7 @@ hotplug_off_body()
 	b_expect hw.balloon.stats.segments_plugged 0
 	b_expect hw.balloon.stats.targets_given_up $((gu0 + 1))
 	b_check -s exit:0 -o match:"^balloon0: giving up on target $((B_LOAD_KIB + B_STEP)) KiB at $B_LOAD_KIB KiB: target above boot memory and hotplug off\$" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 
 	# Writing the knob re-arms the driver.
 	b_set hw.balloon.hotplug 1
@@ -124,7 +124,7 @@ no_uvm_hotplug_body()
 	b_require_room_above $B_STEP
 
 	b_check -s exit:0 -o match:'^balloon0: PVH? guest, .*, hotplug unavailable \(no UVM_HOTPLUG\)$' \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 	b_expect hw.balloon.hotplug 0
 	b_check -s exit:1 -o empty \
 	    -e inline:"sysctl: hw.balloon.hotplug: Operation not permitted\n" \
@@ -178,8 +178,8 @@ unplug_on_shrink_body()
 	if b_have_sim; then
 		b_stat v segments
 		b_assert "UVM segments" "$v" -eq 1
-		b_stat v reservation_kib
-		b_assert "reservation_kib" "$v" -eq "$B_LOAD_KIB"
+		b_stat v memory_kib
+		b_assert "memory_kib" "$v" -eq "$B_LOAD_KIB"
 		b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
 	fi
 }
@@ -295,8 +295,8 @@ plug_fails_body()
 	b_expect hw.balloon.stats.retries 4
 	b_expect hw.balloon.stats.short_results 5
 	b_expect hw.balloon.stats.last_error "ENOMEM (12) in plug"
-	b_stat v reservation_kib
-	b_assert "reservation_kib after failed plugs" "$v" -eq "$B_LOAD_KIB"
+	b_stat v memory_kib
+	b_assert "memory_kib after failed plugs" "$v" -eq "$B_LOAD_KIB"
 	b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
 
 	# The same target again changes nothing; a new one re-arms.

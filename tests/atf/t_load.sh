@@ -20,7 +20,7 @@ sim_clean_after_unload()
 	b_stat v kthreads;		b_assert "kthreads" "$v" -eq 0
 	b_stat v leaked_sysctl_nodes;	b_assert "leaked_sysctl_nodes" "$v" -eq 0
 	b_stat v module_pages;		b_assert "module_pages" "$v" -eq 0
-	b_stat v reservation_kib;	b_assert "reservation_kib" "$v" -eq "$1"
+	b_stat v memory_kib;	b_assert "memory_kib" "$v" -eq "$1"
 	b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
 }
 
@@ -43,14 +43,14 @@ load_unload_body()
 	    modstat balloon
 	b_check -s exit:0 -o match:'^[0-9]+$' -e empty -- sysctl -n $probe
 	b_check -s exit:0 -o match:'^balloon0: PVH? guest, [0-9]+ KiB of [0-9]+ KiB maximum \(memory/static-max [^)]+\), hotplug (available|unavailable \(no UVM_HOTPLUG\))$' \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 	b_wait_state_settled
 
 	b_check -s exit:0 -o empty -e empty -- modunload balloon
 	b_check -s exit:0 -o not-match:'^balloon[[:space:]]' -e empty -- modstat
 	b_check -s not-exit:0 -o empty -e not-empty -- sysctl -n $probe
 	b_check -s not-exit:0 -o empty -e not-empty -- sysctl hw.balloon
-	b_check -s exit:0 -o match:'^balloon0: unloaded$' -e empty -- dmesg
+	b_check -s exit:0 -o match:'^balloon0: unloaded$' -e empty -- dmesg -t
 }
 load_unload_cleanup()
 {
@@ -126,7 +126,7 @@ unload_gives_back_body()
 	b_expect hw.balloon.current $((B_BOOT - B_STEP))
 	b_expect hw.balloon.ballooned $((B_LOAD_KIB - B_BOOT + B_STEP))
 	if b_have_sim; then
-		b_stat v reservation_kib
+		b_stat v memory_kib
 		b_assert "reservation while ballooned" "$v" -eq \
 		    $((B_BOOT - B_STEP))
 		b_stat v module_pages
@@ -139,7 +139,7 @@ unload_gives_back_body()
 	b_check -s exit:0 -o empty -e empty -- modunload balloon
 	b_check -s not-exit:0 -o empty -e not-empty -- sysctl -n $probe
 	b_check -s exit:0 -o not-match:'^balloon[[:space:]]' -e empty -- modstat
-	b_check -s exit:0 -o match:'^balloon0: unloaded$' -e empty -- dmesg
+	b_check -s exit:0 -o match:'^balloon0: unloaded$' -e empty -- dmesg -t
 	if b_have_sim; then
 		sim_clean_after_unload $B_LOAD_KIB
 	fi
@@ -169,7 +169,7 @@ unload_busy_body()
 	b_check -s exit:1 -o empty -e match:'^modunload: (balloon: )?Device busy$' \
 	    -- modunload balloon
 	b_check -s exit:0 -o match:"^balloon0: $B_STEP KiB still ballooned: Xen gave no more back\$" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 	b_check -s exit:0 -o match:'^balloon[[:space:]]' -e empty -- modstat
 	# Still at work: it follows a new target (down needs no host memory).
 	b_target $((B_BOOT - 2 * B_STEP))
@@ -269,7 +269,7 @@ refused_beside_builtin_body()
 	b_check -s exit:1 -o empty -e match:'^modload: (.*: )?File exists$' -- \
 	    modload balloon
 	b_check -s exit:0 -o match:"own balloon driver is attached" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 	b_check -s exit:1 -o empty -e not-empty -- sysctl hw.balloon
 	b_check -s exit:0 -o save:stat -e empty -- sim stat
 	for line in "kmem_bytes 0" "kthreads 0" "leaked_sysctl_nodes 0"; do
@@ -277,6 +277,48 @@ refused_beside_builtin_body()
 	done
 }
 refused_beside_builtin_cleanup()
+{
+	b_stop
+}
+
+atf_test_case xen_guest_pvh cleanup
+xen_guest_pvh_head()
+{
+	atf_set descr "A PVH domU is recognised as Xen though only XENPV" \
+	    "kernels have machdep.xen.suspend"
+}
+xen_guest_pvh_body()
+{
+	b_require_sim "this case needs a PVH domU; the simulator boots one"
+	b_start --pvh --no-modload
+
+	b_check -s not-exit:0 -o empty -e not-empty -- \
+	    sysctl -n machdep.xen.suspend
+	b_check -s exit:0 -o not-empty -e empty -- sysctl -n machdep.xen.version
+	b_is_xen_guest "$B_RUN" || atf_fail "a PVH domU was not recognised"
+}
+xen_guest_pvh_cleanup()
+{
+	b_stop
+}
+
+atf_test_case dmesg_stamps cleanup
+dmesg_stamps_head()
+{
+	atf_set descr "dmesg prints the kernel's time stamp before each" \
+	    "balloon0 line; dmesg -t leaves it out"
+}
+dmesg_stamps_body()
+{
+	b_start
+
+	b_check -s exit:0 \
+	    -o match:'^\[ *[0-9]+\.[0-9]{6}\] balloon0: PVH? guest, ' \
+	    -o not-match:'^balloon0: ' -e empty -- dmesg
+	b_check -s exit:0 -o match:'^balloon0: PVH? guest, ' \
+	    -o not-match:'^\[' -e empty -- dmesg -t
+}
+dmesg_stamps_cleanup()
 {
 	b_stop
 }
@@ -291,4 +333,6 @@ atf_init_test_cases()
 	atf_add_test_case unload_after_hotplug
 	atf_add_test_case reload_cycles
 	atf_add_test_case refused_beside_builtin
+	atf_add_test_case xen_guest_pvh
+	atf_add_test_case dmesg_stamps
 }

@@ -143,7 +143,7 @@ inflate_short_results_body()
 	b_check -s exit:0 -o match:'^[A-Z]+ \([0-9]+\) in inflate$' -e empty \
 	    -- sysctl -n hw.balloon.stats.last_error
 	b_check -s exit:0 -o match:"^balloon0: giving up on target $((B_BOOT - 8192)) KiB at $((B_BOOT - 2000)) KiB: retries exhausted" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 
 	# Once Xen takes everything again: the same target, written again,
 	# changes nothing (it would defeat the back-off); a new one is
@@ -235,7 +235,7 @@ given_up_after_retries_body()
 	expect_delta pages_deflated 0
 	b_expect hw.balloon.stats.last_error "ENOMEM (12) in deflate"
 	b_check -s exit:0 -o match:"^balloon0: giving up on target $B_BOOT KiB at $((B_BOOT - B_STEP)) KiB: retries exhausted" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 
 	# Host memory back and a knob written: the driver tries again.
 	b_check -- sim host-free 1g

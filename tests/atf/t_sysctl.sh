@@ -8,12 +8,12 @@
 . "$(atf_get_srcdir)/h_balloon.subr"
 
 top_leaves="ballooned batch current hotplug max min plugged retry_delay_max
-    retry_max scrub state target unplug"
+    retry_max scrub state target toolstack_offset unplug"
 stat_leaves="frames_lost hypercalls last_errno last_error messages_suppressed
     pages_deflated pages_inflated pages_scrubbed retries segments_plugged
     segments_unplugged short_results targets_accepted targets_clamped
     targets_given_up targets_refused"
-ro_quads="current max ballooned plugged"
+ro_quads="current max ballooned plugged toolstack_offset"
 
 # Every leaf's full name, sorted.
 all_leaves()
@@ -205,7 +205,10 @@ defaults_body()
 		# The simulated domU's boot segment is exactly its memory,
 		# and its free minimum is small.
 		b_expect hw.balloon.min $floor
-		b_stat v max_reservation_kib
+		# The limit is Xen's maximum (raised by b_start to
+		# static-max + 1 MiB with xl mem-max), never above
+		# memory/static-max.
+		v=$(b_run xenstore-read memory/static-max)
 		b_expect hw.balloon.max "$v"
 	else
 		# UVM's segments leave out what the kernel image holds.

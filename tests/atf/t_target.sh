@@ -34,10 +34,10 @@ sysctl_down_up_body()
 	b_expect hw.balloon.ballooned $((B_LOAD_KIB - B_BOOT + B_STEP))
 	b_expect hw.balloon.plugged 0
 	b_check -s exit:0 -o match:"^balloon0: at target: $((B_BOOT - B_STEP)) KiB \\($((B_LOAD_KIB - B_BOOT + B_STEP)) KiB ballooned\\)\$" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 	if b_have_sim; then
-		b_stat v reservation_kib
-		b_assert "reservation_kib" "$v" -eq $((B_BOOT - B_STEP))
+		b_stat v memory_kib
+		b_assert "memory_kib" "$v" -eq $((B_BOOT - B_STEP))
 	fi
 
 	b_target "$B_BOOT"
@@ -47,8 +47,8 @@ sysctl_down_up_body()
 	b_dmesg_count at1 '^balloon0: at target: '
 	b_assert "new 'at target' messages" $((at1 - at0)) -eq 2
 	if b_have_sim; then
-		b_stat v reservation_kib
-		b_assert "reservation_kib" "$v" -eq "$B_BOOT"
+		b_stat v memory_kib
+		b_assert "memory_kib" "$v" -eq "$B_BOOT"
 		b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
 	fi
 }
@@ -189,8 +189,8 @@ above_boot_pvh_body()
 	b_expect hw.balloon.stats.segments_plugged $((plugs0 + 1))
 	b_expect hw.balloon.stats.targets_given_up 0
 	if b_have_sim; then
-		b_stat v reservation_kib
-		b_assert "reservation_kib" "$v" -eq $((B_LOAD_KIB + B_STEP))
+		b_stat v memory_kib
+		b_assert "memory_kib" "$v" -eq $((B_LOAD_KIB + B_STEP))
 		b_stat v segments
 		b_assert "UVM segments" "$v" -eq 2
 		b_check -s exit:0 -o inline:"consistent\n" -e empty -- sim check
@@ -232,7 +232,7 @@ above_boot_pv_body()
 	b_expect hw.balloon.stats.segments_plugged 0
 	b_expect hw.balloon.stats.targets_given_up $((gu0 + 1))
 	b_check -s exit:0 -o match:"^balloon0: giving up on target $((B_LOAD_KIB + B_STEP)) KiB at $B_LOAD_KIB KiB: no frame space left to plug into\$" \
-	    -e empty -- dmesg
+	    -e empty -- dmesg -t
 
 	# Back within boot memory it works again.
 	b_require_room_below $B_STEP

@@ -129,6 +129,10 @@ int	xenbus_read_ull(struct xenbus_transaction *, const char *,
 	    const char *, unsigned long long *, int);
 int	register_xenbus_watch(struct xenbus_watch *);
 void	unregister_xenbus_watch(struct xenbus_watch *);
+/* read: xenbus.h 1.13 (2011); xenbus_xs.c 1.9.2.1: 0 or a positive errno */
+int	xenbus_rm(struct xenbus_transaction *, const char *, const char *);
+int	xenbus_printf(struct xenbus_transaction *, const char *, const char *,
+	    const char *, ...) __printflike(4, 5);
 
 /* --- xen/hypervisor.h (read: 1.54, 2022-05-25) and hypercalls.h --- */
 /*

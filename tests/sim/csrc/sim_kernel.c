@@ -30,6 +30,7 @@ void	sim_rs_printf(const char *);
 __dead void sim_rs_panic(const char *);
 int	sim_rs_kthread_create(int, int, void (*)(void *), void *, lwp_t **,
 	    const char *);
+int	sim_rs_xenbus_write(const char *, const char *, const char *);
 int	sim_rs_sysctl_create(struct sysctllog **, int,
 	    const struct sysctlnode **, const struct sysctlnode **, int, int,
 	    const char *, const char *, sysctlfn, u_quad_t, void *, size_t,
@@ -129,6 +130,29 @@ sysctl_createv(struct sysctllog **log, int cflags,
 	    name, desc, func, qv, newp, newlen, mib, n);
 }
 
+/*
+ * xenbus_printf (xenbus_xs.c 1.9.2.1): formats the value and writes it as
+ * xenbus_write does; 0 or a positive errno.
+ */
+int
+xenbus_printf(struct xenbus_transaction *t, const char *dir,
+    const char *node, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int error;
+
+	(void)t;
+	va_start(ap, fmt);
+	s = sim_vformat(fmt, ap);
+	va_end(ap);
+	if (s == NULL)
+		return ENOMEM;
+	error = sim_rs_xenbus_write(dir, node, s);
+	free(s);
+	return error;
+}
+
 /* kthread trampoline; see the assumption at the top of this file. */
 static __thread jmp_buf *sim_kthread_jb;
 static __thread int sim_kthread_code;
@@ -210,5 +234,5 @@ void *const sim_kernel_symbols[] = {
 	(void *)xpq_queue_machphys_update, (void *)xpq_flush_queue,
 	(void *)kpreempt_disable, (void *)kpreempt_enable,
 	(void *)register_xenbus_watch, (void *)unregister_xenbus_watch,
-	(void *)xenbus_read,
+	(void *)xenbus_read, (void *)xenbus_printf, (void *)xenbus_rm,
 };

@@ -361,5 +361,9 @@ int	 register_xenbus_watch(struct xenbus_watch *);
 void	 unregister_xenbus_watch(struct xenbus_watch *);
 int	 xenbus_read(struct xenbus_transaction *, const char *, const char *,
 	    char *, size_t);
+/* xenbus.h 1.13 (2011); unchanged in the xenbus_xs.c of netbsd-10 use. */
+int	 xenbus_rm(struct xenbus_transaction *, const char *, const char *);
+int	 xenbus_printf(struct xenbus_transaction *, const char *, const char *,
+	    const char *, ...) __printflike(4, 5);
 
 #endif /* _BALLOON_HOST_KERNEL_H_ */

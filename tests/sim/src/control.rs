@@ -221,13 +221,7 @@ impl Console {
             ["xenstore-read", rest @ ..] => self.xenstore_read(rest),
             ["xenstore-write", rest @ ..] => self.xenstore_write(rest),
             ["xenstore-rm", rest @ ..] => self.xenstore_rm(rest),
-            ["dmesg"] => Reply::ok(
-                self.domain
-                    .dmesg()
-                    .iter()
-                    .map(|l| format!("{l}\n"))
-                    .collect(),
-            ),
+            ["dmesg", rest @ ..] => self.dmesg(rest),
             ["sim", rest @ ..] => self.sim(rest),
             [] => Reply::default(),
             [cmd, ..] => Reply {
@@ -477,28 +471,73 @@ impl Console {
         }
     }
 
+    /// dmesg(8) as sbin/dmesg/dmesg.c 1.27.40.2 prints the message
+    /// buffer: each line's kernel stamp re-printed as `"[% 5jd.%6.6ld] "`
+    /// (six digits, the kernel's seven rounded), or with -t no stamp at
+    /// all (the stamp and the blanks after it are skipped).
+    fn dmesg(&self, args: &[&str]) -> Reply {
+        let quiet = match args {
+            [] => false,
+            ["-t"] => true,
+            _ => {
+                return Reply {
+                    status: 1,
+                    out: String::new(),
+                    err: "Usage: dmesg [-dTt] [-M core] [-N system]\n".into(),
+                }
+            }
+        };
+        let mut out = String::new();
+        for raw in self.domain.dmesg_msgbuf() {
+            let Some((stamp, text)) = split_stamp(&raw) else {
+                out += &format!("{raw}\n");
+                continue;
+            };
+            if !quiet {
+                out += &stamp;
+            }
+            out += text;
+            out.push('\n');
+        }
+        Reply::ok(out)
+    }
+
     // ---- dom0 and xenstore ----
 
     fn xl(&mut self, args: &[&str]) -> Reply {
+        // xl_mem.c @7a2b0d11: libxl logs why, then xl says what failed.
+        let libxl = |func: &str, e: crate::XlError, xl: String| {
+            Reply::fail(format!(
+                "libxl: error: libxl_mem.c: {func}: Domain 1:{}\n{xl}",
+                e.0
+            ))
+        };
         match args {
             ["mem-set", size] | ["mem-set", _, size] => {
                 let Some(kib) = parse_xl_size_kib(size) else {
                     return Reply::fail(format!("invalid memory size: {size}"));
                 };
-                // libxl refuses a target above the domain's static
-                // maximum (libxl_set_memory_target); the guest never
-                // sees it. Write memory/target directly to test that.
-                let static_max = self
-                    .domain
-                    .xenstore_read("memory/static-max")
-                    .and_then(|v| v.parse::<u64>().ok());
-                if let Some(max) = static_max.filter(|&m| kib > m) {
-                    return Reply::fail(format!(
-                        "xl mem-set: {kib} KiB is above memory/static-max ({max} KiB)"
-                    ));
+                match self.domain.try_xl_mem_set(kib) {
+                    Ok(()) => Reply::default(),
+                    Err(e) => libxl(
+                        "libxl_set_memory_target",
+                        e,
+                        format!("cannot set domid 1 dynamic max memory to : {size}"),
+                    ),
                 }
-                self.domain.xl_mem_set(kib);
-                Reply::default()
+            }
+            ["mem-max", _, size] => {
+                let Some(kib) = parse_xl_size_kib(size) else {
+                    return Reply::fail(format!("invalid memory size: {size}"));
+                };
+                match self.domain.xl_mem_max(kib) {
+                    Ok(()) => Reply::default(),
+                    Err(e) => libxl(
+                        "libxl_domain_setmaxmem",
+                        e,
+                        format!("cannot set domid 1 static max memory to : {size}"),
+                    ),
+                }
             }
             ["list"] => {
                 let kib = self.domain.reservation() * 4;
@@ -508,7 +547,7 @@ impl Console {
                     kib / 1024
                 ))
             }
-            _ => Reply::usage("xl mem-set [domain] size | xl list"),
+            _ => Reply::usage("xl mem-set [domain] size | xl mem-max domain size | xl list"),
         }
     }
 
@@ -548,6 +587,10 @@ impl Console {
     fn sim(&mut self, args: &[&str]) -> Reply {
         match args {
             ["ping"] => Reply::ok("pong\n".into()),
+            ["resume"] => {
+                self.domain.resume();
+                Reply::default()
+            }
             ["settle"] => self.settle(SETTLE_DEFAULT),
             ["settle", secs] => match secs.parse::<u64>() {
                 Ok(s) => self.settle(Duration::from_secs(s)),
@@ -584,7 +627,7 @@ impl Console {
                 }
             }
             _ => Reply::usage(
-                "sim ping | settle [s] | check | stat | host-free size | kernel-alloc size | \
+                "sim ping | resume | settle [s] | check | stat | host-free size | kernel-alloc size | \
                  kernel-free size | fault [name value | clear] | sysctl-raw name hex",
             ),
         }
@@ -595,12 +638,13 @@ impl Console {
         let (bytes, allocs) = d.kmem_outstanding();
         let slabs = d.slab_stats();
         format!(
-            "reservation_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
+            "reservation_kib {}\nmemory_kib {}\nmax_reservation_kib {}\nhost_free_kib {}\n\
              dirty_pages_given {}\nclean_pages_given {}\nkmem_bytes {bytes}\n\
              kmem_allocations {allocs}\nmodule_pages {}\nkthreads {}\nleaked_sysctl_nodes {}\n\
              segments {}\nphysseg_slabs {}\nphysseg_slab_kmem_bytes {}\n\
              physseg_slab_leaked_bytes {}\nphysseg_unlocked_changes {}\n",
             d.reservation() * 4,
+            d.memory() * 4,
             d.max_reservation() * 4,
             d.host_free() * 4,
             d.dirty_frames_given(),
@@ -726,6 +770,33 @@ impl Console {
     }
 }
 
+/// Splits a message-buffer line into the stamp as dmesg(8) prints it and
+/// the text after the stamp and its blanks (dmesg.c 1.27.40.2: sscanf
+/// "[%jd.%ld]", the fraction scaled from however many digits the kernel
+/// printed to nanoseconds, then `"[% 5jd.%6.6ld] "`). None when the line
+/// has no stamp.
+fn split_stamp(raw: &str) -> Option<(String, &str)> {
+    let body = raw.strip_prefix('[')?;
+    let close = body.find(']')?;
+    let (sec, frac) = body[..close].trim_start().split_once('.')?;
+    let sec: i64 = sec.parse().ok()?;
+    let scale = frac.len() as u32;
+    let fsec: i64 = frac.parse().ok()?;
+    let text = body[close + 1..].trim_start_matches(' ');
+    let micro = if scale > 6 {
+        let nsec = fsec * 10i64.checked_pow(9u32.checked_sub(scale)?)?;
+        format!("{:06}", (nsec + 499) / 1000)
+    } else {
+        format!(
+            "{:0>w$}{}",
+            fsec,
+            "000000".get(..(6 - scale) as usize)?,
+            w = scale as usize
+        )
+    };
+    Some((format!("[{:>5}.{micro}] ", format!(" {sec}")), text))
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s == "-" {
         return Some(Vec::new());
@@ -793,6 +864,25 @@ mod tests {
         assert_eq!(split_words("a \"\" b").unwrap(), ["a", "", "b"]);
         assert!(split_words("# only").unwrap().is_empty());
         assert!(split_words("a 'b").is_err());
+    }
+
+    #[test]
+    fn dmesg_reprints_the_kernel_stamp_as_dmesg_8_does() {
+        // The kernel's seven digits, rounded to six.
+        assert_eq!(
+            split_stamp("[   1.2345678] balloon0: unloaded"),
+            Some(("[    1.234568] ".to_string(), "balloon0: unloaded"))
+        );
+        assert_eq!(
+            split_stamp("[ 12345.0000004] x"),
+            Some(("[ 12345.000000] ".to_string(), "x"))
+        );
+        // A kernel printing six digits or fewer: padded with zeros.
+        assert_eq!(
+            split_stamp("[   3.25] y"),
+            Some(("[    3.250000] ".to_string(), "y"))
+        );
+        assert_eq!(split_stamp("balloon0: no stamp"), None);
     }
 
     #[test]

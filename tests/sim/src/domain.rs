@@ -49,6 +49,20 @@ impl SimModinfo {
     }
 }
 
+/// LIBXL_MAXMEM_CONSTANT (1024 KiB, libxl_internal.h) in pages: what
+/// libxl adds to `memory` (at creation) or to the target (`xl mem-set`) to
+/// set Xen's maximum reservation (x86 `libxl__arch_extra_memory`).
+pub const LIBXL_MAXMEM_PAGES: u64 = 256;
+/// X86_HVM_END_SPECIAL_REGION and X86_HVM_NR_SPECIAL_PAGES
+/// (xenctrl_dom.h / xg_dom_x86.c).
+const SPECIAL_PFN_END: u64 = 0xff000;
+const SPECIAL_PAGES: u64 = 8;
+
+/// Why libxl refused an `xl mem-set` or `xl mem-max`: libxl's own log
+/// line (libxl_mem.c @0241809b).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XlError(pub String);
+
 const MODULE_CMD_INIT: c_int = 0;
 const MODULE_CMD_FINI: c_int = 1;
 const ENOENT: i32 = 2;
@@ -99,6 +113,11 @@ pub struct View<'a> {
 impl View<'_> {
     pub fn reservation(&self) -> u64 {
         self.k.tot_pages
+    }
+    /// The reservation as xl counts the domain's memory: without the
+    /// PVH special pages.
+    pub fn memory(&self) -> u64 {
+        self.k.tot_pages - self.k.special.len() as u64
     }
     pub fn max_reservation(&self) -> u64 {
         self.k.max_pages
@@ -225,7 +244,10 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
     }
     let kernel_pages = cfg.kernel_pages.unwrap_or(boot_pages / 10).min(boot_pages);
     let mut k = Kernel {
-        max_pages: cfg.max_pages(),
+        // libxl_dom.c @021cd1c4 libxl__build_pre: Xen's maximum is
+        // `memory` + LIBXL_MAXMEM_CONSTANT (1 MiB), not `maxmem`; maxmem
+        // only becomes memory/static-max (libxl__build_post, below).
+        max_pages: boot_pages + LIBXL_MAXMEM_PAGES,
         host_free: cfg.host_free_pages(),
         boot: Instant::now(),
         faults: Faults::default(),
@@ -256,6 +278,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         watch_running: None,
         watch_fired: 0,
         xenwatch_stop: false,
+        guest_written: BTreeSet::new(),
+        special: Vec::new(),
         sysctl: SysctlTree::boot(),
         kmem: HashMap::new(),
         kmem_bytes: 0,
@@ -263,6 +287,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         modules: Vec::new(),
         cfg,
     };
+    if k.cfg.mode != Mode::NotXen {
+        k.sysctl.boot_xen(k.cfg.mode == Mode::Pv);
+    }
     let mut left_kernel = kernel_pages;
     for &(start, n) in &segs {
         let pgs = k.new_page_array(start, n, PG_FREE);
@@ -277,6 +304,22 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
             } else {
                 k.free.insert(pfn);
             }
+        }
+    }
+    if k.cfg.mode == Mode::Pvh {
+        // xg_dom_x86.c @1d896a0e alloc_magic_pages_hvm: the domain builder
+        // populates X86_HVM_NR_SPECIAL_PAGES (8) special pages (xenstore
+        // and console rings, ioreq, ...) at special_pfn(i) =
+        // X86_HVM_END_SPECIAL_REGION (0xff000) - 8 + i, outside the RAM
+        // the guest sees: Xen counts them in the reservation, xl's
+        // memory/target does not.
+        for pfn in SPECIAL_PFN_END - SPECIAL_PAGES..SPECIAL_PFN_END {
+            assert!(
+                k.seg_of(pfn).is_none(),
+                "DomainConfig: a PVH boot segment covers the special page {pfn:#x}"
+            );
+            k.boot_back(pfn, 0);
+            k.special.push(pfn);
         }
     }
     let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));
@@ -303,8 +346,11 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         std::ptr::null_mut()
     });
     if k.cfg.mode != Mode::NotXen {
+        // libxl__build_post (libxl_dom.c @021cd1c4): memory/static-max is
+        // maxmem, memory/target is memory less the target fudge (0 for PV
+        // and PVH: only HVM subtracts video memory and 1 MiB).
         let target = (boot_pages * 4).to_string();
-        let max = (k.max_pages * 4).to_string();
+        let max = (k.cfg.max_pages() * 4).to_string();
         k.store.insert("memory/target".into(), target);
         k.store.insert("memory/static-max".into(), max);
     }
@@ -322,9 +368,12 @@ impl Domain {
         {
             let mut d = dmesg_lock();
             d.lines.clear();
+            d.stamps.clear();
             d.partial.clear();
+            d.partial_stamp = None;
         }
         let k = build_kernel(cfg);
+        dmesg_lock().clock = Some((k.boot, k.cfg.time_scale));
         *lock() = Some(k);
         let xenwatch = Some(crate::xen::start_xenwatch());
         crate::kernel::dmesg_append("NetBSD (simulated) booted\n");
@@ -386,6 +435,11 @@ impl Domain {
 
     pub fn reservation(&self) -> u64 {
         with(|k| k.tot_pages)
+    }
+    /// The reservation as xl counts the domain's memory: without the PVH
+    /// special pages Xen populated outside RAM.
+    pub fn memory(&self) -> u64 {
+        with(|k| k.tot_pages - k.special.len() as u64)
     }
     pub fn max_reservation(&self) -> u64 {
         with(|k| k.max_pages)
@@ -479,8 +533,20 @@ impl Domain {
 
     // ---- dmesg ----
 
+    /// The kernel's message lines, without their time stamps.
     pub fn dmesg(&self) -> Vec<String> {
         dmesg_lock().lines.clone()
+    }
+
+    /// The kernel message buffer as the kernel wrote it: every line with
+    /// the stamp subr_prf.c puts in front of it.
+    pub fn dmesg_msgbuf(&self) -> Vec<String> {
+        let d = dmesg_lock();
+        d.stamps
+            .iter()
+            .zip(&d.lines)
+            .map(|(s, l)| format!("{s}{l}"))
+            .collect()
     }
 
     // ---- faults ----
@@ -525,9 +591,90 @@ impl Domain {
     pub fn xenstore_rm(&self, path: &str) {
         with(|k| k.store_write(path, None))
     }
-    /// `xl mem-set`: writes memory/target in KiB.
+    /// `xl mem-set` as `libxl_set_memory_target(.., relative 0, enforce
+    /// 1)` does it (libxl_mem.c @0241809b), in one xenstore transaction:
+    /// reads memory/target and memory/static-max (refusing when either is
+    /// missing or not a number), subtracts memory/videoram, refuses a
+    /// target above static-max, raises (or lowers) Xen's maximum to the
+    /// target + 1 MiB (xc_domain_setmaxmem), and only then writes
+    /// memory/target. (It also sets the PoD target of a non-PV guest;
+    /// populate-on-demand is not modelled.)
+    pub fn try_xl_mem_set(&self, kib: u64) -> Result<(), XlError> {
+        with(|k| {
+            let num = |k: &Kernel, node: &str| -> Result<u64, XlError> {
+                let v = k.store.get(node).ok_or_else(|| {
+                    XlError(format!(
+                        "Cannot get memory info from /local/domain/1/{node}"
+                    ))
+                })?;
+                v.parse::<u64>()
+                    .map_err(|_| XlError(format!("Invalid memory {v} from /local/domain/1/{node}")))
+            };
+            num(k, "memory/target")?;
+            let static_max = num(k, "memory/static-max")?;
+            let videoram = k
+                .store
+                .get("memory/videoram")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let new = kib.saturating_sub(videoram);
+            if new > static_max {
+                return Err(XlError(
+                    "memory_dynamic_max must be less than or equal to memory_static_max".into(),
+                ));
+            }
+            // Xen's XEN_DOMCTL_max_mem takes KiB and keeps pages.
+            k.max_pages = (new + videoram + 4 * LIBXL_MAXMEM_PAGES) / 4;
+            k.store_write("memory/target", Some(&new.to_string()));
+            Ok(())
+        })
+    }
+
+    /// `xl mem-set` that must succeed (a refusal is a test's own mistake).
     pub fn xl_mem_set(&self, kib: u64) {
-        self.xenstore_write("memory/target", &kib.to_string())
+        if let Err(e) = self.try_xl_mem_set(kib) {
+            panic!("xl mem-set {kib}k refused: {}", e.0);
+        }
+    }
+
+    /// `xl mem-max` as `libxl_domain_setmaxmem` does it (libxl_mem.c
+    /// @0241809b): refuses a maximum below memory/target, then sets Xen's
+    /// maximum to it + 1 MiB. memory/static-max is not changed.
+    pub fn xl_mem_max(&self, kib: u64) -> Result<(), XlError> {
+        with(|k| {
+            let target = k
+                .store
+                .get("memory/target")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    XlError("Cannot get memory info from /local/domain/1/memory/target".into())
+                })?;
+            if kib < target {
+                // The doubled "or" is libxl's.
+                return Err(XlError(
+                    "memory_static_max must be greater than or or equal to memory_dynamic_max"
+                        .into(),
+                ));
+            }
+            k.max_pages = (kib + 4 * LIBXL_MAXMEM_PAGES) / 4;
+            Ok(())
+        })
+    }
+
+    /// The domain is suspended and resumed (xl save/restore, migration).
+    /// xenstore keeps what the toolstack wrote but loses every node the
+    /// guest wrote itself; the guest's xs_resume() registers each watch
+    /// again (xenbus_xs.c 1.9.2.1), and xenstored fires a watch when it is
+    /// registered, so every registered watch fires once.
+    pub fn resume(&self) {
+        with(|k| {
+            for path in std::mem::take(&mut k.guest_written) {
+                k.store.remove(&path);
+            }
+            let all: Vec<(usize, String)> = k.watches.clone();
+            k.watch_queue.extend(all);
+            WATCHQ.notify_all();
+        })
     }
 
     // ---- sysctl ----
@@ -659,12 +806,10 @@ fn check_kernel(k: &mut Kernel) -> Result<(), String> {
             k.backed_frames()
         ));
     }
-    if k.tot_pages > k.max_pages && k.mode() != Mode::NotXen {
-        errs.push(format!(
-            "reservation {} above max_pages {}",
-            k.tot_pages, k.max_pages
-        ));
-    }
+    // No check that tot_pages <= max_pages: XEN_DOMCTL_max_mem may set
+    // the maximum below the reservation, which then "ratchets" down as
+    // the guest gives memory back (xen/common/domctl.c); Xen only refuses
+    // new allocations meanwhile (`grow_room`).
     match k.mode() {
         Mode::Pv => {
             let cap = k.p2m_cap;
@@ -708,7 +853,7 @@ fn check_kernel(k: &mut Kernel) -> Result<(), String> {
                 .populated
                 .keys()
                 .copied()
-                .filter(|&g| k.seg_of(g).is_none())
+                .filter(|&g| k.seg_of(g).is_none() && !k.special.contains(&g))
                 .collect();
             out.sort_unstable();
             if let Some(g) = out.first() {
@@ -732,7 +877,17 @@ impl Drop for Domain {
     fn drop(&mut self) {
         // Unload what is still loaded, newest first.
         while let Some(mi) = with(|k| k.modules.last().copied()) {
-            let e = mi.cmd(MODULE_CMD_FINI);
+            let mut e = mi.cmd(MODULE_CMD_FINI);
+            if e != 0 {
+                // Most often Xen's maximum (the last xl mem-set target +
+                // 1 MiB) keeps the ballooned memory from coming back: let
+                // it, as dom0 would before tearing the domain down.
+                with(|k| {
+                    k.max_pages = u64::MAX / 4;
+                    k.host_free = k.host_free.max(1 << 28);
+                });
+                e = mi.cmd(MODULE_CMD_FINI);
+            }
             with(|k| k.modules.pop());
             if e != 0 {
                 eprintln!(

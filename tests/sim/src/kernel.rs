@@ -177,6 +177,11 @@ pub(crate) struct Kernel {
     pub watch_running: Option<usize>,
     pub watch_fired: u64,
     pub xenwatch_stop: bool,
+    /// Nodes the guest wrote (xenbus_printf): xenstore loses them across
+    /// a suspend and resume (`Domain::resume`).
+    pub guest_written: BTreeSet<String>,
+    /// PVH: gfns Xen populated outside the guest's RAM (special pages).
+    pub special: Vec<u64>,
     // sysctl
     pub sysctl: SysctlTree,
     // kmem: address -> size
@@ -224,15 +229,60 @@ pub(crate) fn notify_changed() {
 
 // ---- dmesg and panic ----
 
+/// The kernel message buffer. `lines` hold the text of each line;
+/// `stamps` the time stamp the kernel put in front of it.
 pub(crate) struct Dmesg {
     pub lines: Vec<String>,
+    pub stamps: Vec<String>,
     pub partial: String,
+    /// The stamp of the line being written (taken at its first character).
+    pub partial_stamp: Option<String>,
+    /// The simulated clock: boot instant and time scale.
+    pub clock: Option<(Instant, u32)>,
 }
 
 pub(crate) static DMESG: Mutex<Dmesg> = Mutex::new(Dmesg {
     lines: Vec::new(),
+    stamps: Vec::new(),
     partial: String::new(),
+    partial_stamp: None,
+    clock: None,
 });
+
+/// NetBSD's default precision of the stamp: `log_ts_prec` = 7 fractional
+/// digits (subr_prf.c 1.201).
+const LOG_TS_PREC: u32 = 7;
+
+/// The stamp the kernel prints in front of every message line, as
+/// subr_prf.c 1.201 `addtstamp` formats it (raweden/netbsd @0b31dd71; the
+/// netbsd-10 revision was not readable): getnanouptime(9), the
+/// nanoseconds cut to `log_ts_prec` (7) digits with the last one
+/// rounded, then `"[% 4jd.%.*ld] "`.
+pub(crate) fn klog_stamp(uptime_ns: u128) -> String {
+    let sec = uptime_ns / 1_000_000_000;
+    let mut fsec = uptime_ns % 1_000_000_000;
+    let mut n = LOG_TS_PREC;
+    while n < 8 {
+        fsec /= 10;
+        n += 1;
+    }
+    fsec = fsec / 10 + u128::from(fsec % 10 >= 5);
+    format!(
+        "[{:>4}.{:0width$}] ",
+        format!(" {sec}"),
+        fsec,
+        width = LOG_TS_PREC as usize
+    )
+}
+
+impl Dmesg {
+    fn stamp_now(&self) -> String {
+        let ns = self.clock.map_or(0, |(boot, scale)| {
+            boot.elapsed().as_nanos() * u128::from(scale.max(1))
+        });
+        klog_stamp(ns)
+    }
+}
 
 pub(crate) fn dmesg_lock() -> MutexGuard<'static, Dmesg> {
     DMESG.lock().unwrap_or_else(|e| e.into_inner())
@@ -245,11 +295,22 @@ pub(crate) fn dmesg_append(s: &str) {
     for ch in s.chars() {
         if ch == '\n' {
             let line = std::mem::take(&mut d.partial);
+            let stamp = match d.partial_stamp.take() {
+                Some(s) => s,
+                None => d.stamp_now(),
+            };
             if echo {
-                eprintln!("[dmesg] {line}");
+                eprintln!("[dmesg] {stamp}{line}");
             }
             d.lines.push(line);
+            d.stamps.push(stamp);
         } else {
+            // subr_prf.c putchar: the stamp goes in front of the first
+            // character of each line.
+            if d.partial_stamp.is_none() {
+                let stamp = d.stamp_now();
+                d.partial_stamp = Some(stamp);
+            }
             d.partial.push(ch);
         }
     }
@@ -261,7 +322,9 @@ pub(crate) fn kernel_panic(msg: &str) -> ! {
     {
         let mut d = dmesg_lock();
         let line = format!("panic: {msg}");
+        let stamp = d.stamp_now();
         d.lines.push(line);
+        d.stamps.push(stamp);
     }
     eprintln!("\n*** SIMULATED KERNEL PANIC: {msg}");
     eprintln!("*** (the code under test broke a NetBSD/Xen kernel rule; aborting)\n");

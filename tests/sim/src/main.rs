@@ -253,7 +253,7 @@ fn demo(o: &Opts) {
         let xl = if r.status == 0 {
             "ok".to_string()
         } else {
-            format!("refused: {}", r.err.trim_end())
+            format!("refused: {}", r.err.lines().last().unwrap_or_default())
         };
         console.run_line("sim settle");
         let d = console.domain();

@@ -115,6 +115,55 @@ impl SysctlTree {
         t
     }
 
+    /// The machdep.xen nodes NetBSD's own Xen code creates at boot:
+    /// machdep.xen.version in every kernel that attaches hypervisor0 (PV and
+    /// PVH; hypervisor.c 1.96 hypervisor_attach), machdep.xen.suspend in
+    /// XENPV domUs only (sysctl_xen_suspend_setup() is called under #ifdef
+    /// XENPV: xen_machdep.c, hypervisor_machdep.c). The suspend node is
+    /// read-only here (writing it would suspend the domain).
+    pub(crate) fn boot_xen(&mut self, pv: bool) {
+        static VERSION: &[u8] = b"4.17\0";
+        static SUSPEND: i32 = 0;
+        let Some(machdep) = self.child_by_name(0, "machdep") else {
+            return;
+        };
+        let xen = self.add(
+            machdep,
+            "xen",
+            FIRST_DYNAMIC - 1,
+            CTLTYPE_NODE | CTLFLAG_PERMANENT,
+            None,
+            true,
+        );
+        let leaf = |t: &mut Self, name: &str, num, ty, data: *const c_void, size| {
+            let id = t.add(xen, name, num, ty | CTLFLAG_PERMANENT, None, true);
+            let c = t.node(id).expect("just added").c;
+            // SAFETY: the node was just allocated by add; the data is static.
+            unsafe {
+                (*c).data = data as *mut c_void;
+                (*c).size = size;
+            }
+        };
+        leaf(
+            self,
+            "version",
+            1,
+            CTLTYPE_STRING,
+            VERSION.as_ptr() as *const c_void,
+            VERSION.len(),
+        );
+        if pv {
+            leaf(
+                self,
+                "suspend",
+                2,
+                CTLTYPE_INT,
+                &SUSPEND as *const i32 as *const c_void,
+                4,
+            );
+        }
+    }
+
     fn add(
         &mut self,
         parent: usize,

@@ -393,6 +393,41 @@ unsafe extern "C" fn xenbus_read(
     }
 }
 
+/// Called by xenbus_printf (csrc/sim_kernel.c): writes "dir/node" as
+/// xenbus_write does (xenbus_xs.c 1.9.2.1) and fires watches on it. The
+/// node is the guest's own: a resume loses it (`Domain::resume`).
+#[no_mangle]
+unsafe extern "C" fn sim_rs_xenbus_write(
+    dir: *const c_char,
+    node: *const c_char,
+    value: *const c_char,
+) -> c_int {
+    // SAFETY: NUL-terminated strings from the C caller (NULL dir = none).
+    let (path, v) = unsafe { (join_path(dir, node), cstr(value)) };
+    with(|k| {
+        k.guest_written.insert(path.clone());
+        k.store_write(&path, Some(&v));
+    });
+    0
+}
+
+/// xenbus_rm (xenbus_xs.c 1.9.2.1, XS_RM): removes "dir/node"; ENOENT
+/// when it does not exist (xenstored's answer, mapped by get_error).
+#[no_mangle]
+unsafe extern "C" fn xenbus_rm(_t: *mut c_void, dir: *const c_char, node: *const c_char) -> c_int {
+    // SAFETY: NUL-terminated strings from the C caller (NULL dir = none).
+    let path = unsafe { join_path(dir, node) };
+    with(|k| {
+        k.guest_written.remove(&path);
+        if k.store.contains_key(&path) {
+            k.store_write(&path, None);
+            0
+        } else {
+            ENOENT
+        }
+    })
+}
+
 /// # Safety
 /// `dir` may be NULL; otherwise both are NUL-terminated strings.
 unsafe fn join_path(dir: *const c_char, node: *const c_char) -> String {

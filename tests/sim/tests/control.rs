@@ -21,6 +21,9 @@ fn console() -> Console {
             .max_mib(1024)
             .host_free_mib(2048),
     );
+    // libxl gives Xen a maximum of memory + 1 MiB; dom0 lets the domain
+    // grow to its static-max, as `xl mem-max` does.
+    d.xl_mem_max(MAX_KIB).expect("xl mem-max");
     d.modload(balloon_module()).expect("modload");
     assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
     Console::new(d, false)
@@ -80,7 +83,7 @@ fn every_knob_reads_writes_and_refuses_as_documented() {
         .lines()
         .map(|l| l.split(" = ").next().unwrap())
         .collect();
-    assert_eq!(names.len(), 13 + 16, "{all}");
+    assert_eq!(names.len(), 14 + 16, "{all}");
     for n in &names {
         let d = ok(&mut c, &format!("sysctl -d {n}"));
         assert!(
@@ -206,11 +209,14 @@ fn state_and_statistics_agree_with_what_happened() {
         "{dmesg}"
     );
     ok(&mut c, "sim check");
-    // With memory back on the host, unload returns every page.
+    // With memory back on the host and Xen's maximum back above boot
+    // memory (xl mem-set raised it), unload returns every page.
     ok(&mut c, "sim host-free 8g");
+    ok(&mut c, "xl mem-set domU 256m");
+    settle(&mut c);
     ok(&mut c, "modunload balloon");
     let stat = ok(&mut c, "sim stat");
-    assert!(stat.contains("reservation_kib 262144\n"), "{stat}");
+    assert!(stat.contains("memory_kib 262144\n"), "{stat}");
     ok(&mut c, "sim check");
 }
 
@@ -479,11 +485,17 @@ fn the_daemon_serves_ctl_clients_and_shuts_down_clean() {
     let out = ctl(&sock, &["xl", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("domU                                         1   128"));
+    // Xen's maximum is now 129 MiB (libxl): unload needs the memory back.
+    assert!(ctl(&sock, &["xl", "mem-set", "domU", "256m"])
+        .status
+        .success());
+    assert!(ctl(&sock, &["sim", "settle"]).status.success());
     assert!(ctl(&sock, &["modunload", "balloon"]).status.success());
     let out = ctl(&sock, &["sim", "stat"]);
     let stat = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in [
-        "reservation_kib 262144",
+        // 256 MiB and the 8 special pages (32 KiB) of a PVH domain.
+        "reservation_kib 262176",
         "kmem_bytes 0",
         "kthreads 0",
         "leaked_sysctl_nodes 0",
@@ -565,5 +577,68 @@ fn the_manual_page_documents_every_node() {
         assert!(page.contains(&entry), "balloonkmod.4 lacks {entry:?}");
         n += 1;
     }
-    assert_eq!(n, 29);
+    assert_eq!(n, 30);
+}
+
+#[test]
+fn toolstack_commands_speak_as_xl_and_dmesg_as_netbsd() {
+    let mut c = console();
+    // dmesg(8): the kernel's stamp re-printed with six digits; -t drops it.
+    let stamped = ok(&mut c, "dmesg");
+    let plain = ok(&mut c, "dmesg -t");
+    assert_eq!(stamped.lines().count(), plain.lines().count());
+    for (s, p) in stamped.lines().zip(plain.lines()) {
+        let (stamp, text) = s.split_at(s.find("] ").expect(s) + 2);
+        assert_eq!(text, p);
+        let inner = stamp.trim_start_matches('[').trim_end_matches("] ");
+        let (sec, frac) = inner.split_once('.').expect(s);
+        assert!(
+            sec.len() >= 5 && sec.trim_start().parse::<u64>().is_ok(),
+            "{s}"
+        );
+        assert!(frac.len() == 6 && frac.parse::<u64>().is_ok(), "{s}");
+    }
+    assert!(plain
+        .lines()
+        .any(|l| l.starts_with("balloon0: PVH guest, ")));
+    let r = run(&mut c, "dmesg -x");
+    assert_eq!(
+        (r.status, r.err.as_str()),
+        (1, "Usage: dmesg [-dTt] [-M core] [-N system]\n")
+    );
+    // xl mem-set above static-max: libxl's line, then xl's (xl_mem.c).
+    let r = run(&mut c, "xl mem-set domU 2g");
+    assert_eq!(r.status, 1);
+    assert_eq!(
+        r.err,
+        "libxl: error: libxl_mem.c: libxl_set_memory_target: Domain 1:\
+         memory_dynamic_max must be less than or equal to memory_static_max\n\
+         cannot set domid 1 dynamic max memory to : 2g\n"
+    );
+    let r = run(&mut c, "xl mem-max domU 100m");
+    assert_eq!(r.status, 1);
+    assert!(
+        r.err
+            .ends_with("cannot set domid 1 static max memory to : 100m\n"),
+        "{r:?}"
+    );
+    ok(&mut c, "xl mem-set domU 200m");
+    ok(&mut c, "sim settle");
+    assert_eq!(value(&mut c, "hw.balloon.current"), "204800");
+    assert!(ok(&mut c, "sim stat").contains("max_reservation_kib 205824\n"));
+    // A resume loses control/feature-balloon; the driver writes it back.
+    assert_eq!(ok(&mut c, "xenstore-read control/feature-balloon"), "1\n");
+    ok(&mut c, "sim resume");
+    assert!(c.domain().wait_until(
+        |v| v.watches_quiet() && v.xenstore("control/feature-balloon").as_deref() == Some("1"),
+        WAIT
+    ));
+    ok(&mut c, "xl mem-set domU 256m");
+    ok(&mut c, "sim settle");
+    ok(&mut c, "modunload balloon");
+    assert_eq!(
+        run(&mut c, "xenstore-read control/feature-balloon").status,
+        1,
+        "removed at unload"
+    );
 }

@@ -227,7 +227,17 @@ fn boot_defaults() {
     let d = Domain::boot(DomainConfig::default());
     let boot = 262_144;
     assert_eq!(d.reservation(), boot);
-    assert_eq!(d.max_reservation(), 4 * boot);
+    // libxl_dom.c @021cd1c4: Xen's maximum is memory + 1 MiB; maxmem is
+    // only memory/static-max (KiB), beside memory/target.
+    assert_eq!(d.max_reservation(), boot + 256);
+    assert_eq!(
+        d.xenstore_read("memory/static-max"),
+        Some((16 * boot).to_string())
+    );
+    assert_eq!(
+        d.xenstore_read("memory/target"),
+        Some((4 * boot).to_string())
+    );
     assert_eq!(d.segments(), vec![(256, 256 + boot)]);
     let u = d.uvmexp();
     assert_eq!(u.npages as u64, boot);
@@ -240,7 +250,7 @@ fn boot_defaults() {
     assert_eq!(d.xenstore_read("memory/target").unwrap(), "1048576");
     assert_eq!(d.xenstore_read("memory/static-max").unwrap(), "4194304");
     assert_eq!(query(CURRENT, DOMID_SELF), boot as c_int);
-    assert_eq!(query(MAXIMUM, DOMID_SELF), 4 * boot as c_int);
+    assert_eq!(query(MAXIMUM, DOMID_SELF), (boot + 256) as c_int);
     assert_eq!(query(CURRENT, 3), -3);
     assert_eq!(query(99, DOMID_SELF), -38);
     d.check().unwrap();
@@ -305,6 +315,68 @@ fn check_finds_broken_invariants() {
 }
 
 #[test]
+fn libxl_mem_set_and_mem_max_and_the_pvh_special_pages() {
+    let d = Domain::boot(DomainConfig::pvh().boot_mib(64).max_mib(128));
+    let boot = 64 * 256;
+    // xg_dom_x86.c: 8 special pages below 0xff000, counted by Xen.
+    assert_eq!(d.reservation(), boot + 8);
+    assert_eq!(d.memory(), boot);
+    d.check().unwrap();
+    // libxl_set_memory_target: Xen's maximum first (target + 1 MiB, up or
+    // down), then memory/target; above static-max nothing changes.
+    d.try_xl_mem_set(100 * 1024).unwrap();
+    assert_eq!(d.max_reservation(), 101 * 256);
+    assert_eq!(d.xenstore_read("memory/target").as_deref(), Some("102400"));
+    d.try_xl_mem_set(32 * 1024).unwrap();
+    assert_eq!(
+        d.max_reservation(),
+        33 * 256,
+        "below the reservation: Xen allows it"
+    );
+    d.check().unwrap();
+    let e = d.try_xl_mem_set(129 * 1024).unwrap_err();
+    assert!(e.0.contains("memory_dynamic_max"), "{e:?}");
+    assert_eq!(d.xenstore_read("memory/target").as_deref(), Some("32768"));
+    // libxl_domain_setmaxmem: not below the target; static-max untouched.
+    assert!(d
+        .xl_mem_max(16 * 1024)
+        .unwrap_err()
+        .0
+        .contains("memory_static_max"));
+    d.xl_mem_max(512 * 1024).unwrap();
+    assert_eq!(d.max_reservation(), 513 * 256);
+    assert_eq!(
+        d.xenstore_read("memory/static-max").as_deref(),
+        Some("131072")
+    );
+    // A resume drops what the guest wrote and fires every watch again;
+    // without watches nothing fires.
+    d.xenstore_write("control/shutdown", "");
+    d.resume();
+    assert_eq!(d.xenstore_read("control/shutdown").as_deref(), Some(""));
+}
+
+#[test]
+fn dmesg_lines_carry_the_kernel_stamp() {
+    let d = Domain::boot(small());
+    let buf = d.dmesg_msgbuf();
+    let plain = d.dmesg();
+    assert_eq!(buf.len(), plain.len());
+    for (raw, text) in buf.iter().zip(&plain) {
+        // subr_prf.c 1.201 addtstamp: "[% 4jd.%.7ld] " before each line.
+        let (stamp, rest) = raw.split_at(raw.find("] ").unwrap() + 2);
+        assert_eq!(rest, text);
+        assert!(stamp.starts_with('[') && stamp.len() >= 14, "{stamp:?}");
+        let (sec, frac) = stamp[1..stamp.len() - 2].split_once('.').unwrap();
+        assert!(
+            sec.len() >= 4 && sec.trim_start().parse::<u64>().is_ok(),
+            "{stamp:?}"
+        );
+        assert_eq!(frac.len(), 7, "{stamp:?}");
+    }
+}
+
+#[test]
 fn hypercall_partial_results() {
     let d = Domain::boot(small().max_mib(17).host_free_mib(1));
     let room = 256; // 17 MiB - 16 MiB
@@ -353,6 +425,8 @@ fn pvh_populate_plug_pglist_unplug() {
     let d = Domain::boot(small().mode(Mode::Pvh));
     assert_eq!(globals::vm_guest.get(), 3);
     assert!(globals::xpmap_phys_to_machine_mapping.get().is_null());
+    // libxl's maximum is memory + 1 MiB: raise it as xl mem-max would.
+    d.set_max_reservation(d.max_reservation() + 1024);
     let res0 = d.reservation();
     let (start, n) = (0x10000u64, 512u64);
     let mut g: Vec<u64> = (start..start + n).collect();
