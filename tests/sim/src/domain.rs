@@ -58,6 +58,38 @@ pub const LIBXL_MAXMEM_PAGES: u64 = 256;
 const SPECIAL_PFN_END: u64 = 0xff000;
 const SPECIAL_PAGES: u64 = 8;
 
+/// The PVH guest memory map below 4 GiB, as the toolstack builds it.
+/// libxl_x86.c `libxl__arch_domain_construct_memmap` (index id 310481453)
+/// gives XENMEM_memory_map (xc_domain_set_memory_map) one E820_RAM entry
+/// for low memory, one E820_ACPI entry per ACPI module and E820_RAM from
+/// 4 GiB up; nothing else below 4 GiB is RAM. libxl_x86_acpi.c (id
+/// 325743651) puts the ACPI tables at ACPI_INFO_PHYSICAL_ADDRESS
+/// 0xfc000000 (NUM_ACPI_PAGES 16); libxl_arch.h (id 936710) has the local
+/// APIC at LAPIC_BASE_ADDRESS 0xfee00000; xg_dom_x86.c puts the special
+/// pages just below 0xff000000. So [0xfc000000, 4 GiB) holds the guest's
+/// firmware tables, rings and emulated devices, and no RAM may be
+/// populated there.
+pub const RESERVED_BELOW_4G: (u64, u64) = (0xfc000, 0x100000);
+const ACPI_PFN: u64 = 0xfc000;
+const ACPI_PAGES: u64 = 16;
+const LAPIC_PFN: u64 = 0xfee00;
+
+/// What a PVH gfn in the reserved range below 4 GiB holds, or None.
+pub(crate) fn reserved_gfn(g: u64) -> Option<&'static str> {
+    if !(RESERVED_BELOW_4G.0..RESERVED_BELOW_4G.1).contains(&g) {
+        return None;
+    }
+    Some(if (ACPI_PFN..ACPI_PFN + ACPI_PAGES).contains(&g) {
+        "ACPI tables"
+    } else if g == LAPIC_PFN {
+        "local APIC"
+    } else if (SPECIAL_PFN_END - SPECIAL_PAGES..SPECIAL_PFN_END).contains(&g) {
+        "special page (xenstore/console ring)"
+    } else {
+        "reserved (below 4 GiB, above the RAM hole)"
+    })
+}
+
 /// Why libxl refused an `xl mem-set` or `xl mem-max`: libxl's own log
 /// line (libxl_mem.c @0241809b).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +288,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         slabs: Vec::new(),
         seg_slab: HashMap::new(),
         physseg_unlocked_changes: 0,
+        replaced_gfns: Vec::new(),
+        reserved_hits: Vec::new(),
         segs: Vec::new(),
         arrays: Vec::new(),
         free: BTreeSet::new(),
@@ -307,6 +341,11 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         }
     }
     if k.cfg.mode == Mode::Pvh {
+        let (lo, hi) = RESERVED_BELOW_4G;
+        assert!(
+            k.segs.iter().all(|s| s.end <= lo || s.start >= hi),
+            "DomainConfig: a PVH boot segment overlaps [{lo:#x}, {hi:#x}), which is not RAM"
+        );
         // xg_dom_x86.c @1d896a0e alloc_magic_pages_hvm: the domain builder
         // populates X86_HVM_NR_SPECIAL_PAGES (8) special pages (xenstore
         // and console rings, ioreq, ...) at special_pfn(i) =
@@ -849,6 +888,20 @@ fn check_kernel(k: &mut Kernel) -> Result<(), String> {
             }
         }
         Mode::Pvh => {
+            if let Some(g) = k.replaced_gfns.first() {
+                errs.push(format!(
+                    "populate_physmap replaced {} populated gfns (first {g:#x}, {}): \
+                     their pages are orphaned",
+                    k.replaced_gfns.len(),
+                    reserved_gfn(*g).unwrap_or("RAM")
+                ));
+            }
+            if let Some((g, what)) = k.reserved_hits.first() {
+                errs.push(format!(
+                    "{} gfns populated in the reserved range below 4 GiB (first {g:#x}: {what})",
+                    k.reserved_hits.len()
+                ));
+            }
             let mut out: Vec<u64> = k
                 .populated
                 .keys()

@@ -170,6 +170,10 @@ pub(crate) struct Kernel {
     /// Segment-tree changes made with no lock while other CPUs may read
     /// the tree (PHYS_TO_VM_PAGE): every plug and unplug.
     pub physseg_unlocked_changes: u64,
+    /// PVH gfns populate_physmap populated again (the old page orphaned).
+    pub replaced_gfns: Vec<u64>,
+    /// PVH gfns populated inside reserved parts of the guest memory map.
+    pub reserved_hits: Vec<(u64, &'static str)>,
     // xenstore / xenbus
     pub store: BTreeMap<String, String>,
     pub watches: Vec<(usize, String)>,

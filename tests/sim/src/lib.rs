@@ -29,6 +29,7 @@ mod xen;
 
 pub use config::{DomainConfig, Faults, Mode};
 pub use domain::balloon_module;
+pub use domain::RESERVED_BELOW_4G;
 pub use domain::{test_module, Domain, FaultsMut, SimModinfo, View, XlError, LIBXL_MAXMEM_PAGES};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use sysctl::SysctlValue;

@@ -150,8 +150,21 @@ impl Kernel {
                 let room = self.grow_room(self.faults.populate_limit) as usize;
                 while done < n.min(room) {
                     let g = ext[done];
-                    if g >= MAX_GPFN || self.populated.contains_key(&g) {
+                    if g >= MAX_GPFN {
                         break;
+                    }
+                    // Xen does not check that the gfn is free:
+                    // populate_physmap -> p2m_add_page (xen/arch/x86/mm/p2m.c,
+                    // index id 311561836: "First, remove m->p mappings for
+                    // existing p->m mappings") replaces what is mapped
+                    // there. The old page stays the domain's and counted,
+                    // but nothing maps it: a special page (xenstore or
+                    // console ring) is lost, RAM content is lost.
+                    if self.populated.contains_key(&g) {
+                        self.replaced_gfns.push(g);
+                    }
+                    if let Some(what) = crate::domain::reserved_gfn(g) {
+                        self.reserved_hits.push((g, what));
                     }
                     self.host_alloc();
                     self.populated.insert(g, 0);

@@ -992,3 +992,38 @@ fn unplug_is_off_by_default_and_each_cycle_with_it_leaks_a_vm_page_slab() {
         "unload frees no slab either"
     );
 }
+
+/// A PVH domain whose growth reaches 0xfc000000: the range up to 4 GiB
+/// holds ACPI tables, the local APIC and the xenstore/console rings
+/// (libxl_x86.c, libxl_x86_acpi.c, xg_dom_x86.c), and Xen populates over
+/// them without complaint. The driver must plug around it.
+#[test]
+fn pvh_growth_never_populates_the_reserved_range_below_4_gib() {
+    let d = Domain::boot(
+        DomainConfig::default()
+            .mode(Mode::Pvh)
+            .boot_mib(4000)
+            .max_mib(4400)
+            .host_free_mib(1024),
+    );
+    d.modload(balloon_module()).expect("modload");
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    d.xl_mem_set(4300 * KIB_PER_MIB);
+    assert!(
+        d.wait_until(|v| v.reservation() >= 4300 * MIB, WAIT),
+        "{}",
+        state(&d)
+    );
+    settle(&d);
+    d.check()
+        .expect("nothing populated over the reserved range");
+    let (lo, hi) = balloon_sim::RESERVED_BELOW_4G;
+    for (s, e) in d.segments() {
+        assert!(e <= lo || s >= hi, "segment [{s:#x}, {e:#x}) in the hole");
+    }
+    assert!(
+        d.segments().iter().any(|&(s, _)| s >= hi),
+        "{:?}",
+        d.segments()
+    );
+}
