@@ -227,6 +227,7 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
             max_segment: Pages(32768),
             frame_limit: Pfn(PAGES * 8),
             floor: Pfn(PAGES),
+            hole: None,
         },
     })
     .unwrap();

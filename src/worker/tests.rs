@@ -85,6 +85,7 @@ impl Model {
                 max_segment: Pages(32 * MIB),
                 frame_limit: Pfn(4096 * MIB),
                 floor: Pfn(0),
+                hole: None,
             },
         })
         .unwrap()
