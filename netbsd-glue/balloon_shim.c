@@ -543,7 +543,7 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Zero pages before they are given to Xen"),
 	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
 	    "Grow past boot memory with uvm_physseg_plug "
-	    "(needs options UVM_HOTPLUG)"),
+	    "(needs options UVM_HOTPLUG and the kernel growth interfaces)"),
 	BN_BOOL_RW("unplug", BALLOON_V_UNPLUG,
 	    "Unplug hot-plugged segments once fully ballooned"),
 	BN_TEXT("state", BALLOON_T_STATE,
@@ -664,7 +664,7 @@ balloon_sysctl_table(struct balloon_softc *sc,
 	for (i = 0; i < n; i++) {
 		bn = &table[i];
 		flags = bn->bn_writable ? CTLFLAG_READWRITE : CTLFLAG_READONLY;
-		/* Without UVM_HOTPLUG hotplug stays off and cannot be set. */
+		/* A kernel that cannot grow: hotplug stays off, read-only. */
 		if (bn->bn_value == BALLOON_V_HOTPLUG &&
 		    bn->bn_kind == BALLOON_NODE_BOOL && !hotplug)
 			flags = CTLFLAG_READONLY;
@@ -749,6 +749,81 @@ balloon_stop(struct balloon_softc *sc)
 	sc->sc_worker = NULL;
 }
 
+/*
+ * The kernel growth interfaces of docs/kernel-growth.md section 6, looked
+ * up by name in the kernel's own symbol table ("netbsd", globals only) and
+ * never linked against, so that the module loads on stock kernels. No
+ * stock kernel has them; plug is used only when every name of the mode's
+ * set resolves (all or nothing).
+ */
+static const char *const balloon_growth_pv[] = {
+	"uvm_physseg_hotplug_add", "uvm_physseg_hotplug_remove",
+	"xpmap_p2m_limit", "xpmap_p2m_grow",
+};
+static const char *const balloon_growth_pvh[] = {
+	"uvm_physseg_hotplug_add", "uvm_physseg_hotplug_remove",
+	"pmap_growdirectmap", "xenmem_alloc_pa", "xenmem_free_pa",
+};
+
+/* xpmap_p2m_limit(), when the PV growth set resolved. */
+static paddr_t (*balloon_p2m_limit)(void);
+
+/*
+ * Decides whether this kernel can take a plug and, if not, why (the
+ * first reason of docs/kernel-growth.md section 8 that applies).
+ */
+static enum balloon_growth
+balloon_growth_probe(bool pv, bool uvm_hotplug)
+{
+	const char *const *set = pv ? balloon_growth_pv : balloon_growth_pvh;
+	size_t n = pv ? __arraycount(balloon_growth_pv) :
+	    __arraycount(balloon_growth_pvh);
+	unsigned long addr[__arraycount(balloon_growth_pvh)];
+	const char *missing = NULL;
+	size_t i, found = 0;
+
+	balloon_p2m_limit = NULL;
+	for (i = 0; i < n; i++) {
+		if (ksyms_getval("netbsd", set[i], &addr[i],
+		    KSYMS_EXTERN) == 0)
+			found++;
+		else if (missing == NULL)
+			missing = set[i];
+	}
+	if (found != 0 && found != n)
+		printf("%s: kernel growth interfaces incomplete (%s missing), "
+		    "using none\n", BALLOON_XNAME, missing);
+	if (pv) {
+		if (!uvm_hotplug || found != n)
+			return BALLOON_GROWTH_PV_P2M;
+		balloon_p2m_limit = (paddr_t (*)(void))addr[2];
+		return BALLOON_GROWTH_AVAILABLE;
+	}
+	if (!uvm_hotplug)
+		return BALLOON_GROWTH_NO_UVM_HOTPLUG;
+	if (found != n)
+		return BALLOON_GROWTH_PVH_DIRECT_MAP;
+	return BALLOON_GROWTH_AVAILABLE;
+}
+
+/* The reason in the load line, or NULL when growth is available. */
+static const char *
+balloon_growth_reason(enum balloon_growth g)
+{
+
+	switch (g) {
+	case BALLOON_GROWTH_AVAILABLE:
+		return NULL;
+	case BALLOON_GROWTH_PV_P2M:
+		return "PV: the p2m ends at boot memory";
+	case BALLOON_GROWTH_NO_UVM_HOTPLUG:
+		return "kernel lacks options UVM_HOTPLUG";
+	default:
+		return "PVH: the direct map ends at boot memory "
+		    "(x86/pmap.c pmap_init_directmap)";
+	}
+}
+
 /* Fills in what the core needs to know about this domain. */
 static int
 balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
@@ -771,7 +846,7 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 	bi->reservation_pages = (uint64_t)cur;
 	bi->max_reservation_pages = (uint64_t)max;
 	bi->freemin_pages = (uint64_t)MAX(uvmexp.freemin, 0);
-	bi->hotplug_supported = hotplug;
+	bi->growth = balloon_growth_probe(bi->mode == BALLOON_GUEST_PV, hotplug);
 	bi->nsegments = hotplug ?
 	    balloon_physseg_walk_hotplug(bi->segments,
 		BALLOON_MAX_BOOT_SEGMENTS) :
@@ -798,6 +873,9 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 		bi->frame_limit_pfn =
 		    (xen_start_info.nr_pages + per - 1) / per * per;
 		bi->plug_floor_pfn = xen_start_info.nr_pages;
+		/* Kernel-assisted: the reserved p2m (kernel-growth.md 4.2). */
+		if (balloon_p2m_limit != NULL)
+			bi->frame_limit_pfn = balloon_p2m_limit();
 #endif
 	} else {
 		bi->frame_limit_pfn = top + bi->max_reservation_pages;
@@ -813,7 +891,7 @@ balloon_init(void)
 	struct balloon_boot_info *bi;
 	char staticmax[BALLOON_XS_VALUE_LEN];
 	unsigned long sym;
-	bool hotplug;
+	bool hotplug, growth;
 	int error;
 
 	if (vm_guest != VM_GUEST_XENPV && vm_guest != VM_GUEST_XENPVH &&
@@ -860,18 +938,23 @@ balloon_init(void)
 		snprintf(staticmax, sizeof(staticmax), "unknown");
 	if (error == 0)
 		printf("%s: %s guest, %llu KiB of %llu KiB maximum "
-		    "(memory/static-max %s), hotplug %s\n", BALLOON_XNAME,
+		    "(memory/static-max %s), hotplug %s%s%s\n", BALLOON_XNAME,
 		    bi->mode == BALLOON_GUEST_PV ? "PV" : "PVH",
 		    (unsigned long long)bi->reservation_pages * (PAGE_SIZE / 1024),
 		    (unsigned long long)bi->max_reservation_pages *
 		    (PAGE_SIZE / 1024), staticmax,
-		    hotplug ? "available" : "unavailable (no UVM_HOTPLUG)");
+		    bi->growth == BALLOON_GROWTH_AVAILABLE ? "available" :
+		    "unavailable (",
+		    bi->growth == BALLOON_GROWTH_AVAILABLE ? "" :
+		    balloon_growth_reason(bi->growth),
+		    bi->growth == BALLOON_GROWTH_AVAILABLE ? "" : ")");
+	growth = bi->growth == BALLOON_GROWTH_AVAILABLE;
 	kmem_free(bi, sizeof(*bi));
 	if (error != 0)
 		goto fail_lock;
 	balloon_limit_refresh(sc);
 
-	error = balloon_sysctl_init(sc, hotplug);
+	error = balloon_sysctl_init(sc, growth);
 	if (error != 0) {
 		printf("%s: cannot create hw.balloon: error %d\n",
 		    BALLOON_XNAME, error);

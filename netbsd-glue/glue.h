@@ -58,6 +58,17 @@ enum balloon_guest_mode {
 	BALLOON_GUEST_PVH = 2	/* auto-translated; GPFNs in hypercalls */
 };
 
+/*
+ * Why the domain cannot grow past the memory it booted with (the first
+ * that applies; docs/kernel-growth.md section 8), or that it can.
+ */
+enum balloon_growth {
+	BALLOON_GROWTH_AVAILABLE = 0,	/* UVM_HOTPLUG and the growth set */
+	BALLOON_GROWTH_PV_P2M = 1,	/* PV without the PV set */
+	BALLOON_GROWTH_NO_UVM_HOTPLUG = 2,	/* PVH, no options UVM_HOTPLUG */
+	BALLOON_GROWTH_PVH_DIRECT_MAP = 3	/* PVH, UVM_HOTPLUG, no PVH set */
+};
+
 /* What the shim found at MODULE_CMD_INIT. */
 struct balloon_boot_info {
 	enum balloon_guest_mode	mode;
@@ -66,7 +77,7 @@ struct balloon_boot_info {
 	uint64_t	freemin_pages;		/* uvmexp.freemin */
 	uint64_t	frame_limit_pfn;	/* first frame that cannot be used */
 	uint64_t	plug_floor_pfn;		/* plug no frame below this */
-	bool		hotplug_supported;	/* options UVM_HOTPLUG */
+	enum balloon_growth growth;	/* can it plug, or why not */
 	size_t		nsegments;
 	struct balloon_frame_range segments[BALLOON_MAX_BOOT_SEGMENTS];
 };

@@ -40,6 +40,8 @@ pub mod backoff;
 pub mod driver;
 pub mod errno;
 pub mod extents;
+pub mod frameset;
+pub mod logline;
 pub mod policy;
 pub mod ratelimit;
 pub mod segments;

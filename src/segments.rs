@@ -17,8 +17,9 @@
 //!   reused by a plug while backed;
 //! - **absent**: in no segment.
 //!
-//! Ballooned frames are stored as runs ([`Extents`]), so memory grows with
-//! the number of runs, not pages. Segments are few (each is at least one
+//! Ballooned frames are stored as a bitmap ([`FrameBits`]): one bit per
+//! frame of the span, grown fallibly at attach and before a plug is
+//! backed, so recording a step never allocates. Segments are few (each is at least one
 //! plug's worth of frames) and sit in a B-tree keyed by first frame.
 //!
 //! Hot-plugged segments always lie above every boot segment (each new one
@@ -30,6 +31,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::extents::{ExtentError, Extents};
+use crate::frameset::FrameBits;
 use crate::units::{Pages, Pfn, PfnRange};
 
 /// Where a segment came from.
@@ -115,6 +117,8 @@ pub enum SegmentError {
     /// A pending segment is not backed the way the operation needs
     /// (frames backed out of order, or plugged before fully backed).
     NotBacked(PfnRange),
+    /// The kernel had no memory for the bookkeeping of a new span.
+    NoMemory,
 }
 
 /// Frame counts by state.
@@ -136,8 +140,6 @@ pub struct FrameCounts {
     pub plugged: Pages,
     /// Live plugged segments.
     pub plugged_segments: usize,
-    /// Runs of ballooned frames: what the bookkeeping's size follows.
-    pub ballooned_runs: usize,
 }
 
 /// Where the next hot-plugged segment may go.
@@ -163,7 +165,7 @@ pub struct PlugLimits {
 #[derive(Clone, Debug)]
 pub struct FrameSpace {
     segments: BTreeMap<u64, Segment>,
-    ballooned: Extents,
+    ballooned: FrameBits,
     /// Frames backed by Xen for a plug that did not happen.
     stranded: Extents,
     /// Frames of all live segments, kept so `populated()` is O(1).
@@ -176,10 +178,17 @@ impl FrameSpace {
     pub fn new(boot: &[PfnRange]) -> Result<FrameSpace, SegmentError> {
         let mut space = FrameSpace {
             segments: BTreeMap::new(),
-            ballooned: Extents::new(),
+            ballooned: FrameBits::new(),
             stranded: Extents::new(),
             live: Pages::ZERO,
         };
+        // The bitmap first: it is the large allocation, and it fails
+        // rather than waits.
+        let end = boot.iter().map(|r| r.end()).max().unwrap_or_default();
+        space
+            .ballooned
+            .try_cover(end)
+            .map_err(|_| SegmentError::NoMemory)?;
         for &range in boot {
             space.add_segment(range, Origin::Boot, Life::Live)?;
         }
@@ -229,14 +238,6 @@ impl FrameSpace {
     pub fn segment_of(&self, pfn: Pfn) -> Option<&Segment> {
         self.segments
             .range(..=pfn.0)
-            .next_back()
-            .map(|(_, s)| s)
-            .filter(|s| s.range.contains(pfn))
-    }
-
-    fn segment_of_mut(&mut self, pfn: Pfn) -> Option<&mut Segment> {
-        self.segments
-            .range_mut(..=pfn.0)
             .next_back()
             .map(|(_, s)| s)
             .filter(|s| s.range.contains(pfn))
@@ -301,7 +302,6 @@ impl FrameSpace {
     pub fn counts(&self) -> FrameCounts {
         let mut c = FrameCounts {
             ballooned: self.ballooned.total(),
-            ballooned_runs: self.ballooned.run_count(),
             ..FrameCounts::default()
         };
         c.stranded = self.stranded.total();
@@ -322,72 +322,106 @@ impl FrameSpace {
         c
     }
 
+    /// Runs of ballooned frames (a scan of the bitmap: for figures and
+    /// tests).
+    pub fn ballooned_runs(&self) -> usize {
+        self.ballooned.run_count()
+    }
+
+    /// Heap bytes of the ballooned-frame bitmap.
+    pub fn bookkeeping_bytes(&self) -> usize {
+        self.ballooned.heap_bytes()
+    }
+
     /// Records frames just given to Xen (the leading frames a decrease
     /// hypercall reported done; a partial batch passes only those).
     /// Every frame must be populated and appear once; otherwise nothing
-    /// is recorded and the lowest offender is named. Frames are sorted
-    /// and merged into runs first, so a contiguous batch costs one
-    /// B-tree update, not one per frame.
+    /// is recorded and the first offender is named. One bit per frame,
+    /// any order; no allocation.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        let mut sorted: Vec<Pfn> = frames.to_vec();
-        crate::sort::sort(&mut sorted);
-        let mut pieces: Vec<PfnRange> = Vec::new();
-        let mut i = 0;
-        while i < sorted.len() {
-            let start = sorted[i];
-            let mut end = start;
-            while let Some(&next) = sorted.get(i + 1) {
-                if next == end {
-                    return Err(SegmentError::Duplicate(next));
+        let mut cur: Option<Segment> = None;
+        for (i, &pfn) in frames.iter().enumerate() {
+            let seg = match cur.filter(|s| s.range.contains(pfn)) {
+                Some(s) => Some(s),
+                None => self.segment_of(pfn).copied(),
+            };
+            cur = seg;
+            let refused = match seg {
+                None => Some(FrameState::Absent),
+                Some(s) if s.life == Life::Pending => Some(FrameState::Unpopulated),
+                Some(_) if !self.ballooned.insert_one(pfn) => Some(FrameState::Ballooned),
+                Some(_) => None,
+            };
+            if let Some(state) = refused {
+                for &done in frames.get(..i).unwrap_or(&[]) {
+                    self.ballooned.remove_one(done);
                 }
-                if Some(next) != end.checked_add(Pages(1)) {
-                    break;
-                }
-                end = next;
-                i += 1;
-            }
-            i += 1;
-            let run = PfnRange::new(start, end)
-                .and_then(|r| PfnRange::with_len(r.start(), r.len().saturating_add(Pages(1))))
-                .ok_or(SegmentError::WrongState(end, FrameState::Absent))?;
-            self.populated_pieces(run, &mut pieces)?;
-        }
-        for &piece in &pieces {
-            // Cannot fail: every piece was checked to hold no ballooned
-            // frame, and pieces are disjoint.
-            self.ballooned
-                .insert(piece)
-                .map_err(|_| SegmentError::Duplicate(piece.start()))?;
-            if let Some(seg) = self.segment_of_mut(piece.start()) {
-                seg.ballooned = seg.ballooned.saturating_add(piece.len());
+                // Set before this batch, or earlier in this batch.
+                return Err(match state {
+                    FrameState::Ballooned if !self.ballooned.contains(pfn) => {
+                        SegmentError::Duplicate(pfn)
+                    }
+                    state => SegmentError::WrongState(pfn, state),
+                });
             }
         }
+        // Per-segment counts, a segment at a time.
+        let mut run: Option<(u64, PfnRange, u64)> = None;
+        for &pfn in frames {
+            match &mut run {
+                Some((_, range, n)) if range.contains(pfn) => *n += 1,
+                _ => {
+                    self.flush_count(run.take());
+                    run = self
+                        .segment_of(pfn)
+                        .map(|s| (s.range.start().0, s.range, 1));
+                }
+            }
+        }
+        self.flush_count(run);
         Ok(())
     }
 
-    /// Splits `run` at segment boundaries into `out`, checking that every
-    /// frame is populated.
-    fn populated_pieces(&self, run: PfnRange, out: &mut Vec<PfnRange>) -> Result<(), SegmentError> {
-        let mut pos = run.start();
-        while pos < run.end() {
-            let seg = self
-                .segment_of(pos)
-                .ok_or(SegmentError::WrongState(pos, FrameState::Absent))?;
-            if seg.life == Life::Pending {
-                return Err(SegmentError::WrongState(pos, FrameState::Unpopulated));
+    fn flush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
+        if let Some((key, _, n)) = run {
+            if let Some(seg) = self.segments.get_mut(&key) {
+                seg.ballooned = seg.ballooned.saturating_add(Pages(n));
             }
-            let piece = PfnRange::new(pos, run.end().min(seg.range.end()))
-                .ok_or(SegmentError::WrongState(pos, FrameState::Absent))?;
-            if let Some(taken) = self.ballooned.clipped(piece).next() {
-                return Err(SegmentError::WrongState(
-                    taken.start(),
-                    FrameState::Ballooned,
-                ));
-            }
-            out.push(piece);
-            pos = piece.end();
         }
+    }
+
+    /// Checks, changing nothing in the end, that
+    /// [`FrameSpace::record_inflated`] would accept `frames`: every frame
+    /// populated and appearing once. The driver asks before any frame
+    /// goes to Xen, so that the record after the hypercall cannot be
+    /// refused. No allocation.
+    pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        self.record_inflated(frames)?;
+        for &pfn in frames {
+            self.ballooned.remove_one(pfn);
+        }
+        let mut run: Option<(u64, PfnRange, u64)> = None;
+        for &pfn in frames {
+            match &mut run {
+                Some((_, range, n)) if range.contains(pfn) => *n += 1,
+                _ => {
+                    self.unflush_count(run.take());
+                    run = self
+                        .segment_of(pfn)
+                        .map(|s| (s.range.start().0, s.range, 1));
+                }
+            }
+        }
+        self.unflush_count(run);
         Ok(())
+    }
+
+    fn unflush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
+        if let Some((key, _, n)) = run {
+            if let Some(seg) = self.segments.get_mut(&key) {
+                seg.ballooned = seg.ballooned.saturating_sub(Pages(n));
+            }
+        }
     }
 
     /// Chooses up to `max` ballooned frames to take back from Xen: boot
@@ -405,6 +439,46 @@ impl FrameSpace {
             out.push(take);
         }
         out
+    }
+
+    /// Where the next deflate starts and how many frames it takes: the
+    /// lowest ballooned frame and `min(max, ballooned)`. Boot memory comes
+    /// first, then plugged segments, because they lie above it. `None`
+    /// when nothing is ballooned. No allocation: the frames are read with
+    /// [`FrameSpace::ballooned_from`] as the step goes.
+    pub fn deflate_cursor(&self, max: Pages) -> Option<(Pfn, Pages)> {
+        let first = self.ballooned.first()?;
+        let count = max.min(self.ballooned.total());
+        (!count.is_zero()).then_some((first, count))
+    }
+
+    /// Ballooned frames at or after `from`, lowest first.
+    pub fn ballooned_from(&self, from: Pfn) -> impl Iterator<Item = Pfn> + '_ {
+        self.ballooned.iter_from(from)
+    }
+
+    /// Records that the first `n` ballooned frames at or after `from` are
+    /// backed again and back in UVM. Refused, changing nothing, when
+    /// there are fewer. A word of the bitmap at a time; no allocation.
+    pub fn record_deflated_from(&mut self, from: Pfn, n: Pages) -> Result<(), SegmentError> {
+        if self.ballooned.count_from(from, n) < n {
+            return Err(SegmentError::WrongState(from, self.state(from)));
+        }
+        let mut left = n;
+        for seg in self.segments.values_mut() {
+            if left.is_zero() {
+                break;
+            }
+            if seg.range.end() <= from {
+                continue;
+            }
+            let got =
+                self.ballooned
+                    .remove_first(from.max(seg.range.start()), seg.range.end(), left);
+            seg.ballooned = seg.ballooned.saturating_sub(got);
+            left = left.saturating_sub(got);
+        }
+        Ok(())
     }
 
     /// Records that these ballooned frames are backed again and back in
@@ -494,7 +568,8 @@ impl FrameSpace {
     /// Marks `range` as a segment being prepared, none of it backed yet.
     /// It must not overlap any segment or stranded frame (those are still
     /// backed: a plug there would back them twice), and must lie above
-    /// every existing segment.
+    /// every existing segment. The bitmap is grown to cover it here, the
+    /// one allocation of a plug; [`SegmentError::NoMemory`] when it fails.
     pub fn begin_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
         if range.start() < self.span_end() {
             if let Some(other) = self.overlapping(range) {
@@ -505,6 +580,9 @@ impl FrameSpace {
         if let Some(taken) = self.stranded.clipped(range).next() {
             return Err(SegmentError::Overlap(taken));
         }
+        self.ballooned
+            .try_cover(range.end())
+            .map_err(|_| SegmentError::NoMemory)?;
         self.add_segment(range, Origin::Plugged, Life::Pending)
     }
 
@@ -628,7 +706,9 @@ impl FrameSpace {
             }
             _ => return Err(SegmentError::NoSuchSegment(range)),
         }
-        self.ballooned.remove_all_in(range);
+        self.ballooned
+            .remove(range)
+            .map_err(|_| SegmentError::NotFullyBallooned(range))?;
         self.segments.remove(&range.start().0);
         self.live = self.live.saturating_sub(range.len());
         Ok(())
@@ -926,7 +1006,7 @@ mod tests {
         assert_eq!(c.ballooned, Pages(2));
         assert_eq!(c.unpopulated, Pages(100));
         assert_eq!(c.boot, Pages(200));
-        assert_eq!(c.ballooned_runs, 2);
+        assert_eq!(fs.ballooned_runs(), 2);
         assert_eq!(fs.populated(), c.populated);
         assert_eq!(fs.pending_segment(), Some(r(512, 612)));
     }

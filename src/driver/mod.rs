@@ -25,15 +25,14 @@
 //! All of it is safe Rust; the FFI layer implements [`Platform`] over the
 //! shim, and tests implement it over a model.
 
-use alloc::format;
-use alloc::string::{String, ToString};
+use crate::logline::LogLine;
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Source, MAX_BATCH};
 use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Action, State, StepResult, WaitReason, Worker, WorkerError};
+use crate::worker::{Action, CancelReason, State, StepResult, WaitReason, Worker, WorkerError};
 
 /// How the guest addresses its memory in hypercalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +117,8 @@ pub struct Driver {
     mode: GuestMode,
     pfns: Vec<u64>,
     frames: Vec<u64>,
+    /// The frames of an inflate as the bookkeeping takes them.
+    given: Vec<Pfn>,
     stats: DriverStats,
     /// What was last reported to the log (state, target, memory held), so
     /// each outcome is said once.
@@ -126,7 +127,7 @@ pub struct Driver {
     budget: LogBudget,
     /// The newest line over budget, printed when the window reopens so
     /// the last outcome of a target storm is never lost.
-    held: Option<String>,
+    held: Option<LogLine>,
     /// Lines dropped since the last line printed.
     dropped: u64,
     /// The last value read from xenstore memory/target that was applied.
@@ -142,6 +143,7 @@ impl Driver {
             mode,
             pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
             frames: Vec::with_capacity(MAX_BATCH.0 as usize),
+            given: Vec::with_capacity(MAX_BATCH.0 as usize),
             stats: DriverStats::default(),
             reported: None,
             budget: LogBudget::default(),
@@ -194,7 +196,11 @@ impl Driver {
                 return Err(Errno::ERANGE);
             }
             Err(e) => {
-                self.say(p, now, format!("cannot read memory/target: error {}", e.0));
+                self.say(
+                    p,
+                    now,
+                    LogLine::format(format_args!("cannot read memory/target: error {}", e.0)),
+                );
                 return Err(e);
             }
         };
@@ -227,7 +233,11 @@ impl Driver {
             ShimFailure::WorkerRestart => "cannot restart the worker",
             ShimFailure::WatchRestart => "cannot watch memory/target again",
         };
-        self.say(p, now, format!("{what}: error {}", error.0));
+        self.say(
+            p,
+            now,
+            LogLine::format(format_args!("{what}: error {}", error.0)),
+        );
     }
 
     /// Asks the worker for the next action at `now` and carries it out.
@@ -239,12 +249,21 @@ impl Driver {
             Ok(Action::Sleep { until }) => StepStatus::Sleep(until.0.saturating_sub(now.0).max(1)),
             Ok(action) => {
                 if let Err(e) = self.carry_out(p, action, now) {
-                    self.say(p, now, format!("internal error, step dropped: {e:?}"));
+                    let line = if self.worker.stopped() {
+                        LogLine::format(format_args!("stopped: {}: {e:?}", self.worker.state()))
+                    } else {
+                        LogLine::format(format_args!("internal error, step dropped: {e:?}"))
+                    };
+                    self.say(p, now, line);
                 }
                 StepStatus::Again
             }
             Err(e) => {
-                self.say(p, now, format!("internal error: {e:?}"));
+                self.say(
+                    p,
+                    now,
+                    LogLine::format(format_args!("internal error: {e:?}")),
+                );
                 StepStatus::Idle
             }
         };
@@ -267,9 +286,9 @@ impl Driver {
     /// earlier goes first if the budget allows; a line over budget is
     /// held in place of any line held before it, which is then dropped
     /// for good (and only then counted as suppressed).
-    fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: String) {
+    fn say<P: Platform>(&mut self, p: &mut P, now: Uptime, line: LogLine) {
         self.flush_held(p, now);
-        if self.held.is_none() && self.print_within_budget(p, now, &line) {
+        if self.held.is_none() && self.print_within_budget(p, now, line.as_str()) {
             return;
         }
         if self.held.replace(line).is_some() {
@@ -280,7 +299,7 @@ impl Driver {
     /// Prints the held line if the budget allows it now.
     fn flush_held<P: Platform>(&mut self, p: &mut P, now: Uptime) {
         if let Some(line) = self.held.take() {
-            if !self.print_within_budget(p, now, &line) {
+            if !self.print_within_budget(p, now, line.as_str()) {
                 self.held = Some(line);
             }
         }
@@ -314,13 +333,16 @@ impl Driver {
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
-            p.log(&line);
+            p.log(line.as_str());
         }
     }
 
     fn print_dropped<P: Platform>(&mut self, p: &mut P) {
         if self.dropped > 0 {
-            p.log(&format!("{} earlier messages suppressed", self.dropped));
+            p.log(
+                LogLine::format(format_args!("{} earlier messages suppressed", self.dropped))
+                    .as_str(),
+            );
             self.dropped = 0;
         }
     }
@@ -330,6 +352,14 @@ impl Driver {
     /// worker then steers to its target again: after Ok the module
     /// unloads, after EBUSY it stays and goes on working.
     pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
+        if self.worker.stopped() {
+            // The bookkeeping no longer knows which frames are whose: a
+            // release could give pages to UVM twice or leave frames in
+            // Xen unaccounted. The module stays.
+            let line = LogLine::format(format_args!("cannot unload: {}", self.worker.state()));
+            self.say(p, now, line);
+            return Err(Errno::EBUSY);
+        }
         self.worker.begin_release();
         loop {
             match self.step(p, now) {
@@ -351,24 +381,24 @@ impl Driver {
 
     /// Why a release stopped short, for the log: what the step that fell
     /// short was.
-    fn release_refused(&self) -> String {
+    fn release_refused(&self) -> LogLine {
         let kib = |x: Pages| x.saturating_kib().0;
         let frames = self.worker.frames();
         if !frames.stranded().is_zero() {
-            return format!(
+            return LogLine::format(format_args!(
                 "cannot unload: {} KiB backed for a failed plug not yet given back: Xen took no more",
                 kib(frames.stranded())
-            );
+            ));
         }
         let left = kib(frames.ballooned());
         match self.worker.state() {
-            State::Waiting(WaitReason::UnplugFailed) => {
-                format!("{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment")
-            }
-            State::Waiting(WaitReason::ShortDeflate) => {
-                format!("{left} KiB still ballooned: Xen gave no more back")
-            }
-            other => format!("{left} KiB still ballooned: {other}"),
+            State::Waiting(WaitReason::UnplugFailed) => LogLine::format(format_args!(
+                "{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment"
+            )),
+            State::Waiting(WaitReason::ShortDeflate) => LogLine::format(format_args!(
+                "{left} KiB still ballooned: Xen gave no more back"
+            )),
+            other => LogLine::format(format_args!("{left} KiB still ballooned: {other}")),
         }
     }
 
@@ -392,10 +422,15 @@ impl Driver {
                 prefer,
                 scrub,
             } => self.inflate(p, count, prefer, scrub, now),
-            Action::Deflate { runs } => self.deflate(p, &runs, now),
+            Action::Deflate { from, count } => self.deflate(p, from, count, now),
             Action::Back { frames } => {
-                let pfns: Vec<u64> = frames.frames().map(|f| f.0).collect();
+                // The scratch list is taken out for the call and put back:
+                // no allocation.
+                let mut pfns = core::mem::take(&mut self.pfns);
+                pfns.clear();
+                pfns.extend(frames.frames().map(|f| f.0).take(MAX_BATCH.0 as usize));
                 let (done, error) = self.back_frames(p, &pfns);
+                self.pfns = pfns;
                 self.worker.complete(
                     StepResult::Backed {
                         done: Pages(done as u64),
@@ -434,6 +469,15 @@ impl Driver {
         self.pfns.resize(n, 0);
         let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
         self.pfns.truncate(got);
+        // The point of no return is the hypercall: everything the record
+        // after it could refuse is checked here, before anything moves.
+        self.given.clear();
+        self.given.extend(self.pfns.iter().map(|&f| Pfn(f)));
+        if let Err(e) = self.worker.check_inflate(&self.given) {
+            self.undo_refused_alloc(p);
+            self.worker.refuse_inflate();
+            return Err(e);
+        }
         // The test-only broken build skips zeroing (see Cargo.toml).
         let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
         if scrubbed {
@@ -455,8 +499,10 @@ impl Driver {
                     None => break,
                 }
             }
-            let unbacked: Vec<u64> = self.pfns.split_off(keep);
-            p.free_pages(&unbacked);
+            if let Some(unbacked) = self.pfns.get(keep..) {
+                p.free_pages(unbacked);
+            }
+            self.pfns.truncate(keep);
             for &pfn in &self.pfns {
                 p.p2m_clear(Pfn(pfn));
             }
@@ -488,14 +534,31 @@ impl Driver {
             self.stats.scrubbed = self.stats.scrubbed.saturating_add(done as u64);
         }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
-        let given: Vec<Pfn> = self.pfns[..done].iter().map(|&f| Pfn(f)).collect();
+        // The frames Xen took are the leading `done` of `pfns`, which are
+        // the leading frames of `given` (the PV cut above only drops a tail).
+        self.given.truncate(done);
         self.worker.complete(
             StepResult::Inflated {
-                frames: &given,
+                frames: &self.given,
                 error,
             },
             now,
         )
+    }
+
+    /// The bookkeeping refused the pages UVM gave for an inflate, before
+    /// any went to Xen: each page goes back to UVM once, except those
+    /// the bookkeeping says the driver holds already (ballooned), which
+    /// are kept: freeing them could put one page on the free lists twice.
+    fn undo_refused_alloc<P: Platform>(&mut self, p: &mut P) {
+        self.frames.clear();
+        self.frames.extend_from_slice(&self.pfns);
+        crate::sort::sort(&mut self.frames);
+        self.frames.dedup();
+        let space = self.worker.frames();
+        self.frames
+            .retain(|&f| space.state(Pfn(f)) != crate::segments::FrameState::Ballooned);
+        p.free_pages(&self.frames);
     }
 
     /// Backs `pfns` with memory from Xen; returns how many leading frames
@@ -528,12 +591,23 @@ impl Driver {
     fn deflate<P: Platform>(
         &mut self,
         p: &mut P,
-        runs: &[PfnRange],
+        from: Pfn,
+        count: Pages,
         now: Uptime,
     ) -> Result<(), WorkerError> {
-        let pfns: Vec<u64> = runs.iter().flat_map(|r| r.frames()).map(|f| f.0).collect();
+        let mut pfns = core::mem::take(&mut self.pfns);
+        pfns.clear();
+        let n = count.min(MAX_BATCH).0 as usize;
+        pfns.extend(
+            self.worker
+                .frames()
+                .ballooned_from(from)
+                .take(n)
+                .map(|f| f.0),
+        );
         let (done, error) = self.back_frames(p, &pfns);
-        p.free_pages(&pfns[..done]);
+        p.free_pages(pfns.get(..done).unwrap_or(&[]));
+        self.pfns = pfns;
         self.worker.complete(
             StepResult::Deflated {
                 done: Pages(done as u64),
@@ -612,28 +686,36 @@ impl Driver {
             return;
         }
         let kib = |x: Pages| x.saturating_kib().0;
-        let line: Option<String> = match state {
+        let line: Option<LogLine> = match state {
             // Unloading: the target no longer counts.
-            State::Idle if self.worker.releasing() => Some(format!(
+            State::Idle if self.worker.releasing() => Some(LogLine::format(format_args!(
                 "returned all ballooned memory: {} KiB",
                 kib(self.worker.as_toolstack(self.worker.current()))
-            )),
+            ))),
             // Sizes as the toolstack counts them (memory/target).
-            State::Idle => Some(format!(
+            State::Idle => Some(LogLine::format(format_args!(
                 "at target: {} KiB ({} KiB ballooned)",
                 kib(self.worker.as_toolstack(self.worker.current())),
                 kib(self.worker.frames().ballooned())
-            )),
+            ))),
+            // docs/kernel-growth.md section 8: one line with the reason.
+            State::Cancelled(CancelReason::Clipped(g)) => Some(LogLine::format(format_args!(
+                "target {} KiB clipped to {} KiB: {}",
+                kib(self.worker.as_toolstack(target)),
+                kib(self.worker.as_toolstack(self.worker.current())),
+                g.refusal().unwrap_or("growth refused")
+            ))),
             // The reason as hw.balloon.state gives it, with the last
             // shortfall for "retries exhausted".
             State::Cancelled(_) => {
-                let text = state.to_string();
-                Some(format!(
+                let text = LogLine::format(format_args!("{state}"));
+                let text = text.as_str();
+                Some(LogLine::format(format_args!(
                     "giving up on target {} KiB at {} KiB: {}",
                     kib(self.worker.as_toolstack(target)),
                     kib(self.worker.as_toolstack(self.worker.current())),
-                    text.strip_prefix("cancelled: ").unwrap_or(&text)
-                ))
+                    text.strip_prefix("cancelled: ").unwrap_or(text)
+                )))
             }
             _ => None,
         };

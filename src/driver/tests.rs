@@ -2,11 +2,13 @@
 //! hypercalls and frees, and the undo of partial steps.
 
 use super::*;
+use crate::ffi::test_alloc::{allocations, failing, uncounted};
 use crate::policy::Source;
 use crate::segments::PlugLimits;
 use crate::units::Kib;
 use crate::worker::{Boot, State};
 use std::collections::{BTreeMap, BTreeSet};
+use std::format;
 use std::string::String;
 use std::vec::Vec;
 
@@ -33,6 +35,9 @@ struct Model {
     log: Vec<String>,
     /// The most frames any one reservation hypercall was given.
     max_extents: usize,
+    /// A fault: the next allocation hands out this page first (one the
+    /// bookkeeping does not think populated).
+    stray: Option<u64>,
 }
 
 impl Model {
@@ -54,6 +59,7 @@ impl Model {
             zeroed: BTreeSet::new(),
             log: Vec::new(),
             max_extents: 0,
+            stray: None,
         };
         for pfn in 0..pages {
             let f = m.new_frame(pfn);
@@ -81,6 +87,12 @@ impl Model {
 impl Platform for Model {
     fn alloc_pages(&mut self, out: &mut [u64], _prefer: Option<PfnRange>) -> usize {
         let mut n = 0;
+        if let (Some(pg), Some(slot)) = (self.stray.take(), out.first_mut()) {
+            self.free.remove(&pg);
+            self.owned.insert(pg);
+            *slot = pg;
+            n = 1;
+        }
         while n < out.len() {
             let Some(pg) = self.free.pop_last() else {
                 break;
@@ -221,7 +233,7 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
         reservation: Pages(PAGES),
         max_reservation: Pages(PAGES * 4),
         freemin: Pages(64),
-        hotplug_supported: true,
+        growth: crate::worker::Growth::Available,
         plug: PlugLimits {
             align: Pages(512),
             max_segment: Pages(32768),
@@ -234,9 +246,73 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
     (m, Driver::new(w, mode))
 }
 
+/// The model as a platform whose own work is not counted as the driver's
+/// allocations.
+struct Uncounted<'a>(&'a mut Model);
+
+impl Platform for Uncounted<'_> {
+    fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize {
+        uncounted(|| self.0.alloc_pages(out, prefer))
+    }
+    fn free_pages(&mut self, pfns: &[u64]) {
+        uncounted(|| self.0.free_pages(pfns))
+    }
+    fn scrub(&mut self, pfn: Pfn) {
+        uncounted(|| self.0.scrub(pfn))
+    }
+    fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
+        uncounted(|| self.0.p2m_lookup(pfn))
+    }
+    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
+        uncounted(|| self.0.p2m_set(pfn, mfn))
+    }
+    fn p2m_clear(&mut self, pfn: Pfn) {
+        uncounted(|| self.0.p2m_clear(pfn))
+    }
+    fn p2m_flush(&mut self) {}
+    fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.decrease_reservation(frames))
+    }
+    fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.increase_reservation(mfns))
+    }
+    fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
+        uncounted(|| self.0.populate_physmap(pfns))
+    }
+    fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        uncounted(|| self.0.plug(range))
+    }
+    fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        uncounted(|| self.0.unplug(range))
+    }
+    fn meminfo(&mut self) -> MemInfo {
+        uncounted(|| self.0.meminfo())
+    }
+    fn log(&mut self, line: &str) {
+        uncounted(|| self.0.log(line))
+    }
+}
+
+/// One driver step; asserts it allocated nothing unless it was on a
+/// plug's path (a plug grows the bitmap before it is backed; a failed
+/// plug keeps its stranded frames as runs).
+fn step_counted(m: &mut Model, d: &mut Driver, now: Uptime) -> StepStatus {
+    let plug_before = d.worker().frames().backed_outside();
+    let pending_before = d.worker().frames().pending_segment();
+    let (status, n) = allocations(|| d.step(&mut Uncounted(m), now));
+    let plug_path = !plug_before.is_zero()
+        || pending_before.is_some()
+        || d.worker().frames().pending_segment().is_some()
+        || !d.worker().frames().stranded().is_zero();
+    if !plug_path {
+        assert_eq!(n, 0, "a step allocated: {:?}", d.worker().state());
+    }
+    status
+}
+
 fn settle(m: &mut Model, d: &mut Driver) {
     for _ in 0..100_000 {
-        match d.step(m, Uptime(0)) {
+        match step_counted(m, d, Uptime(0)) {
             StepStatus::Again => {}
             _ => return,
         }
@@ -461,7 +537,7 @@ fn release_gives_all_back() {
 /// Steps until the driver asks to sleep or idles, at `now`.
 fn settle_at(m: &mut Model, d: &mut Driver, now: Uptime) -> StepStatus {
     for _ in 0..100_000 {
-        match d.step(m, now) {
+        match step_counted(m, d, now) {
             StepStatus::Again => {}
             other => return other,
         }
@@ -651,4 +727,153 @@ fn the_suppressed_count_line_is_within_the_budget() {
         "{second:?}"
     );
     assert!(second.len() <= LOG_BURST as usize, "{second:?}");
+}
+
+/// UVM hands out a page the bookkeeping does not think populated (here:
+/// a backed frame outside every segment). The record after the hypercall
+/// would refuse it, so the driver checks before: nothing goes to Xen,
+/// every page goes back to UVM once, the driver stops with the reason in
+/// hw.balloon.state, and never retries (not on a new target, not on
+/// unload). Before the check, the batch went to Xen unrecorded and the
+/// next step inflated again: the test fails there.
+#[test]
+fn pages_the_bookkeeping_refuses_never_reach_xen_and_stop_the_driver() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let stray = PAGES * 2 + 3;
+        let mut m = Model::new(mode, PAGES);
+        let f = m.new_frame(stray);
+        m.p2m.insert(stray, f);
+        m.xen.insert(f);
+        m.stray = Some(stray);
+        let seg = [PfnRange::new(Pfn(0), Pfn(PAGES)).unwrap()];
+        let w = Worker::new(&Boot {
+            segments: &seg,
+            reservation: Pages(PAGES + 1),
+            max_reservation: Pages(PAGES * 4),
+            freemin: Pages(64),
+            growth: crate::worker::Growth::Available,
+            plug: PlugLimits {
+                align: Pages(512),
+                max_segment: Pages(32768),
+                frame_limit: Pfn(PAGES * 8),
+                floor: Pfn(PAGES * 4),
+            },
+        })
+        .unwrap();
+        let mut d = Driver::new(w, mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        let stopped = State::Cancelled(crate::worker::CancelReason::FramesRefused);
+        assert_eq!(d.worker().state(), stopped, "{:?}", m.log);
+        assert_eq!(m.xen.len() as u64, PAGES + 1, "nothing went to Xen");
+        assert_eq!(d.stats().hypercalls, 0);
+        assert!(m.owned.is_empty(), "every page went back to UVM");
+        assert_eq!(m.free.len() as u64, PAGES + 1);
+        assert_eq!(d.worker().frames().ballooned(), Pages(0));
+        d.worker().verify().unwrap();
+        assert!(
+            m.log.iter().any(|l| l.contains("bookkeeping refused")),
+            "{:?}",
+            m.log
+        );
+        // Never retried: not on a new target, not by an unload.
+        d.worker_mut()
+            .set_target(Kib(PAGES * 3), Source::Sysctl)
+            .unwrap();
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Idle);
+        assert_eq!(d.worker().state(), stopped);
+        assert_eq!(d.release(&mut m, Uptime(0)), Err(Errno::EBUSY));
+        assert_eq!(m.xen.len() as u64, PAGES + 1);
+        assert_eq!(d.stats().hypercalls, 0);
+    }
+}
+
+/// The kernel has no memory for the bookkeeping at attach: attach fails
+/// with an error (ENOMEM at the entry point), no panic.
+#[test]
+fn no_memory_at_attach_is_an_error_not_a_panic() {
+    let seg = [PfnRange::new(Pfn(0), Pfn(PAGES)).unwrap()];
+    let boot = Boot {
+        segments: &seg,
+        reservation: Pages(PAGES),
+        max_reservation: Pages(PAGES * 4),
+        freemin: Pages(64),
+        growth: crate::worker::Growth::Available,
+        plug: PlugLimits {
+            align: Pages(512),
+            max_segment: Pages(32768),
+            frame_limit: Pfn(PAGES * 8),
+            floor: Pfn(PAGES),
+        },
+    };
+    let r = failing(|| Worker::new(&boot).map(|_| ()));
+    assert_eq!(
+        r,
+        Err(crate::worker::InitError::Segments(
+            crate::segments::SegmentError::NoMemory
+        ))
+    );
+    assert!(Worker::new(&boot).is_ok());
+}
+
+/// The kernel has no memory to grow the bookkeeping for a plug: the plug
+/// fails before anything is backed (nothing to give back), is retried
+/// with the back-off, and succeeds once memory is there.
+#[test]
+fn no_memory_at_plug_is_a_failed_plug_retried() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4 + 4096), Source::Xenstore)
+            .unwrap();
+        let xen_before = m.xen.len();
+        let status = failing(|| d.step(&mut m, Uptime(0)));
+        assert!(matches!(status, StepStatus::Sleep(_)), "{status:?}");
+        assert_eq!(
+            d.worker().state(),
+            State::Waiting(crate::worker::WaitReason::PlugFailed)
+        );
+        assert_eq!(d.worker().frames().pending_segment(), None);
+        assert_eq!(m.xen.len(), xen_before, "nothing was backed");
+        assert_eq!(d.stats().hypercalls, 0);
+        let last = d.worker().stats().last_error.expect("the plug's error");
+        assert_eq!(last.errno, Errno::ENOMEM);
+        settle_at(&mut m, &mut d, Uptime(60_000));
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES + 1024));
+    }
+}
+
+/// A watch event, its read errors, sysctl-style knob changes and a
+/// release allocate nothing (the driver and worker only; the model's own
+/// work is not counted).
+#[test]
+fn watch_events_knobs_and_release_allocate_nothing() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        let (_, n) = allocations(|| {
+            let mut p = Uncounted(&mut m);
+            let _ = d.xenstore_event(&mut p, Ok(b"200000"), false, Uptime(1));
+            let _ = d.xenstore_event(&mut p, Ok(b"junk"), false, Uptime(2));
+            let _ = d.xenstore_event(&mut p, Err(Errno::EIO), false, Uptime(3));
+            let _ = d.xenstore_event(&mut p, Err(Errno::ERANGE), true, Uptime(4));
+            let w = d.worker_mut();
+            let _ = w.set_batch(Pages(256));
+            let _ = w.set_floor(Kib(PAGES));
+            let _ = w.set_hotplug(false);
+            w.set_unplug(false);
+            w.set_scrub(true);
+        });
+        assert_eq!(n, 0, "an entry point allocated");
+        let (r, n) = allocations(|| d.release(&mut Uncounted(&mut m), Uptime(10)));
+        assert_eq!(r, Ok(()));
+        assert_eq!(n, 0, "release allocated");
+        check(&m, &d);
+    }
 }

@@ -17,9 +17,9 @@ use crate::backoff::BackoffConfig;
 use crate::driver::{Driver, GuestMode, ShimFailure, StepStatus};
 use crate::errno::Errno;
 use crate::policy::{Refusal, Source};
-use crate::segments::PlugLimits;
+use crate::segments::{PlugLimits, SegmentError};
 use crate::units::{Kib, Millis, Pages, Pfn, PfnRange, Uptime};
-use crate::worker::{Boot, Worker};
+use crate::worker::{Boot, Growth, InitError, Worker};
 
 use super::platform::ShimPlatform;
 
@@ -91,7 +91,12 @@ pub unsafe extern "C" fn balloon_rs_attach(
         reservation: Pages(bi.reservation_pages),
         max_reservation: Pages(bi.max_reservation_pages),
         freemin: Pages(bi.freemin_pages),
-        hotplug_supported: bi.hotplug_supported,
+        growth: match bi.growth {
+            sys::balloon_growth_BALLOON_GROWTH_AVAILABLE => Growth::Available,
+            sys::balloon_growth_BALLOON_GROWTH_PV_P2M => Growth::PvP2m,
+            sys::balloon_growth_BALLOON_GROWTH_PVH_DIRECT_MAP => Growth::PvhDirectMap,
+            _ => Growth::NoUvmHotplug,
+        },
         plug: PlugLimits {
             align: PLUG_ALIGN,
             max_segment: PLUG_MAX_SEGMENT,
@@ -103,8 +108,10 @@ pub unsafe extern "C" fn balloon_rs_attach(
             },
         },
     };
-    let Ok(worker) = Worker::new(&boot) else {
-        return errno(Errno::EINVAL);
+    let worker = match Worker::new(&boot) {
+        Ok(w) => w,
+        Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
+        Err(_) => return errno(Errno::EINVAL),
     };
     let core = Box::new(Core {
         driver: Driver::new(worker, mode),

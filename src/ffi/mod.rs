@@ -18,3 +18,6 @@ pub mod platform;
 mod kernel_panic;
 #[cfg(target_os = "none")]
 mod kmem_alloc;
+
+#[cfg(test)]
+pub mod test_alloc;

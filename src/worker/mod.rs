@@ -50,10 +50,41 @@ pub struct Boot<'a> {
     pub max_reservation: Pages,
     /// `uvmexp.freemin`.
     pub freemin: Pages,
-    /// The kernel has `options UVM_HOTPLUG`.
-    pub hotplug_supported: bool,
+    /// Whether the kernel lets the domain grow past its boot memory.
+    pub growth: Growth,
     /// Where plugged segments may go.
     pub plug: PlugLimits,
+}
+
+/// Whether the kernel lets the domain grow by plugging segments, and if
+/// not, why (docs/kernel-growth.md sections 6 and 8: plug is used only
+/// with `options UVM_HOTPLUG` and the whole growth interface set of the
+/// mode; no stock kernel has both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// UVM_HOTPLUG and every growth interface of the mode are there.
+    Available,
+    /// PV without the PV growth set (every stock XEN3_DOMU).
+    PvP2m,
+    /// PVH on a kernel without `options UVM_HOTPLUG` (stock GENERIC).
+    NoUvmHotplug,
+    /// PVH with UVM_HOTPLUG but without the PVH growth set.
+    PvhDirectMap,
+}
+
+impl Growth {
+    /// The reason growth is refused, as `hw.balloon.state` and dmesg give
+    /// it; `None` when growth is available.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Growth::Available => None,
+            Growth::PvP2m => Some("PV: the p2m ends at boot memory"),
+            Growth::NoUvmHotplug => Some("kernel lacks options UVM_HOTPLUG"),
+            Growth::PvhDirectMap => {
+                Some("PVH: the direct map ends at boot memory (x86/pmap.c pmap_init_directmap)")
+            }
+        }
+    }
 }
 
 /// Why the driver could not start.
@@ -79,11 +110,15 @@ pub enum Action {
         /// Zero each page before it goes.
         scrub: bool,
     },
-    /// Have Xen back these ballooned frames again, in this order, and free
-    /// their `vm_page`s to UVM.
+    /// Have Xen back ballooned frames again and free their `vm_page`s to
+    /// UVM: the first `count` ballooned frames at or after `from`, lowest
+    /// first ([`FrameSpace::ballooned_from`]). A cursor and a count, so
+    /// that a step allocates nothing.
     Deflate {
-        /// The frames, lowest first; at most one batch in total.
-        runs: Vec<PfnRange>,
+        /// The lowest ballooned frame.
+        from: Pfn,
+        /// Frames to take back; at most one batch.
+        count: Pages,
     },
     /// Back these frames of the segment being prepared (PV:
     /// increase_reservation and p2m; PVH: populate_physmap): at most one
@@ -199,6 +234,17 @@ pub enum CancelReason {
     HotplugOff,
     /// No frame space left to plug a segment into.
     NoFrameSpace,
+    /// The target is above what the domain can reach without growing,
+    /// and the kernel cannot grow it: the target is clipped.
+    Clipped(Growth),
+    /// The bookkeeping refused frames UVM handed out for an inflate;
+    /// they went back to UVM and nothing went to Xen. Stopped for good:
+    /// UVM and the bookkeeping disagree about which pages are whose.
+    FramesRefused,
+    /// The bookkeeping refused the result of a step that had already
+    /// taken effect (frames given to Xen or back to UVM). Stopped for
+    /// good: a retry could lose frames or free pages twice.
+    ResultRefused,
 }
 
 /// What the worker is doing, for `hw.balloon.state`.
@@ -253,6 +299,13 @@ impl CancelReason {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
+            CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
+            CancelReason::FramesRefused => {
+                "bookkeeping refused the pages UVM gave; stopped until reload"
+            }
+            CancelReason::ResultRefused => {
+                "bookkeeping refused a step that took effect; stopped until reload"
+            }
         }
     }
 }
@@ -271,6 +324,9 @@ impl core::fmt::Display for State {
             State::Cancelled(CancelReason::RetriesExhausted(why)) => {
                 write!(f, "cancelled: retries exhausted ({})", why.as_str())
             }
+            State::Cancelled(CancelReason::Clipped(g)) => {
+                write!(f, "clipped: {}", g.refusal().unwrap_or("growth refused"))
+            }
             State::Cancelled(why) => write!(f, "cancelled: {}", why.as_str()),
         }
     }
@@ -280,7 +336,7 @@ impl core::fmt::Display for State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
     Inflate(Pages),
-    Deflate(Vec<PfnRange>),
+    Deflate(Pfn, Pages),
     Back(PfnRange),
     Plug(PfnRange),
     Return(Vec<PfnRange>),
@@ -319,6 +375,12 @@ pub struct Worker {
     /// A plug failed with this error; it counts as a shortfall once the
     /// frames backed for it are back with Xen.
     failed_plug: Option<Errno>,
+    /// Whether the kernel can take a plug (fixed at load).
+    growth: Growth,
+    /// The bookkeeping refused a step ([`CancelReason::FramesRefused`],
+    /// [`CancelReason::ResultRefused`]): nothing more is done, whatever
+    /// the target or knobs say, and an unload is refused.
+    stopped: bool,
     /// `XENMEM_current_reservation` at load.
     load_reservation: Pages,
     /// Pages Xen counts that `memory/target` does not
@@ -337,6 +399,11 @@ struct Limit {
 }
 
 impl Worker {
+    /// Whether the kernel lets the domain grow, or why not.
+    pub fn growth(&self) -> Growth {
+        self.growth
+    }
+
     /// The worker for a domain that booted as `boot` says. The target
     /// starts at the current reservation: nothing moves until asked.
     pub fn new(boot: &Boot<'_>) -> Result<Worker, InitError> {
@@ -346,7 +413,11 @@ impl Worker {
             .checked_sub(space.populated())
             .ok_or(InitError::ReservationBelowSegments)?;
         let floor = policy::safe_floor(space.populated(), boot.freemin, policy::DEFAULT_BALLAST);
-        let policy = Policy::new(floor, boot.max_reservation, boot.hotplug_supported);
+        let policy = Policy::new(
+            floor,
+            boot.max_reservation,
+            boot.growth == Growth::Available,
+        );
         Ok(Worker {
             space,
             policy,
@@ -360,6 +431,8 @@ impl Worker {
             unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
+            growth: boot.growth,
+            stopped: false,
             load_reservation: boot.reservation,
             offset: None,
             limit: Limit {
@@ -524,10 +597,13 @@ impl Worker {
 
     /// Starts taking up to `max` ballooned frames back.
     fn start_deflate(&mut self, max: Pages) -> Action {
-        let runs = self.space.choose_deflate(max);
-        self.in_flight = Some(InFlight::Deflate(runs.clone()));
+        let Some((from, count)) = self.space.deflate_cursor(max) else {
+            self.state = State::Idle;
+            return Action::Idle;
+        };
+        self.in_flight = Some(InFlight::Deflate(from, count));
         self.state = State::Deflating;
-        Action::Deflate { runs }
+        Action::Deflate { from, count }
     }
 
     /// Pages the domain holds now, as Xen counts its reservation: UVM's,
@@ -590,7 +666,7 @@ impl Worker {
         self.backoff.reset();
         self.unplug_refused.clear();
         self.failed_plug = None;
-        if self.in_flight.is_none() {
+        if self.in_flight.is_none() && !self.stopped {
             let (current, target) = (self.held(), self.target());
             self.state = if !self.space.stranded().is_zero() {
                 State::Returning
@@ -731,6 +807,9 @@ impl Worker {
         if self.in_flight.is_some() {
             return Err(WorkerError::StepInFlight);
         }
+        if self.stopped {
+            return Ok(Action::Idle);
+        }
         self.drop_unwanted_plug()?;
         if !self.releasing {
             if let State::Cancelled(_) = self.state {
@@ -771,6 +850,10 @@ impl Worker {
             if !self.space.ballooned().is_zero() {
                 return Ok(self.start_deflate(need.min(batch)));
             }
+            if self.growth != Growth::Available {
+                // Never plug on a kernel that cannot take it: clip.
+                return Ok(self.cancel(CancelReason::Clipped(self.growth)));
+            }
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
             }
@@ -782,9 +865,16 @@ impl Worker {
             let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
-            self.space
-                .begin_plug(range)
-                .map_err(WorkerError::Bookkeeping)?;
+            // The bitmap grows to cover the new segment here, before
+            // anything is backed: no memory for it is a plug that failed
+            // (retried with the back-off), not a panic.
+            match self.space.begin_plug(range) {
+                Ok(()) => {}
+                Err(SegmentError::NoMemory) => {
+                    return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
+                }
+                Err(e) => return Err(WorkerError::Bookkeeping(e)),
+            }
             return Ok(self.continue_plug(range));
         }
         if self.policy.unplug() {
@@ -797,7 +887,9 @@ impl Worker {
     }
 
     fn cancel(&mut self, why: CancelReason) -> Action {
-        if self.state != State::Cancelled(why) {
+        // A clipped target is not given up on: it is met as far as it
+        // can be.
+        if self.state != State::Cancelled(why) && !matches!(why, CancelReason::Clipped(_)) {
             bump(&mut self.stats.gave_up);
         }
         self.state = State::Cancelled(why);
@@ -823,8 +915,58 @@ impl Worker {
         }
     }
 
-    /// The result of the step in flight, at `now`.
+    /// True once the bookkeeping refused a step: the worker does nothing
+    /// more until the module is reloaded.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Stops the worker for good with `why` in `hw.balloon.state`.
+    fn stop(&mut self, why: CancelReason) {
+        self.in_flight = None;
+        self.stopped = true;
+        self.cancel(why);
+    }
+
+    /// Checks, before any frame goes to Xen, that the bookkeeping will
+    /// record these frames of the inflate in flight: at most as many as
+    /// asked, each populated and appearing once. Changes nothing.
+    pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
+        match self.in_flight {
+            Some(InFlight::Inflate(asked)) => {
+                if Pages(frames.len() as u64) > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .check_inflated(frames)
+                    .map_err(WorkerError::Bookkeeping)
+            }
+            Some(_) => Err(WorkerError::Mismatch),
+            None => Err(WorkerError::NothingInFlight),
+        }
+    }
+
+    /// The driver refused the inflate in flight before it took effect
+    /// ([`Worker::check_inflate`] failed; the pages went back to UVM):
+    /// the worker stops for good with [`CancelReason::FramesRefused`].
+    pub fn refuse_inflate(&mut self) {
+        self.stop(CancelReason::FramesRefused);
+    }
+
+    /// The result of the step in flight, at `now`. A result refused while
+    /// a step was in flight (it took effect, but the bookkeeping cannot
+    /// record it) stops the worker for good with
+    /// [`CancelReason::ResultRefused`]: never retried blindly.
     pub fn complete(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
+        let in_flight = self.in_flight.is_some();
+        let r = self.complete_step(result, now);
+        if r.is_err() && in_flight {
+            self.stop(CancelReason::ResultRefused);
+        }
+        r
+    }
+
+    fn complete_step(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
         let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
         let outcome = match (step, result) {
             (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {
@@ -839,14 +981,12 @@ impl Worker {
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
                 short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
-            (InFlight::Deflate(runs), StepResult::Deflated { done, error }) => {
-                let asked = total(&runs);
+            (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
-                let leading = leading_frames(&runs, done);
                 self.space
-                    .record_deflated(&leading)
+                    .record_deflated_from(from, done)
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);

@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::backoff::BackoffConfig;
+use crate::ffi::test_alloc::allocations;
 use crate::policy::Clamp;
 use crate::units::Millis;
 use proptest::prelude::*;
@@ -53,6 +54,11 @@ struct Model {
     /// Frames Xen backs outside every segment (a plug being prepared or
     /// one that failed).
     backed: u64,
+    /// Allocations the worker made in the step being carried out.
+    worker_allocs: u64,
+    /// Steps that carried out an inflate or deflate (checked to allocate
+    /// nothing).
+    steps_checked: u64,
 }
 
 impl Model {
@@ -69,17 +75,23 @@ impl Model {
             now: Uptime(0),
             present: [(0, boot_pages)].into_iter().collect(),
             backed: 0,
+            worker_allocs: 0,
+            steps_checked: 0,
         }
     }
 
     fn boot(&self, boot_pages: u64) -> Worker {
+        self.boot_on(boot_pages, crate::worker::Growth::Available)
+    }
+
+    fn boot_on(&self, boot_pages: u64, growth: crate::worker::Growth) -> Worker {
         let seg = [PfnRange::new(Pfn(0), Pfn(boot_pages)).unwrap()];
         Worker::new(&Boot {
             segments: &seg,
             reservation: Pages(self.reservation),
             max_reservation: Pages(self.max_pages),
             freemin: Pages(64),
-            hotplug_supported: true,
+            growth,
             plug: PlugLimits {
                 align: Pages(512),
                 max_segment: Pages(32 * MIB),
@@ -101,8 +113,28 @@ impl Model {
 
     /// Carries out one action; returns false when the worker is idle.
     fn step(&mut self, w: &mut Worker) -> bool {
+        let mem = self.mem();
+        let (action, n) = allocations(|| w.next_action(self.now, mem));
+        let action = action.unwrap();
+        self.worker_allocs = n;
+        // Inflate and deflate steps (and sleeping or idling) allocate
+        // nothing; a plug may (its bitmap grows before it is backed), and
+        // so may the rare paths of a failed plug (stranded frames kept as
+        // runs) and a refused unplug.
+        let no_alloc = matches!(
+            action,
+            Action::Inflate { .. } | Action::Deflate { .. } | Action::Sleep { .. } | Action::Idle
+        );
+        let more = self.step_action(w, action);
+        if no_alloc {
+            assert_eq!(self.worker_allocs, 0, "a step allocated ({:?})", w.state());
+            self.steps_checked += 1;
+        }
+        more
+    }
+
+    fn step_action(&mut self, w: &mut Worker, action: Action) -> bool {
         let before = w.current();
-        let action = w.next_action(self.now, self.mem()).unwrap();
         match action {
             Action::Idle => return false,
             Action::Sleep { until } => {
@@ -144,7 +176,8 @@ impl Model {
                 self.host_free += done as u64;
                 let frames: Vec<Pfn> = pages[..done].iter().map(|&p| Pfn(p)).collect();
                 let error = (done < pages.len()).then_some(Errno::EAGAIN);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Inflated {
                         frames: &frames,
                         error,
@@ -153,25 +186,29 @@ impl Model {
                 )
                 .unwrap();
             }
-            Action::Deflate { runs } => {
-                let asked: u64 = runs.iter().map(|r| r.len().0).sum();
+            Action::Deflate { from, count } => {
+                let asked = count.0;
                 let room = self.max_pages.saturating_sub(self.reservation);
                 let done = asked.min(room).min(self.host_free);
-                let mut left = done;
-                for r in &runs {
-                    for pfn in r.frames() {
-                        if left == 0 {
-                            break;
-                        }
-                        assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
-                        self.free.insert(pfn.0);
-                        left -= 1;
-                    }
+                let frames: Vec<Pfn> = w
+                    .frames()
+                    .ballooned_from(from)
+                    .take(done as usize)
+                    .collect();
+                assert_eq!(
+                    frames.len() as u64,
+                    done,
+                    "fewer ballooned frames than asked"
+                );
+                for pfn in frames {
+                    assert!(self.held.remove(&pfn.0), "deflate of a frame not held");
+                    self.free.insert(pfn.0);
                 }
                 self.reservation += done;
                 self.host_free -= done;
                 let error = (done < asked).then_some(Errno::ENOMEM);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Deflated {
                         done: Pages(done),
                         error,
@@ -196,7 +233,8 @@ impl Model {
                 self.host_free -= done;
                 self.backed += done;
                 let error = (done < asked).then_some(Errno::ENOMEM);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Backed {
                         done: Pages(done),
                         error,
@@ -222,13 +260,14 @@ impl Model {
                 // uvmexp.npages, so such a plug returns false.
                 let too_big = range.len() > self.mem().managed;
                 if self.faults.plug_fails || too_big {
-                    w.complete(StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
+                    self.complete_counted(w, StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
                         .unwrap();
                 } else {
                     self.backed = 0;
                     self.free.extend(s..e);
                     self.present.insert((s, e));
-                    w.complete(StepResult::Plugged(Ok(())), self.now).unwrap();
+                    self.complete_counted(w, StepResult::Plugged(Ok(())), self.now)
+                        .unwrap();
                 }
             }
             Action::Return { runs } => {
@@ -239,7 +278,8 @@ impl Model {
                 self.host_free += done;
                 self.backed -= done;
                 let error = (done < asked).then_some(Errno::EAGAIN);
-                w.complete(
+                self.complete_counted(
+                    w,
                     StepResult::Returned {
                         done: Pages(done),
                         error,
@@ -261,7 +301,7 @@ impl Model {
                     );
                 }
                 if self.faults.unplug_fails {
-                    w.complete(StepResult::Unplugged(Err(Errno::EBUSY)), self.now)
+                    self.complete_counted(w, StepResult::Unplugged(Err(Errno::EBUSY)), self.now)
                         .unwrap();
                 } else {
                     self.present.remove(&(s, e));
@@ -271,7 +311,8 @@ impl Model {
                             "unplugged page not held by the driver"
                         );
                     }
-                    w.complete(StepResult::Unplugged(Ok(())), self.now).unwrap();
+                    self.complete_counted(w, StepResult::Unplugged(Ok(())), self.now)
+                        .unwrap();
                 }
             }
         }
@@ -309,6 +350,18 @@ impl Model {
     }
 
     /// Steps until idle or cancelled; panics past `limit` steps.
+    /// `w.complete`, its allocations counted in `worker_allocs`.
+    fn complete_counted(
+        &mut self,
+        w: &mut Worker,
+        r: StepResult<'_>,
+        now: Uptime,
+    ) -> Result<(), WorkerError> {
+        let (res, n) = allocations(|| w.complete(r, now));
+        self.worker_allocs += n;
+        res
+    }
+
     fn settle(&mut self, w: &mut Worker, limit: usize) -> usize {
         for n in 0..limit {
             if !self.step(w) {
@@ -485,6 +538,36 @@ fn a_small_domain_plugs_segments_no_larger_than_uvm_manages() {
     assert_eq!(sizes, [16 * MIB, 16 * MIB, 32 * MIB, 32 * MIB, rest]);
 }
 
+/// docs/kernel-growth.md section 8: on a kernel that cannot grow, a
+/// target above what deflation reaches is clipped (not given up on), and
+/// no plug or back step is ever asked for.
+#[test]
+fn a_kernel_that_cannot_grow_clips_and_never_plugs() {
+    use crate::worker::Growth;
+    for g in [Growth::PvP2m, Growth::NoUvmHotplug, Growth::PvhDirectMap] {
+        let mut m = Model::new(256 * MIB, 20 * MIB, 1024 * MIB, 4096 * MIB);
+        let mut w = m.boot_on(256 * MIB, g);
+        assert!(!w.policy().hotplug());
+        assert!(w.set_hotplug(true).is_err());
+        w.set_target(kib(128 * MIB), Source::Xenstore).unwrap();
+        m.settle(&mut w, 10_000);
+        w.set_target(kib(600 * MIB), Source::Xenstore).unwrap();
+        m.settle(&mut w, 10_000);
+        assert_eq!(w.state(), State::Cancelled(CancelReason::Clipped(g)));
+        assert_eq!(
+            w.state().to_string(),
+            alloc::format!("clipped: {}", g.refusal().unwrap())
+        );
+        assert_eq!(w.current(), Pages(256 * MIB + 100));
+        assert_eq!(w.counts().plugged_segments, 0);
+        // Nothing was backed for a plug, and UVM has its boot segment only.
+        assert_eq!(m.backed, 0, "{g:?}");
+        assert_eq!(w.stats().segments_plugged, 0);
+        assert_eq!(m.present.len(), 1);
+        assert_eq!(w.stats().gave_up, 0);
+    }
+}
+
 #[test]
 fn hotplug_off_cancels_growth_with_a_reason() {
     let (mut m, mut w) = domain();
@@ -585,49 +668,94 @@ fn partial_inflate_records_exactly_the_leading_frames() {
 
 #[test]
 fn results_must_match_the_step() {
-    let (mut m, mut w) = domain();
+    let (m, mut w) = domain();
     assert_eq!(
         w.complete(StepResult::Plugged(Ok(())), m.now),
         Err(WorkerError::NothingInFlight)
     );
+    // No step was in flight: nothing took effect, nothing stops.
+    assert!(!w.stopped());
+    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
+    let absent = [Pfn(1 << 40)];
+    let cases = [
+        (
+            StepResult::Deflated {
+                done: Pages(0),
+                error: None,
+            },
+            WorkerError::Mismatch,
+        ),
+        (
+            StepResult::Inflated {
+                frames: &too_many,
+                error: None,
+            },
+            WorkerError::MoreThanAsked,
+        ),
+        // A frame the core never thought populated (absent).
+        (
+            StepResult::Inflated {
+                frames: &absent,
+                error: None,
+            },
+            WorkerError::Bookkeeping(SegmentError::WrongState(
+                Pfn(1 << 40),
+                crate::segments::FrameState::Absent,
+            )),
+        ),
+    ];
+    for (bad, expect) in cases {
+        let (mut m, mut w) = domain();
+        w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
+        let _ = w.next_action(m.now, m.mem()).unwrap();
+        assert_eq!(w.complete(bad, m.now), Err(expect));
+        assert_refused_step_stops_for_good(&mut m, &mut w);
+    }
+}
+
+/// A result refused after its step took effect stops the worker for
+/// good: the reason is in the state, no target or knob re-arms it, and
+/// no step is ever tried again.
+fn assert_refused_step_stops_for_good(m: &mut Model, w: &mut Worker) {
+    let stopped = State::Cancelled(CancelReason::ResultRefused);
+    assert_eq!(w.state(), stopped);
+    assert!(w.stopped());
+    assert!(w.state().to_string().contains("bookkeeping refused"));
+    w.verify().unwrap();
+    assert_eq!(m.settle(w, 10), 0, "no step after a refusal");
+    w.set_target(kib(200 * MIB), Source::Sysctl).unwrap();
+    w.set_batch(Pages(64)).unwrap();
+    assert_eq!(w.state(), stopped, "a new target does not re-arm");
+    assert_eq!(m.settle(w, 10), 0, "no step after a new target");
+    w.begin_release();
+    assert_eq!(m.settle(w, 10), 0, "no step while releasing");
+    assert_eq!(w.state(), stopped);
+}
+
+#[test]
+fn a_refused_deflate_result_stops_for_good() {
+    let (mut m, mut w) = domain();
     w.set_target(kib(250 * MIB), Source::Xenstore).unwrap();
-    let _ = w.next_action(m.now, m.mem()).unwrap();
+    m.settle(&mut w, 10_000);
+    w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
+    let Action::Deflate { count: asked, .. } = w.next_action(m.now, m.mem()).unwrap() else {
+        panic!("expected a deflate");
+    };
+    let before = w.frames().ballooned();
+    // Pages went back to UVM; a result claiming more than asked is refused
+    // and nothing is retried (a retry would free pages twice).
     assert_eq!(
         w.complete(
             StepResult::Deflated {
-                done: Pages(0),
-                error: None
-            },
-            m.now
-        ),
-        Err(WorkerError::Mismatch)
-    );
-    let _ = w.next_action(m.now, m.mem()).unwrap();
-    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
-    assert_eq!(
-        w.complete(
-            StepResult::Inflated {
-                frames: &too_many,
+                done: asked.saturating_add(Pages(1)),
                 error: None
             },
             m.now
         ),
         Err(WorkerError::MoreThanAsked)
     );
-    let _ = w.next_action(m.now, m.mem()).unwrap();
-    // A frame the core never thought populated (absent) is refused.
-    assert!(matches!(
-        w.complete(
-            StepResult::Inflated {
-                frames: &[Pfn(1 << 40)],
-                error: None
-            },
-            m.now
-        ),
-        Err(WorkerError::Bookkeeping(_))
-    ));
-    w.verify().unwrap();
-    m.settle(&mut w, 10_000);
+    assert_eq!(w.frames().ballooned(), before);
+    assert_refused_step_stops_for_good(&mut m, &mut w);
 }
 
 #[test]
@@ -861,6 +989,13 @@ fn a_hundred_thousand_random_steps() {
     assert!(
         convergences > 10,
         "the walk checked convergence only {convergences} times"
+    );
+    // Every inflate, deflate, sleep and idle step was checked to
+    // allocate nothing (Model::step).
+    assert!(
+        m.steps_checked > 40_000,
+        "only {} steps checked for allocations",
+        m.steps_checked
     );
 }
 

@@ -42,7 +42,7 @@ xenstore_head()
 xenstore_body()
 {
 	b_require_sim "a domU cannot write its own memory/target; dom0 does"
-	b_start --pvh --boot 256m --max 512m
+	b_start --pvh --boot 256m --max 512m --kernel assisted
 
 	# what|value (printf %b escapes)|expected target: refused rows
 	# leave the target at B_BOOT; "floor" and "max" are clamped.
@@ -307,7 +307,7 @@ xl_head()
 xl_body()
 {
 	b_require_sim "xl runs in dom0, not in the domU under test"
-	b_start --pvh --boot 256m --max 512m
+	b_start --pvh --boot 256m --max 512m --kernel assisted
 
 	for size in abc 12mb -1 0x10 "" " 200m" 1.5g 99999999999999999999g 8g; do
 		echo "row: refused '$size'"

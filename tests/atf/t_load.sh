@@ -42,7 +42,7 @@ load_unload_body()
 	b_check -s exit:0 -o match:'^balloon[[:space:]]' -e empty -- \
 	    modstat balloon
 	b_check -s exit:0 -o match:'^[0-9]+$' -e empty -- sysctl -n $probe
-	b_check -s exit:0 -o match:'^balloon0: PVH? guest, [0-9]+ KiB of [0-9]+ KiB maximum \(memory/static-max [^)]+\), hotplug (available|unavailable \(no UVM_HOTPLUG\))$' \
+	b_check -s exit:0 -o match:'^balloon0: PVH? guest, [0-9]+ KiB of [0-9]+ KiB maximum \(memory/static-max [^)]+\), hotplug (available|unavailable \(.+\))$' \
 	    -e empty -- dmesg -t
 	b_wait_state_settled
 
@@ -196,7 +196,7 @@ unload_after_hotplug_head()
 }
 unload_after_hotplug_body()
 {
-	b_start --pvh
+	b_start --pvh --kernel assisted
 	b_require_hotplug
 	b_require_room_above $B_STEP
 

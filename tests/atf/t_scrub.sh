@@ -82,7 +82,7 @@ scrub_on_plugged_head()
 }
 scrub_on_plugged_body()
 {
-	b_start --pvh
+	b_start --pvh --kernel assisted
 	b_require_hotplug
 	b_require_room_above $B_STEP
 

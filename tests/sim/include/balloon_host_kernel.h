@@ -172,6 +172,7 @@ typedef struct device *device_t;
 device_t device_find_by_xname(const char *);
 
 /* sys/ksyms.h */
+#define KSYMS_EXTERN	0x0000	/* sys/ksyms.h: global symbols only */
 #define KSYMS_ANY	0x0200	/* host only */
 int	 ksyms_getval(const char *, const char *, unsigned long *, int);
 

@@ -12,6 +12,21 @@ pub enum Mode {
     NotXen,
 }
 
+/// Which kernel the simulated domU runs (docs/kernel-growth.md section 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// A stock kernel (XEN3_DOMU for PV, GENERIC for PVH): none of the
+    /// growth interfaces of docs/kernel-growth.md; a plug after boot is
+    /// fatal (see `uvm_physseg_plug` in uvm.rs).
+    Stock,
+    /// A kernel with the growth interfaces of docs/kernel-growth.md
+    /// section 6 (with `hotplug` = options UVM_HOTPLUG).
+    Assisted,
+    /// The assisted kernel with one named interface left out (to test
+    /// that the driver uses all or none).
+    AssistedWithout(&'static str),
+}
+
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
@@ -29,6 +44,8 @@ pub struct DomainConfig {
     pub kernel_pages: Option<u64>,
     /// Kernel built with `options UVM_HOTPLUG` (default true).
     pub hotplug: bool,
+    /// Stock or kernel-assisted (default stock).
+    pub flavour: Flavour,
     /// PV p2m capacity in frames (default: max reservation + 256 + 65536).
     pub p2m_capacity: Option<u64>,
     /// Boot segments as (start pfn, npages), sorted and disjoint (default:
@@ -54,6 +71,7 @@ impl Default for DomainConfig {
             host_free_bytes: 8192 * MIB,
             kernel_pages: None,
             hotplug: true,
+            flavour: Flavour::Stock,
             p2m_capacity: None,
             boot_segments: None,
             builtin_balloon: false,
@@ -97,6 +115,14 @@ impl DomainConfig {
     pub fn hotplug(mut self, on: bool) -> Self {
         self.hotplug = on;
         self
+    }
+    pub fn flavour(mut self, f: Flavour) -> Self {
+        self.flavour = f;
+        self
+    }
+    /// The kernel-assisted flavour with UVM_HOTPLUG.
+    pub fn assisted(self) -> Self {
+        self.flavour(Flavour::Assisted).hotplug(true)
     }
     pub fn p2m_capacity(mut self, frames: u64) -> Self {
         self.p2m_capacity = Some(frames);

@@ -725,7 +725,8 @@ impl Console {
             let target = self.read_quad("hw.balloon.target");
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             let rate = current.abs_diff(first) as f64 / 1024.0 / secs;
-            let done = state == "idle" || state.starts_with("cancelled");
+            let done =
+                state == "idle" || state.starts_with("cancelled") || state.starts_with("clipped");
             if self.progress {
                 let mut e = std::io::stderr();
                 let _ = write!(

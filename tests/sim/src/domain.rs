@@ -296,6 +296,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         kernel_pages: Vec::new(),
         module_pages: 0,
         next_seg_id: 0,
+        plug_calls: 0,
         next_pattern: 0x1000,
         tot_pages: 0,
         next_mfn: FIRST_MFN,
@@ -514,6 +515,10 @@ impl Domain {
     }
     pub fn uvmexp(&self) -> Uvmexp {
         uvmexp.get()
+    }
+    /// Calls of uvm_physseg_plug since boot (stock kernels: must stay 0).
+    pub fn plug_calls(&self) -> u64 {
+        with(|k| k.plug_calls)
     }
     pub fn physmem(&self) -> u64 {
         physmem.get()

@@ -147,6 +147,8 @@ pub(crate) struct Kernel {
     pub kernel_pages: Vec<u64>,
     pub module_pages: u64,
     pub next_seg_id: u64,
+    /// Calls of uvm_physseg_plug since boot, whatever they did.
+    pub plug_calls: u64,
     pub next_pattern: u64,
     // Xen
     pub tot_pages: u64,

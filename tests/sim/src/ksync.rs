@@ -8,6 +8,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
+use crate::config::{Flavour, Mode};
 use crate::kernel::{dmesg_append, hz, kernel_panic, lock, with, CHANGED};
 use crate::xen::cstr;
 
@@ -481,25 +482,92 @@ unsafe extern "C" fn device_find_by_xname(name: *const c_char) -> *mut c_void {
 
 static PHYSSEG_GRAPH: u8 = 0;
 
-/// ksyms_getval: "uvm_physseg_graph" (a static, so only with KSYMS_ANY)
-/// exists only in UVM_HOTPLUG kernels (§1, run-time detection).
+/// The growth interfaces of docs/kernel-growth.md section 6, per mode.
+const GROWTH_PV: [&str; 4] = [
+    "uvm_physseg_hotplug_add",
+    "uvm_physseg_hotplug_remove",
+    "xpmap_p2m_limit",
+    "xpmap_p2m_grow",
+];
+const GROWTH_PVH: [&str; 5] = [
+    "uvm_physseg_hotplug_add",
+    "uvm_physseg_hotplug_remove",
+    "pmap_growdirectmap",
+    "xenmem_alloc_pa",
+    "xenmem_free_pa",
+];
+
+/// `xpmap_p2m_limit()` of the assisted PV kernel (kernel-growth.md 4.2):
+/// the frames the reserved p2m covers, here the model's p2m capacity.
+extern "C" fn sim_xpmap_p2m_limit() -> u64 {
+    with(|k| k.p2m_cap as u64)
+}
+
+/// The other growth interfaces: the module resolves them but does not
+/// call them yet; a call is a simulator panic so that it cannot go
+/// unnoticed.
+extern "C" fn sim_growth_unmodelled() -> c_int {
+    kernel_panic("a kernel growth interface was called that the simulator does not model yet")
+}
+
+/// Calls of `ksyms_getval` for a growth interface name (whatever it
+/// answered), for tests that check the module looked.
+pub(crate) static GROWTH_LOOKUPS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// ksyms_getval (kern_ksyms.c): "uvm_physseg_graph" (a static, so only
+/// with KSYMS_ANY) exists only in UVM_HOTPLUG kernels (§1, run-time
+/// detection). The growth interfaces (kernel-growth.md section 6) exist
+/// only in the assisted flavour built with UVM_HOTPLUG, as globals of the
+/// kernel's own table "netbsd" (the name kern_ksyms.c registers for the
+/// kernel), for the mode's set, minus the one `AssistedWithout` names.
 #[no_mangle]
 unsafe extern "C" fn ksyms_getval(
-    _module: *const c_char,
+    module: *const c_char,
     sym: *const c_char,
     val: *mut c_ulong,
     flags: c_int,
 ) -> c_int {
     // SAFETY: sym is a NUL-terminated string.
     let s = unsafe { CStr::from_ptr(sym) };
-    let hot = with(|k| k.cfg.hotplug);
-    if hot && flags & KSYMS_ANY != 0 && s.to_bytes() == b"uvm_physseg_graph" {
-        if !val.is_null() {
-            // SAFETY: val is the caller's out-parameter.
-            unsafe { *val = &PHYSSEG_GRAPH as *const u8 as c_ulong };
-        }
-        0
+    // SAFETY: module is NULL or a NUL-terminated string.
+    let table = (!module.is_null()).then(|| unsafe { CStr::from_ptr(module) });
+    let (hot, flavour, mode) = with(|k| (k.cfg.hotplug, k.cfg.flavour, k.cfg.mode));
+    let name = s.to_str().unwrap_or("");
+    let addr: Option<c_ulong> = if name == "uvm_physseg_graph" {
+        (hot && flags & KSYMS_ANY != 0).then_some(&PHYSSEG_GRAPH as *const u8 as c_ulong)
+    } else if GROWTH_PV.contains(&name) || GROWTH_PVH.contains(&name) {
+        GROWTH_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let in_set = match mode {
+            Mode::Pv => GROWTH_PV.contains(&name),
+            _ => GROWTH_PVH.contains(&name),
+        };
+        let present = hot
+            && in_set
+            && table.is_some_and(|t| t.to_bytes() == b"netbsd")
+            && match flavour {
+                Flavour::Stock => false,
+                Flavour::Assisted => true,
+                Flavour::AssistedWithout(gone) => gone != name,
+            };
+        present.then(|| {
+            if name == "xpmap_p2m_limit" {
+                sim_xpmap_p2m_limit as extern "C" fn() -> u64 as usize as c_ulong
+            } else {
+                sim_growth_unmodelled as extern "C" fn() -> c_int as usize as c_ulong
+            }
+        })
     } else {
-        ENOENT
+        None
+    };
+    match addr {
+        Some(a) => {
+            if !val.is_null() {
+                // SAFETY: val is the caller's out-parameter.
+                unsafe { *val = a };
+            }
+            0
+        }
+        None => ENOENT,
     }
 }

@@ -27,7 +27,7 @@ mod sysctl;
 mod uvm;
 mod xen;
 
-pub use config::{DomainConfig, Faults, Mode};
+pub use config::{DomainConfig, Faults, Flavour, Mode};
 pub use domain::balloon_module;
 pub use domain::RESERVED_BELOW_4G;
 pub use domain::{test_module, Domain, FaultsMut, SimModinfo, View, XlError, LIBXL_MAXMEM_PAGES};

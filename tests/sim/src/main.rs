@@ -8,7 +8,9 @@
 //!
 //! options: --pv (default) | --pvh, --boot SIZE (1g), --max SIZE (4g),
 //!          --host-free SIZE (8g), --no-hotplug, --no-modload,
-//!          --builtin-balloon (the kernel's own balloon0 is attached)
+//!          --builtin-balloon (the kernel's own balloon0 is attached),
+//!          --kernel stock|assisted (stock: no kernel growth interfaces,
+//!          the default; assisted: those of docs/kernel-growth.md)
 //! ```
 //!
 //! A scenario file holds one command per line (`#` comments; a leading
@@ -26,13 +28,14 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 use balloon_sim::control::{parse_xl_size_kib, show, Console};
-use balloon_sim::{balloon_module, daemon, Domain, DomainConfig, Mode};
+use balloon_sim::{balloon_module, daemon, Domain, DomainConfig, Flavour, Mode};
 
 const MIB: u64 = 256; // pages per MiB
 const WAIT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: balloon-sim [--pv|--pvh] [--boot SIZE] [--max SIZE] [--host-free SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
+                   [--kernel stock|assisted]
                    [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]";
 
@@ -87,6 +90,11 @@ fn parse_opts(mut args: impl Iterator<Item = String>) -> Opts {
             "--max" => o.cfg = o.cfg.max_mib(size_mib(args.next())),
             "--host-free" => o.cfg = o.cfg.host_free_mib(size_mib(args.next())),
             "--no-hotplug" => o.cfg = o.cfg.hotplug(false),
+            "--kernel" => match args.next().as_deref() {
+                Some("stock") => o.cfg = o.cfg.flavour(Flavour::Stock),
+                Some("assisted") => o.cfg = o.cfg.flavour(Flavour::Assisted),
+                _ => usage(),
+            },
             "--builtin-balloon" => o.cfg = o.cfg.builtin_balloon(true),
             "--no-modload" => o.modload = false,
             "run" => match (args.next(), args.next()) {
@@ -228,8 +236,22 @@ fn demo(o: &Opts) {
         Mode::Pvh => &[
             ("512m", "down by half"),
             ("1g", "back to boot size"),
-            ("2560m", "above boot memory: hot-plugged segments"),
-            ("768m", "below boot memory: segments unplugged"),
+            (
+                "2560m",
+                if cfg.flavour == Flavour::Stock {
+                    "above boot memory: clipped on a stock kernel"
+                } else {
+                    "above boot memory: hot-plugged segments"
+                },
+            ),
+            (
+                "768m",
+                if cfg.flavour == Flavour::Stock {
+                    "below boot memory"
+                } else {
+                    "below boot memory: segments unplugged"
+                },
+            ),
             ("16m", "below the safe floor: clamped"),
             ("8g", "above the maximum: xl refuses"),
             ("1g", "boot size"),

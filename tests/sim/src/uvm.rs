@@ -8,7 +8,7 @@
 
 use std::os::raw::c_int;
 
-use crate::config::fail_now;
+use crate::config::{fail_now, Flavour, Mode};
 use crate::kernel::{
     kernel_panic, lock, physmem, uvmexp, with, Kernel, PageArray, Seg, VmPage, CHANGED, PAGE_SHIFT,
     PAGE_SIZE, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE,
@@ -346,8 +346,34 @@ extern "C" fn uvm_availmem(_cached: bool) -> c_int {
 unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool {
     let n = npages as u64;
     with(|k| {
+        k.plug_calls += 1;
         if !k.cfg.hotplug {
             kernel_panic("uvm_physseg_plug: Tried to add RAM after uvm_page_init");
+        }
+        // A stock kernel with UVM_HOTPLUG takes the plug, but the memory
+        // past the boot map is unusable, and the model makes that fatal
+        // at once (docs/kernel-growth.md section 1):
+        // - PV: the p2m is the builder's mfn_list sized to nr_pages and
+        //   xpmap_ptom_map has no bounds check (x86_xpmap.c 1.84.4.2,
+        //   xenpmap.h 1.39.12.1), pmap_enter maps any pa at or above
+        //   pmap_pa_end (= nr_pages) untranslated (xen_pmap.c 1.23), and
+        //   xen_prepare_resume crashes the domain on nr_pages != physmem
+        //   (xen_machdep.c 1.27.4.1);
+        // - PVH: the direct map is built once to the end of boot memory
+        //   (pmap.c 1.414 pmap_init_directmap), so pmap_zero_page of a
+        //   plugged page past it faults.
+        if k.cfg.flavour != Flavour::Stock {
+            // kernel-assisted: the plug is what the interfaces make safe.
+        } else if k.cfg.mode == Mode::Pv {
+            kernel_panic(
+                "uvm_physseg_plug on stock XEN3_DOMU: frames past the boot p2m \
+                 (x86_xpmap.c, xen_pmap.c pmap_enter at or above pmap_pa_end)",
+            );
+        } else {
+            kernel_panic(
+                "uvm_physseg_plug on stock GENERIC: page past pmap_direct_end \
+                 (pmap.c pmap_init_directmap), fatal page fault",
+            );
         }
         if k.faults.plug_fail || n == 0 || n > uvmexp.get().npages as u64 {
             return false;

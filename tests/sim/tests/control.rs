@@ -17,6 +17,7 @@ const MAX_KIB: u64 = 1024 * 1024;
 fn console() -> Console {
     let d = Domain::boot(
         DomainConfig::pvh()
+            .assisted()
             .boot_mib(256)
             .max_mib(1024)
             .host_free_mib(2048),

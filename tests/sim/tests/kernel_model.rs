@@ -422,7 +422,7 @@ fn hypercall_partial_results() {
 
 #[test]
 fn pvh_populate_plug_pglist_unplug() {
-    let d = Domain::boot(small().mode(Mode::Pvh));
+    let d = Domain::boot(small().mode(Mode::Pvh).assisted());
     assert_eq!(globals::vm_guest.get(), 3);
     assert!(globals::xpmap_phys_to_machine_mapping.get().is_null());
     // libxl's maximum is memory + 1 MiB: raise it as xl mem-max would.
@@ -469,7 +469,7 @@ fn pvh_populate_plug_pglist_unplug() {
 
 #[test]
 fn plug_unplug_rules_and_segment_walk() {
-    let d = Domain::boot(small());
+    let d = Domain::boot(small().assisted());
     // SAFETY (whole test): kernel calls with valid arguments.
     unsafe {
         assert!(!uvm_physseg_unplug(5, 1), "pfn in no segment");
@@ -797,7 +797,9 @@ fn not_xen_has_no_hypercalls() {
 // ---- kernel panics, each in a child process ----
 
 fn run_case(case: &str) {
-    let d = Domain::boot(small());
+    // The kernel-assisted flavour, where a plug is allowed; the stock
+    // cases boot their own.
+    let d = Domain::boot(small().assisted());
     // SAFETY: these calls break kernel rules on purpose; each must panic.
     unsafe {
         match case {
@@ -820,6 +822,18 @@ fn run_case(case: &str) {
             "plug_array_kernel" => {
                 drop(d);
                 let _d = Domain::boot(small().hotplug(false));
+                uvm_physseg_plug(0x3000, 8, std::ptr::null_mut());
+            }
+            "plug_stock_pv" => {
+                drop(d);
+                let _d = Domain::boot(small());
+                let pfns: Vec<u64> = (0x3000..0x3008).collect();
+                pv_back(&pfns);
+                uvm_physseg_plug(0x3000, 8, std::ptr::null_mut());
+            }
+            "plug_stock_pvh" => {
+                drop(d);
+                let _d = Domain::boot(small().mode(Mode::Pvh));
                 uvm_physseg_plug(0x3000, 8, std::ptr::null_mut());
             }
             "unplug_free_pages" => {
@@ -881,6 +895,8 @@ fn kernel_panics() {
         ("plug_unbacked", "plugging unbacked frames"),
         ("plug_overlap", "overlaps segment"),
         ("plug_array_kernel", "Tried to add RAM after uvm_page_init"),
+        ("plug_stock_pv", "uvm_physseg_plug on stock XEN3_DOMU"),
+        ("plug_stock_pvh", "uvm_physseg_plug on stock GENERIC"),
         ("unplug_free_pages", "unplug of pages on the free list"),
         ("unplug_last_segment", "out of memory"),
         ("gone_page", "unplugged"),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use balloon_sim::{balloon_module, Domain, DomainConfig, Faults, Mode, SysctlValue};
+use balloon_sim::{balloon_module, Domain, DomainConfig, Faults, Flavour, Mode, SysctlValue};
 
 const MIB: u64 = 256; // pages
 const KIB_PER_MIB: u64 = 1024;
@@ -14,14 +14,20 @@ const KIB_PER_MIB: u64 = 1024;
 /// longest back-off (a few simulated minutes) is well within it.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// PV on a stock XEN3_DOMU; PVH on the kernel-assisted flavour, where
+/// growth by plug is allowed (docs/kernel-growth.md section 10; on a stock
+/// kernel the driver never plugs, see `stock_kernels_never_plug`).
 fn boot(mode: Mode) -> Domain {
-    Domain::boot(
-        DomainConfig::default()
-            .mode(mode)
-            .boot_mib(256)
-            .max_mib(1024)
-            .host_free_mib(2048),
-    )
+    let cfg = DomainConfig::default()
+        .mode(mode)
+        .boot_mib(256)
+        .max_mib(1024)
+        .host_free_mib(2048);
+    Domain::boot(if mode == Mode::Pvh {
+        cfg.assisted()
+    } else {
+        cfg
+    })
 }
 
 fn loaded(mode: Mode) -> Domain {
@@ -69,7 +75,7 @@ fn settle(d: &Domain) {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = state(d);
-        if s == "idle" || s.starts_with("cancelled") {
+        if s == "idle" || s.starts_with("cancelled") || s.starts_with("clipped") {
             return;
         }
         assert!(Instant::now() < deadline, "worker still busy: {s}");
@@ -147,11 +153,16 @@ fn follows_targets_down_up_above_boot_and_back() {
             }
             _ => {
                 // The PV p2m covers only the boot frames (see README):
-                // growth stops at boot memory with a reason.
-                assert!(d.wait_until(|v| v.dmesg_contains("giving up on target 655360 KiB"), WAIT));
-                assert_eq!(state(&d), "cancelled: no frame space left to plug into");
+                // the target is clipped at boot memory with the reason.
+                assert!(d.wait_until(
+                    |v| v.dmesg_contains(
+                        "target 655360 KiB clipped to 262144 KiB: PV: the p2m ends at boot memory"
+                    ),
+                    WAIT
+                ));
+                assert_eq!(state(&d), "clipped: PV: the p2m ends at boot memory");
                 assert_eq!(d.memory(), 256 * MIB);
-                assert!(d.dmesg().iter().any(|l| l.contains("giving up on target")));
+                assert_eq!(d.plug_calls(), 0);
             }
         }
         // Back down: with hw.balloon.unplug on (off by default: see
@@ -405,14 +416,17 @@ fn without_uvm_hotplug_growth_is_refused_not_panicked() {
         Err(1)
     );
     d.xl_mem_set(512 * KIB_PER_MIB);
-    assert!(d.wait_until(|v| v.dmesg_contains("giving up on target 524288 KiB"), WAIT));
+    assert!(d.wait_until(
+        |v| v.dmesg_contains(
+            "target 524288 KiB clipped to 262144 KiB: kernel lacks options UVM_HOTPLUG"
+        ),
+        WAIT
+    ));
     assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
     settle(&d);
     assert_eq!(d.memory(), 256 * MIB);
-    assert_eq!(
-        state(&d),
-        "cancelled: target above boot memory and hotplug off"
-    );
+    assert_eq!(state(&d), "clipped: kernel lacks options UVM_HOTPLUG");
+    assert_eq!(d.plug_calls(), 0);
     unload_clean(&d);
 }
 
@@ -728,6 +742,7 @@ fn a_small_pvh_domain_grows_by_segments_uvm_accepts() {
     // uvmexp.npages; a 64 MiB domain must plug smaller ones.
     let d = Domain::boot(
         DomainConfig::pvh()
+            .assisted()
             .boot_mib(64)
             .max_mib(1024)
             .host_free_mib(2048),
@@ -1004,7 +1019,8 @@ fn pvh_growth_never_populates_the_reserved_range_below_4_gib() {
             .mode(Mode::Pvh)
             .boot_mib(4000)
             .max_mib(4400)
-            .host_free_mib(1024),
+            .host_free_mib(1024)
+            .assisted(),
     );
     d.modload(balloon_module()).expect("modload");
     assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
@@ -1026,4 +1042,88 @@ fn pvh_growth_never_populates_the_reserved_range_below_4_gib() {
         "{:?}",
         d.segments()
     );
+}
+
+/// Issue 14 item 2, docs/kernel-growth.md sections 6 and 8: on every stock
+/// kernel (XEN3_DOMU with and without UVM_HOTPLUG, GENERIC PVH with and
+/// without it, and the assisted kernel with one interface missing) a
+/// target above boot memory is clipped with the reason, one dmesg line
+/// says why, and uvm_physseg_plug is never called (on a stock kernel the
+/// simulator makes a plug fatal, as the real kernel would fault or panic).
+#[test]
+fn stock_kernels_never_plug() {
+    let cases: [(DomainConfig, &str); 5] = [
+        (
+            DomainConfig::pv().hotplug(true),
+            "PV: the p2m ends at boot memory",
+        ),
+        (
+            DomainConfig::pv().hotplug(false),
+            "PV: the p2m ends at boot memory",
+        ),
+        (
+            DomainConfig::pvh().hotplug(false),
+            "kernel lacks options UVM_HOTPLUG",
+        ),
+        (
+            DomainConfig::pvh().hotplug(true),
+            "PVH: the direct map ends at boot memory (x86/pmap.c pmap_init_directmap)",
+        ),
+        (
+            DomainConfig::pvh().flavour(Flavour::AssistedWithout("pmap_growdirectmap")),
+            "PVH: the direct map ends at boot memory (x86/pmap.c pmap_init_directmap)",
+        ),
+    ];
+    for (cfg, why) in cases {
+        let d = Domain::boot(cfg.boot_mib(256).max_mib(1024).host_free_mib(2048));
+        d.modload(balloon_module()).unwrap();
+        assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+        assert!(
+            d.dmesg()
+                .iter()
+                .any(|l| l.ends_with(&format!("hotplug unavailable ({why})"))),
+            "{:?}",
+            d.dmesg()
+        );
+        assert_eq!(
+            d.sysctl_read("hw.balloon.hotplug"),
+            Ok(SysctlValue::Bool(false))
+        );
+        // Down, then above boot memory: deflation back to 256 MiB, clipped.
+        mem_set(&d, 128);
+        d.xl_mem_set(512 * KIB_PER_MIB);
+        let line = format!("target 524288 KiB clipped to 262144 KiB: {why}");
+        assert!(d.wait_until(|v| v.dmesg_contains(&line), WAIT), "{why}");
+        assert_eq!(state(&d), format!("clipped: {why}"));
+        assert_eq!(d.memory(), 256 * MIB);
+        assert_eq!(d.plug_calls(), 0, "{why}");
+        assert_eq!(d.dmesg().iter().filter(|l| l.contains(&line)).count(), 1);
+        d.check().unwrap();
+        // Back down to a target it can meet: no longer clipped.
+        mem_set(&d, 200);
+        settle(&d);
+        assert_eq!(state(&d), "idle");
+        unload_clean(&d);
+    }
+}
+
+/// The all-or-nothing rule: one missing name means none is used, and the
+/// load says which.
+#[test]
+fn an_incomplete_growth_set_is_named_and_not_used() {
+    let d = Domain::boot(
+        DomainConfig::pv()
+            .flavour(Flavour::AssistedWithout("xpmap_p2m_grow"))
+            .boot_mib(256)
+            .max_mib(1024),
+    );
+    d.modload(balloon_module()).unwrap();
+    assert!(d.dmesg().iter().any(|l| l.ends_with(
+        "balloon0: kernel growth interfaces incomplete (xpmap_p2m_grow missing), using none"
+    )));
+    assert_eq!(
+        d.sysctl_read("hw.balloon.hotplug"),
+        Ok(SysctlValue::Bool(false))
+    );
+    unload_clean(&d);
 }
