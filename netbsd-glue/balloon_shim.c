@@ -25,6 +25,8 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 #define BALLOON_MAX_WAIT_MS	60000
 /* Bytes of hw.balloon.state, NUL included. */
 #define BALLOON_STATE_LEN	128
+/* Longest wait for the xenwatch thread to deliver the barrier event. */
+#define BALLOON_BARRIER_WAIT_MS	10000
 
 struct balloon_softc {
 	kmutex_t		 sc_lock;
@@ -32,6 +34,9 @@ struct balloon_softc {
 	lwp_t			*sc_worker;
 	bool			 sc_dying;	/* worker must exit */
 	bool			 sc_watching;	/* watch callbacks may act */
+	bool			 sc_watch_registered; /* sc_watch is on xenbus's list */
+	bool			 sc_barrier_done; /* sc_barrier's first event came */
+	struct xenbus_watch	 sc_barrier;	/* see balloon_watch_stop() */
 	bool			 sc_resync;	/* next event: re-registration's */
 	unsigned int		 sc_callbacks;	/* watch callbacks running */
 	struct balloon_rs	*sc_rs;
@@ -311,6 +316,14 @@ balloon_limit_refresh(struct balloon_softc *sc)
 		len = sizeof(smax);
 	mutex_enter(&sc->sc_lock);
 	(void)balloon_rs_set_limit(sc->sc_rs, (uint64_t)max, smax, len);
+	/*
+	 * A new limit may move the target (the core clamps it), even when
+	 * what asked for the refresh (a sysctl write) is then refused, or
+	 * was only a read of hw.balloon.max: wake the worker, which asks the
+	 * core what to do. Without it the driver said "deflating" and slept
+	 * for good (found by the soak).
+	 */
+	cv_broadcast(&sc->sc_cv);
 	mutex_exit(&sc->sc_lock);
 }
 
@@ -449,13 +462,21 @@ balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 }
 
 /*
- * Registers the watch. After a refused unload (resync) the event
+ * Registers the watch. register_xenbus_watch() (xenbus_xs.c) takes a
+ * watch off its list again when xenstored refuses it, except for EEXIST,
+ * which leaves it registered; unregistering a watch that is not on the
+ * list panics (KASSERT, or SLIST_REMOVE walking off the list). So the
+ * softc records whether the watch is registered, and only such a watch
+ * is ever unregistered.
+ *
+ * After a refused unload (resync) the event
  * xenstored fires for the new registration is marked, so that it does
  * not undo a target set with sysctl meanwhile.
  */
 static int
 balloon_watch_start(struct balloon_softc *sc, bool resync)
 {
+	int error;
 
 	sc->sc_watch.node = balloon_watch_node;
 	sc->sc_watch.node_sz = sizeof(balloon_watch_node);
@@ -464,13 +485,76 @@ balloon_watch_start(struct balloon_softc *sc, bool resync)
 	sc->sc_watching = true;
 	sc->sc_resync = resync;
 	mutex_exit(&sc->sc_lock);
-	return register_xenbus_watch(&sc->sc_watch);
+	error = register_xenbus_watch(&sc->sc_watch);
+	if (error == 0 || error == EEXIST)
+		sc->sc_watch_registered = true;
+	return error;
+}
+
+/* The barrier watch's callback: its first event has been delivered. */
+static void
+balloon_barrier_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
+{
+	struct balloon_softc *sc = &balloon_softc;
+
+	(void)w;
+	(void)vec;
+	(void)len;
+	mutex_enter(&sc->sc_lock);
+	sc->sc_barrier_done = true;
+	cv_broadcast(&sc->sc_cv);
+	mutex_exit(&sc->sc_lock);
 }
 
 /*
- * Stops the watch and waits for callbacks that had already begun.
- * unregister_xenbus_watch() drops queued events but need not wait for a
- * running callback; sc_watching turns late ones into no-ops.
+ * Waits until no callback of sc_watch can be running or about to run.
+ * The xenwatch thread (xenbus_xs.c) takes an event off its queue and then
+ * calls the callback with no lock held, and unregister_xenbus_watch()
+ * does not wait for a callback whose event was already taken: such a
+ * callback may not even have reached its first instruction, so no flag
+ * of ours can see it. But events are delivered one at a time, in order,
+ * and xenstore fires a newly registered watch once. So a second watch is
+ * registered after the first is gone, and once its first event has come,
+ * every earlier callback has returned.
+ */
+static void
+balloon_watch_barrier(struct balloon_softc *sc)
+{
+	int error, ticks;
+
+	sc->sc_barrier.node = balloon_watch_node;
+	sc->sc_barrier.node_sz = sizeof(balloon_watch_node);
+	sc->sc_barrier.xbw_callback = balloon_barrier_cb;
+	mutex_enter(&sc->sc_lock);
+	sc->sc_barrier_done = false;
+	mutex_exit(&sc->sc_lock);
+	error = register_xenbus_watch(&sc->sc_barrier);
+	if (error != 0 && error != EEXIST) {
+		printf("%s: cannot wait for the xenwatch thread: error %d\n",
+		    BALLOON_XNAME, error);
+		return;
+	}
+	if (error == 0) {
+		ticks = MAX((int)mstohz(BALLOON_BARRIER_WAIT_MS), 1);
+		mutex_enter(&sc->sc_lock);
+		while (!sc->sc_barrier_done) {
+			if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0 &&
+			    !sc->sc_barrier_done) {
+				printf("%s: the xenwatch thread did not answer\n",
+				    BALLOON_XNAME);
+				break;
+			}
+		}
+		mutex_exit(&sc->sc_lock);
+	}
+	/* EEXIST left it registered too (xenbus_xs.c). */
+	unregister_xenbus_watch(&sc->sc_barrier);
+}
+
+/*
+ * Stops the watch and waits for callbacks that had already begun or been
+ * taken for delivery (balloon_watch_barrier()); sc_watching turns late
+ * ones into no-ops.
  */
 static void
 balloon_watch_stop(struct balloon_softc *sc)
@@ -479,7 +563,11 @@ balloon_watch_stop(struct balloon_softc *sc)
 	mutex_enter(&sc->sc_lock);
 	sc->sc_watching = false;
 	mutex_exit(&sc->sc_lock);
-	unregister_xenbus_watch(&sc->sc_watch);
+	if (sc->sc_watch_registered) {
+		unregister_xenbus_watch(&sc->sc_watch);
+		sc->sc_watch_registered = false;
+		balloon_watch_barrier(sc);
+	}
 	mutex_enter(&sc->sc_lock);
 	while (sc->sc_callbacks > 0)
 		cv_wait(&sc->sc_cv, &sc->sc_lock);
@@ -735,7 +823,11 @@ balloon_worker_start(struct balloon_softc *sc)
 	    NULL, balloon_worker, sc, &sc->sc_worker, "balloon");
 }
 
-/* Stops the watch, then the worker thread; nothing else runs after. */
+/*
+ * Stops the watch, then the worker thread; nothing else runs after.
+ * Either may be missing (a failed start, at load or on a refused unload's
+ * restart): only what runs is stopped.
+ */
 static void
 balloon_stop(struct balloon_softc *sc)
 {
@@ -745,7 +837,8 @@ balloon_stop(struct balloon_softc *sc)
 	sc->sc_dying = true;
 	cv_broadcast(&sc->sc_cv);
 	mutex_exit(&sc->sc_lock);
-	(void)kthread_join(sc->sc_worker);
+	if (sc->sc_worker != NULL)
+		(void)kthread_join(sc->sc_worker);
 	sc->sc_worker = NULL;
 }
 
@@ -1007,28 +1100,36 @@ balloon_fini(void)
 	struct balloon_softc *sc = &balloon_softc;
 	int error, restart;
 
-	balloon_stop(sc);
+	balloon_watch_stop(sc);
 
-	/* Nothing else runs now; give every ballooned page back. */
+	/*
+	 * Give every ballooned page back. The worker thread keeps running:
+	 * it steps only with sc_lock held, so it waits meanwhile, and a
+	 * refused unload then needs no new thread (kthread_create may fail,
+	 * and a module left without its worker would never move again).
+	 */
 	mutex_enter(&sc->sc_lock);
 	error = balloon_rs_release(sc->sc_rs, balloon_uptime_ms());
+	if (error == 0) {
+		sc->sc_dying = true;
+		cv_broadcast(&sc->sc_cv);
+	}
 	mutex_exit(&sc->sc_lock);
 	if (error != 0) {
 		/*
-		 * Stay loaded and working: restart what was stopped. The
+		 * Stay loaded and working: watch memory/target again. The
 		 * core has logged why.
 		 */
-		mutex_enter(&sc->sc_lock);
-		sc->sc_dying = false;
-		mutex_exit(&sc->sc_lock);
-		if ((restart = balloon_worker_start(sc)) != 0)
-			balloon_shim_failed(sc, BALLOON_FAIL_WORKER_RESTART,
-			    restart);
 		if ((restart = balloon_watch_start(sc, true)) != 0)
 			balloon_shim_failed(sc, BALLOON_FAIL_WATCH_RESTART,
 			    restart);
+		mutex_enter(&sc->sc_lock);
+		balloon_kick(sc);
+		mutex_exit(&sc->sc_lock);
 		return error;
 	}
+	(void)kthread_join(sc->sc_worker);
+	sc->sc_worker = NULL;
 	/* No balloon driver runs any more (see balloon_advertise()). */
 	(void)xenbus_rm(NULL, "control", "feature-balloon");
 	sysctl_teardown(&sc->sc_sysctllog);

@@ -19,6 +19,10 @@ impl Errno {
     pub const EIO: Errno = Errno(5);
     /// Out of memory.
     pub const ENOMEM: Errno = Errno(12);
+    /// Bad address: a hypercall could not read its argument (Xen's
+    /// do_memory_op returns -EFAULT; Xen's errno numbers agree with
+    /// NetBSD's up to 34).
+    pub const EFAULT: Errno = Errno(14);
     /// Device busy: unload refused while memory is still ballooned.
     pub const EBUSY: Errno = Errno(16);
     /// Invalid argument: a malformed value.
@@ -42,6 +46,7 @@ impl Errno {
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
             Errno::ENOMEM => "ENOMEM",
+            Errno::EFAULT => "EFAULT",
             Errno::EBUSY => "EBUSY",
             Errno::EINVAL => "EINVAL",
             Errno::ENOSPC => "ENOSPC",

@@ -5,11 +5,14 @@
 # formatting, lints, the manual page, the core built for a bare-metal
 # target (no std leaks), all Rust tests (core, simulated domU, control
 # interface, object checker), the anita driver's tests, the ATF suite with
-# kyua against the simulated domU, the suite's own test (a build that does
-# not scrub must fail the scrub case), and the kernel Rust object built
-# and checked as the NetBSD module loader would take it, and the compile
-# gate (the shim against real NetBSD 10.1 and 11 kernel headers). The
-# kernel Rust object's deepest stack per entry point is held to 4 KiB.
+# kyua against the simulated domU, the suite on a NetBSD that cannot load
+# the module (every case skips), the suite's own test (a build that does
+# not scrub must fail the scrub case), the soak (a seeded random walk of
+# at least 10^5 hypercalls with every fault) and its own test (the same
+# broken build must fail it), the kernel Rust object built and checked as
+# the NetBSD module loader would take it, and the compile gate (the shim
+# against real NetBSD 10.1 and 11 kernel headers). The kernel Rust
+# object's deepest stack per entry point is held to 4 KiB.
 # Ends with one line "tests: N passed, M failed" over all test runs.
 set -eu
 # A failing command before `| tee` must fail the step, not vanish.
@@ -76,15 +79,26 @@ grep -q '^Test cases: ' "$log.kyua" || status=1
 kyua_tally "$log.kyua"
 rm -f "$log.kyua"
 
+step "ATF suite on a NetBSD whose kernel cannot load the module: every case skips"
+if sh tests/atf/check-skip.sh >"$log.skip" 2>&1; then
+	cat "$log.skip"
+	echo "test result: ok. 1 passed; 0 failed" >>"$log"
+else
+	cat "$log.skip"
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+fi
+rm -f "$log.skip"
+
 step "the suite's own test: a build that does not scrub must fail t_scrub"
 cargo build -q -p balloon-sim --features balloon/test-break-scrub --target-dir target/broken-scrub
-if BALLOON_SIM=target/broken-scrub/debug/balloon-sim sh tests/atf/run-sim.sh t_scrub.sh \
+if BALLOON_SIM=target/broken-scrub/debug/balloon-sim sh tests/atf/run-sim.sh t_scrub \
     >"$log.broken" 2>&1; then
 	echo "FAILED: t_scrub passed against a module that does not scrub"
 	status=1
 	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
 elif grep -q '^Test cases: .* [1-9][0-9]* failed' "$log.broken"; then
-	grep -E '^t_scrub.sh:.*->  *failed' "$log.broken" || :
+	grep -E '^t_scrub:.*->  *failed' "$log.broken" || :
 	echo "ok: the scrub case fails against the broken build"
 	echo "test result: ok. 1 passed; 0 failed" >>"$log"
 else
@@ -94,6 +108,40 @@ else
 	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
 fi
 rm -f "$log.broken"
+
+step "soak: a seeded random walk with every fault, at least 100000 hypercalls"
+cargo build -q --profile soak -p balloon-sim
+soakdir=$(mktemp -d)
+if target/soak/balloon-sim soak --seed 1 --runs 4 --hypercalls 100000 --quiet \
+    --out "$soakdir" >"$log.soak" 2>&1; then
+	echo "test result: ok. 1 passed; 0 failed" >>"$log"
+else
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+fi
+cat "$log.soak"
+rm -rf "$soakdir" "$log.soak"
+
+step "the soak's own test: a build that does not scrub must fail it"
+soakdir=$(mktemp -d)
+if target/broken-scrub/debug/balloon-sim soak --seed 1 --hypercalls 20000 --quiet \
+    --shrink-time 60 --out "$soakdir" >"$log.soak" 2>&1; then
+	cat "$log.soak"
+	echo "FAILED: the soak passed against a module that does not scrub"
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+elif grep -q 'reached Xen unzeroed while hw.balloon.scrub was 1' "$log.soak" &&
+    grep -q '^soak: a short scenario that fails the same way' "$log.soak"; then
+	grep -E 'unzeroed|^soak: a short' "$log.soak" | head -n 2
+	echo "ok: the soak finds the broken build and shrinks the case"
+	echo "test result: ok. 1 passed; 0 failed" >>"$log"
+else
+	cat "$log.soak"
+	echo "FAILED: the soak did not report the unzeroed pages"
+	status=1
+	echo "test result: FAILED. 0 passed; 1 failed" >>"$log"
+fi
+rm -rf "$soakdir" "$log.soak"
 
 step "kernel Rust object, checked"
 modules/balloon/build-rust-object.sh || status=1

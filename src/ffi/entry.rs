@@ -66,6 +66,7 @@ pub unsafe extern "C" fn balloon_rs_attach(
     bi: *const sys::balloon_boot_info,
     rsp: *mut *mut sys::balloon_rs,
 ) -> c_int {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: the shim passes a valid, initialised boot info or NULL.
     let Some(bi) = (unsafe { bi.as_ref() }) else {
         return errno(Errno::EINVAL);
@@ -127,6 +128,7 @@ pub unsafe extern "C" fn balloon_rs_attach(
 /// `rs` must be NULL or from `balloon_rs_attach`, and not used again.
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_detach(rs: *mut sys::balloon_rs) {
+    let _ctx = super::CoreContext::enter();
     if !rs.is_null() {
         // SAFETY: `rs` came from Box::into_raw in attach and is dropped once.
         drop(unsafe { Box::from_raw(rs.cast::<Core>()) });
@@ -143,6 +145,7 @@ pub unsafe extern "C" fn balloon_rs_step(
     now_ms: u64,
     wait_ms: *mut u64,
 ) -> sys::balloon_step_status {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return sys::balloon_step_status_BALLOON_STEP_IDLE;
@@ -173,6 +176,7 @@ pub unsafe extern "C" fn balloon_rs_xenstore_event(
     resync: bool,
     now_ms: u64,
 ) -> c_int {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return errno(Errno::EINVAL);
@@ -265,6 +269,7 @@ pub unsafe extern "C" fn balloon_rs_get(
     what: sys::balloon_value,
     out: *mut u64,
 ) -> c_int {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return errno(Errno::EINVAL);
@@ -338,6 +343,7 @@ pub unsafe extern "C" fn balloon_rs_set(
     what: sys::balloon_value,
     v: i64,
 ) -> c_int {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return errno(Errno::EINVAL);
@@ -428,6 +434,7 @@ pub unsafe extern "C" fn balloon_rs_text(
     buf: *mut c_char,
     len: usize,
 ) -> usize {
+    let _ctx = super::CoreContext::enter();
     if buf.is_null() || len == 0 {
         return 0;
     }
@@ -462,6 +469,7 @@ pub unsafe extern "C" fn balloon_rs_text(
 /// As for [`core_mut`].
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_release(rs: *mut sys::balloon_rs, now_ms: u64) -> c_int {
+    let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
     let Some(core) = (unsafe { core_mut(rs) }) else {
         return errno(Errno::EINVAL);

@@ -31,6 +31,7 @@ fn errno_result(e: cty::c_int) -> Result<(), Errno> {
 
 impl Platform for ShimPlatform {
     fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize {
+        let _shim = super::ShimCall::enter();
         let (lo, hi) = prefer.map_or((0, 0), |r| (r.start().0, r.end().0));
         // SAFETY: `out` is valid for writes of `out.len()` frames, which
         // is the count the shim is given and writes at most.
@@ -39,6 +40,7 @@ impl Platform for ShimPlatform {
     }
 
     fn free_pages(&mut self, pfns: &[u64]) {
+        let _shim = super::ShimCall::enter();
         if pfns.is_empty() {
             return;
         }
@@ -48,12 +50,14 @@ impl Platform for ShimPlatform {
     }
 
     fn scrub(&mut self, pfn: Pfn) {
+        let _shim = super::ShimCall::enter();
         // SAFETY: the driver owns the page of `pfn`; zeroing it touches
         // nothing else.
         unsafe { sys::balloon_shim_page_scrub(pfn.0) }
     }
 
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: `pfn` lies in a UVM segment, all of which are below the
         // p2m capacity the shim reported at attach (frame_limit_pfn).
         let mfn = unsafe { sys::balloon_shim_p2m_lookup(pfn.0) };
@@ -61,6 +65,7 @@ impl Platform for ShimPlatform {
     }
 
     fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]) {
+        let _shim = super::ShimCall::enter();
         let n = pfns.len().min(mfns.len());
         // SAFETY: both slices hold at least `n` entries; every pfn lies in
         // a UVM segment below the p2m capacity (as for p2m_lookup), every
@@ -69,11 +74,13 @@ impl Platform for ShimPlatform {
     }
 
     fn p2m_clear(&mut self, pfn: Pfn) {
+        let _shim = super::ShimCall::enter();
         // SAFETY: as for p2m_lookup.
         unsafe { sys::balloon_shim_p2m_clear(pfn.0) }
     }
 
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: `frames` is valid for `frames.len()` entries, the
         // extent count the hypercall is given.
         extents_done(unsafe {
@@ -82,6 +89,7 @@ impl Platform for ShimPlatform {
     }
 
     fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: as for decrease_reservation; Xen writes at most
         // `mfns.len()` entries.
         extents_done(unsafe {
@@ -90,23 +98,27 @@ impl Platform for ShimPlatform {
     }
 
     fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: as for increase_reservation.
         extents_done(unsafe { sys::balloon_shim_populate_physmap(pfns.as_mut_ptr(), pfns.len()) })
     }
 
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: the range is fully backed and overlaps no segment (the
         // frame space guarantees it), as uvm_physseg_plug requires.
         errno_result(unsafe { sys::balloon_shim_physseg_plug(range.start().0, range.len().0) })
     }
 
     fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        let _shim = super::ShimCall::enter();
         // SAFETY: every page of the range is owned by the driver (fully
         // ballooned), as uvm_physseg_unplug requires.
         errno_result(unsafe { sys::balloon_shim_physseg_unplug(range.start().0, range.len().0) })
     }
 
     fn meminfo(&mut self) -> MemInfo {
+        let _shim = super::ShimCall::enter();
         let mut mi = sys::balloon_meminfo::default();
         // SAFETY: `mi` is a valid, writable balloon_meminfo.
         unsafe { sys::balloon_shim_meminfo(&mut mi) };
@@ -118,6 +130,7 @@ impl Platform for ShimPlatform {
     }
 
     fn log(&mut self, line: &str) {
+        let _shim = super::ShimCall::enter();
         // SAFETY: the shim prints `len` bytes from `msg` ("%.*s") and
         // keeps no pointer to them.
         unsafe { sys::balloon_shim_log(line.as_ptr().cast(), line.len()) }

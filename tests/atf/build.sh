@@ -1,9 +1,12 @@
 #!/bin/sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
-# build.sh: compiles the C test programs of the ATF suite (t_sysctl_raw)
-# next to their sources, against atf-c.  Portable sh: Debian (atf-sh,
-# libatf-dev, kyua) and NetBSD with the comp set.
+# build.sh: builds the ATF test programs next to their sources, as
+# bsd.test.mk would (see the Makefile, for NetBSD's tests/ tree): each
+# shell program t_x from t_x.sh with an atf-sh interpreter line put in
+# front, each C program t_x from t_x.c against atf-c.  The Atffile and
+# Kyuafile list the programs by those names.  Portable sh: Debian
+# (atf-sh, libatf-dev, kyua) and NetBSD with the comp set.
 #
 #	sh tests/atf/build.sh		CC, CFLAGS, LDFLAGS are honoured
 
@@ -11,6 +14,24 @@ set -eu
 
 srcdir=$(cd "$(dirname "$0")" && pwd)
 cc=${CC:-cc}
+
+# The programs, as the Makefile's TESTS_SH and TESTS_C name them.
+tests_sh=$(sed -n 's/^TESTS_SH+*=[[:space:]]*//p' "$srcdir/Makefile")
+tests_c=$(sed -n 's/^TESTS_C+*=[[:space:]]*//p' "$srcdir/Makefile")
+
+# bsd.test.mk writes #! /usr/bin/atf-sh; elsewhere atf-sh may live in
+# another directory.
+atf_sh=$(command -v atf-sh 2>/dev/null || echo /usr/bin/atf-sh)
+
+for prog in $tests_sh; do
+	echo "atf-sh: $srcdir/$prog from $prog.sh"
+	{
+		echo "#! $atf_sh"
+		cat "$srcdir/$prog.sh"
+	} >"$srcdir/$prog.tmp"
+	chmod +x "$srcdir/$prog.tmp"
+	mv "$srcdir/$prog.tmp" "$srcdir/$prog"
+done
 
 if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists atf-c; then
 	atf_cflags=$(pkg-config --cflags atf-c)
@@ -21,8 +42,7 @@ else
 	atf_libs=-latf-c
 fi
 
-progs="t_sysctl_raw"
-for prog in $progs; do
+for prog in $tests_c; do
 	echo "$cc -o $srcdir/$prog $srcdir/$prog.c"
 	# shellcheck disable=SC2086 # the flags are word lists
 	$cc ${CFLAGS:--O2 -g} -Wall -Wextra $atf_cflags \

@@ -7,8 +7,12 @@
 #	BALLOON_SIM=/path/to/balloon-sim sh tests/atf/run-sim.sh
 #	BALLOON_ATF_JOBS=1 sh tests/atf/run-sim.sh	one case at a time
 #
-# Filters are kyua's: a program (t_scrub.sh) or a case
-# (t_scrub.sh:scrub_on); none runs the whole suite.
+# Filters are kyua's: a program (t_scrub) or a case (t_scrub:scrub_on);
+# none runs the whole suite.
+#
+# Every case requires root (require.user in its metadata, as NetBSD's
+# tests/modules do, since on NetBSD they load a kernel module); kyua
+# skips them all for another user, so run this as root.
 #
 # Builds the C test programs (build.sh), runs every program of the
 # Kyuafile with the suite's configuration variable balloon_sim set, prints
@@ -37,6 +41,11 @@ if [ ! -x "$sim" ]; then
 fi
 
 sh "$here/build.sh"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "run-sim.sh: not root: kyua will skip every case" \
+	    "(require.user root)" >&2
+fi
 
 # Every case has its own daemon and work directory: they can run at once.
 jobs=${BALLOON_ATF_JOBS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)}

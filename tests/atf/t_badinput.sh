@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # The bad-input table: what the driver does with each kind of target
@@ -36,6 +35,7 @@ baseline()
 atf_test_case xenstore cleanup
 xenstore_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "memory/target values from dom0: malformed ones are" \
 	    "refused and counted, out-of-range ones clamped and counted"
 }
@@ -136,6 +136,7 @@ xenstore_cleanup()
 atf_test_case xenstore_unreadable cleanup
 xenstore_unreadable_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A memory/target that cannot be read is reported on" \
 	    "the console and changes nothing; a removed one is ignored"
 }
@@ -180,6 +181,7 @@ xenstore_unreadable_cleanup()
 atf_test_case sysctl cleanup
 sysctl_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.target values: what sysctl(8) refuses" \
 	    "never reaches the driver; the driver refuses out-of-range" \
 	    "values with EPERM (counted) and negative ones with EINVAL"
@@ -277,6 +279,7 @@ sysctl_cleanup()
 atf_test_case sysctl_negative_counted cleanup
 sysctl_negative_counted_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A negative hw.balloon.target refused with EINVAL" \
 	    "counts in stats.targets_refused, as balloon.4 says of every" \
 	    "failed write of hw.balloon.target"
@@ -300,6 +303,7 @@ sysctl_negative_counted_cleanup()
 atf_test_case xl cleanup
 xl_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "xl mem-set: sizes xl cannot parse, or above the" \
 	    "static maximum, never reach memory/target; those it can parse" \
 	    "reach the driver in KiB"

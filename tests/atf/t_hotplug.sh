@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Growing past boot memory by plugging UVM segments (hw.balloon.hotplug)
@@ -10,6 +9,7 @@
 atf_test_case hotplug_on cleanup
 hotplug_on_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With hotplug on (the default) a PVH domain grows past" \
 	    "its boot memory"
 }
@@ -36,6 +36,7 @@ hotplug_on_cleanup()
 atf_test_case deflate_before_plug cleanup
 deflate_before_plug_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Growing takes ballooned pages back before it plugs" \
 	    "anything new"
 }
@@ -65,6 +66,7 @@ deflate_before_plug_cleanup()
 atf_test_case hotplug_off cleanup
 hotplug_off_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With hotplug off a target above boot memory ends in" \
 	    "'cancelled: target above boot memory and hotplug off'; turning" \
 	    "it on again resumes"
@@ -109,6 +111,7 @@ hotplug_off_cleanup()
 atf_test_case no_uvm_hotplug cleanup
 no_uvm_hotplug_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "On a kernel without UVM_HOTPLUG hotplug reads 0, is" \
 	    "read-only (EPERM), and the domain stops at boot memory"
 }
@@ -159,6 +162,7 @@ no_uvm_hotplug_cleanup()
 atf_test_case unplug_on_shrink cleanup
 unplug_on_shrink_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Shrinking back to boot memory unplugs the fully" \
 	    "ballooned plugged segment"
 }
@@ -197,6 +201,7 @@ unplug_on_shrink_cleanup()
 atf_test_case unplug_newest_first cleanup
 unplug_newest_first_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Shrinking takes the newest plugged segment first and" \
 	    "unplugs only segments whose every page is ballooned"
 }
@@ -241,6 +246,7 @@ unplug_newest_first_cleanup()
 atf_test_case unplug_off cleanup
 unplug_off_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With unplug off a fully ballooned segment stays" \
 	    "plugged; turning unplug on removes it"
 }
@@ -282,6 +288,7 @@ unplug_off_cleanup()
 atf_test_case plug_fails cleanup
 plug_fails_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A plug that keeps failing is retried, then given up" \
 	    "with the reason; nothing is lost and a new target succeeds"
 }
@@ -326,6 +333,7 @@ plug_fails_cleanup()
 atf_test_case unplug_fails cleanup
 unplug_fails_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "An unplug that fails leaves the segment plugged and" \
 	    "ballooned; a knob that changes unplugs it"
 }

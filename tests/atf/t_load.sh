@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Loading and unloading balloon.kmod: modload, modstat, a refused second
@@ -27,6 +26,7 @@ sim_clean_after_unload()
 atf_test_case load_unload cleanup
 load_unload_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "modload makes hw.balloon and a modstat entry appear," \
 	    "modunload takes them away"
 }
@@ -60,6 +60,7 @@ load_unload_cleanup()
 atf_test_case load_twice cleanup
 load_twice_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A second modload fails with EEXIST and leaves the" \
 	    "loaded module working"
 }
@@ -94,6 +95,7 @@ load_twice_cleanup()
 atf_test_case unload_not_loaded cleanup
 unload_not_loaded_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "modunload of a module that is not loaded fails with" \
 	    "ENOENT"
 }
@@ -113,6 +115,7 @@ unload_not_loaded_cleanup()
 atf_test_case unload_gives_back cleanup
 unload_gives_back_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "After ballooning down, modunload succeeds, gives every" \
 	    "page back and leaves nothing behind"
 }
@@ -152,6 +155,7 @@ unload_gives_back_cleanup()
 atf_test_case unload_busy cleanup
 unload_busy_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "modunload fails with EBUSY while Xen cannot give the" \
 	    "ballooned memory back; the module keeps working and unloads" \
 	    "cleanly once Xen can"
@@ -191,6 +195,7 @@ unload_busy_cleanup()
 atf_test_case unload_after_hotplug cleanup
 unload_after_hotplug_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "modunload after growing past boot memory: plugged" \
 	    "segments in use stay, the reservation stays, nothing leaks"
 }
@@ -221,6 +226,7 @@ unload_after_hotplug_cleanup()
 atf_test_case reload_cycles cleanup
 reload_cycles_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Five load, balloon, unload cycles in a row, each clean"
 }
 reload_cycles_body()
@@ -257,6 +263,7 @@ reload_cycles_cleanup()
 atf_test_case refused_beside_builtin cleanup
 refused_beside_builtin_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "modload fails with EEXIST, says why and leaves" \
 	    "nothing behind when the kernel's own balloon0 is attached"
 }

@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Scrubbing: with hw.balloon.scrub on (the default) every page is zeroed
@@ -45,6 +44,7 @@ scrub_on_case()
 atf_test_case scrub_on cleanup
 scrub_on_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With scrub on (the default) every page given to Xen" \
 	    "is zeroed first and counted in pages_scrubbed"
 }
@@ -61,6 +61,7 @@ scrub_on_cleanup()
 atf_test_case scrub_on_pvh cleanup
 scrub_on_pvh_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Scrubbing in a PVH guest (frames given by guest frame" \
 	    "number, no p2m): every page zeroed"
 }
@@ -77,6 +78,7 @@ scrub_on_pvh_cleanup()
 atf_test_case scrub_on_plugged cleanup
 scrub_on_plugged_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Pages of a plugged segment are zeroed too before they" \
 	    "go back to Xen"
 }
@@ -118,6 +120,7 @@ scrub_on_plugged_cleanup()
 atf_test_case scrub_off cleanup
 scrub_off_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With scrub off pages go to Xen as they are and none" \
 	    "is counted as scrubbed"
 }
@@ -160,6 +163,7 @@ scrub_off_cleanup()
 atf_test_case scrub_back_on cleanup
 scrub_back_on_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Turning scrub back on zeroes every page from then on"
 }
 scrub_back_on_body()
@@ -196,6 +200,7 @@ scrub_back_on_cleanup()
 atf_test_case scrub_under_short_steps cleanup
 scrub_under_short_steps_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "When Xen takes only part of a batch, the pages it did" \
 	    "take were zeroed all the same"
 }

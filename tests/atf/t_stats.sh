@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # hw.balloon.stats against what happened: pages moved, hypercalls,
@@ -36,6 +35,7 @@ expect_delta()
 atf_test_case down_up_counts cleanup
 down_up_counts_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "After 128 MiB down and back up the counters match:" \
 	    "pages inflated and deflated, hypercalls, targets accepted"
 }
@@ -78,6 +78,7 @@ down_up_counts_cleanup()
 atf_test_case hypercalls_follow_batch cleanup
 hypercalls_follow_batch_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.batch is the number of frames per" \
 	    "hypercall: larger batches, fewer hypercalls"
 }
@@ -115,6 +116,7 @@ hypercalls_follow_batch_cleanup()
 atf_test_case inflate_short_results cleanup
 inflate_short_results_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "When Xen takes fewer frames than asked, each step" \
 	    "counts as short, retries follow, and after retry_max the" \
 	    "target is given up"
@@ -168,6 +170,7 @@ inflate_short_results_cleanup()
 atf_test_case deflate_host_oom cleanup
 deflate_host_oom_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With no free memory on the host, deflating waits and" \
 	    "retries (ENOMEM in deflate); with retry_max 0 it never gives" \
 	    "up and finishes once memory is there"
@@ -211,6 +214,7 @@ deflate_host_oom_cleanup()
 atf_test_case given_up_after_retries cleanup
 given_up_after_retries_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "With retry_max 2 a deflate that keeps falling short is" \
 	    "given up after two retries; writing a knob re-arms it"
 }
@@ -253,6 +257,7 @@ given_up_after_retries_cleanup()
 atf_test_case low_memory_guard cleanup
 low_memory_guard_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Inflation takes no pages while the kernel's free" \
 	    "memory is low: it waits ('waiting: low memory') and goes on" \
 	    "once memory is freed"
@@ -288,6 +293,7 @@ low_memory_guard_cleanup()
 atf_test_case xenstore_counts cleanup
 xenstore_counts_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "xenstore targets: a malformed one counts in" \
 	    "targets_refused and changes nothing, an out-of-range one counts" \
 	    "in targets_clamped and targets_accepted"
@@ -329,6 +335,7 @@ xenstore_counts_cleanup()
 atf_test_case sysctl_refused_counts cleanup
 sysctl_refused_counts_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.target writes outside [min, max] count in" \
 	    "targets_refused, not in targets_accepted"
 }

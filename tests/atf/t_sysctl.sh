@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # The hw.balloon sysctl tree: every node, its description, its default,
@@ -77,6 +76,7 @@ snapshot()
 atf_test_case nodes_exist cleanup
 nodes_exist_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon has exactly the documented leaves, each" \
 	    "with a value of its kind"
 }
@@ -137,6 +137,7 @@ nodes_exist_cleanup()
 atf_test_case descriptions cleanup
 descriptions_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "sysctl -d describes every leaf of hw.balloon"
 }
 descriptions_body()
@@ -164,6 +165,7 @@ descriptions_cleanup()
 atf_test_case defaults cleanup
 defaults_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Right after load the knobs have their documented" \
 	    "defaults and the counters are at zero"
 }
@@ -243,6 +245,7 @@ defaults_cleanup()
 atf_test_case knobs_read_write cleanup
 knobs_read_write_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Every writable knob can be read, written, read back" \
 	    "and restored"
 }
@@ -279,6 +282,7 @@ knobs_read_write_cleanup()
 atf_test_case batch_bounds cleanup
 batch_bounds_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.batch takes 1 to 8192 and refuses 0 and" \
 	    "8193 with EPERM"
 }
@@ -313,6 +317,7 @@ batch_bounds_cleanup()
 atf_test_case min_bounds cleanup
 min_bounds_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.min refuses values below the safe floor" \
 	    "or above max with EPERM, rounds up to pages, and raises the" \
 	    "target in force"
@@ -355,6 +360,7 @@ min_bounds_cleanup()
 atf_test_case retry_bounds cleanup
 retry_bounds_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "retry_delay_max takes 1 to 86400000 ms, retry_max 0" \
 	    "to 4294967295; others are refused with EPERM"
 }
@@ -381,6 +387,7 @@ retry_bounds_cleanup()
 atf_test_case bools cleanup
 bools_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "scrub, unplug and hotplug read 0 or 1; sysctl(8)" \
 	    "writes any non-zero number as 1 and refuses what is not a number"
 }
@@ -412,6 +419,7 @@ bools_cleanup()
 atf_test_case readonly_nodes cleanup
 readonly_nodes_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Writes to read-only nodes fail with EPERM and change" \
 	    "nothing"
 }
@@ -438,6 +446,7 @@ readonly_nodes_cleanup()
 atf_test_case target_write cleanup
 target_write_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.target takes values between min and max," \
 	    "rounded down to pages, and refuses others with EPERM, counted" \
 	    "in stats.targets_refused"
@@ -483,6 +492,7 @@ target_write_cleanup()
 atf_test_case refusals_change_nothing cleanup
 refusals_change_nothing_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A battery of refused writes leaves the whole tree as" \
 	    "it was, but for stats.targets_refused"
 }

@@ -1,4 +1,3 @@
-#! /usr/bin/env atf-sh
 # SPDX-License-Identifier: BSD-2-Clause
 #
 # Targets: down and back up through sysctl, xl mem-set and xenstore
@@ -18,6 +17,7 @@ wait_target()
 atf_test_case sysctl_down_up cleanup
 sysctl_down_up_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "hw.balloon.target down by 128 MiB and back: current" \
 	    "follows, ballooned shows the difference"
 }
@@ -60,6 +60,7 @@ sysctl_down_up_cleanup()
 atf_test_case xl_mem_set cleanup
 xl_mem_set_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "xl mem-set from dom0 (xenstore memory/target) takes" \
 	    "the domain down and back up"
 }
@@ -95,6 +96,7 @@ xl_mem_set_cleanup()
 atf_test_case xenstore_target cleanup
 xenstore_target_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "A KiB count written to xenstore memory/target is" \
 	    "followed, rounded down to pages"
 }
@@ -119,6 +121,7 @@ xenstore_target_cleanup()
 atf_test_case last_writer_wins cleanup
 last_writer_wins_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "sysctl and xenstore both set the target; the later" \
 	    "write counts"
 }
@@ -145,6 +148,7 @@ last_writer_wins_cleanup()
 atf_test_case same_target_again cleanup
 same_target_again_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "Writing the target the domain is at is accepted and" \
 	    "moves nothing"
 }
@@ -170,6 +174,7 @@ same_target_again_cleanup()
 atf_test_case above_boot_pvh cleanup
 above_boot_pvh_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "PVH: a target above boot memory is reached with a" \
 	    "hot-plugged segment"
 }
@@ -212,6 +217,7 @@ above_boot_pvh_cleanup()
 atf_test_case above_boot_pv cleanup
 above_boot_pv_head()
 {
+	atf_set "require.user" "root"
 	atf_set descr "PV on a stock kernel: a target above boot memory is" \
 	    "clipped at boot memory, 'clipped: PV: the p2m ends at boot memory'"
 }

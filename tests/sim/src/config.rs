@@ -30,6 +30,17 @@ pub enum Flavour {
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
+/// The most boot memory the simulator represents. The model keeps state
+/// for every frame (a 32-byte vm_page, a free-list entry, Xen's record of
+/// the frame: about 130 bytes of host memory per simulated page for PV,
+/// measured with a 16 GiB PV domain), so 64 GiB booted costs about 2 GB. Issue 13 (a
+/// simulator that stores frame state sparsely) is what lifts this.
+pub const MAX_BOOT_BYTES: u64 = 64 << 30;
+/// The largest maximum reservation the simulator represents: a domain
+/// grown to it costs about 3.5 GB of host memory, and a PV domain's p2m
+/// table (8 bytes per frame up to the maximum) is allocated at boot.
+pub const MAX_MAX_BYTES: u64 = 128 << 30;
+
 /// How a domain boots. Sizes are bytes unless named pages/frames.
 #[derive(Clone, Debug)]
 pub struct DomainConfig {
@@ -168,6 +179,91 @@ impl DomainConfig {
     pub fn p2m_frames(&self) -> u64 {
         self.p2m_capacity.unwrap_or(self.max_pages() + 256 + 65536)
     }
+
+    /// Whether the simulator can boot this domain; the error says what
+    /// is wrong in one line, naming the limit when a size is too large.
+    pub fn validate(&self) -> Result<(), String> {
+        let segs = self.segments();
+        if segs.is_empty() {
+            return Err("no boot segments".into());
+        }
+        if segs.iter().any(|s| s.1 == 0) {
+            return Err("an empty boot segment".into());
+        }
+        if segs.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err("boot segments must be sorted and disjoint".into());
+        }
+        let boot = self.boot_pages() * PAGE;
+        if boot < MIB {
+            return Err(format!("boot memory of {boot} bytes is less than 1 MiB"));
+        }
+        if boot > MAX_BOOT_BYTES {
+            return Err(format!(
+                "boot memory of {} MiB is more than the simulator can represent \
+                 ({} MiB at most: it keeps about 130 bytes of host memory per page)",
+                boot / MIB,
+                MAX_BOOT_BYTES / MIB
+            ));
+        }
+        if self.max_bytes > MAX_MAX_BYTES {
+            return Err(format!(
+                "a maximum of {} MiB is more than the simulator can represent \
+                 ({} MiB at most: it keeps about 130 bytes of host memory per page)",
+                self.max_bytes / MIB,
+                MAX_MAX_BYTES / MIB
+            ));
+        }
+        if self.max_pages() < self.boot_pages() {
+            return Err(format!(
+                "boot memory ({} MiB) exceeds the maximum reservation ({} MiB)",
+                boot / MIB,
+                self.max_bytes / MIB
+            ));
+        }
+        let top = segs.last().map_or(0, |s| s.0 + s.1);
+        if self.mode == Mode::Pv && self.p2m_frames() < top {
+            return Err("the p2m capacity is below the boot frames".into());
+        }
+        if self.time_scale == 0 {
+            return Err("the time scale must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The XENMEM_* commands of HYPERVISOR_memory_op the model answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemOp {
+    IncreaseReservation,
+    DecreaseReservation,
+    CurrentReservation,
+    MaximumReservation,
+    PopulatePhysmap,
+}
+
+impl MemOp {
+    pub const ALL: [MemOp; 5] = [
+        MemOp::IncreaseReservation,
+        MemOp::DecreaseReservation,
+        MemOp::CurrentReservation,
+        MemOp::MaximumReservation,
+        MemOp::PopulatePhysmap,
+    ];
+
+    /// The command's name without XENMEM_, as `sim fault memory_op` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemOp::IncreaseReservation => "increase_reservation",
+            MemOp::DecreaseReservation => "decrease_reservation",
+            MemOp::CurrentReservation => "current_reservation",
+            MemOp::MaximumReservation => "maximum_reservation",
+            MemOp::PopulatePhysmap => "populate_physmap",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<MemOp> {
+        MemOp::ALL.into_iter().find(|m| m.name() == s)
+    }
 }
 
 /// Faults to inject; settable at any time through `Domain::set_faults` or
@@ -193,6 +289,15 @@ pub struct Faults {
     pub xenstore_read_error: Option<i32>,
     /// kmem_alloc(.., KM_NOSLEEP) returns NULL.
     pub kmem_nosleep_fail: bool,
+    /// kthread_create fails with this errno.
+    pub kthread_create_error: Option<i32>,
+    /// sysctl_createv fails with ENOMEM after this many more successes.
+    pub sysctl_create_fail_after: Option<u64>,
+    /// register_xenbus_watch fails with this errno (xenstored's answer
+    /// to XS_WATCH).
+    pub watch_register_error: Option<i32>,
+    /// HYPERVISOR_memory_op returns minus this errno for the command.
+    pub memory_op_errors: std::collections::BTreeMap<MemOp, i32>,
 }
 
 /// Consumes one call of a fail-after counter; true = this call fails.

@@ -7,8 +7,9 @@
 //! functions, modcmd) while holding it. `CHANGED` is notified after every
 //! state change so tests can wait for conditions without sleeping.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -177,7 +178,8 @@ pub(crate) struct Kernel {
     /// PVH gfns populated inside reserved parts of the guest memory map.
     pub reserved_hits: Vec<(u64, &'static str)>,
     // xenstore / xenbus
-    pub store: BTreeMap<String, String>,
+    /// xenstore values are byte strings (NUL included, xs_write takes a length).
+    pub store: BTreeMap<String, Vec<u8>>,
     pub watches: Vec<(usize, String)>,
     pub watch_queue: VecDeque<(usize, String)>,
     pub watch_running: Option<usize>,
@@ -196,6 +198,13 @@ pub(crate) struct Kernel {
     // threads and modules
     pub live_kthreads: u64,
     pub modules: Vec<&'static crate::SimModinfo>,
+    // what the simulator counts for tests and the soak
+    /// HYPERVISOR_memory_op calls made (every command).
+    pub hypercalls: u64,
+    /// Times an injected fault changed an outcome.
+    pub faults_fired: u64,
+    /// Successful module loads since boot.
+    pub module_loads: u64,
 }
 
 // SAFETY: the raw pointers in Kernel point into memory the Kernel owns
@@ -214,8 +223,10 @@ pub(crate) fn lock() -> MutexGuard<'static, Option<Kernel>> {
 }
 
 /// Runs `f` on the booted kernel under the state lock, then notifies
-/// waiters. A kernel service used with no domain booted is a panic.
+/// waiters. A kernel service used with no domain booted is a panic. A
+/// thread of a destroyed domain stops here for good (see `freeze_point`).
 pub(crate) fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    freeze_point();
     let mut g = lock();
     let Some(k) = g.as_mut() else {
         drop(g);
@@ -231,6 +242,64 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
 pub(crate) fn notify_changed() {
     drop(lock());
     CHANGED.notify_all();
+}
+
+// ---- domain generations: a domain destroyed with a module loaded ----
+//
+// Xen can destroy a domain whatever its kernel is doing: the guest's
+// threads simply never run again. When the simulated domain is torn down
+// while a module is still loaded (its MODULE_CMD_FINI refused, as it must
+// while Xen cannot give memory back), the module's threads are frozen the
+// same way: every kernel thread and the xenwatch thread carries the
+// generation of the domain it was created in, and once that domain is no
+// longer the live one, the thread parks for good at its next entry into
+// the simulated kernel (a kernel service, a mutex or condvar wait). No
+// thread of a destroyed domain can touch a later domain's state.
+
+/// Generation of the booted domain; 0 while none is (or while the one
+/// being torn down freezes its threads).
+pub(crate) static LIVE_GEN: AtomicU64 = AtomicU64::new(0);
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+/// Threads of the domain being destroyed that have parked.
+pub(crate) static PARKED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The generation of the domain this thread belongs to (0: not a
+    /// thread of the simulated kernel: a test, a console, a client).
+    static MY_GEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A new generation for a domain being booted.
+pub(crate) fn new_generation() -> u64 {
+    NEXT_GEN.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Marks the calling thread as a kernel thread of domain `gen`.
+pub(crate) fn adopt_thread(gen: u64) {
+    MY_GEN.with(|g| g.set(gen));
+}
+
+/// Whether the calling thread belongs to a domain that is no longer live.
+pub(crate) fn thread_is_frozen() -> bool {
+    let me = MY_GEN.with(|g| g.get());
+    me != 0 && me != LIVE_GEN.load(Ordering::SeqCst)
+}
+
+/// Parks the calling thread for good if its domain was destroyed.
+pub(crate) fn freeze_point() {
+    if thread_is_frozen() {
+        park_forever();
+    }
+}
+
+/// Stops the calling thread of a destroyed domain for good. It holds no
+/// simulator lock when it gets here.
+pub(crate) fn park_forever() -> ! {
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    CHANGED.notify_all();
+    loop {
+        std::thread::park();
+    }
 }
 
 // ---- dmesg and panic ----
@@ -296,6 +365,7 @@ pub(crate) fn dmesg_lock() -> MutexGuard<'static, Dmesg> {
 
 /// Appends kernel printf output; complete lines become dmesg lines.
 pub(crate) fn dmesg_append(s: &str) {
+    freeze_point();
     let echo = std::env::var_os("SIM_DMESG").is_some();
     let mut d = dmesg_lock();
     for ch in s.chars() {

@@ -9,7 +9,10 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::config::{Flavour, Mode};
-use crate::kernel::{dmesg_append, hz, kernel_panic, lock, with, CHANGED};
+use crate::kernel::{
+    adopt_thread, dmesg_append, freeze_point, hz, kernel_panic, lock, park_forever,
+    thread_is_frozen, with, CHANGED, LIVE_GEN,
+};
 use crate::xen::cstr;
 
 const EAGAIN: c_int = 35;
@@ -80,6 +83,7 @@ fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
     }
     with(|k| {
         if flags == KM_NOSLEEP && k.faults.kmem_nosleep_fail {
+            k.faults_fired += 1;
             return std::ptr::null_mut();
         }
         let lay = kmem_layout(size);
@@ -142,6 +146,40 @@ pub(crate) fn kmem_free_all(k: &mut crate::kernel::Kernel) {
     k.kmem_bytes = 0;
 }
 
+// ---- the mutexes and condvars that exist, so a domain being destroyed
+// can wake every thread waiting on one (see kernel.rs, generations) ----
+
+/// Addresses of live `KMutex` (false) and `KCond` (true) objects.
+static SYNC_OBJS: Mutex<Vec<(bool, usize)>> = Mutex::new(Vec::new());
+
+fn register_sync(cond: bool, p: usize) {
+    plock(&SYNC_OBJS).push((cond, p));
+}
+
+fn unregister_sync(p: usize) {
+    plock(&SYNC_OBJS).retain(|&(_, q)| q != p);
+}
+
+/// Wakes every thread waiting on a kernel mutex or condvar, so that the
+/// threads of a destroyed domain reach their freeze point.
+pub(crate) fn wake_all_waiters() {
+    let objs = plock(&SYNC_OBJS);
+    for &(cond, p) in objs.iter() {
+        if cond {
+            // SAFETY: registered by cv_init and removed by cv_destroy
+            // (under SYNC_OBJS) before the Box is freed.
+            let kc = unsafe { &*(p as *const KCond) };
+            drop(plock(&kc.seq));
+            kc.cv.notify_all();
+        } else {
+            // SAFETY: as above, for mutex_init / mutex_destroy.
+            let km = unsafe { &*(p as *const KMutex) };
+            drop(plock(&km.owner));
+            km.cv.notify_all();
+        }
+    }
+}
+
 // ---- mutex(9) ----
 
 #[repr(C)]
@@ -152,6 +190,8 @@ struct KmutexC {
 struct KMutex {
     owner: Mutex<Option<ThreadId>>,
     cv: Condvar,
+    /// Threads waiting in mutex_enter.
+    waiters: std::sync::atomic::AtomicU32,
 }
 
 fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,21 +215,31 @@ unsafe extern "C" fn mutex_init(m: *mut KmutexC, _ty: c_int, ipl: c_int) {
     if ipl != 0 {
         kernel_panic("mutex_init: adaptive mutex with ipl != IPL_NONE");
     }
-    let b = Box::new(KMutex {
+    freeze_point();
+    let b = Box::into_raw(Box::new(KMutex {
         owner: Mutex::new(None),
         cv: Condvar::new(),
-    });
+        waiters: std::sync::atomic::AtomicU32::new(0),
+    }));
+    register_sync(false, b as usize);
     // SAFETY: m is the caller's kmutex_t.
-    unsafe { (*m).sim_impl = Box::into_raw(b) as *mut c_void };
+    unsafe { (*m).sim_impl = b as *mut c_void };
 }
 
 #[no_mangle]
 unsafe extern "C" fn mutex_destroy(m: *mut KmutexC) {
+    freeze_point();
     // SAFETY: m was initialised by mutex_init.
     let km = unsafe { kmutex(m, "mutex_destroy") };
     if plock(&km.owner).is_some() {
         kernel_panic("mutex_destroy: mutex is held");
     }
+    // kern_mutex.c mutex_destroy asserts !MUTEX_HAS_WAITERS: a thread
+    // still waiting for a mutex being destroyed would wake on freed memory.
+    if km.waiters.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        kernel_panic("mutex_destroy: a thread is waiting for the mutex");
+    }
+    unregister_sync(km as *const KMutex as usize);
     // SAFETY: reclaiming the Box leaked by mutex_init; cleared below.
     unsafe {
         drop(Box::from_raw((*m).sim_impl as *mut KMutex));
@@ -198,18 +248,28 @@ unsafe extern "C" fn mutex_destroy(m: *mut KmutexC) {
 }
 
 fn km_enter(km: &KMutex) {
+    freeze_point();
     let me = std::thread::current().id();
     let mut o = plock(&km.owner);
     if *o == Some(me) {
         kernel_panic("mutex_enter: locking against myself");
     }
-    while o.is_some() {
-        o = km.cv.wait(o).unwrap_or_else(|e| e.into_inner());
+    if o.is_some() {
+        km.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while o.is_some() {
+            if thread_is_frozen() {
+                drop(o);
+                park_forever();
+            }
+            o = km.cv.wait(o).unwrap_or_else(|e| e.into_inner());
+        }
+        km.waiters.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
     *o = Some(me);
 }
 
 fn km_exit(km: &KMutex, what: &str) {
+    freeze_point();
     let me = std::thread::current().id();
     let mut o = plock(&km.owner);
     if *o != Some(me) {
@@ -264,19 +324,23 @@ unsafe fn kcond<'a>(c: *const KcondC, what: &str) -> &'a KCond {
 
 #[no_mangle]
 unsafe extern "C" fn cv_init(c: *mut KcondC, _wmesg: *const c_char) {
-    let b = Box::new(KCond {
+    freeze_point();
+    let b = Box::into_raw(Box::new(KCond {
         seq: Mutex::new(0),
         cv: Condvar::new(),
-    });
+    }));
+    register_sync(true, b as usize);
     // SAFETY: c is the caller's kcondvar_t.
-    unsafe { (*c).sim_impl = Box::into_raw(b) as *mut c_void };
+    unsafe { (*c).sim_impl = b as *mut c_void };
 }
 
 #[no_mangle]
 unsafe extern "C" fn cv_destroy(c: *mut KcondC) {
+    freeze_point();
     // SAFETY: c was initialised by cv_init.
     unsafe {
-        kcond(c, "cv_destroy");
+        let kc = kcond(c, "cv_destroy");
+        unregister_sync(kc as *const KCond as usize);
         drop(Box::from_raw((*c).sim_impl as *mut KCond));
         (*c).sim_impl = std::ptr::null_mut();
     }
@@ -292,6 +356,10 @@ fn cv_do_wait(kc: &KCond, km: &KMutex, timeout: Option<Duration>, what: &str) ->
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
     while *seq == start {
+        if thread_is_frozen() {
+            drop(seq);
+            park_forever();
+        }
         match deadline {
             None => seq = kc.cv.wait(seq).unwrap_or_else(|e| e.into_inner()),
             Some(d) => {
@@ -341,6 +409,7 @@ unsafe extern "C" fn cv_timedwait(c: *mut KcondC, m: *mut KmutexC, ticks: c_int)
 
 #[no_mangle]
 unsafe extern "C" fn cv_signal(c: *mut KcondC) {
+    freeze_point();
     // SAFETY: initialised by cv_init.
     let kc = unsafe { kcond(c, "cv_signal") };
     *plock(&kc.seq) += 1;
@@ -349,6 +418,7 @@ unsafe extern "C" fn cv_signal(c: *mut KcondC) {
 
 #[no_mangle]
 unsafe extern "C" fn cv_broadcast(c: *mut KcondC) {
+    freeze_point();
     // SAFETY: initialised by cv_init.
     let kc = unsafe { kcond(c, "cv_broadcast") };
     *plock(&kc.seq) += 1;
@@ -373,6 +443,10 @@ struct SendPtr(*mut c_void);
 // kernel does.
 unsafe impl Send for SendPtr {}
 
+/// The Rust half of kthread_create(9) (kern_kthread.c: it returns the
+/// error of lwp_create, EAGAIN when no lwp can be had, 0 otherwise;
+/// kthread.9 1.20). Fault injection: `kthread_create_error` makes it fail
+/// with that errno and create nothing.
 #[no_mangle]
 unsafe extern "C" fn sim_rs_kthread_create(
     _pri: c_int,
@@ -388,11 +462,23 @@ unsafe extern "C" fn sim_rs_kthread_create(
     // SAFETY: the C wrapper passes a NUL-terminated name.
     let name = unsafe { cstr(name) };
     let a = SendPtr(arg);
-    with(|k| k.live_kthreads += 1);
+    let injected = with(|k| {
+        if let Some(e) = k.faults.kthread_create_error {
+            k.faults_fired += 1;
+            return Some(e);
+        }
+        k.live_kthreads += 1;
+        None
+    });
+    if let Some(e) = injected {
+        return e;
+    }
+    let gen = LIVE_GEN.load(std::sync::atomic::Ordering::SeqCst);
     let tname = name.clone();
     let spawned = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            adopt_thread(gen);
             let a = a;
             // SAFETY: runs the kthread function through the C trampoline that
             // catches kthread_exit's longjmp; only C frames lie in between.

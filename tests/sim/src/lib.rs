@@ -23,14 +23,27 @@ pub mod daemon;
 mod domain;
 mod kernel;
 mod ksync;
+pub mod regex;
+pub mod soak;
+pub mod stall;
 mod sysctl;
 mod uvm;
 mod xen;
 
-pub use config::{DomainConfig, Faults, Flavour, Mode};
+/// The Rust core's own allocations go through the simulated kernel's
+/// kmem(9), as in balloon.kmod, so that kmem accounting and leak checks
+/// see them (balloon's `sim-kmem` feature; src/ffi/host_kmem.rs). Every
+/// other allocation of a program linking the simulator goes to the
+/// system allocator.
+#[global_allocator]
+static CORE_KMEM: balloon::ffi::HostKmemAllocator = balloon::ffi::HostKmemAllocator;
+
+pub use config::{DomainConfig, Faults, Flavour, MemOp, Mode, MAX_BOOT_BYTES, MAX_MAX_BYTES};
 pub use domain::balloon_module;
 pub use domain::RESERVED_BELOW_4G;
-pub use domain::{test_module, Domain, FaultsMut, SimModinfo, View, XlError, LIBXL_MAXMEM_PAGES};
+pub use domain::{
+    test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
+};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use sysctl::SysctlValue;
 pub use uvm::SlabStats;

@@ -6,12 +6,20 @@
 //! balloon-sim [options] daemon --socket PATH serve the control socket
 //! balloon-sim ctl --socket PATH [--wait S] COMMAND [ARG...]
 //!
-//! options: --pv (default) | --pvh, --boot SIZE (1g), --max SIZE (4g),
-//!          --host-free SIZE (8g), --no-hotplug, --no-modload,
-//!          --builtin-balloon (the kernel's own balloon0 is attached),
-//!          --kernel stock|assisted (stock: no kernel growth interfaces,
-//!          the default; assisted: those of docs/kernel-growth.md)
+//! balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh] ...
+//!
+//! options: --pv (default) | --pvh | --not-xen (a kernel that is no Xen
+//!          guest), --boot SIZE (1g), --max SIZE (4g), --host-free SIZE
+//!          (8g), --no-hotplug, --no-modload, --builtin-balloon (the
+//!          kernel's own balloon0 is attached), --kernel stock|assisted
+//!          (stock: no kernel growth interfaces, the default; assisted:
+//!          those of docs/kernel-growth.md), --time-scale N (simulated
+//!          time runs N times real time; 1000)
 //! ```
+//!
+//! A bad command line gets one line on standard error and status 2;
+//! sizes the simulator cannot represent are refused before anything
+//! boots, with the limit named.
 //!
 //! A scenario file holds one command per line (`#` comments; a leading
 //! `!` for a command that must fail); `#: OPTIONS` lines at its top choose
@@ -28,19 +36,23 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 use balloon_sim::control::{parse_xl_size_kib, show, Console};
-use balloon_sim::{balloon_module, daemon, Domain, DomainConfig, Flavour, Mode};
+use balloon_sim::{balloon_module, daemon, soak, Domain, DomainConfig, Flavour, Mode};
 
 const MIB: u64 = 256; // pages per MiB
 const WAIT: Duration = Duration::from_secs(30);
 
-const USAGE: &str = "usage: balloon-sim [--pv|--pvh] [--boot SIZE] [--max SIZE] [--host-free SIZE]
+const USAGE: &str =
+    "usage: balloon-sim [--pv|--pvh|--not-xen] [--boot SIZE] [--max SIZE] [--host-free SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
-                   [--kernel stock|assisted]
+                   [--kernel stock|assisted] [--time-scale N]
                    [run FILE|- | daemon --socket PATH]
-       balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]";
+       balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]
+       balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh]
+                   [--shrink-time SECONDS] [--out DIR] [--quiet]";
 
-fn usage() -> ! {
-    eprintln!("{USAGE}");
+/// A bad command line: one line on standard error, status 2.
+fn bad(msg: impl std::fmt::Display) -> ! {
+    eprintln!("balloon-sim: {msg}");
     exit(2)
 }
 
@@ -64,55 +76,149 @@ enum Action {
     Daemon(PathBuf),
 }
 
-fn size_mib(arg: Option<String>) -> u64 {
-    match arg.as_deref().and_then(parse_xl_size_kib) {
-        Some(kib) if kib >= 1024 => kib / 1024,
-        _ => {
-            eprintln!(
-                "balloon-sim: a size is a number of MiB or has a b/k/m/g/t suffix, at least 1m"
-            );
-            exit(2)
-        }
+/// Options from one source (a scenario's `#:` lines, or the command
+/// line); the command line's win over the file's, option by option.
+#[derive(Default)]
+struct OptSet {
+    mode: Option<(Mode, &'static str)>,
+    boot: Option<u64>,
+    max: Option<u64>,
+    host_free: Option<u64>,
+    hotplug: Option<bool>,
+    builtin: Option<bool>,
+    modload: Option<bool>,
+    time_scale: Option<u32>,
+    flavour: Option<Flavour>,
+}
+
+/// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
+/// MiB), a whole number of MiB, at least 1 MiB.
+fn size_arg(opt: &str, v: Option<String>) -> Result<u64, String> {
+    let v = v.ok_or_else(|| format!("{opt} needs a size (for example 512m or 2g)"))?;
+    match parse_xl_size_kib(&v) {
+        Some(kib) if kib >= 1024 && kib % 1024 == 0 => kib
+            .checked_mul(1024)
+            .ok_or_else(|| format!("{opt} {v}: too large")),
+        Some(_) => Err(format!(
+            "{opt} {v}: not a whole number of MiB (at least 1m)"
+        )),
+        None => Err(format!(
+            "{opt} {v}: not a size (a number of MiB, or one with a b, k, m, g or t suffix)"
+        )),
     }
 }
 
-fn parse_opts(mut args: impl Iterator<Item = String>) -> Opts {
-    let mut o = Opts {
-        cfg: DomainConfig::default(),
-        modload: true,
-        action: Action::Demo,
+/// Parses options, and with `actions` also `run FILE` / `daemon --socket
+/// PATH` (the command line; a scenario file's `#:` lines hold options only).
+fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Action>), String> {
+    let mut o = OptSet::default();
+    let mut action = None;
+    let mut args = args.into_iter();
+    let set_mode = |o: &mut OptSet, m: Mode, name: &'static str| match o.mode {
+        Some((_, prev)) if prev != name => Err(format!("{prev} and {name} conflict: choose one")),
+        _ => {
+            o.mode = Some((m, name));
+            Ok(())
+        }
     };
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--pv" => o.cfg = o.cfg.mode(Mode::Pv),
-            "--pvh" => o.cfg = o.cfg.mode(Mode::Pvh),
-            "--boot" => o.cfg = o.cfg.boot_mib(size_mib(args.next())),
-            "--max" => o.cfg = o.cfg.max_mib(size_mib(args.next())),
-            "--host-free" => o.cfg = o.cfg.host_free_mib(size_mib(args.next())),
-            "--no-hotplug" => o.cfg = o.cfg.hotplug(false),
+            "--pv" => set_mode(&mut o, Mode::Pv, "--pv")?,
+            "--pvh" => set_mode(&mut o, Mode::Pvh, "--pvh")?,
+            "--not-xen" => set_mode(&mut o, Mode::NotXen, "--not-xen")?,
+            "--boot" => o.boot = Some(size_arg("--boot", args.next())?),
+            "--max" => o.max = Some(size_arg("--max", args.next())?),
+            "--host-free" => o.host_free = Some(size_arg("--host-free", args.next())?),
+            "--no-hotplug" => o.hotplug = Some(false),
+            "--builtin-balloon" => o.builtin = Some(true),
+            "--no-modload" => o.modload = Some(false),
             "--kernel" => match args.next().as_deref() {
-                Some("stock") => o.cfg = o.cfg.flavour(Flavour::Stock),
-                Some("assisted") => o.cfg = o.cfg.flavour(Flavour::Assisted),
-                _ => usage(),
+                Some("stock") => o.flavour = Some(Flavour::Stock),
+                Some("assisted") => o.flavour = Some(Flavour::Assisted),
+                Some(v) => return Err(format!("--kernel {v}: stock or assisted")),
+                None => return Err("--kernel needs stock or assisted".into()),
             },
-            "--builtin-balloon" => o.cfg = o.cfg.builtin_balloon(true),
-            "--no-modload" => o.modload = false,
-            "run" => match (args.next(), args.next()) {
-                (Some(f), None) => o.action = Action::Run(f),
-                _ => usage(),
+            "--time-scale" => {
+                let v = args.next().ok_or("--time-scale needs a number")?;
+                match v.parse::<u32>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => o.time_scale = Some(n),
+                    _ => return Err(format!("--time-scale {v}: not a number from 1 to 1000000")),
+                }
+            }
+            "run" if actions => match (args.next(), args.next()) {
+                (Some(f), None) => action = Some(Action::Run(f)),
+                (None, _) => {
+                    return Err("run needs a scenario FILE (or - for standard input)".into())
+                }
+                (Some(_), Some(x)) => {
+                    return Err(format!("run takes one FILE; {x:?} is one too many"))
+                }
             },
-            "daemon" => match (args.next().as_deref(), args.next(), args.next()) {
-                (Some("--socket"), Some(p), None) => o.action = Action::Daemon(p.into()),
-                _ => usage(),
+            "daemon" if actions => match (args.next().as_deref(), args.next(), args.next()) {
+                (Some("--socket"), Some(p), None) => action = Some(Action::Daemon(p.into())),
+                (Some("--socket"), Some(_), Some(x)) => {
+                    return Err(format!(
+                        "daemon takes --socket PATH only; {x:?} is one too many"
+                    ))
+                }
+                _ => return Err("daemon needs --socket PATH".into()),
             },
-            "-h" | "--help" => {
+            "-h" | "--help" if actions => {
                 println!("{USAGE}");
                 exit(0)
             }
-            _ => usage(),
+            s if s.starts_with('-') => {
+                return Err(format!(
+                    "unknown option {s} (balloon-sim --help lists them)"
+                ))
+            }
+            s => return Err(format!("unexpected argument {s:?} (balloon-sim --help)")),
         }
     }
-    o
+    Ok((o, action))
+}
+
+/// The options of `file` first, then those of the command line.
+fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, bool), String> {
+    let mut cfg = DomainConfig::default();
+    if let Some((m, _)) = cmd.mode.or(file.mode) {
+        cfg = cfg.mode(m);
+    }
+    if let Some(b) = cmd.boot.or(file.boot) {
+        cfg.boot_bytes = b;
+    }
+    if let Some(b) = cmd.max.or(file.max) {
+        cfg.max_bytes = b;
+    }
+    if let Some(b) = cmd.host_free.or(file.host_free) {
+        cfg.host_free_bytes = b;
+    }
+    if let Some(h) = cmd.hotplug.or(file.hotplug) {
+        cfg = cfg.hotplug(h);
+    }
+    if let Some(b) = cmd.builtin.or(file.builtin) {
+        cfg = cfg.builtin_balloon(b);
+    }
+    if let Some(t) = cmd.time_scale.or(file.time_scale) {
+        cfg = cfg.time_scale(t);
+    }
+    if let Some(f) = cmd.flavour.or(file.flavour) {
+        cfg = cfg.flavour(f);
+    }
+    cfg.validate()?;
+    Ok((cfg, cmd.modload.or(file.modload).unwrap_or(true)))
+}
+
+fn parse_opts(file: Vec<String>, cmd: Vec<String>) -> Result<Opts, String> {
+    let (fo, _) =
+        parse_optset(file, false).map_err(|e| format!("in the scenario's #: options: {e}"))?;
+    let (co, action) = parse_optset(cmd, true)?;
+    let (cfg, modload) = merge(fo, co)?;
+    Ok(Opts {
+        cfg,
+        modload,
+        action: action.unwrap_or(Action::Demo),
+    })
 }
 
 /// `balloon-sim ctl`: one command to a running daemon.
@@ -122,23 +228,31 @@ fn ctl(mut args: impl Iterator<Item = String>) -> ! {
     let mut cmd = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--socket" if cmd.is_empty() => socket = args.next().map(PathBuf::from),
-            "--wait" if cmd.is_empty() => match args.next().and_then(|s| s.parse().ok()) {
-                Some(s) => wait = Duration::from_secs(s),
-                None => usage(),
+            "--socket" if cmd.is_empty() => match args.next() {
+                Some(p) => socket = Some(PathBuf::from(p)),
+                None => bad("ctl: --socket needs a path"),
+            },
+            "--wait" if cmd.is_empty() => match args.next().map(|s| s.parse::<u64>()) {
+                Some(Ok(s)) => wait = Duration::from_secs(s),
+                Some(Err(_)) => bad("ctl: --wait needs a number of seconds"),
+                None => bad("ctl: --wait needs a number of seconds"),
             },
             _ => cmd.push(a),
         }
     }
-    let (Some(socket), false) = (socket, cmd.is_empty()) else {
-        usage()
+    let Some(socket) = socket else {
+        bad("ctl needs --socket PATH")
     };
+    if cmd.is_empty() {
+        bad("ctl needs a COMMAND to send")
+    }
     match daemon::request(&socket, &cmd, wait) {
         Ok(r) => {
             print!("{}", r.out);
             eprint!("{}", r.err);
             exit(r.status)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => bad(format!("ctl: {e}")),
         Err(e) => {
             eprintln!("balloon-sim ctl: {}: {e}", socket.display());
             exit(3)
@@ -164,12 +278,23 @@ fn boot(o: &Opts) -> Domain {
 
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
-    if args.peek().map(String::as_str) == Some("ctl") {
-        args.next();
-        ctl(args);
+    match args.peek().map(String::as_str) {
+        Some("ctl") => {
+            args.next();
+            ctl(args);
+        }
+        Some("soak") => {
+            args.next();
+            exit(soak::main(args.collect()));
+        }
+        Some(soak::CHILD_COMMAND) => {
+            args.next();
+            exit(soak::child_main(args.collect()));
+        }
+        _ => {}
     }
     let args: Vec<String> = args.collect();
-    let o = parse_opts(args.clone().into_iter());
+    let o = parse_opts(Vec::new(), args.clone()).unwrap_or_else(|e| bad(e));
     match &o.action {
         Action::Demo => demo(&o),
         Action::Run(file) => {
@@ -178,10 +303,7 @@ fn main() {
             } else {
                 std::fs::read_to_string(file)
             };
-            let text = text.unwrap_or_else(|e| {
-                eprintln!("balloon-sim: {file}: {e}");
-                exit(2)
-            });
+            let text = text.unwrap_or_else(|e| bad(format!("{file}: {e}")));
             // `#: OPTIONS` lines at the top of a scenario choose its
             // domain; options on the command line come after and win.
             let from_file: Vec<String> = text
@@ -189,8 +311,8 @@ fn main() {
                 .map_while(|l| l.strip_prefix("#:"))
                 .flat_map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
                 .collect();
-            let o = parse_opts(from_file.into_iter().chain(args));
-            let mut console = Console::new(boot(&o), std::io::stderr().is_terminal());
+            let o = parse_opts(from_file, args).unwrap_or_else(|e| bad(format!("{file}: {e}")));
+            let console = Console::new(boot(&o), std::io::stderr().is_terminal());
             match console.run_script(&text, &mut std::io::stdout()) {
                 Ok(n) => println!("# {file}: {n} commands, all as expected"),
                 Err(e) => {
@@ -200,8 +322,8 @@ fn main() {
             }
         }
         Action::Daemon(path) => {
-            let mut console = Console::new(boot(&o), false);
-            if let Err(e) = daemon::serve(&mut console, path) {
+            let console = Console::new(boot(&o), false);
+            if let Err(e) = daemon::serve(&console, path) {
                 eprintln!("balloon-sim daemon: {}: {e}", path.display());
                 exit(1)
             }
@@ -211,6 +333,9 @@ fn main() {
 
 fn demo(o: &Opts) {
     let cfg = &o.cfg;
+    if cfg.mode == Mode::NotXen {
+        bad("the demonstration needs a Xen guest (--pv or --pvh)");
+    }
     println!(
         "balloon-sim: a simulated NetBSD {} domU, {} MiB booted, {} MiB maximum",
         if cfg.mode == Mode::Pvh { "PVH" } else { "PV" },
@@ -267,7 +392,7 @@ fn demo(o: &Opts) {
         ],
     };
     let progress = std::io::stderr().is_terminal();
-    let mut console = Console::new(d, progress);
+    let console = Console::new(d, progress);
     let mut rows = Vec::new();
     for (size, what) in steps {
         let start = Instant::now();

@@ -316,6 +316,8 @@ fn type_size(ty: u32) -> usize {
 /// from 1000 up) or an explicit number. Names are unique among siblings
 /// (EEXIST), at most SYSCTL_NAMELEN-1 characters of [A-Za-z0-9_-];
 /// CTLFLAG_PERMANENT after boot is EPERM (kern_sysctl.c sysctl_create).
+/// Fault injection: `sysctl_create_fail_after` makes a create fail with
+/// ENOMEM, which kern_sysctl.c returns when it cannot allocate the node.
 #[no_mangle]
 unsafe extern "C" fn sim_rs_sysctl_create(
     log: *mut *mut c_void,
@@ -352,6 +354,10 @@ unsafe extern "C" fn sim_rs_sysctl_create(
     let flags = flags as u32;
     let _w = tree_write();
     let res = with(|k| -> Result<*const SysctlNodeC, c_int> {
+        if crate::config::fail_now(&mut k.faults.sysctl_create_fail_after) {
+            k.faults_fired += 1;
+            return Err(ENOMEM);
+        }
         let t = &mut k.sysctl;
         if t.node(base).is_none() {
             return Err(ENOENT);

@@ -10,9 +10,11 @@ use std::os::raw::c_int;
 
 use crate::config::{fail_now, Flavour, Mode};
 use crate::kernel::{
-    kernel_panic, lock, physmem, uvmexp, with, Kernel, PageArray, Seg, VmPage, CHANGED, PAGE_SHIFT,
-    PAGE_SIZE, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE,
+    freeze_point, kernel_panic, lock, park_forever, physmem, thread_is_frozen, uvmexp, with,
+    Kernel, PageArray, Seg, VmPage, CHANGED, PAGE_SHIFT, PAGE_SIZE, PG_FREE, PG_GONE, PG_KERNEL,
+    PG_MODULE,
 };
+use crate::stall::stall_point;
 
 const ENOMEM: c_int = 12;
 const EINVAL: c_int = 22;
@@ -182,8 +184,10 @@ extern "C" fn uvm_pagealloc_strat(
     _strat: c_int,
     _free_list: c_int,
 ) -> *mut VmPage {
+    stall_point("pagealloc");
     with(|k| {
         if fail_now(&mut k.faults.pagealloc_fail_after) {
+            k.faults_fired += 1;
             return std::ptr::null_mut();
         }
         let Some(pfn) = k.take_free(0, u64::MAX) else {
@@ -247,6 +251,8 @@ unsafe extern "C" fn uvm_pglistalloc(
     }
     let lo = low.div_ceil(PAGE_SIZE);
     let hi = high >> PAGE_SHIFT;
+    stall_point("pglistalloc");
+    freeze_point();
     let mut g = lock();
     let got: Vec<*mut VmPage> = loop {
         let Some(k) = g.as_mut() else {
@@ -257,6 +263,7 @@ unsafe extern "C" fn uvm_pglistalloc(
             return EINVAL;
         }
         if fail_now(&mut k.faults.pglistalloc_fail_after) {
+            k.faults_fired += 1;
             return ENOMEM;
         }
         let avail = k.free.range(lo..hi.max(lo)).count() as u64;
@@ -274,6 +281,10 @@ unsafe extern "C" fn uvm_pglistalloc(
             return ENOMEM;
         }
         g = CHANGED.wait(g).unwrap_or_else(|e| e.into_inner());
+        if thread_is_frozen() {
+            drop(g);
+            park_forever();
+        }
     };
     drop(g);
     CHANGED.notify_all();
@@ -299,6 +310,7 @@ extern "C" fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage {
 /// reached through the p2m, so an unbacked frame would fault: panic.
 #[no_mangle]
 extern "C" fn pmap_zero_page(pa: u64) {
+    stall_point("zero_page");
     with(|k| {
         let pfn = pa >> PAGE_SHIFT;
         match k.content_mut(pfn) {
@@ -345,6 +357,7 @@ extern "C" fn uvm_availmem(_cached: bool) -> c_int {
 #[no_mangle]
 unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool {
     let n = npages as u64;
+    stall_point("physseg_plug");
     with(|k| {
         k.plug_calls += 1;
         if !k.cfg.hotplug {
@@ -375,7 +388,11 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
                  (pmap.c pmap_init_directmap), fatal page fault",
             );
         }
-        if k.faults.plug_fail || n == 0 || n > uvmexp.get().npages as u64 {
+        if k.faults.plug_fail {
+            k.faults_fired += 1;
+            return false;
+        }
+        if n == 0 || n > uvmexp.get().npages as u64 {
             return false;
         }
         let end = pfn + n;
@@ -439,6 +456,7 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
 #[no_mangle]
 extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
     let n = npages as u64;
+    stall_point("physseg_unplug");
     let msg = with(|k| {
         let Some(i) = k.seg_of(pfn) else {
             return Some("uvm_physseg_unplug: Tried to unplug from unknown offset\n".to_string());
@@ -449,6 +467,7 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
             return Some("uvm_physseg_unplug: Tried to unplug oversized span\n".to_string());
         }
         if k.faults.unplug_fail {
+            k.faults_fired += 1;
             return None;
         }
         let whole = pfn == s.start && end == s.end;

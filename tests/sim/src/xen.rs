@@ -6,11 +6,12 @@ use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::thread::JoinHandle;
 
-use crate::config::Mode;
+use crate::config::{MemOp, Mode};
 use crate::kernel::{
-    kernel_panic, lock, with, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY, MAX_GPFN, PAGE_SHIFT,
-    PG_MODULE, WATCHQ,
+    adopt_thread, kernel_panic, lock, with, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY, MAX_GPFN,
+    PAGE_SHIFT, PG_MODULE, WATCHQ,
 };
+use crate::stall::stall_point;
 
 const DOMID_SELF: u16 = 0x7FF0;
 const XENMEM_INCREASE: c_uint = 0;
@@ -108,6 +109,15 @@ impl Kernel {
         let ext = unsafe { std::slice::from_raw_parts_mut(r.extent_start, n) };
         let mode = self.mode();
         let mut done = 0usize;
+        let limit = match cmd {
+            XENMEM_DECREASE => self.faults.decrease_limit,
+            XENMEM_INCREASE => self.faults.increase_limit,
+            XENMEM_POPULATE => self.faults.populate_limit,
+            _ => None,
+        };
+        if limit.is_some_and(|l| (l as usize) < n) {
+            self.faults_fired += 1;
+        }
         match (cmd, mode) {
             (XENMEM_DECREASE, Mode::Pv) => {
                 let limit = self.faults.decrease_limit.map_or(n, |l| l as usize);
@@ -185,11 +195,35 @@ impl Kernel {
 /// extents done and stop at the first failure; argument failures return 0
 /// (memory.c returns start_extent). Unknown commands: -ENOSYS. Not on Xen:
 /// -ENOSYS for everything.
+///
+/// Fault injection: `memory_op_errors` makes a command return a negative
+/// errno before doing anything, as do_memory_op does when it cannot copy
+/// its argument (-EFAULT) or refuses it (-EINVAL, -EPERM; xen/common/
+/// memory.c). Stall points: the three reservation ops.
 #[no_mangle]
 unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int {
+    let op = match cmd {
+        XENMEM_INCREASE => Some(MemOp::IncreaseReservation),
+        XENMEM_DECREASE => Some(MemOp::DecreaseReservation),
+        XENMEM_CURRENT => Some(MemOp::CurrentReservation),
+        XENMEM_MAXIMUM => Some(MemOp::MaximumReservation),
+        XENMEM_POPULATE => Some(MemOp::PopulatePhysmap),
+        _ => None,
+    };
+    match op {
+        Some(MemOp::IncreaseReservation) => stall_point("increase_reservation"),
+        Some(MemOp::DecreaseReservation) => stall_point("decrease_reservation"),
+        Some(MemOp::PopulatePhysmap) => stall_point("populate_physmap"),
+        _ => {}
+    }
     with(|k| {
         if k.mode() == Mode::NotXen {
             return -ENOSYS;
+        }
+        k.hypercalls += 1;
+        if let Some(e) = op.and_then(|o| k.faults.memory_op_errors.get(&o).copied()) {
+            k.faults_fired += 1;
+            return -e;
         }
         match cmd {
             XENMEM_CURRENT | XENMEM_MAXIMUM => {
@@ -336,10 +370,10 @@ pub(crate) struct XenbusWatch {
 
 impl Kernel {
     /// Writes a xenstore node and queues events for matching watches.
-    pub(crate) fn store_write(&mut self, path: &str, value: Option<&str>) {
+    pub(crate) fn store_write(&mut self, path: &str, value: Option<&[u8]>) {
         match value {
             Some(v) => {
-                self.store.insert(path.to_string(), v.to_string());
+                self.store.insert(path.to_string(), v.to_vec());
             }
             None => {
                 self.store.remove(path);
@@ -384,8 +418,10 @@ unsafe extern "C" fn xenbus_read(
 ) -> c_int {
     // SAFETY: dir/node are NUL-terminated strings (NULL dir = none).
     let path = unsafe { join_path(dir, node) };
+    stall_point("xenbus_read");
     let res = with(|k| {
         if let Some(e) = k.faults.xenstore_read_error {
+            k.faults_fired += 1;
             return Err(e);
         }
         k.store.get(&path).cloned().ok_or(ENOENT)
@@ -419,7 +455,7 @@ unsafe extern "C" fn sim_rs_xenbus_write(
     let (path, v) = unsafe { (join_path(dir, node), cstr(value)) };
     with(|k| {
         k.guest_written.insert(path.clone());
-        k.store_write(&path, Some(&v));
+        k.store_write(&path, Some(v.as_bytes()));
     });
     0
 }
@@ -470,12 +506,16 @@ pub(crate) unsafe fn cstr(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// register_xenbus_watch: watches w->node (relative to the home); xenstore
-/// fires a new watch once at registration ("We fire once up front",
-/// do_watch in xen-project/xen tools/xenstored/watch.c @5c293058), then on
-/// every write to the node or below. Callbacks run on the "xenwatch" thread, one at a time,
+/// register_xenbus_watch (xenbus_xs.c 1.22, the newest revision in the
+/// index; netbsd-10's was not readable): the watch goes on the list, then
+/// XS_WATCH goes to xenstored; on an error other than EEXIST it comes off
+/// the list again, and the error is returned. With EEXIST ("multiple
+/// registration") it stays registered and EEXIST is returned. xenstore
+/// fires a new watch once at registration, then on every write to the
+/// node or below. Callbacks run on the "xenwatch" thread, one at a time,
 /// with no simulator lock held, as callback(w, {path, token}, 2).
-/// Registering the same watch twice corrupts the kernel's SLIST: panic.
+/// Registering the same watch twice trips KASSERT(find_watch(token) == 0):
+/// panic. Fault injection: `watch_register_error` is xenstored's answer.
 #[no_mangle]
 unsafe extern "C" fn register_xenbus_watch(w: *mut XenbusWatch) -> c_int {
     // SAFETY: w is the caller's watch; node a NUL-terminated string.
@@ -488,36 +528,52 @@ unsafe extern "C" fn register_xenbus_watch(w: *mut XenbusWatch) -> c_int {
         if k.watches.iter().any(|(x, _)| *x == w as usize) {
             kernel_panic("register_xenbus_watch: watch registered twice");
         }
-        if k.watches.iter().any(|(_, n)| *n == node) {
-            return EEXIST;
+        let answer = k.faults.watch_register_error;
+        if answer.is_some() {
+            k.faults_fired += 1;
+        }
+        match answer {
+            Some(e) if e != EEXIST => return e,
+            _ => {}
         }
         k.watches.push((w as usize, node.clone()));
-        k.watch_queue.push_back((w as usize, node));
-        WATCHQ.notify_all();
-        0
+        if answer.is_none() {
+            k.watch_queue.push_back((w as usize, node));
+            WATCHQ.notify_all();
+        }
+        answer.unwrap_or(0)
     })
 }
 
-/// unregister_xenbus_watch: removes the watch and drops its queued events.
-/// Like the old xenbus_xs.c it does NOT wait for a callback that is already
-/// running: the module must synchronise with its own callback.
+/// unregister_xenbus_watch (xenbus_xs.c 1.22): KASSERT(find_watch(token))
+/// then SLIST_REMOVE. A watch that is not registered (never was, or its
+/// registration failed and took it off the list) trips the KASSERT on a
+/// DIAGNOSTIC kernel, and on any other SLIST_REMOVE walks off the end of
+/// the list into a NULL pointer: a panic either way (REFERENCE.md §8).
+/// Queued events for the watch are dropped. Like that code it does NOT
+/// wait for a callback that is already running: the module must
+/// synchronise with its own callback.
 #[no_mangle]
 extern "C" fn unregister_xenbus_watch(w: *mut XenbusWatch) {
     with(|k| {
         let before = k.watches.len();
         k.watches.retain(|(x, _)| *x != w as usize);
         if k.watches.len() == before {
-            crate::kernel::dmesg_append("xenbus: unregister of an unknown watch\n");
+            kernel_panic(&format!(
+                "unregister_xenbus_watch: watch {w:p} is not registered \
+                 (KASSERT(find_watch(token)) in xenbus_xs.c)"
+            ));
         }
         k.watch_queue.retain(|(x, _)| *x != w as usize);
     })
 }
 
 /// The xenwatch thread body.
-pub(crate) fn start_xenwatch() -> JoinHandle<()> {
+pub(crate) fn start_xenwatch(gen: u64) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("xenwatch".into())
-        .spawn(|| loop {
+        .spawn(move || loop {
+            adopt_thread(gen);
             let mut g = lock();
             let ev = loop {
                 let Some(k) = g.as_mut() else { return };

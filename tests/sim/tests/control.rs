@@ -643,3 +643,327 @@ fn toolstack_commands_speak_as_xl_and_dmesg_as_netbsd() {
         "removed at unload"
     );
 }
+
+// ---- balloon-sim's own command line (bug 13) ----
+
+fn sim_with(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(sim_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// Every bad option gets one line on standard error and status 2, before
+/// anything boots. Before the fix `--boot 8g --max 4g` was a Rust panic
+/// (status 101), `--boot 64t --max 64t` an abort on a failed 137 GB
+/// allocation, and `--pv --pvh` silently took the last one.
+#[test]
+fn the_command_line_refuses_bad_options_in_one_line() {
+    for (args, says) in [
+        (
+            &["--boot", "8g", "--max", "4g"][..],
+            "boot memory (8192 MiB) exceeds the maximum reservation (4096 MiB)",
+        ),
+        (
+            &["--boot", "64t", "--max", "64t"],
+            "more than the simulator can represent (65536 MiB at most",
+        ),
+        (
+            &["--max", "200g"],
+            "more than the simulator can represent (131072 MiB at most",
+        ),
+        (&["--pv", "--pvh"], "--pv and --pvh conflict"),
+        (&["--pvh", "--not-xen"], "--pvh and --not-xen conflict"),
+        (&["--boot"], "--boot needs a size"),
+        (&["--boot", "12x"], "--boot 12x: not a size"),
+        (&["--max", "1500k"], "not a whole number of MiB"),
+        (&["--host-free", "99999999999999999999t"], "not a size"),
+        (&["--time-scale", "0"], "--time-scale 0: not a number"),
+        (&["--frobnicate"], "unknown option --frobnicate"),
+        (&["stray"], "unexpected argument \"stray\""),
+        (&["run"], "run needs a scenario FILE"),
+        (&["run", "a", "b"], "one too many"),
+        (&["daemon"], "daemon needs --socket PATH"),
+        (&["daemon", "--socket"], "daemon needs --socket PATH"),
+        (&["ctl", "sim", "ping"], "ctl needs --socket PATH"),
+        (&["ctl", "--socket", "/nonexistent"], "ctl needs a COMMAND"),
+        (&["soak", "--seed"], "--seed needs a number"),
+        (&["soak", "--pv", "--pvh"], "--pv and --pvh conflict"),
+    ] {
+        let out = sim_with(args, "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("balloon-sim: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    // A scenario's #: options are checked the same way, and the command
+    // line's win over them option by option.
+    let out = sim_with(&["run", "-"], "#: --pv --pvh\nsim ping\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("#: options: --pv and --pvh conflict"));
+    let out = sim_with(
+        &["--pvh", "run", "-"],
+        "#: --pv --boot 256m --max 1g\nexpect dmesg ~ ^balloon0: PVH guest, [0-9]+ KiB\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--not-xen`: a kernel that is no Xen guest; the module refuses it.
+#[test]
+fn a_kernel_that_is_not_a_xen_guest() {
+    let out = sim_with(
+        &["--not-xen", "--no-modload", "run", "-"],
+        "! modload balloon\nexpect dmesg ~ ^balloon0: not a Xen PV or PVH guest, not loading$\n\
+         expect stat.kmem_bytes == 0\n! sysctl hw.balloon\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("modload: balloon: Operation not supported by device"));
+}
+
+/// Bug 12 through the front end: a scenario that ends with the module
+/// still loaded, its unload refused as it must be, exits 0 at once.
+/// Before the fix: "SIMULATED KERNEL PANIC: domain teardown: kernel
+/// threads still running" and status 134 after 10 s.
+#[test]
+fn a_scenario_may_end_with_the_module_loaded() {
+    let start = std::time::Instant::now();
+    let out = sim_with(
+        &["--pvh", "--boot", "256m", "--max", "1g", "run", "-"],
+        "xl mem-set domU 128m\nsim settle\nsim fault memory_op populate_physmap EFAULT\n\
+         ! modunload balloon\nmodstat balloon\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("PANIC"), "{err}");
+    assert!(
+        err.contains("domain destroyed with module balloon (error 16) still loaded"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+// ---- scenario assertions, time, snapshots ----
+
+/// `expect` holds or fails the scenario with the line and the value.
+#[test]
+fn expect_asserts_values_with_clear_failures() {
+    let mut c = console();
+    for line in [
+        "expect hw.balloon.current == 262144",
+        "expect hw.balloon.current >= 262144",
+        "expect hw.balloon.current < 262145",
+        "expect hw.balloon.current != 1",
+        "expect hw.balloon.state == idle",
+        "expect hw.balloon.state ~ ^(idle|cancelled)",
+        "expect hw.balloon.state !~ inflating",
+        "expect stat.kmem_bytes > 0",
+        "expect stat.xenbus_watches == 1",
+        "expect dmesg ~ ^balloon0: PVH guest, [0-9]+ KiB of [0-9]+ KiB maximum",
+        "expect dmesg !~ panic",
+    ] {
+        ok(&mut c, line);
+    }
+    for (line, says) in [
+        (
+            "expect hw.balloon.current == 1",
+            "expect: hw.balloon.current is 262144, expected == 1",
+        ),
+        (
+            "expect hw.balloon.state == inflating",
+            "expect: hw.balloon.state is idle, expected == inflating",
+        ),
+        (
+            "expect dmesg ~ ^never",
+            "expect: no dmesg line matches /^never/",
+        ),
+        (
+            "expect dmesg !~ balloon0",
+            "expect: a dmesg line matches /balloon0/",
+        ),
+        (
+            "expect hw.balloon.nosuch == 1",
+            "expect: hw.balloon.nosuch: No such file or directory",
+        ),
+        (
+            "expect stat.nosuch == 1",
+            "expect: sim stat has no key nosuch",
+        ),
+        ("expect dmesg ~ (", "bad regular expression"),
+        ("expect hw.balloon.state < 3", "compares numbers"),
+    ] {
+        let r = run(&mut c, line);
+        assert_eq!(r.status, 1, "{line}: {r:?}");
+        assert!(r.err.contains(says), "{line}: {}", r.err);
+    }
+    assert_eq!(run(&mut c, "expect hw.balloon.current").status, 2);
+    // In a scenario file: the failing line, the command and the value.
+    let out = sim_with(
+        &["--pvh", "--boot", "256m", "--max", "1g", "run", "-"],
+        "expect hw.balloon.current == 262144\nexpect hw.balloon.current == 4\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2: `expect hw.balloon.current == 4` failed with status 1: expect: hw.balloon.current is 262144, expected == 4"),
+        "{err}"
+    );
+}
+
+/// `sim sleep` waits simulated time; `sim stat` is one snapshot that
+/// includes UVM's figures, and its figures add up even while the driver
+/// moves pages.
+#[test]
+fn sim_sleep_and_an_atomic_stat() {
+    let mut c = console();
+    let t0 = c.domain().uptime();
+    ok(&mut c, "sim sleep 30s");
+    assert!(c.domain().uptime() - t0 >= Duration::from_secs(30));
+    ok(&mut c, "sim sleep 250ms");
+    assert_eq!(run(&mut c, "sim sleep 3x").status, 2);
+    let stat = ok(&mut c, "sim stat");
+    for key in [
+        "uvm_npages",
+        "uvm_free",
+        "uvm_freemin",
+        "uvm_freetarg",
+        "physmem",
+        "kernel_pages",
+        "module_pages",
+        "hypercalls",
+        "faults_fired",
+        "xenbus_watches",
+    ] {
+        assert!(
+            stat.lines().any(|l| l.starts_with(&format!("{key} "))),
+            "{key}: {stat}"
+        );
+    }
+    // Pages in segments are free, the kernel's or the module's: at every
+    // snapshot, while targets keep the worker busy.
+    let d = c.domain();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let stop = &stop;
+        s.spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                d.xl_mem_set(if i.is_multiple_of(2) { 160 } else { 250 } * 1024);
+                d.wait_until(|_| false, Duration::from_millis(3));
+            }
+        });
+        for _ in 0..300 {
+            let s = d.snapshot();
+            assert_eq!(
+                s.uvm_free as u64 + s.kernel_pages + s.module_pages,
+                s.uvm_npages as u64,
+                "{s:?}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+}
+
+// ---- the socket: NUL bytes, oversized requests; xenstore values ----
+
+/// xenstore-write reads escapes as the real tool does (xs_lib.c
+/// unsanitise_value), so a value can hold a NUL; xenstore-read prints it
+/// escaped; values beyond xenstore's 4096-byte payload are refused.
+#[test]
+fn xenstore_values_take_escapes_like_the_real_tools() {
+    let mut c = console();
+    ok(&mut c, "xenstore-write data/x '300000\\x00junk\\t\\101'");
+    assert_eq!(
+        c.domain().xenstore_read_bytes("data/x").unwrap(),
+        b"300000\0junk\tA"
+    );
+    assert_eq!(ok(&mut c, "xenstore-read data/x"), "300000\\000junk\\tA\n");
+    let big = "9".repeat(4096);
+    let r = run(&mut c, &format!("xenstore-write data/x {big}"));
+    assert_eq!(
+        (r.status, r.err.as_str()),
+        (1, "xenstore-write: could not write path data/x\n")
+    );
+    let r = run(&mut c, "xenstore-write 'data/a b' 1");
+    assert_eq!(r.status, 1);
+}
+
+/// Requests with NUL bytes in an argument go length-prefixed and reach
+/// the command whole; one over 64 KiB, or one that does not decode, gets
+/// one line and status 2; the daemon goes on.
+#[test]
+fn the_socket_takes_nul_bytes_and_refuses_oversized_requests() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("balloon-sim-nul-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("s.sock");
+    let mut daemon = Command::new(sim_bin())
+        .args([
+            "--pvh", "--boot", "256m", "--max", "1g", "daemon", "--socket",
+        ])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let req = |args: &[&str]| {
+        let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        balloon_sim::daemon::request(&sock, &v, Duration::from_secs(10)).unwrap()
+    };
+    assert_eq!(req(&["sim", "ping"]).out, "pong\n");
+    let r = req(&["xenstore-write", "data/nul", "300000\0junk"]);
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(req(&["xenstore-read", "data/nul"]).out, "300000\\000junk\n");
+    let r = req(&["sysctl", "hw.balloon\0.current"]);
+    assert_eq!(r.status, 1, "{r:?}");
+    // Raw requests: too long, not UTF-8, a bad length.
+    for (bytes, says) in [
+        (vec![b'a'; 100 * 1024], "refused: the limit is 65536"),
+        (b"sysctl\0\xff\0".to_vec(), "not UTF-8"),
+        (b"BSIM/2\n9\nsim".to_vec(), "cut short"),
+    ] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).unwrap();
+        let r = balloon_sim::daemon::decode_reply(&reply).unwrap();
+        assert_eq!(r.status, 2, "{r:?}");
+        assert_eq!(r.err.lines().count(), 1);
+        assert!(r.err.contains(says), "{}", r.err);
+    }
+    // ctl refuses an argument that cannot fit before it connects.
+    let long = "x".repeat(70 * 1024);
+    let out = ctl(&sock, &["xenstore-write", "data/long", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused: the limit is 65536"));
+    assert_eq!(req(&["sim", "ping"]).out, "pong\n");
+    assert!(ctl(&sock, &["sim", "shutdown"]).status.success());
+    assert!(daemon.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

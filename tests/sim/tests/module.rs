@@ -493,9 +493,12 @@ fn a_storm_of_targets_is_rate_limited_and_its_last_outcome_still_printed() {
         d.dmesg()
     );
     let suppressed = quad(&d, "hw.balloon.stats.messages_suppressed");
+    // Limited: some outcomes were dropped. (Whether one is still held
+    // back at this moment depends on where the storm ends in its window:
+    // one that ends in a fresh window prints its last outcome at once.)
     if storm < Duration::from_secs(60) {
         assert!(
-            printed as u64 + suppressed < STORM,
+            suppressed > 0 && (printed as u64) < STORM,
             "a storm of {STORM} in {storm:?} was not limited"
         );
     }
