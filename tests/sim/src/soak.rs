@@ -101,12 +101,14 @@ impl Shape {
     /// The `#:` line of the scenario.
     pub fn header(&self) -> String {
         format!(
-            "#: {} --boot {}m --max {}m --host-free {}m --time-scale {TIME_SCALE} --no-modload",
+            "#: {} --kernel {} --boot {}m --max {}m --host-free {}m --time-scale {TIME_SCALE} \
+             --no-modload",
             if self.mode == Mode::Pv {
                 "--pv"
             } else {
                 "--pvh"
             },
+            if self.assisted { "assisted" } else { "stock" },
             self.boot_mib,
             self.max_mib,
             self.host_free_mib
