@@ -161,12 +161,24 @@ balloon_shim_p2m_lookup(uint64_t pfn)
 	return mfn == INVALID_P2M_ENTRY ? UINT64_MAX : (uint64_t)mfn;
 }
 
+/*
+ * xpq_queue_machphys_update() and xpq_flush_queue() use curcpu()'s queue
+ * with no lock (x86_xpmap.c 1.84.4.2): stay on one CPU from the first
+ * update to the flush, or updates are left in another CPU's queue.
+ */
 void
-balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn)
+balloon_shim_p2m_set_batch(const uint64_t *pfns, const uint64_t *mfns,
+    size_t n)
 {
+	size_t i;
 
-	xpmap_ptom_map(ptoa(pfn), ptoa(mfn));
-	xpq_queue_machphys_update(ptoa(mfn), ptoa(pfn));
+	kpreempt_disable();
+	for (i = 0; i < n; i++) {
+		xpmap_ptom_map(ptoa(pfns[i]), ptoa(mfns[i]));
+		xpq_queue_machphys_update(ptoa(mfns[i]), ptoa(pfns[i]));
+	}
+	xpq_flush_queue();
+	kpreempt_enable();
 }
 
 void
@@ -174,13 +186,6 @@ balloon_shim_p2m_clear(uint64_t pfn)
 {
 
 	xpmap_ptom_unmap(ptoa(pfn));
-}
-
-void
-balloon_shim_p2m_flush(void)
-{
-
-	xpq_flush_queue();
 }
 #else	/* !BALLOON_PV_P2M */
 /*
@@ -202,7 +207,8 @@ balloon_shim_p2m_lookup(uint64_t pfn)
 }
 
 void
-balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn)
+balloon_shim_p2m_set_batch(const uint64_t *pfns, const uint64_t *mfns,
+    size_t n)
 {
 
 	balloon_no_p2m(__func__);
@@ -210,13 +216,6 @@ balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn)
 
 void
 balloon_shim_p2m_clear(uint64_t pfn)
-{
-
-	balloon_no_p2m(__func__);
-}
-
-void
-balloon_shim_p2m_flush(void)
 {
 
 	balloon_no_p2m(__func__);

@@ -209,12 +209,15 @@ void	balloon_shim_pages_free(const uint64_t *pfns, size_t n);
 void	balloon_shim_page_scrub(uint64_t pfn);
 /* PV: the MFN behind pfn, or UINT64_MAX when there is none. */
 uint64_t balloon_shim_p2m_lookup(uint64_t pfn);
-/* PV: maps pfn to mfn in the p2m and queues the m2p update. */
-void	balloon_shim_p2m_set(uint64_t pfn, uint64_t mfn);
+/*
+ * PV: maps pfns[i] to mfns[i] in the p2m for i < n, queues their m2p
+ * updates and flushes them to Xen, all on one CPU (the m2p queue is
+ * per CPU: x86_xpmap.c).
+ */
+void	balloon_shim_p2m_set_batch(const uint64_t *pfns, const uint64_t *mfns,
+	    size_t n);
 /* PV: marks pfn invalid in the p2m. */
 void	balloon_shim_p2m_clear(uint64_t pfn);
-/* PV: pushes queued m2p updates to Xen. */
-void	balloon_shim_p2m_flush(void);
 /*
  * XENMEM_decrease_reservation / increase_reservation / populate_physmap
  * on n order-0 extents: the number of leading extents done, or a negative

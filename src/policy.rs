@@ -223,7 +223,7 @@ impl Policy {
             batch: DEFAULT_BATCH,
             hotplug_supported,
             hotplug: hotplug_supported,
-            unplug: true,
+            unplug: false,
             scrub: true,
         }
     }

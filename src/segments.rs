@@ -155,6 +155,10 @@ pub struct PlugLimits {
     /// No segment starts below this frame: frames under it may be backed
     /// without being in UVM (PV: every frame the boot p2m maps).
     pub floor: Pfn,
+    /// Frames no segment may cover (PVH: [0xfc000000, 4 GiB), which holds
+    /// ACPI tables, the local APIC and the xenstore and console rings;
+    /// Xen would populate over them without complaint).
+    pub hole: Option<PfnRange>,
 }
 
 /// The domain's frame space and the state of every frame in it.
@@ -536,9 +540,24 @@ impl FrameSpace {
     /// Where the next hot-plugged segment of up to `want` frames goes:
     /// above the highest frame, aligned, at most `max_segment` long and
     /// ending at or below `frame_limit`. `None` when no frame fits.
+    /// A segment never covers a frame of `hole`: it ends at the hole's
+    /// start, and the next one starts above the hole.
     pub fn next_plug(&self, want: Pages, limits: PlugLimits) -> Option<PfnRange> {
-        let start = self.span_end().max(limits.floor).align_up(limits.align)?;
-        let room = limits.frame_limit.pages_since(start)?;
+        // The hole's frames do not count against the limit.
+        let limit = match limits.hole {
+            Some(h) if h.start() < limits.frame_limit => limits.frame_limit.checked_add(h.len())?,
+            _ => limits.frame_limit,
+        };
+        let mut start = self.span_end().max(limits.floor).align_up(limits.align)?;
+        let mut room = limit.pages_since(start)?;
+        if let Some(h) = limits.hole {
+            if h.contains(start) {
+                start = h.end().align_up(limits.align)?;
+                room = limit.pages_since(start)?;
+            } else if let Some(below) = h.start().pages_since(start) {
+                room = room.min(below);
+            }
+        }
         let len = want.min(limits.max_segment).min(room);
         if len.is_zero() {
             return None;
@@ -774,12 +793,30 @@ mod tests {
         assert_eq!(fs.pending().map(|s| s.backed), Some(seg.len()));
     }
 
+    #[test]
+    fn plugs_end_below_the_hole_and_resume_above_it() {
+        let mut fs = FrameSpace::new(&[r(0, 1000)]).unwrap();
+        let hole = Some(r(2048, 4096));
+        let l = PlugLimits {
+            hole,
+            ..limits(3000)
+        };
+        // Ends at the hole; the limit does not count the hole's frames.
+        let first = fs.next_plug(Pages(5000), l).unwrap();
+        assert_eq!(first, r(1024, 2048));
+        fs.begin_plug(first).unwrap();
+        back_all(&mut fs, first);
+        fs.finish_plug(first).unwrap();
+        assert_eq!(fs.next_plug(Pages(5000), l), Some(r(4096, 5048)));
+    }
+
     fn limits(limit: u64) -> PlugLimits {
         PlugLimits {
             align: Pages(512),
             max_segment: Pages(32768),
             frame_limit: Pfn(limit),
             floor: Pfn(0),
+            hole: None,
         }
     }
 

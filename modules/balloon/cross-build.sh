@@ -109,6 +109,4 @@ say "wrote $out/balloon.kmod"
 # 6. Check it: undefined symbols must be exported kernel symbols.
 "$kobjcheck" check --flavour "$flavour" \
 	--kernel-symbols "$here/kernel-symbols.txt" \
-	--global-prefix balloon_rs_ --global-prefix balloon_shim_ \
-	--global-prefix balloon_physseg_walk_ --global-prefix balloon_mod \
-	"$out/balloon.kmod"
+	$(flag BALLOON_GLOBAL_PREFIXES) "$out/balloon.kmod"

@@ -55,12 +55,12 @@ pub trait Platform {
     fn scrub(&mut self, pfn: Pfn);
     /// PV: the machine frame behind `pfn`.
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn>;
-    /// PV: maps `pfn` to `mfn` (and queues the m2p update).
-    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn);
+    /// PV: maps `pfns[i]` to `mfns[i]` in the p2m and brings Xen's m2p
+    /// up to date (one call per batch: the kernel's m2p queue is per CPU,
+    /// so the shim queues and flushes with preemption disabled).
+    fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]);
     /// PV: unmaps `pfn`.
     fn p2m_clear(&mut self, pfn: Pfn);
-    /// PV: pushes queued m2p updates.
-    fn p2m_flush(&mut self);
     /// `XENMEM_decrease_reservation` on these frames (MFNs or GPFNs).
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno>;
     /// `XENMEM_increase_reservation`: fills in new MFNs.
@@ -521,10 +521,11 @@ impl Driver {
         };
         // The tail Xen did not take goes back to use.
         if self.mode == GuestMode::Pv {
-            for i in done..self.frames.len() {
-                p.p2m_set(Pfn(self.pfns[i]), Mfn(self.frames[i]));
-            }
-            p.p2m_flush();
+            let n = self.frames.len();
+            p.p2m_set_batch(
+                self.pfns.get(done..n).unwrap_or(&[]),
+                self.frames.get(done..).unwrap_or(&[]),
+            );
         }
         p.free_pages(&self.pfns[done..]);
         // Counted as they reach Xen: pages Xen did not take were zeroed
@@ -579,10 +580,10 @@ impl Driver {
             Err(e) => (0, Some(e)),
         };
         if self.mode == GuestMode::Pv {
-            for (i, &pfn) in pfns.iter().enumerate().take(done) {
-                p.p2m_set(Pfn(pfn), Mfn(self.frames[i]));
-            }
-            p.p2m_flush();
+            p.p2m_set_batch(
+                pfns.get(..done).unwrap_or(&[]),
+                self.frames.get(..done).unwrap_or(&[]),
+            );
         }
         (done, error)
     }
@@ -656,10 +657,11 @@ impl Driver {
             }
         };
         if self.mode == GuestMode::Pv {
-            for i in done..self.frames.len() {
-                p.p2m_set(Pfn(self.pfns[i]), Mfn(self.frames[i]));
-            }
-            p.p2m_flush();
+            let n = self.frames.len();
+            p.p2m_set_batch(
+                self.pfns.get(done..n).unwrap_or(&[]),
+                self.frames.get(done..).unwrap_or(&[]),
+            );
         }
         let error =
             error.or_else(|| (self.frames.len() < self.pfns.len()).then_some(Errno::EINVAL));

@@ -125,13 +125,15 @@ impl Platform for Model {
         assert_eq!(self.mode, GuestMode::Pv, "PVH has no p2m");
         self.p2m.get(&pfn.0).copied().map(Mfn)
     }
-    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
-        self.p2m.insert(pfn.0, mfn.0);
+    fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]) {
+        assert_eq!(pfns.len(), mfns.len());
+        for (&pfn, &mfn) in pfns.iter().zip(mfns) {
+            self.p2m.insert(pfn, mfn);
+        }
     }
     fn p2m_clear(&mut self, pfn: Pfn) {
         self.p2m.remove(&pfn.0);
     }
-    fn p2m_flush(&mut self) {}
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
         self.max_extents = self.max_extents.max(frames.len());
         let limit = self.decrease_limit.unwrap_or(usize::MAX);
@@ -237,6 +239,7 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
             max_segment: Pages(32768),
             frame_limit: Pfn(PAGES * 8),
             floor: Pfn(PAGES),
+            hole: None,
         },
     })
     .unwrap();
@@ -260,13 +263,12 @@ impl Platform for Uncounted<'_> {
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {
         uncounted(|| self.0.p2m_lookup(pfn))
     }
-    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
-        uncounted(|| self.0.p2m_set(pfn, mfn))
+    fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]) {
+        uncounted(|| self.0.p2m_set_batch(pfns, mfns))
     }
     fn p2m_clear(&mut self, pfn: Pfn) {
         uncounted(|| self.0.p2m_clear(pfn))
     }
-    fn p2m_flush(&mut self) {}
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {
         uncounted(|| self.0.decrease_reservation(frames))
     }
@@ -754,6 +756,7 @@ fn pages_the_bookkeeping_refuses_never_reach_xen_and_stop_the_driver() {
                 max_segment: Pages(32768),
                 frame_limit: Pfn(PAGES * 8),
                 floor: Pfn(PAGES * 4),
+                hole: None,
             },
         })
         .unwrap();
@@ -803,6 +806,7 @@ fn no_memory_at_attach_is_an_error_not_a_panic() {
             max_segment: Pages(32768),
             frame_limit: Pfn(PAGES * 8),
             floor: Pfn(PAGES),
+            hole: None,
         },
     };
     let r = failing(|| Worker::new(&boot).map(|_| ()));

@@ -27,6 +27,13 @@ use super::platform::ShimPlatform;
 const PLUG_ALIGN: Pages = Pages(512);
 /// The most frames plugged at once: 128 MiB, Linux's hotplug section.
 const PLUG_MAX_SEGMENT: Pages = Pages(32768);
+/// PVH: [0xfc000000, 4 GiB) is never RAM. libxl puts the ACPI tables at
+/// 0xfc000000 (libxl_x86_acpi.c), the local APIC is at 0xfee00000
+/// (libxl_arch.h) and the xenstore and console rings just below
+/// 0xff000000 (xg_dom_x86.c); Xen's populate_physmap would replace them
+/// without complaint (p2m.c p2m_add_page). No plug goes there.
+const PVH_HOLE_START: Pfn = Pfn(0xfc000);
+const PVH_HOLE_PAGES: Pages = Pages(0x100000 - 0xfc000);
 
 /// The core's state behind `struct balloon_rs *`.
 struct Core {
@@ -96,6 +103,10 @@ pub unsafe extern "C" fn balloon_rs_attach(
             max_segment: PLUG_MAX_SEGMENT,
             frame_limit: Pfn(bi.frame_limit_pfn),
             floor: Pfn(bi.plug_floor_pfn),
+            hole: match mode {
+                GuestMode::Pvh => PfnRange::with_len(PVH_HOLE_START, PVH_HOLE_PAGES),
+                GuestMode::Pv => None,
+            },
         },
     };
     let worker = match Worker::new(&boot) {

@@ -64,23 +64,19 @@ impl Platform for ShimPlatform {
         (mfn != u64::MAX).then_some(Mfn(mfn))
     }
 
-    fn p2m_set(&mut self, pfn: Pfn, mfn: Mfn) {
+    fn p2m_set_batch(&mut self, pfns: &[u64], mfns: &[u64]) {
         let _shim = super::ShimCall::enter();
-        // SAFETY: as for p2m_lookup; `mfn` was just given by Xen or read
-        // from this entry.
-        unsafe { sys::balloon_shim_p2m_set(pfn.0, mfn.0) }
+        let n = pfns.len().min(mfns.len());
+        // SAFETY: both slices hold at least `n` entries; every pfn lies in
+        // a UVM segment below the p2m capacity (as for p2m_lookup), every
+        // mfn was just given by Xen or read from its entry.
+        unsafe { sys::balloon_shim_p2m_set_batch(pfns.as_ptr(), mfns.as_ptr(), n) }
     }
 
     fn p2m_clear(&mut self, pfn: Pfn) {
         let _shim = super::ShimCall::enter();
         // SAFETY: as for p2m_lookup.
         unsafe { sys::balloon_shim_p2m_clear(pfn.0) }
-    }
-
-    fn p2m_flush(&mut self) {
-        let _shim = super::ShimCall::enter();
-        // SAFETY: no arguments; flushes the m2p queue.
-        unsafe { sys::balloon_shim_p2m_flush() }
     }
 
     fn decrease_reservation(&mut self, frames: &mut [u64]) -> Result<usize, Errno> {

@@ -171,6 +171,8 @@ unplug_on_shrink_body()
 	b_start --pvh --kernel assisted
 	b_require_hotplug
 	b_require_room_above $B_STEP
+	# Unplug is off by default; this case is about shrinking by it.
+	b_set hw.balloon.unplug 1
 
 	b_target $((B_LOAD_KIB + B_STEP))
 	b_expect hw.balloon.plugged "$B_STEP"
@@ -208,6 +210,8 @@ unplug_newest_first_body()
 	b_start --pvh --kernel assisted
 	b_require_hotplug
 	b_require_room_above $((2 * B_STEP + B_STEP / 2))
+	# Unplug is off by default; this case is about shrinking by it.
+	b_set hw.balloon.unplug 1
 
 	# Three segments: 128 MiB, 128 MiB, 64 MiB.
 	b_target $((B_LOAD_KIB + 2 * B_STEP + B_STEP / 2))
@@ -338,6 +342,8 @@ unplug_fails_body()
 	b_require_sim "needs the simulator's fault injection (unplug_fail)"
 	b_start --pvh --kernel assisted
 	b_require_room_above $B_STEP
+	# Unplug is off by default; this case is about shrinking by it.
+	b_set hw.balloon.unplug 1
 
 	b_target $((B_LOAD_KIB + B_STEP))
 	b_check -- sim fault unplug_fail on

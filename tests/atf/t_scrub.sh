@@ -87,6 +87,8 @@ scrub_on_plugged_body()
 	b_start --pvh --kernel assisted
 	b_require_hotplug
 	b_require_room_above $B_STEP
+	# Unplug is off by default; this case is about shrinking by it.
+	b_set hw.balloon.unplug 1
 
 	b_target $((B_LOAD_KIB + B_STEP))
 	b_expect hw.balloon.plugged "$B_STEP"

@@ -111,6 +111,7 @@ fn project(span: u64, list: &[u64]) -> Figures {
             max_segment: Pages(32768),
             frame_limit: Pfn(span),
             floor: Pfn(0),
+            hole: None,
         },
     })
     .expect("boot");

@@ -223,9 +223,8 @@ if [ -n "$rust_obj" ] && [ -x "$KOBJCHECK" ]; then
 			    "$rust_obj" >"$kmod.log" 2>&1 &&
 			    "$KOBJCHECK" check --flavour "$fv" \
 			    --kernel-symbols "$moddir/kernel-symbols.txt" \
-			    --global-prefix balloon_rs_ --global-prefix balloon_shim_ \
-			    --global-prefix balloon_physseg_walk_ \
-			    --global-prefix balloon_mod "$kmod" >>"$kmod.log" 2>&1
+			    $(flag BALLOON_GLOBAL_PREFIXES) "$kmod" \
+			    >>"$kmod.log" 2>&1
 			then
 				row "balloon.kmod" "$tree" "$fv" "ok ($(sed -n 's/.*sizes: //p' "$kmod.log"))"
 				pass

@@ -51,6 +51,9 @@ typedef int	(*copyout_t)(const void *, void *, size_t);
 void	printf(const char *, ...) __printflike(1, 2);
 int	snprintf(char *, size_t, const char *, ...) __printflike(3, 4);
 void	panic(const char *, ...) __dead __printflike(1, 2);
+/* read: sys/systm.h 1.268 "Preemption control" (defined in kern_synch.c) */
+void	kpreempt_disable(void);
+void	kpreempt_enable(void);
 /* read: lib/libkern/libkern.h 1.144 (2021-12-31), the non-sanitizer case */
 void	*memset(void *, int, size_t);
 void	*memcpy(void *, const void *, size_t);

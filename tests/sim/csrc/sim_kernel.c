@@ -232,6 +232,7 @@ void *const sim_kernel_symbols[] = {
 	(void *)uvm_physseg_get_end, (void *)&xen_start_info,
 	(void *)HYPERVISOR_memory_op, (void *)&xpmap_phys_to_machine_mapping,
 	(void *)xpq_queue_machphys_update, (void *)xpq_flush_queue,
+	(void *)kpreempt_disable, (void *)kpreempt_enable,
 	(void *)register_xenbus_watch, (void *)unregister_xenbus_watch,
 	(void *)xenbus_read, (void *)xenbus_printf, (void *)xenbus_rm,
 };

@@ -316,6 +316,10 @@ struct start_info {
 };
 extern struct start_info xen_start_info;
 
+/* sys/lwp.h, kern_synch.c: keep the thread on its CPU. */
+void	 kpreempt_disable(void);
+void	 kpreempt_enable(void);
+
 /* xen/hypervisor.h, amd64/hypercalls.h: a static inline in the kernel. */
 int	 HYPERVISOR_memory_op(unsigned int, void *);
 

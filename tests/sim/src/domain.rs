@@ -61,6 +61,38 @@ pub const LIBXL_MAXMEM_PAGES: u64 = 256;
 const SPECIAL_PFN_END: u64 = 0xff000;
 const SPECIAL_PAGES: u64 = 8;
 
+/// The PVH guest memory map below 4 GiB, as the toolstack builds it.
+/// libxl_x86.c `libxl__arch_domain_construct_memmap` (index id 310481453)
+/// gives XENMEM_memory_map (xc_domain_set_memory_map) one E820_RAM entry
+/// for low memory, one E820_ACPI entry per ACPI module and E820_RAM from
+/// 4 GiB up; nothing else below 4 GiB is RAM. libxl_x86_acpi.c (id
+/// 325743651) puts the ACPI tables at ACPI_INFO_PHYSICAL_ADDRESS
+/// 0xfc000000 (NUM_ACPI_PAGES 16); libxl_arch.h (id 936710) has the local
+/// APIC at LAPIC_BASE_ADDRESS 0xfee00000; xg_dom_x86.c puts the special
+/// pages just below 0xff000000. So [0xfc000000, 4 GiB) holds the guest's
+/// firmware tables, rings and emulated devices, and no RAM may be
+/// populated there.
+pub const RESERVED_BELOW_4G: (u64, u64) = (0xfc000, 0x100000);
+const ACPI_PFN: u64 = 0xfc000;
+const ACPI_PAGES: u64 = 16;
+const LAPIC_PFN: u64 = 0xfee00;
+
+/// What a PVH gfn in the reserved range below 4 GiB holds, or None.
+pub(crate) fn reserved_gfn(g: u64) -> Option<&'static str> {
+    if !(RESERVED_BELOW_4G.0..RESERVED_BELOW_4G.1).contains(&g) {
+        return None;
+    }
+    Some(if (ACPI_PFN..ACPI_PFN + ACPI_PAGES).contains(&g) {
+        "ACPI tables"
+    } else if g == LAPIC_PFN {
+        "local APIC"
+    } else if (SPECIAL_PFN_END - SPECIAL_PAGES..SPECIAL_PFN_END).contains(&g) {
+        "special page (xenstore/console ring)"
+    } else {
+        "reserved (below 4 GiB, above the RAM hole)"
+    })
+}
+
 /// Why libxl refused an `xl mem-set` or `xl mem-max`: libxl's own log
 /// line (libxl_mem.c @0241809b).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +257,12 @@ pub struct Snapshot {
     pub modules_loaded: u64,
     pub module_loads: u64,
     pub uptime_ms: u64,
+    /// uvm_physseg's vm_page slabs (uvm_physseg.c 1.18): live, their kmem,
+    /// what unplug left allocated, and unlocked segment-tree changes.
+    pub physseg_slabs: u64,
+    pub physseg_slab_kmem_bytes: u64,
+    pub physseg_slab_leaked_bytes: u64,
+    pub physseg_unlocked_changes: u64,
 }
 
 impl Snapshot {
@@ -262,6 +300,19 @@ impl Snapshot {
             ("modules_loaded", self.modules_loaded.to_string()),
             ("module_loads", self.module_loads.to_string()),
             ("uptime_ms", self.uptime_ms.to_string()),
+            ("physseg_slabs", self.physseg_slabs.to_string()),
+            (
+                "physseg_slab_kmem_bytes",
+                self.physseg_slab_kmem_bytes.to_string(),
+            ),
+            (
+                "physseg_slab_leaked_bytes",
+                self.physseg_slab_leaked_bytes.to_string(),
+            ),
+            (
+                "physseg_unlocked_changes",
+                self.physseg_unlocked_changes.to_string(),
+            ),
         ]
     }
 
@@ -328,6 +379,12 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         boot: Instant::now(),
         faults: Faults::default(),
         booted: false,
+        xpq: Default::default(),
+        slabs: Vec::new(),
+        seg_slab: HashMap::new(),
+        physseg_unlocked_changes: 0,
+        replaced_gfns: Vec::new(),
+        reserved_hits: Vec::new(),
         segs: Vec::new(),
         arrays: Vec::new(),
         free: BTreeSet::new(),
@@ -383,6 +440,11 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         }
     }
     if k.cfg.mode == Mode::Pvh {
+        let (lo, hi) = RESERVED_BELOW_4G;
+        assert!(
+            k.segs.iter().all(|s| s.end <= lo || s.start >= hi),
+            "DomainConfig: a PVH boot segment overlaps [{lo:#x}, {hi:#x}), which is not RAM"
+        );
         // xg_dom_x86.c @1d896a0e alloc_magic_pages_hvm: the domain builder
         // populates X86_HVM_NR_SPECIAL_PAGES (8) special pages (xenstore
         // and console rings, ioreq, ...) at special_pfn(i) =
@@ -528,6 +590,7 @@ impl Domain {
     pub fn snapshot(&self) -> Snapshot {
         with(|k| {
             let u = uvmexp.get();
+            let slabs = k.slab_stats();
             Snapshot {
                 reservation: k.tot_pages,
                 memory: k.tot_pages - k.special.len() as u64,
@@ -555,6 +618,10 @@ impl Domain {
                 modules_loaded: k.modules.len() as u64,
                 module_loads: k.module_loads,
                 uptime_ms: (k.uptime_ns() / 1_000_000) as u64,
+                physseg_slabs: slabs.slabs,
+                physseg_slab_kmem_bytes: slabs.bytes,
+                physseg_slab_leaked_bytes: slabs.leaked_bytes,
+                physseg_unlocked_changes: slabs.unlocked_tree_changes,
             }
         })
     }
@@ -610,6 +677,12 @@ impl Domain {
         physmem.get()
     }
     /// UVM segments as [start, end) frame numbers, in order.
+    /// Hotplug's vm_page slabs: kmem allocated by plugs and never freed
+    /// (uvm_physseg.c 1.18), and the unlocked segment-tree changes.
+    pub fn slab_stats(&self) -> crate::uvm::SlabStats {
+        with(|k| k.slab_stats())
+    }
+
     pub fn segments(&self) -> Vec<(u64, u64)> {
         with(|k| k.segs.iter().map(|s| (s.start, s.end)).collect())
     }
@@ -890,6 +963,17 @@ impl Domain {
 
 fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
     let mut errs = Vec::new();
+    // x86_xpmap.c 1.84.4.2: an update left in a CPU's queue has not reached
+    // Xen's m2p (see xen.rs, the per-CPU m2p queue).
+    for (cpu, q) in k.xpq.iter().enumerate() {
+        if !q.is_empty() {
+            errs.push(format!(
+                "cpu{cpu}'s m2p queue holds {} unflushed updates (first: MFN {:#x})",
+                q.len(),
+                q[0].0
+            ));
+        }
+    }
     let u = uvmexp.get();
     if u.free as usize != k.free.len() {
         errs.push(format!(
@@ -992,6 +1076,20 @@ fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
             }
         }
         Mode::Pvh => {
+            if let Some(g) = k.replaced_gfns.first() {
+                errs.push(format!(
+                    "populate_physmap replaced {} populated gfns (first {g:#x}, {}): \
+                     their pages are orphaned",
+                    k.replaced_gfns.len(),
+                    reserved_gfn(*g).unwrap_or("RAM")
+                ));
+            }
+            if let Some((g, what)) = k.reserved_hits.first() {
+                errs.push(format!(
+                    "{} gfns populated in the reserved range below 4 GiB (first {g:#x}: {what})",
+                    k.reserved_hits.len()
+                ));
+            }
             let mut out: Vec<u64> = k
                 .populated
                 .keys()

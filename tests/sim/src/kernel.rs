@@ -163,6 +163,20 @@ pub(crate) struct Kernel {
     pub p2m_cap: usize,
     pub dirty_given: u64,
     pub clean_given: u64,
+    /// Per-CPU m2p update queues (x86_xpmap.c `xpq_queue_array[MAXCPUS]`):
+    /// (mfn, pfn) pairs queued and not yet flushed.
+    pub xpq: [Vec<(u64, u64)>; crate::xen::NCPU],
+    /// vm_page slabs that hotplug allocated (uvm_physseg.c 1.18), and
+    /// which slab each plugged segment's vm_pages come from.
+    pub slabs: Vec<crate::uvm::Slab>,
+    pub seg_slab: HashMap<u64, usize>,
+    /// Segment-tree changes made with no lock while other CPUs may read
+    /// the tree (PHYS_TO_VM_PAGE): every plug and unplug.
+    pub physseg_unlocked_changes: u64,
+    /// PVH gfns populate_physmap populated again (the old page orphaned).
+    pub replaced_gfns: Vec<u64>,
+    /// PVH gfns populated inside reserved parts of the guest memory map.
+    pub reserved_hits: Vec<(u64, &'static str)>,
     // xenstore / xenbus
     /// xenstore values are byte strings (NUL included, xs_write takes a length).
     pub store: BTreeMap<String, Vec<u8>>,

@@ -40,11 +40,13 @@ static CORE_KMEM: balloon::ffi::HostKmemAllocator = balloon::ffi::HostKmemAlloca
 
 pub use config::{DomainConfig, Faults, Flavour, MemOp, Mode, MAX_BOOT_BYTES, MAX_MAX_BYTES};
 pub use domain::balloon_module;
+pub use domain::RESERVED_BELOW_4G;
 pub use domain::{
     test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
 };
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use sysctl::SysctlValue;
+pub use uvm::SlabStats;
 
 /// The exported kernel globals (also reachable from C by these names).
 pub mod globals {

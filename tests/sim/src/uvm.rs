@@ -30,7 +30,48 @@ pub(crate) struct PglistHead {
     _private: [u8; 0],
 }
 
+/// Bytes of kmem one slab entry (a `struct vm_page`) costs in the model.
+/// An assumption for the figures only: the rules below count entries.
+pub(crate) const VM_PAGE_BYTES: u64 = 128;
+
+/// A vm_page slab hotplug allocated with kmem_zalloc (uvm_physseg.c 1.18,
+/// `uvm_physseg_plug`): `entries` vm_pages, `room` of them not carved out
+/// by a live segment, `segments` live segments carved from it. When the
+/// last segment using it is unplugged whole, the real kernel
+/// extent_destroy()s its extent but never kmem_free()s the slab: the model
+/// marks it `destroyed` and keeps counting its memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slab {
+    pub entries: u64,
+    pub room: u64,
+    pub segments: u64,
+    pub destroyed: bool,
+}
+
+/// What `sim stat` shows about hotplug's vm_page slabs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlabStats {
+    /// Slabs allocated since boot (live or destroyed).
+    pub slabs: u64,
+    /// Their kmem in bytes (all still allocated: unplug never frees one).
+    pub bytes: u64,
+    /// Bytes of slabs whose extent was destroyed: unusable and never freed.
+    pub leaked_bytes: u64,
+    /// Plugs and unplugs made with no lock on the segment tree.
+    pub unlocked_tree_changes: u64,
+}
+
 impl Kernel {
+    pub(crate) fn slab_stats(&self) -> SlabStats {
+        let bytes = |s: &Slab| s.entries * VM_PAGE_BYTES;
+        SlabStats {
+            slabs: self.slabs.len() as u64,
+            bytes: self.slabs.iter().map(bytes).sum(),
+            leaked_bytes: self.slabs.iter().filter(|s| s.destroyed).map(bytes).sum(),
+            unlocked_tree_changes: self.physseg_unlocked_changes,
+        }
+    }
+
     /// Allocates a vm_page array for [start, start + n) and returns its
     /// first element. Pages start in `state`.
     pub(crate) fn new_page_array(&mut self, start: u64, n: u64, state: i32) -> *mut VmPage {
@@ -301,6 +342,18 @@ extern "C" fn uvm_availmem(_cached: bool) -> c_int {
 /// tried and plug returns false. The model does not reuse unplugged slab
 /// room, so it refuses every such plug (the real kernel might accept one
 /// after an unplug; a driver must not count on it).
+///
+/// Slab memory (same source): plug first carves its vm_pages from a live
+/// slab with room (the model counts room, not extent fragmentation), else
+/// kmem_zallocs a new slab of uvmexp.npages entries. That kmem is never
+/// freed (see `Slab`); `sim stat` shows it.
+///
+/// Concurrent readers (same source): plug and unplug change the segment
+/// rbtree (`uvm_physseg_graph`) with no lock, while PHYS_TO_VM_PAGE
+/// (`uvm_physseg_find`) walks it on every CPU: page faults, the
+/// pagedaemon, pmap. The model runs them under its own lock, so it cannot
+/// show a torn read; it counts each such change instead (`sim stat`
+/// physseg_unlocked_changes), one per plug or unplug.
 #[no_mangle]
 unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool {
     let n = npages as u64;
@@ -354,8 +407,27 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
                 "uvm_physseg_plug: plugging unbacked frames (frame {f:#x} of [{pfn:#x}, {end:#x}))"
             ));
         }
+        let slab = match k.slabs.iter().position(|s| !s.destroyed && s.room >= n) {
+            Some(i) => i,
+            None => {
+                let entries = uvmexp.get().npages as u64;
+                k.slabs.push(Slab {
+                    entries,
+                    room: entries,
+                    segments: 0,
+                    destroyed: false,
+                });
+                k.slabs.len() - 1
+            }
+        };
+        if let Some(s) = k.slabs.get_mut(slab) {
+            s.room -= n;
+            s.segments += 1;
+        }
         let pgs = k.new_page_array(pfn, n, PG_FREE);
         let id = k.insert_seg(pfn, end, pgs);
+        k.seg_slab.insert(id, slab);
+        k.physseg_unlocked_changes += 1;
         k.free.extend(pfn..end);
         physmem.set(physmem.get() + n);
         let np = uvmexp.get().npages + n as i32;
@@ -424,7 +496,22 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
             k.set_page_state(f, PG_GONE);
         }
         k.module_pages -= n;
+        k.physseg_unlocked_changes += 1;
+        // The vm_pages go back to their slab's extent; a whole segment
+        // drops its use of the slab, and a slab no segment uses has its
+        // extent destroyed, its kmem never freed (uvm_physseg.c 1.18).
+        let slab = k.seg_slab.get(&s.id).copied();
+        if let Some(sl) = slab.and_then(|x| k.slabs.get_mut(x)) {
+            sl.room += n;
+            if whole {
+                sl.segments = sl.segments.saturating_sub(1);
+                if sl.segments == 0 {
+                    sl.destroyed = true;
+                }
+            }
+        }
         if whole {
+            k.seg_slab.remove(&s.id);
             k.segs.remove(i);
         } else if pfn == s.start {
             k.segs[i].start = end;
@@ -436,7 +523,13 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
             k.segs[i].end = pfn;
             // SAFETY: the tail starts inside the same array.
             let tail = unsafe { s.pgs.add((end - s.start) as usize) };
-            k.insert_seg(end, s.end, tail);
+            let tid = k.insert_seg(end, s.end, tail);
+            if let Some(x) = slab {
+                k.seg_slab.insert(tid, x);
+                if let Some(sl) = k.slabs.get_mut(x) {
+                    sl.segments += 1;
+                }
+            }
         }
         let np = uvmexp.get().npages - n as i32;
         k.sync_uvmexp(np);

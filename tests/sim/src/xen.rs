@@ -160,8 +160,21 @@ impl Kernel {
                 let room = self.grow_room(self.faults.populate_limit) as usize;
                 while done < n.min(room) {
                     let g = ext[done];
-                    if g >= MAX_GPFN || self.populated.contains_key(&g) {
+                    if g >= MAX_GPFN {
                         break;
+                    }
+                    // Xen does not check that the gfn is free:
+                    // populate_physmap -> p2m_add_page (xen/arch/x86/mm/p2m.c,
+                    // index id 311561836: "First, remove m->p mappings for
+                    // existing p->m mappings") replaces what is mapped
+                    // there. The old page stays the domain's and counted,
+                    // but nothing maps it: a special page (xenstore or
+                    // console ring) is lost, RAM content is lost.
+                    if self.populated.contains_key(&g) {
+                        self.replaced_gfns.push(g);
+                    }
+                    if let Some(what) = crate::domain::reserved_gfn(g) {
+                        self.reserved_hits.push((g, what));
                     }
                     self.host_alloc();
                     self.populated.insert(g, 0);
@@ -239,26 +252,109 @@ unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_in
     })
 }
 
-/// xpq_queue_machphys_update(ma, pa): the model applies m2p updates at once
-/// (so xpq_flush_queue is a no-op). The MFN must be owned by the domain.
+// ---- CPUs, preemption and the per-CPU m2p queue ----
+//
+// Real behaviour (NetBSD x86_xpmap.c 1.84.4.2, netbsd-10):
+// `xpq_queue_machphys_update` appends to `xpq_queue_array[curcpu()->ci_cpuid]`
+// at `curcpu()->ci_xpq_idx` and `xpq_flush_queue` sends curcpu()'s queue with
+// HYPERVISOR_mmu_update; neither takes a lock or disables preemption, and a
+// full queue (XPQUEUE_SIZE 2048) flushes itself. A kernel thread can be
+// preempted and resume on another CPU between two calls; only
+// `kpreempt_disable()` (kern_synch.c: KPREEMPT_DISABLE(curlwp), declared in
+// sys/lwp.h) keeps it on its CPU until `kpreempt_enable()`.
+//
+// Simulator rule: NCPU CPUs; each thread has a current CPU and a
+// kpreempt_disable depth. Every entry into xpq_queue_machphys_update or
+// xpq_flush_queue with preemption enabled is a preemption point at which
+// the thread moves to the next CPU (the worst schedule, every time). An
+// update queued on one CPU therefore stays queued when another CPU's queue
+// is flushed, and `Domain::check` reports it (and the stale m2p).
+
+/// Simulated CPUs.
+pub(crate) const NCPU: usize = 2;
+/// x86_xpmap.c 1.84.4.2 XPQUEUE_SIZE.
+const XPQUEUE_SIZE: usize = 2048;
+
+thread_local! {
+    static CURCPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static NOPREEMPT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A preemption point: unless preemption is disabled, the thread resumes
+/// on the next CPU. Returns the CPU it runs on afterwards.
+fn preemption_point() -> usize {
+    let disabled = NOPREEMPT.with(|n| n.get() != 0);
+    CURCPU.with(|c| {
+        if !disabled {
+            c.set((c.get() + 1) % NCPU);
+        }
+        c.get()
+    })
+}
+
+/// kpreempt_disable(): nests (l_nopreempt++).
+#[no_mangle]
+extern "C" fn kpreempt_disable() {
+    NOPREEMPT.with(|n| n.set(n.get() + 1));
+}
+
+/// kpreempt_enable(): an enable without a disable is a kernel bug.
+#[no_mangle]
+extern "C" fn kpreempt_enable() {
+    let ok = NOPREEMPT.with(|n| match n.get().checked_sub(1) {
+        Some(v) => {
+            n.set(v);
+            true
+        }
+        None => false,
+    });
+    if !ok {
+        kernel_panic("kpreempt_enable without kpreempt_disable");
+    }
+}
+
+/// Applies and empties `cpu`'s queue (HYPERVISOR_mmu_update with
+/// MMU_MACHPHYS_UPDATE entries). The MFN must be owned by the domain.
+fn xpq_flush(k: &mut Kernel, cpu: usize) {
+    let q = k.xpq.get_mut(cpu).map(std::mem::take).unwrap_or_default();
+    for (mfn, pfn) in q {
+        match k.owned.get_mut(&mfn) {
+            Some(m) => m.m2p = pfn,
+            None => kernel_panic(&format!(
+                "HYPERVISOR_mmu_update failed: MMU_MACHPHYS_UPDATE of MFN {mfn:#x}, \
+                 which the domain does not own"
+            )),
+        }
+    }
+}
+
+/// xpq_queue_machphys_update(ma, pa): queues on the current CPU.
 #[no_mangle]
 extern "C" fn xpq_queue_machphys_update(ma: u64, pa: u64) {
+    let cpu = preemption_point();
     with(|k| {
         if k.mode() != Mode::Pv {
             kernel_panic("xpq_queue_machphys_update in a domain that is not PV");
         }
-        let mfn = ma >> PAGE_SHIFT;
-        match k.owned.get_mut(&mfn) {
-            Some(m) => m.m2p = pa >> PAGE_SHIFT,
-            None => kernel_panic(&format!(
-                "xpq_queue_machphys_update: MFN {mfn:#x} is not owned by the domain"
-            )),
+        let full = match k.xpq.get_mut(cpu) {
+            Some(q) => {
+                q.push((ma >> PAGE_SHIFT, pa >> PAGE_SHIFT));
+                q.len() == XPQUEUE_SIZE
+            }
+            None => false,
+        };
+        if full {
+            xpq_flush(k, cpu);
         }
     })
 }
 
+/// xpq_flush_queue(): flushes the current CPU's queue only.
 #[no_mangle]
-extern "C" fn xpq_flush_queue() {}
+extern "C" fn xpq_flush_queue() {
+    let cpu = preemption_point();
+    with(|k| xpq_flush(k, cpu))
+}
 
 // ---- xenstore / xenbus ----
 

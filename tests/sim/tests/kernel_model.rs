@@ -88,6 +88,9 @@ extern "C" {
     fn uvm_physseg_unplug(pfn: u64, n: usize) -> bool;
     fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
     fn xpq_queue_machphys_update(ma: u64, pa: u64);
+    fn xpq_flush_queue();
+    fn kpreempt_disable();
+    fn kpreempt_enable();
     fn simtest_walk_hotplug(s: *mut u64, e: *mut u64, max: c_int) -> c_int;
     fn simtest_walk_array(s: *mut u64, e: *mut u64, max: c_int) -> c_int;
     fn kmem_alloc(size: usize, flags: u32) -> *mut c_void;
@@ -173,12 +176,50 @@ fn pv_balloon_out(d: &Domain, pgs: &[*mut VmPage]) -> c_int {
 fn pv_back(pfns: &[u64]) -> usize {
     let mut mfns = vec![0u64; pfns.len()];
     let n = memop(INCREASE, &mut mfns, DOMID_SELF, 0) as usize;
+    // SAFETY: plain kernel calls; preemption is disabled around the
+    // queue and its flush, as x86_xpmap.c's per-CPU queue requires.
+    unsafe { kpreempt_disable() };
     for (i, &pfn) in pfns.iter().enumerate().take(n) {
         p2m_write(pfn, mfns[i]);
         // SAFETY: plain kernel call with an owned MFN.
         unsafe { xpq_queue_machphys_update(mfns[i] << 12, pfn << 12) };
     }
+    // SAFETY: as above.
+    unsafe {
+        xpq_flush_queue();
+        kpreempt_enable();
+    }
     n
+}
+
+/// x86_xpmap.c 1.84.4.2: the m2p queue is curcpu()'s. Without
+/// kpreempt_disable the thread may move between queue and flush; the
+/// update then stays in the other CPU's queue and Xen's m2p is stale.
+#[test]
+fn an_m2p_update_queued_on_one_cpu_is_not_flushed_from_another() {
+    let d = Domain::boot(small());
+    let pg = alloc(true);
+    assert_eq!(pv_balloon_out(&d, &[pg]), 1);
+    let pfn = pfn_of(pg);
+    let mut mfns = vec![0u64; 1];
+    assert_eq!(memop(INCREASE, &mut mfns, DOMID_SELF, 0), 1);
+    p2m_write(pfn, mfns[0]);
+    // SAFETY: plain kernel calls with an owned MFN, preemption enabled:
+    // each call is a preemption point that moves this thread.
+    unsafe {
+        xpq_queue_machphys_update(mfns[0] << 12, pfn << 12);
+        xpq_flush_queue();
+    }
+    assert_eq!(d.m2p(mfns[0]), None, "the other CPU's queue was flushed");
+    let e = d.check().expect_err("a stranded update must show");
+    assert!(e.contains("unflushed"), "{e}");
+    // The next flush runs back on the CPU that holds the update.
+    // SAFETY: as above.
+    unsafe { xpq_flush_queue() };
+    assert_eq!(d.m2p(mfns[0]), Some(pfn));
+    // SAFETY: the test's page, backed again.
+    unsafe { uvm_pagefree(pg) };
+    d.check().unwrap();
 }
 
 #[test]
@@ -397,11 +438,6 @@ fn pvh_populate_plug_pglist_unplug() {
     d.faults_mut().populate_limit = Some(100);
     assert_eq!(memop(POPULATE, &mut g, DOMID_SELF, 0), 100);
     d.set_faults(Faults::default());
-    assert_eq!(
-        memop(POPULATE, &mut g, DOMID_SELF, 0),
-        0,
-        "already populated"
-    );
     assert_eq!(memop(POPULATE, &mut g[100..], DOMID_SELF, 0), 412);
     let free0 = d.free_pages();
     // SAFETY: kernel calls on backed frames.
@@ -880,4 +916,31 @@ fn kernel_panics() {
             "{case}: expected {msg:?}\n{err}"
         );
     }
+}
+
+/// Xen's populate_physmap does not check that a gfn is free (p2m.c
+/// p2m_add_page replaces the mapping), and [0xfc000000, 4 GiB) of a PVH
+/// guest holds ACPI tables, the local APIC and the special pages
+/// (libxl_x86.c, libxl_x86_acpi.c, xg_dom_x86.c): populating there
+/// succeeds and `check` reports what was hit.
+#[test]
+fn populate_physmap_replaces_special_pages_without_complaint() {
+    let d = Domain::boot(small().mode(Mode::Pvh));
+    d.set_max_reservation(d.max_reservation() + 1024);
+    let mut g = vec![0xfeffe_u64];
+    assert_eq!(
+        memop(POPULATE, &mut g, DOMID_SELF, 0),
+        1,
+        "Xen does not refuse"
+    );
+    let e = d.check().expect_err("a replaced special page must show");
+    assert!(e.contains("replaced 1 populated gfns"), "{e}");
+    assert!(e.contains("special page"), "{e}");
+    drop(d); // one domain per process at a time
+    let d = Domain::boot(small().mode(Mode::Pvh));
+    d.set_max_reservation(d.max_reservation() + 1024);
+    let mut g = vec![0xfee00_u64];
+    assert_eq!(memop(POPULATE, &mut g, DOMID_SELF, 0), 1);
+    let e = d.check().expect_err("RAM over the local APIC must show");
+    assert!(e.contains("local APIC"), "{e}");
 }
