@@ -468,8 +468,16 @@ fn a_storm_of_targets_is_rate_limited_and_its_last_outcome_still_printed() {
     const STORM: u64 = 40;
     let mut last = 0;
     for i in 0..STORM {
-        // Alternate by 4 MiB so that every request is a real change.
-        last = if i % 2 == 0 { 200_000 } else { 204_096 };
+        // Alternate by 4 MiB so that every request is a real change; the
+        // last one is a value of its own, so that waiting for its line
+        // below cannot be met by an earlier line of the same value.
+        last = if i == STORM - 1 {
+            208_192
+        } else if i % 2 == 0 {
+            200_000
+        } else {
+            204_096
+        };
         let delivered = {
             let mut n = 0;
             d.wait_until(
@@ -521,10 +529,12 @@ fn a_storm_of_targets_is_rate_limited_and_its_last_outcome_still_printed() {
         "{:#?}",
         d.dmesg()
     );
+    // Every outcome was printed or counted as suppressed. (The driver may
+    // have more outcomes than targets: a target clamped to a maximum that
+    // xl had not yet raised is an outcome of its own.)
     let printed = outcomes(&d) - before;
-    assert_eq!(
-        printed as u64 + quad(&d, "hw.balloon.stats.messages_suppressed"),
-        STORM,
+    assert!(
+        printed as u64 + quad(&d, "hw.balloon.stats.messages_suppressed") >= STORM,
         "{printed} printed + {suppressed} suppressed: {:#?}",
         d.dmesg()
     );
