@@ -136,21 +136,30 @@ pub struct Driver {
 
 impl Driver {
     /// A driver for `worker` in `mode`. The frame buffers are allocated
-    /// here, once, at their largest.
-    pub fn new(worker: Worker, mode: GuestMode) -> Driver {
-        Driver {
+    /// here, once, at their largest, and fallibly: ENOMEM when the kernel
+    /// has no memory for them (the core's heap is KM_NOSLEEP, so a
+    /// failure is a NULL, never a sleep or a panic).
+    pub fn new(worker: Worker, mode: GuestMode) -> Result<Driver, Errno> {
+        let batch = MAX_BATCH.0 as usize;
+        let mut pfns = Vec::new();
+        let mut frames = Vec::new();
+        let mut given = Vec::new();
+        pfns.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        frames.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        given.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        Ok(Driver {
             worker,
             mode,
-            pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
-            frames: Vec::with_capacity(MAX_BATCH.0 as usize),
-            given: Vec::with_capacity(MAX_BATCH.0 as usize),
+            pfns,
+            frames,
+            given,
             stats: DriverStats::default(),
             reported: None,
             budget: LogBudget::default(),
             held: None,
             dropped: 0,
             xenstore_last: None,
-        }
+        })
     }
 
     /// The worker (policy, bookkeeping, stats).
@@ -443,7 +452,7 @@ impl Driver {
                 let result = p.plug(range);
                 self.worker.complete(StepResult::Plugged(result), now)
             }
-            Action::Return { runs } => self.return_frames(p, &runs, now),
+            Action::Return { frames } => self.return_frames(p, frames, now),
             Action::Unplug { range } => {
                 let result = p.unplug(range);
                 self.worker.complete(StepResult::Unplugged(result), now)
@@ -623,12 +632,14 @@ impl Driver {
     fn return_frames<P: Platform>(
         &mut self,
         p: &mut P,
-        runs: &[PfnRange],
+        frames: PfnRange,
         now: Uptime,
     ) -> Result<(), WorkerError> {
         self.pfns.clear();
+        // At most one batch (the worker's choice): within the capacity
+        // allocated at attach, so no allocation.
         self.pfns
-            .extend(runs.iter().flat_map(|r| r.frames()).map(|f| f.0));
+            .extend(frames.frames().take(MAX_BATCH.0 as usize).map(|f| f.0));
         self.frames.clear();
         match self.mode {
             GuestMode::Pv => {
