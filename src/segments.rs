@@ -188,15 +188,20 @@ pub struct PlugLimits {
     pub hole: Option<PfnRange>,
 }
 
-/// The domain's frame space and the state of every frame in it.
-#[derive(Clone, Debug)]
+/// The domain's frame space and the state of every frame in it. Not
+/// `Clone`: a clone's tables would lose the capacity reserved at attach.
+#[derive(Debug)]
 pub struct FrameSpace {
-    /// Sorted by first frame; capacity reserved at attach, never grown.
-    segments: Vec<Segment>,
-    /// Segments whose unplug the kernel refused, by first frame: not
-    /// offered again until [`FrameSpace::clear_unplug_refused`]. A bit
-    /// per slot of `segments`, so it never allocates either.
-    unplug_refused: Vec<bool>,
+    /// The segment table: every slot allocated at attach; the first
+    /// `count` hold the segments, sorted by first frame. Adding and
+    /// removing rotate slots; the Vec never grows after attach, so no
+    /// step can reach an allocation through it.
+    table: Vec<Segment>,
+    /// Per slot: the kernel refused to unplug that segment; it is not
+    /// offered again until [`FrameSpace::clear_unplug_refused`].
+    refused: Vec<bool>,
+    /// Slots in use.
+    count: usize,
     ballooned: FrameBits,
     /// Frames backed by Xen for a plug that did not happen.
     stranded: Stranded,
@@ -211,8 +216,9 @@ impl FrameSpace {
     /// [`SegmentError::NoMemory`] when the kernel has none.
     pub fn new(boot: &[PfnRange]) -> Result<FrameSpace, SegmentError> {
         let mut space = FrameSpace {
-            segments: Vec::new(),
-            unplug_refused: Vec::new(),
+            table: Vec::new(),
+            refused: Vec::new(),
+            count: 0,
             ballooned: FrameBits::new(),
             stranded: Stranded::default(),
             live: Pages::ZERO,
@@ -221,14 +227,24 @@ impl FrameSpace {
             .len()
             .checked_add(PLUG_SLOTS)
             .ok_or(SegmentError::NoMemory)?;
+        let blank = Segment {
+            range: PfnRange::with_len(Pfn(0), Pages::ZERO).ok_or(SegmentError::Empty)?,
+            origin: Origin::Boot,
+            life: Life::Live,
+            ballooned: Pages::ZERO,
+            backed: Pages::ZERO,
+        };
         space
-            .segments
+            .table
             .try_reserve_exact(slots)
             .map_err(|_| SegmentError::NoMemory)?;
         space
-            .unplug_refused
+            .refused
             .try_reserve_exact(slots)
             .map_err(|_| SegmentError::NoMemory)?;
+        // Within the capacity just reserved: no further allocation.
+        space.table.resize(slots, blank);
+        space.refused.resize(slots, false);
         // The bitmap fails rather than waits, like everything here.
         let end = boot.iter().map(|r| r.end()).max().unwrap_or_default();
         space
@@ -253,65 +269,76 @@ impl FrameSpace {
         if let Some(other) = self.overlapping(range) {
             return Err(SegmentError::Overlap(other.range));
         }
-        // Within the capacity reserved at attach, `insert` never
-        // reallocates; past it the table is full.
-        if self.segments.len() >= self.segments.capacity()
-            || self.unplug_refused.len() >= self.unplug_refused.capacity()
-        {
-            return Err(SegmentError::Full);
-        }
-        if life == Life::Live {
-            self.live = self.live.saturating_add(range.len());
-        }
         let at = self.below(range.start().0);
-        self.segments.insert(
-            at,
-            Segment {
+        let n = self.count.checked_add(1).ok_or(SegmentError::Full)?;
+        // The slots from `at` to the first free one move up by one
+        // (a memmove: no allocation, a small stack frame).
+        let (Some(segs), Some(flags)) = (self.table.get_mut(at..n), self.refused.get_mut(at..n))
+        else {
+            return Err(SegmentError::Full);
+        };
+        let last = segs.len().saturating_sub(1);
+        segs.copy_within(..last, 1);
+        flags.copy_within(..last, 1);
+        if let (Some(seg), Some(flag)) = (segs.first_mut(), flags.first_mut()) {
+            *seg = Segment {
                 range,
                 origin,
                 life,
                 ballooned: Pages::ZERO,
                 backed: Pages::ZERO,
-            },
-        );
-        self.unplug_refused.insert(at, false);
+            };
+            *flag = false;
+        }
+        self.count = n;
+        if life == Life::Live {
+            self.live = self.live.saturating_add(range.len());
+        }
         Ok(())
+    }
+
+    /// The segments, lowest first.
+    fn segs(&self) -> &[Segment] {
+        self.table.get(..self.count).unwrap_or(&[])
     }
 
     /// How many segments start below frame `pfn`.
     fn below(&self, pfn: u64) -> usize {
-        self.segments.partition_point(|s| s.range.start().0 < pfn)
+        self.segs().partition_point(|s| s.range.start().0 < pfn)
     }
 
     /// The index of the segment starting at frame `start`.
     fn index_of(&self, start: u64) -> Option<usize> {
-        self.segments
+        self.segs()
             .binary_search_by_key(&start, |s| s.range.start().0)
             .ok()
     }
 
     fn get(&self, start: u64) -> Option<&Segment> {
-        self.segments.get(self.index_of(start)?)
+        self.segs().get(self.index_of(start)?)
     }
 
     fn get_mut(&mut self, start: u64) -> Option<&mut Segment> {
         let i = self.index_of(start)?;
-        self.segments.get_mut(i)
+        self.table.get_mut(..self.count)?.get_mut(i)
     }
 
     /// Removes the segment starting at frame `start` (no allocation).
     fn remove(&mut self, start: u64) {
-        if let Some(i) = self.index_of(start) {
-            self.segments.remove(i);
-            if i < self.unplug_refused.len() {
-                self.unplug_refused.remove(i);
-            }
+        let Some(i) = self.index_of(start) else {
+            return;
+        };
+        let n = self.count;
+        if let (Some(segs), Some(flags)) = (self.table.get_mut(i..n), self.refused.get_mut(i..n)) {
+            segs.copy_within(1.., 0);
+            flags.copy_within(1.., 0);
+            self.count = n.saturating_sub(1);
         }
     }
 
     /// Segment slots still free in the table reserved at attach.
     pub fn free_slots(&self) -> usize {
-        self.segments.capacity().saturating_sub(self.segments.len())
+        self.table.len().saturating_sub(self.count)
     }
 
     /// A segment sharing a frame with `range`, if any.
@@ -319,13 +346,13 @@ impl FrameSpace {
         // Only the segment starting below `range.end()` with the highest
         // start, and those starting inside `range`, can overlap.
         let i = self.below(range.end().0).checked_sub(1)?;
-        self.segments.get(i).filter(|s| s.range.overlaps(range))
+        self.segs().get(i).filter(|s| s.range.overlaps(range))
     }
 
     /// The segment containing `pfn`.
     pub fn segment_of(&self, pfn: Pfn) -> Option<&Segment> {
         let i = self.below(pfn.0.saturating_add(1)).checked_sub(1)?;
-        self.segments.get(i).filter(|s| s.range.contains(pfn))
+        self.segs().get(i).filter(|s| s.range.contains(pfn))
     }
 
     /// The state of one frame.
@@ -341,7 +368,7 @@ impl FrameSpace {
 
     /// All segments, lowest first.
     pub fn segments(&self) -> impl DoubleEndedIterator<Item = &Segment> + '_ {
-        self.segments.iter()
+        self.segs().iter()
     }
 
     /// Frames now given to Xen.
@@ -362,7 +389,7 @@ impl FrameSpace {
     /// The segment being prepared for plugging, with how much of it is
     /// backed.
     pub fn pending(&self) -> Option<Segment> {
-        self.segments
+        self.segs()
             .iter()
             .rev()
             .find(|s| s.life == Life::Pending)
@@ -390,7 +417,7 @@ impl FrameSpace {
             ..FrameCounts::default()
         };
         c.stranded = self.stranded.total();
-        for s in &self.segments {
+        for s in self.segs() {
             c.populated = c.populated.saturating_add(s.populated());
             match (s.origin, s.life) {
                 (_, Life::Pending) => {
@@ -550,7 +577,8 @@ impl FrameSpace {
             return Err(SegmentError::WrongState(from, self.state(from)));
         }
         let mut left = n;
-        for seg in &mut self.segments {
+        let count = self.count;
+        for seg in self.table.get_mut(..count).unwrap_or(&mut []) {
             if left.is_zero() {
                 break;
             }
@@ -591,13 +619,7 @@ impl FrameSpace {
     /// it touches (O(log n + segments touched)).
     fn adjust_ballooned_range(&mut self, r: PfnRange) {
         let n = self.below(r.end().0);
-        for seg in self
-            .segments
-            .get_mut(..n)
-            .unwrap_or(&mut [])
-            .iter_mut()
-            .rev()
-        {
+        for seg in self.table.get_mut(..n).unwrap_or(&mut []).iter_mut().rev() {
             if seg.range.end() <= r.start() {
                 break;
             }
@@ -612,7 +634,7 @@ impl FrameSpace {
     /// inflation claims frames there first so plugged memory empties out
     /// and can be unplugged.
     pub fn inflate_preference(&self) -> Option<PfnRange> {
-        self.segments
+        self.segs()
             .iter()
             .rev()
             .take_while(|s| s.origin == Origin::Plugged)
@@ -622,7 +644,7 @@ impl FrameSpace {
 
     /// The highest frame of any segment, plus one (0 when there is none).
     pub fn span_end(&self) -> Pfn {
-        self.segments
+        self.segs()
             .last()
             .map(|s| s.range.end())
             .unwrap_or_default()
@@ -776,7 +798,7 @@ impl FrameSpace {
 
     /// Live plugged segments whose every frame is ballooned, newest first.
     pub fn unplug_candidates(&self) -> impl Iterator<Item = PfnRange> + '_ {
-        self.segments
+        self.segs()
             .iter()
             .rev()
             .filter(|s| s.origin == Origin::Plugged && s.is_fully_ballooned())
@@ -786,9 +808,9 @@ impl FrameSpace {
     /// Candidates for unplug whose unplug was not refused since the last
     /// [`FrameSpace::clear_unplug_refused`], newest first.
     pub fn unplug_untried(&self) -> impl Iterator<Item = PfnRange> + '_ {
-        self.segments
+        self.segs()
             .iter()
-            .zip(self.unplug_refused.iter())
+            .zip(self.refused.get(..self.count).unwrap_or(&[]).iter())
             .rev()
             .filter(|(s, &refused)| {
                 !refused && s.origin == Origin::Plugged && s.is_fully_ballooned()
@@ -801,7 +823,7 @@ impl FrameSpace {
     /// the slot; no allocation.
     pub fn mark_unplug_refused(&mut self, range: PfnRange) {
         if let Some(i) = self.index_of(range.start().0) {
-            if let Some(f) = self.unplug_refused.get_mut(i) {
+            if let Some(f) = self.refused.get_mut(i) {
                 *f = true;
             }
         }
@@ -809,7 +831,7 @@ impl FrameSpace {
 
     /// Offers every refused segment for unplug again.
     pub fn clear_unplug_refused(&mut self) {
-        self.unplug_refused.iter_mut().for_each(|f| *f = false);
+        self.refused.iter_mut().for_each(|f| *f = false);
     }
 
     /// The fully ballooned plugged segment `range` was unplugged: its
@@ -847,13 +869,13 @@ impl FrameSpace {
                 return Err("segments: stranded frame inside a segment");
             }
         }
-        if self.unplug_refused.len() != self.segments.len() {
-            return Err("segments: unplug flags out of step with the segments");
+        if self.refused.len() != self.table.len() || self.count > self.table.len() {
+            return Err("segments: segment table out of step");
         }
         let mut prev_end: Option<Pfn> = None;
         let mut seen_plugged = false;
         let mut sum = Pages::ZERO;
-        for s in &self.segments {
+        for s in self.segs() {
             if s.range.is_empty() {
                 return Err("segments: empty segment");
             }
@@ -887,7 +909,7 @@ impl FrameSpace {
             return Err("segments: ballooned frame outside every segment");
         }
         let live = self
-            .segments
+            .segs()
             .iter()
             .filter(|s| s.life == Life::Live)
             .fold(Pages::ZERO, |a, s| a.saturating_add(s.range.len()));

@@ -359,7 +359,7 @@ enum Outcome {
 }
 
 /// The driver's brain: bookkeeping, policy, back-off, target and stats.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Worker {
     space: FrameSpace,
     policy: Policy,
