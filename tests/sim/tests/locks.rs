@@ -136,7 +136,21 @@ fn settle_at(d: &Domain, mib: u64) {
         d.memory(),
         state(d)
     );
+    // Memory can pass through the target mid-step (a segment being
+    // backed): the check needs the worker at rest.
+    assert!(wait_idle(d), "worker still busy: {}", state(d));
     d.check().unwrap();
+}
+
+fn wait_idle(d: &Domain) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if state(d) == "idle" {
+            return true;
+        }
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+    false
 }
 
 fn unload(d: &Domain) {
