@@ -32,6 +32,9 @@ pub const POINTS: &[&str] = &[
     "pglistalloc",
     "zero_page",
     "xenbus_read",
+    // The kernel's control/shutdown handler, on the xenwatch thread: holds
+    // every watch event queued after it (xenbus_xs.c xenwatch_thread).
+    "shutdown_watch",
 ];
 
 #[derive(Default)]

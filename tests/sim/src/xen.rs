@@ -595,6 +595,7 @@ impl Kernel {
 /// acting is recording the request, so that a test sees when the single
 /// xenwatch thread got round to it.
 fn shutdown_handler() {
+    stall_point("shutdown_watch");
     with(|k| {
         if let Some(v) = k.store.get(SHUTDOWN_NODE).cloned() {
             k.store_write(SHUTDOWN_NODE, None);

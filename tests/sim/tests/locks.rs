@@ -205,3 +205,32 @@ fn watch_events_and_sysctl_finish_while_an_8192_frame_inflate_is_held() {
         drop(d);
     }
 }
+
+/// Issue 11's known gap: a PVH target written before the driver's first
+/// read left the toolstack offset at 0, and the domain ended 32 KiB (its 8
+/// special pages) short of xl's target. The single xenwatch thread is
+/// held in the kernel's own control/shutdown handler while the module
+/// loads and `xl mem-set` writes, so the module's first watch event
+/// already carries the new target.
+#[test]
+fn a_target_written_before_the_first_read_still_gets_the_pvh_offset() {
+    let d = Domain::boot(
+        DomainConfig::default()
+            .mode(Mode::Pvh)
+            .boot_mib(256)
+            .max_mib(1024)
+            .host_free_mib(2048),
+    );
+    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
+    stall::arm("shutdown_watch", 0);
+    d.xenstore_write("control/shutdown", "poweroff");
+    assert_eq!(stall::wait_stalled(WAIT)[0].0, "shutdown_watch");
+    d.modload(balloon_module()).expect("modload");
+    d.xl_mem_set(192 * 1024);
+    stall::release();
+    assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+    settle_at(&d, 192);
+    assert_eq!(quad(&d, "hw.balloon.toolstack_offset"), 32);
+    assert_eq!(quad(&d, "hw.balloon.current"), 192 * 1024);
+    assert_eq!(d.snapshot().shutdown_requests, 1);
+}
