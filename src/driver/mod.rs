@@ -368,6 +368,8 @@ impl Control {
     }
 
     /// A step's result could not be taken, or its pages were refused.
+    /// Out of line: its line's buffer stays off the step's stack.
+    #[inline(never)]
     fn step_failed<P: Platform>(&mut self, p: &mut P, now: Uptime, e: WorkerError) {
         let line = if self.worker.stopped() {
             LogLine::format(format_args!("stopped: {}: {e:?}", self.worker.state()))
@@ -439,7 +441,9 @@ impl Control {
     }
 
     /// Prints the count of dropped lines, then the held line, if any,
-    /// whatever the budget says: the module is going away.
+    /// whatever the budget says: the module is going away. Out of line:
+    /// the held line's buffer stays off the release's stack.
+    #[inline(never)]
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
@@ -447,6 +451,8 @@ impl Control {
         }
     }
 
+    /// Out of line: its line's buffer stays off the callers' stacks.
+    #[inline(never)]
     fn print_dropped<P: Platform>(&mut self, p: &mut P) {
         if self.dropped > 0 {
             p.log(
@@ -457,9 +463,30 @@ impl Control {
         }
     }
 
-    /// Why a release stopped short, for the log: what the step that fell
-    /// short was.
-    fn release_refused(&self) -> LogLine {
+    /// The worker asked for something it cannot do (a bookkeeping bug).
+    /// Out of line: its line's buffer stays off the step's stack.
+    #[inline(never)]
+    fn internal_error<P: Platform>(&mut self, p: &mut P, now: Uptime, e: WorkerError) {
+        let line = LogLine::format(format_args!("internal error: {e:?}"));
+        self.say(p, now, line);
+    }
+
+    /// Unload refused: the worker stopped for good. Out of line, as above.
+    #[inline(never)]
+    fn cannot_unload<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        let line = LogLine::format(format_args!("cannot unload: {}", self.worker.state()));
+        self.say(p, now, line);
+    }
+
+    /// Why a release stopped short, for the log. Out of line, as above.
+    #[inline(never)]
+    fn release_refused<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        let line = self.release_refused_line();
+        self.say(p, now, line);
+    }
+
+    /// Why a release stopped short: what the step that fell short was.
+    fn release_refused_line(&self) -> LogLine {
         let kib = |x: Pages| x.saturating_kib().0;
         let frames = self.worker.frames();
         if !frames.stranded().is_zero() {
@@ -503,8 +530,25 @@ impl Control {
         p.free_pages(scratch);
     }
 
+    /// "giving up on target": the reason as hw.balloon.state gives it,
+    /// with the last shortfall for "retries exhausted". Out of line: its
+    /// two buffers stay off the stack of the line's printing.
+    #[inline(never)]
+    fn giving_up_line(&self, state: State, target: Pages) -> LogLine {
+        let kib = |x: Pages| x.saturating_kib().0;
+        let text = LogLine::format(format_args!("{state}"));
+        let text = text.as_str();
+        LogLine::format(format_args!(
+            "giving up on target {} KiB at {} KiB: {}",
+            kib(self.worker.as_toolstack(target)),
+            kib(self.worker.as_toolstack(self.worker.current())),
+            text.strip_prefix("cancelled: ").unwrap_or(text)
+        ))
+    }
+
     /// One log line when the worker reaches its target or gives up, not
     /// one per batch: called when the worker has nothing more to do.
+    #[inline(never)]
     fn report<P: Platform>(&mut self, p: &mut P, now: Uptime) {
         let state = self.worker.state();
         let target = self.worker.target();
@@ -534,18 +578,7 @@ impl Control {
                 kib(self.worker.as_toolstack(self.worker.current())),
                 g.refusal().unwrap_or("growth refused")
             ))),
-            // The reason as hw.balloon.state gives it, with the last
-            // shortfall for "retries exhausted".
-            State::Cancelled(_) => {
-                let text = LogLine::format(format_args!("{state}"));
-                let text = text.as_str();
-                Some(LogLine::format(format_args!(
-                    "giving up on target {} KiB at {} KiB: {}",
-                    kib(self.worker.as_toolstack(target)),
-                    kib(self.worker.as_toolstack(self.worker.current())),
-                    text.strip_prefix("cancelled: ").unwrap_or(text)
-                )))
-            }
+            State::Cancelled(_) => Some(self.giving_up_line(state, target)),
             _ => None,
         };
         if let Some(line) = line {
@@ -598,11 +631,7 @@ impl Exec {
                     Ok(action)
                 }
                 Err(e) => {
-                    c.say(
-                        p,
-                        now,
-                        LogLine::format(format_args!("internal error: {e:?}")),
-                    );
+                    c.internal_error(p, now, e);
                     Err(c.finish(p, now, StepStatus::Idle))
                 }
             }
@@ -632,8 +661,7 @@ impl Exec {
                 // The bookkeeping no longer knows which frames are whose:
                 // a release could give pages to UVM twice or leave frames
                 // in Xen unaccounted. The module stays.
-                let line = LogLine::format(format_args!("cannot unload: {}", c.worker.state()));
-                c.say(p, now, line);
+                c.cannot_unload(p, now);
                 return true;
             }
             c.worker.begin_release();
@@ -651,8 +679,7 @@ impl Exec {
                 }
                 (StepStatus::Sleep(_), false) => {
                     return s.locked(|c| {
-                        let line = c.release_refused();
-                        c.say(p, now, line);
+                        c.release_refused(p, now);
                         c.worker.end_release();
                         Err(Errno::EBUSY)
                     })
