@@ -375,6 +375,27 @@ balloon_limit_refresh(struct balloon_softc *sc)
 }
 
 /*
+ * memory/target as it is at load, before the worker can move the
+ * reservation read just before: a PVH guest's toolstack offset is fixed
+ * from the two (balloon_rs_load_target()), since the module's first watch
+ * event may already carry a newer target (Linux fixes target_diff at its
+ * first event, drivers/xen/xen-balloon.c @06236046, which for a built-in
+ * driver comes at boot).
+ */
+static void
+balloon_load_target(struct balloon_softc *sc)
+{
+	char v[BALLOON_XS_VALUE_LEN];
+
+	memset(v, 0, sizeof(v));
+	if (xenbus_read(NULL, "memory", "target", v, sizeof(v) - 1) != 0)
+		return;
+	mutex_enter(&sc->sc_lock);
+	(void)balloon_rs_load_target(sc->sc_rs, v, sizeof(v));
+	mutex_exit(&sc->sc_lock);
+}
+
+/*
  * control/feature-balloon = 1 says a balloon driver runs: XAPI's squeezed
  * waits for it, and the Windows PV drivers write it when their balloon
  * starts and remove it when it stops (xenserver/win-xenbus
@@ -1095,6 +1116,7 @@ balloon_init(void)
 	if (error != 0)
 		goto fail_lock;
 	balloon_limit_refresh(sc);
+	balloon_load_target(sc);
 
 	error = balloon_sysctl_init(sc, growth);
 	if (error != 0) {

@@ -187,6 +187,13 @@ void	balloon_rs_shim_failed(struct balloon_rs *, enum balloon_shim_failure,
  */
 int	balloon_rs_set_limit(struct balloon_rs *, uint64_t max_reservation_pages,
 	    const char *static_max, size_t len);
+/*
+ * memory/target as read at load, right after the reservation (KiB text,
+ * NUL padding ends it): a PVH guest's toolstack offset is fixed from the
+ * two when they agree. An errno for an unreadable value; nothing changes.
+ */
+int	balloon_rs_load_target(struct balloon_rs *, const char *target,
+	    size_t len);
 /* Reads a value; EINVAL for an unknown one. KiB sizes as xl counts them. */
 int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
 /*

@@ -303,6 +303,41 @@ pub unsafe extern "C" fn balloon_rs_set_limit(
     0
 }
 
+/// `memory/target` as read at load, just after the reservation (KiB
+/// text, NUL padding ends it): fixes the PVH toolstack offset when the
+/// two agree (see `Worker::set_load_target`). An unreadable or malformed
+/// value changes nothing.
+///
+/// # Safety
+/// As for [`control_mut`]; `target` valid for `len` bytes (or NULL with 0).
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_load_target(
+    rs: *mut sys::balloon_rs,
+    target: *const c_char,
+    len: usize,
+) -> c_int {
+    let _ctx = super::CoreContext::enter();
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { control_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    let text: &[u8] = if target.is_null() || len == 0 {
+        &[]
+    } else {
+        let len = len.min(sys::BALLOON_XS_VALUE_LEN as usize);
+        // SAFETY: `target` is valid for `len` bytes per the contract (cut
+        // to the shim's buffer size).
+        unsafe { core::slice::from_raw_parts(target.cast::<u8>(), len) }
+    };
+    match crate::policy::parse_kib(text) {
+        Ok(kib) => {
+            core.worker_mut().set_load_target(kib);
+            0
+        }
+        Err(r) => errno(r.errno()),
+    }
+}
+
 /// A failure of the shim's own, for the log.
 ///
 /// # Safety
