@@ -103,11 +103,20 @@ balloon_kick(struct balloon_softc *sc)
 
 /* --- kernel services for the core (glue.h) --- */
 
+/*
+ * The core's heap.  KM_NOSLEEP: the worker calls in with sc_lock held, and
+ * KM_SLEEP never returns NULL (subr_kmem.c 1.77 kmem_alloc asserts it); a
+ * request it cannot meet sleeps instead, for requests over the kmem caches
+ * in uvm_km_kmem_alloc's loop on uvm_wait("plpg") (uvm_km.c 1.135), with the
+ * lock held and every watch and sysctl of hw.balloon behind it.  With
+ * KM_NOSLEEP a shortage is a NULL, which the core takes as ENOMEM: it
+ * allocates only fallibly, at attach and when a plug grows its bitmap.
+ */
 void *
 balloon_shim_kmem_alloc(size_t size)
 {
 
-	return kmem_alloc(size, KM_SLEEP);
+	return kmem_alloc(size, KM_NOSLEEP);
 }
 
 void
@@ -1091,10 +1100,21 @@ balloon_init(void)
 	mutex_init(&sc->sc_lock, MUTEX_DEFAULT, IPL_NONE);
 	cv_init(&sc->sc_cv, "balloon");
 
-	bi = kmem_zalloc(sizeof(*bi), KM_SLEEP);
+	/* KM_NOSLEEP, as the core's heap: short of memory, the load fails. */
+	bi = kmem_zalloc(sizeof(*bi), KM_NOSLEEP);
+	if (bi == NULL) {
+		printf("%s: no memory for the boot information\n",
+		    BALLOON_XNAME);
+		error = ENOMEM;
+		goto fail_lock;
+	}
 	error = balloon_boot_info(bi, hotplug);
-	if (error == 0)
+	if (error == 0) {
 		error = balloon_rs_attach(bi, &sc->sc_rs);
+		if (error != 0)
+			printf("%s: cannot set up the bookkeeping: error %d\n",
+			    BALLOON_XNAME, error);
+	}
 	memset(staticmax, 0, sizeof(staticmax));
 	if (error == 0 && xenbus_read(NULL, "memory", "static-max", staticmax,
 	    sizeof(staticmax) - 1) != 0)

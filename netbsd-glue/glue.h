@@ -251,7 +251,7 @@ int	balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages);
 void	balloon_shim_meminfo(struct balloon_meminfo *);
 /* A message for the kernel log, "balloon0: " is prefixed. */
 void	balloon_shim_log(const char *msg, size_t len);
-/* kmem_alloc(size, KM_SLEEP) / kmem_free. */
+/* kmem_alloc(size, KM_NOSLEEP): NULL when memory is short / kmem_free. */
 void	*balloon_shim_kmem_alloc(size_t size);
 void	balloon_shim_kmem_free(void *p, size_t size);
 /*

@@ -143,8 +143,14 @@ pub unsafe extern "C" fn balloon_rs_attach(
         _ => return errno(Errno::EINVAL),
     };
     let n = bi.nsegments.min(bi.segments.len());
-    let mut segments = Vec::with_capacity(n);
-    for s in &bi.segments[..n] {
+    // Every allocation of attach is fallible: the core's heap is
+    // KM_NOSLEEP (glue.h), and a NULL must be ENOMEM, never a panic
+    // through handle_alloc_error.
+    let mut segments = Vec::new();
+    if segments.try_reserve_exact(n).is_err() {
+        return errno(Errno::ENOMEM);
+    }
+    for s in bi.segments.get(..n).unwrap_or(&[]) {
         match PfnRange::new(Pfn(s.start_pfn), Pfn(s.end_pfn)) {
             Some(r) => segments.push(r),
             None => return errno(Errno::EINVAL),
@@ -177,14 +183,38 @@ pub unsafe extern "C" fn balloon_rs_attach(
         Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
         Err(_) => return errno(Errno::EINVAL),
     };
-    let (control, exec) = Driver::new(worker, mode).split();
-    let core = Box::new(Core {
+    let (control, exec) = match Driver::new(worker, mode) {
+        Ok(d) => d.split(),
+        Err(e) => return errno(e),
+    };
+    let Some(core) = try_box(Core {
         control: UnsafeCell::new(control),
         exec: UnsafeCell::new(exec),
-    });
+    }) else {
+        return errno(Errno::ENOMEM);
+    };
     // SAFETY: `rsp` is non-NULL and writable per the contract.
     unsafe { rsp.write(Box::into_raw(core).cast()) };
     0
+}
+
+/// `Box::new` that answers None, instead of calling
+/// `handle_alloc_error`, when the allocator returns NULL.
+fn try_box(core: Core) -> Option<Box<Core>> {
+    let layout = core::alloc::Layout::new::<Core>();
+    // SAFETY: Core is not zero-sized (it holds Vecs), so the layout has a
+    // non-zero size as `alloc` requires.
+    let p = unsafe { alloc::alloc::alloc(layout) }.cast::<Core>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is a fresh, non-NULL block with Core's layout from the
+    // global allocator: writing a Core there and handing it to Box (which
+    // frees it with the same allocator and layout) is sound.
+    unsafe {
+        p.write(core);
+        Some(Box::from_raw(p))
+    }
 }
 
 /// Frees the core.

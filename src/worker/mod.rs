@@ -30,8 +30,6 @@
 //! `max_retries` times, its frames given back each time, then given up.
 //! The failure of a plug counts once its frames are back with Xen.
 
-use alloc::vec::Vec;
-
 use crate::backoff::{Backoff, BackoffConfig, Retry};
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
@@ -136,8 +134,8 @@ pub enum Action {
     /// Give these stranded frames (backed for a plug that did not happen,
     /// in no segment) back to Xen with `decrease_reservation`.
     Return {
-        /// The frames, lowest first; at most one batch in total.
-        runs: Vec<PfnRange>,
+        /// The lowest stranded frames; at most one batch.
+        frames: PfnRange,
     },
     /// `uvm_physseg_unplug` this fully ballooned segment and forget its
     /// pages.
@@ -234,6 +232,9 @@ pub enum CancelReason {
     HotplugOff,
     /// No frame space left to plug a segment into.
     NoFrameSpace,
+    /// Every segment slot reserved at attach is taken
+    /// ([`crate::segments::PLUG_SLOTS`] plugged segments).
+    NoSegmentSlot,
     /// The target is above what the domain can reach without growing,
     /// and the kernel cannot grow it: the target is clipped.
     Clipped(Growth),
@@ -292,6 +293,9 @@ impl WaitReason {
     }
 }
 
+// The text of CancelReason::NoSegmentSlot names the slot count.
+const _: () = assert!(crate::segments::PLUG_SLOTS == 256);
+
 impl CancelReason {
     /// A short phrase for `hw.balloon.state` and dmesg.
     pub fn as_str(self) -> &'static str {
@@ -299,6 +303,7 @@ impl CancelReason {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
+            CancelReason::NoSegmentSlot => "no segment slot left to plug into (256 plugged)",
             CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
             CancelReason::FramesRefused => {
                 "bookkeeping refused the pages UVM gave; stopped until reload"
@@ -339,7 +344,7 @@ enum InFlight {
     Deflate(Pfn, Pages),
     Back(PfnRange),
     Plug(PfnRange),
-    Return(Vec<PfnRange>),
+    Return(PfnRange),
     Unplug(PfnRange),
 }
 
@@ -354,7 +359,7 @@ enum Outcome {
 }
 
 /// The driver's brain: bookkeeping, policy, back-off, target and stats.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Worker {
     space: FrameSpace,
     policy: Policy,
@@ -367,9 +372,6 @@ pub struct Worker {
     in_flight: Option<InFlight>,
     state: State,
     stats: Stats,
-    /// Segments whose unplug failed; not tried again until the target
-    /// changes, so a refusing kernel cannot make the worker spin.
-    unplug_refused: Vec<PfnRange>,
     /// Giving everything back before unload: the target no longer counts.
     releasing: bool,
     /// A plug failed with this error; it counts as a shortfall once the
@@ -428,7 +430,6 @@ impl Worker {
             in_flight: None,
             state: State::Idle,
             stats: Stats::default(),
-            unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
             growth: boot.growth,
@@ -566,11 +567,10 @@ impl Worker {
     /// Starts unplugging a fully ballooned plugged segment, if there is
     /// one whose unplug has not been refused.
     fn start_unplug(&mut self) -> Option<Action> {
-        let refused = &self.unplug_refused;
-        let range = self
-            .space
-            .unplug_candidates()
-            .find(|r| !refused.contains(r))?;
+        // Segments whose unplug failed are not tried again until the
+        // target changes, so a refusing kernel cannot make the worker
+        // spin (a flag in the frame space; no allocation).
+        let range = self.space.unplug_untried().next()?;
         self.in_flight = Some(InFlight::Unplug(range));
         self.state = State::Unplugging;
         Some(Action::Unplug { range })
@@ -578,10 +578,13 @@ impl Worker {
 
     /// Starts giving up to one batch of stranded frames back.
     fn start_return(&mut self) -> Action {
-        let runs = self.space.choose_return(self.policy.batch());
-        self.in_flight = Some(InFlight::Return(runs.clone()));
+        let Some(frames) = self.space.choose_return(self.policy.batch()) else {
+            self.state = State::Idle;
+            return Action::Idle;
+        };
+        self.in_flight = Some(InFlight::Return(frames));
         self.state = State::Returning;
-        Action::Return { runs }
+        Action::Return { frames }
     }
 
     /// The next step of the segment being prepared: back one more batch
@@ -685,7 +688,7 @@ impl Worker {
     /// reader never sees "idle" while work is pending.
     fn rearm(&mut self) {
         self.backoff.reset();
-        self.unplug_refused.clear();
+        self.space.clear_unplug_refused();
         self.failed_plug = None;
         if self.in_flight.is_none() && !self.stopped {
             let (current, target) = (self.held(), self.target());
@@ -883,6 +886,11 @@ impl Worker {
                 max_segment: self.plug_limits.max_segment.min(mem.managed),
                 ..self.plug_limits
             };
+            // Every segment slot reserved at attach is taken: refused,
+            // said in hw.balloon.state, never an allocation.
+            if self.space.free_slots() == 0 {
+                return Ok(self.cancel(CancelReason::NoSegmentSlot));
+            }
             let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
@@ -894,6 +902,7 @@ impl Worker {
                 Err(SegmentError::NoMemory) => {
                     return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
                 }
+                Err(SegmentError::Full) => return Ok(self.cancel(CancelReason::NoSegmentSlot)),
                 Err(e) => return Err(WorkerError::Bookkeeping(e)),
             }
             return Ok(self.continue_plug(range));
@@ -1037,14 +1046,13 @@ impl Worker {
                 }
                 Err(e) => self.plug_failed(e)?,
             },
-            (InFlight::Return(runs), StepResult::Returned { done, error }) => {
-                let asked = total(&runs);
+            (InFlight::Return(frames), StepResult::Returned { done, error }) => {
+                let asked = frames.len();
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
-                let leading = leading_frames(&runs, done);
                 self.space
-                    .record_returned(&leading)
+                    .record_returned(frames.take_front(done))
                     .map_err(WorkerError::Bookkeeping)?;
                 if done < asked || error.is_some() {
                     Outcome::Short(
@@ -1070,7 +1078,7 @@ impl Worker {
                     Outcome::Progress
                 }
                 Err(e) => {
-                    self.unplug_refused.push(range);
+                    self.space.mark_unplug_refused(range);
                     Outcome::Short(WaitReason::UnplugFailed, Some(e))
                 }
             },
@@ -1155,12 +1163,6 @@ impl Worker {
     }
 }
 
-/// Frames in `runs`.
-fn total(runs: &[PfnRange]) -> Pages {
-    runs.iter()
-        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()))
-}
-
 /// A step towards the target: short when it did less than asked or
 /// reported an error, else progress.
 fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outcome {
@@ -1169,21 +1171,6 @@ fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outc
     } else {
         Outcome::Progress
     }
-}
-
-/// The first `n` frames of `runs`, as runs.
-fn leading_frames(runs: &[PfnRange], n: Pages) -> Vec<PfnRange> {
-    let mut left = n;
-    let mut out = Vec::new();
-    for &r in runs {
-        if left.is_zero() {
-            break;
-        }
-        let part = r.take_front(left);
-        left = left.saturating_sub(part.len());
-        out.push(part);
-    }
-    out
 }
 
 #[cfg(test)]

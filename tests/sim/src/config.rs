@@ -289,6 +289,9 @@ pub struct Faults {
     pub xenstore_read_error: Option<i32>,
     /// kmem_alloc(.., KM_NOSLEEP) returns NULL.
     pub kmem_nosleep_fail: bool,
+    /// kmem_alloc(.., KM_NOSLEEP) returns NULL after this many more
+    /// successes (then every time, until cleared).
+    pub kmem_nosleep_fail_after: Option<u64>,
     /// kthread_create fails with this errno.
     pub kthread_create_error: Option<i32>,
     /// sysctl_createv fails with ENOMEM after this many more successes.

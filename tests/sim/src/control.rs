@@ -933,6 +933,7 @@ impl Console {
             ["plug_fail", v] => flag(v).map(|b| f.plug_fail = b),
             ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
             ["kmem_nosleep_fail", v] => flag(v).map(|b| f.kmem_nosleep_fail = b),
+            ["kmem_nosleep_fail_after", v] => count(v).map(|c| f.kmem_nosleep_fail_after = c),
             ["xenstore_read_error", v] => errno(v).map(|e| f.xenstore_read_error = e),
             ["kthread_create_error", v] => errno(v).map(|e| f.kthread_create_error = e),
             ["watch_register_error", v] => errno(v).map(|e| f.watch_register_error = e),
@@ -953,7 +954,8 @@ impl Console {
             Ok(()) => Reply::default(),
             Err(()) => Reply::usage(
                 "sim fault [clear | decrease_limit|increase_limit|populate_limit|\
-                 pagealloc_fail_after|pglistalloc_fail_after|sysctl_create_fail_after N|off | \
+                 pagealloc_fail_after|pglistalloc_fail_after|sysctl_create_fail_after|\
+                 kmem_nosleep_fail_after N|off | \
                  plug_fail|unplug_fail|kmem_nosleep_fail on|off | \
                  xenstore_read_error|kthread_create_error|watch_register_error ERRNO|off | \
                  memory_op increase_reservation|decrease_reservation|current_reservation|\

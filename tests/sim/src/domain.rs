@@ -252,6 +252,10 @@ pub struct Snapshot {
     pub clean_given: u64,
     pub kmem_bytes: u64,
     pub kmem_allocations: u64,
+    /// Threads blocked in kmem_alloc(KM_SLEEP), memory short (ksync.rs).
+    pub kmem_sleeping: u64,
+    /// kmem_alloc(KM_NOSLEEP) NULLs for want of memory.
+    pub kmem_nosleep_null: u64,
     pub kthreads: u64,
     pub watches: u64,
     pub watch_events_pending: u64,
@@ -296,6 +300,8 @@ impl Snapshot {
             ("clean_pages_given", self.clean_given.to_string()),
             ("kmem_bytes", self.kmem_bytes.to_string()),
             ("kmem_allocations", self.kmem_allocations.to_string()),
+            ("kmem_sleeping", self.kmem_sleeping.to_string()),
+            ("kmem_nosleep_null", self.kmem_nosleep_null.to_string()),
             ("kthreads", self.kthreads.to_string()),
             ("xenbus_watches", self.watches.to_string()),
             (
@@ -426,6 +432,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         sysctl: SysctlTree::boot(),
         kmem: HashMap::new(),
         kmem_bytes: 0,
+        kmem_sleeping: 0,
+        kmem_nosleep_null: 0,
         live_kthreads: 0,
         modules: Vec::new(),
         hypercalls: 0,
@@ -622,6 +630,8 @@ impl Domain {
                 clean_given: k.clean_given,
                 kmem_bytes: k.kmem_bytes,
                 kmem_allocations: k.kmem.len() as u64,
+                kmem_sleeping: k.kmem_sleeping,
+                kmem_nosleep_null: k.kmem_nosleep_null,
                 kthreads: k.live_kthreads,
                 watches: k.watches.len() as u64,
                 watch_events_pending: k.watch_queue.len() as u64

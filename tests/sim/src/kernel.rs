@@ -201,6 +201,10 @@ pub(crate) struct Kernel {
     // kmem: address -> size
     pub kmem: HashMap<usize, usize>,
     pub kmem_bytes: u64,
+    /// Threads blocked in kmem_alloc(KM_SLEEP) while memory is short.
+    pub kmem_sleeping: u64,
+    /// kmem_alloc(KM_NOSLEEP) calls that returned NULL, memory short.
+    pub kmem_nosleep_null: u64,
     // threads and modules
     pub live_kthreads: u64,
     pub modules: Vec<&'static crate::SimModinfo>,
