@@ -427,6 +427,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
     let mut left_kernel = kernel_pages;
     let pod_memory = k.cfg.pod_memory_pages().filter(|_| k.cfg.mode == Mode::Pvh);
     if let Some(m) = pod_memory {
+        // libxl__build_pre: Xen's maximum is memory + 1 MiB, not maxmem.
+        k.max_pages = m + LIBXL_MAXMEM_PAGES;
         // xg_dom_x86.c meminit_hvm (xen-project/xen @c447b730): the PoD
         // cache is filled to the target first, then every RAM gfn of the
         // map is marked PoD (XENMEMF_populate_on_demand); the kernel's
@@ -511,7 +513,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         // libxl__build_post (libxl_dom.c @021cd1c4): memory/static-max is
         // maxmem, memory/target is memory less the target fudge (0 for PV
         // and PVH: only HVM subtracts video memory and 1 MiB).
-        let target = (boot_pages * 4).to_string();
+        // PoD: memory/target is `memory`, below the map (maxmem).
+        let target = (k.cfg.pod_memory_pages().unwrap_or(boot_pages) * 4).to_string();
         let max = (k.cfg.max_pages() * 4).to_string();
         k.store.insert("memory/target".into(), target.into_bytes());
         k.store.insert("memory/static-max".into(), max.into_bytes());
@@ -820,6 +823,24 @@ impl Domain {
             let got = k.kernel_alloc(n);
             k.kernel_free(got);
             got
+        })
+    }
+    /// The kernel zeroes up to n free pages that hold data (as a page
+    /// zeroed for reuse would be); returns how many.
+    pub fn kernel_zero_free(&self, n: u64) -> u64 {
+        with(|k| {
+            let free: Vec<u64> = k.free.iter().copied().collect();
+            let mut done = 0;
+            for pfn in free {
+                if done == n {
+                    break;
+                }
+                if let Some(c) = k.content_mut(pfn).filter(|c| **c != 0) {
+                    *c = 0;
+                    done += 1;
+                }
+            }
+            done
         })
     }
     /// Populate-on-demand figures, None when the domain has no PoD.
