@@ -993,19 +993,13 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
  * BALLOON_POD_STALL_MS without progress, and says so.
  */
 static void
-balloon_pod_wait(struct balloon_softc *sc)
+balloon_pod_wait(struct balloon_softc *sc, uint64_t left)
 {
-	uint64_t left = 0, last, since, now;
+	uint64_t last, since, now;
 
-	mutex_enter(&sc->sc_lock);
-	(void)balloon_rs_get(sc->sc_rs, BALLOON_V_POD_OWED_KIB, &left);
-	if (left == 0) {
-		mutex_exit(&sc->sc_lock);
+	if (left == 0)
 		return;
-	}
-	printf("%s: populate-on-demand: %llu KiB of the memory map are not "
-	    "backed by Xen; giving them back before anything touches them\n",
-	    BALLOON_XNAME, (unsigned long long)left);
+	mutex_enter(&sc->sc_lock);
 	last = left;
 	since = balloon_uptime_ms();
 	while (left != 0) {
@@ -1037,6 +1031,7 @@ balloon_init(void)
 	struct balloon_softc *sc = &balloon_softc;
 	struct balloon_boot_info *bi;
 	char staticmax[BALLOON_XS_VALUE_LEN];
+	uint64_t pod_kib;
 	unsigned long sym;
 	bool hotplug, growth;
 	int error;
@@ -1096,6 +1091,16 @@ balloon_init(void)
 		    balloon_growth_reason(bi->growth),
 		    bi->growth == BALLOON_GROWTH_AVAILABLE ? "" : ")");
 	growth = bi->growth == BALLOON_GROWTH_AVAILABLE;
+	/* Before the worker starts: what the domain owes PoD at load. */
+	pod_kib = 0;
+	if (error == 0)
+		(void)balloon_rs_get(sc->sc_rs, BALLOON_V_POD_OWED_KIB,
+		    &pod_kib);
+	if (pod_kib != 0)
+		printf("%s: populate-on-demand: %llu KiB of the memory map are "
+		    "not backed by Xen; giving them back before anything "
+		    "touches them\n", BALLOON_XNAME,
+		    (unsigned long long)pod_kib);
 	kmem_free(bi, sizeof(*bi));
 	if (error != 0)
 		goto fail_lock;
@@ -1123,7 +1128,7 @@ balloon_init(void)
 	if (error != 0)
 		printf("%s: cannot write control/feature-balloon: error %d\n",
 		    BALLOON_XNAME, error);
-	balloon_pod_wait(sc);
+	balloon_pod_wait(sc, pod_kib);
 	return 0;
 
 fail_thread:
