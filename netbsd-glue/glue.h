@@ -140,7 +140,8 @@ enum balloon_value {
 	BALLOON_V_STAT_FRAMES_LOST,
 	BALLOON_V_STAT_MESSAGES_SUPPRESSED,
 	BALLOON_V_STAT_LAST_ERRNO,	/* 0 when no step has failed */
-	BALLOON_V_OFFSET_KIB		/* ro: reservation beyond memory/target */
+	BALLOON_V_OFFSET_KIB,		/* ro: reservation beyond memory/target */
+	BALLOON_V_POD_OWED_KIB		/* ro, no node: PoD balloon-down left */
 };
 
 /* Text behind hw.balloon.*. */

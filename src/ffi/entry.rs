@@ -156,9 +156,16 @@ pub unsafe extern "C" fn balloon_rs_attach(
             None => return errno(Errno::EINVAL),
         }
     }
+    // Populate-on-demand: a PVH guest whose reservation is below the RAM
+    // of its memory map (see `Worker::start_pod`).
+    let map = segments
+        .iter()
+        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()));
+    let reservation = Pages(bi.reservation_pages);
+    let pod = mode == GuestMode::Pvh && reservation < map;
     let boot = Boot {
         segments: &segments,
-        reservation: Pages(bi.reservation_pages),
+        reservation: if pod { map } else { reservation },
         max_reservation: Pages(bi.max_reservation_pages),
         freemin: Pages(bi.freemin_pages),
         growth: match bi.growth {
@@ -178,11 +185,14 @@ pub unsafe extern "C" fn balloon_rs_attach(
             },
         },
     };
-    let worker = match Worker::new(&boot) {
+    let mut worker = match Worker::new(&boot) {
         Ok(w) => w,
         Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
         Err(_) => return errno(Errno::EINVAL),
     };
+    if pod {
+        worker.start_pod(reservation, boot.freemin);
+    }
     let (control, exec) = match Driver::new(worker, mode) {
         Ok(d) => d.split(),
         Err(e) => return errno(e),
@@ -432,6 +442,7 @@ fn value(core: &Control, what: sys::balloon_value) -> Option<u64> {
         sys::balloon_value_BALLOON_V_MIN_KIB => kib(w.as_toolstack(w.policy().floor())),
         sys::balloon_value_BALLOON_V_MAX_KIB => kib(w.as_toolstack(w.policy().max())),
         sys::balloon_value_BALLOON_V_OFFSET_KIB => kib(w.toolstack_offset()),
+        sys::balloon_value_BALLOON_V_POD_OWED_KIB => kib(w.pod_owed()),
         sys::balloon_value_BALLOON_V_BATCH => w.policy().batch().0,
         sys::balloon_value_BALLOON_V_SCRUB => u64::from(w.policy().scrub()),
         sys::balloon_value_BALLOON_V_HOTPLUG => u64::from(w.policy().hotplug()),

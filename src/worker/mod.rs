@@ -390,6 +390,27 @@ pub struct Worker {
     offset: Option<Pages>,
     /// What the last [`Worker::set_limit`] read.
     limit: Limit,
+    /// Populate-on-demand: what the domain owes Xen's PoD cache.
+    pod: Option<PodDebt>,
+}
+
+/// A PVH domain built with `memory` < `maxmem` runs on populate-on-demand
+/// (libxl_create.c `pod_enabled`, xen-project/xen @c447b730): its memory
+/// map reaches maxmem, but Xen backs only `memory` (the PoD cache). Xen
+/// crashes the domain when the guest touches more frames than the cache
+/// holds (p2m-pod.c `p2m_pod_demand_populate`), so the difference goes
+/// back at once, before anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PodDebt {
+    /// Frames of the memory map at load.
+    map: Pages,
+    /// Frames to give back, at most: the map less the reservation at
+    /// load (less [`policy::TOOLSTACK_SLACK`], for the pages Xen counts
+    /// outside the map), and once `memory/target` is known, never more
+    /// than the map less it.
+    owed: Pages,
+    /// Frames given back since load.
+    given: Pages,
 }
 
 /// The figures the limit on targets comes from.
@@ -441,7 +462,64 @@ impl Worker {
                 static_max: None,
                 pvh: false,
             },
+            pod: None,
         })
+    }
+
+    /// The domain runs on populate-on-demand: `Boot::reservation` was the
+    /// memory map (every frame of it usable: Xen populates on first
+    /// access, as Linux counts `get_num_physpages()` for HVM/PVH in
+    /// drivers/xen/balloon.c `balloon_init`, torvalds/linux @965c0aaa),
+    /// and `reservation` is what `XENMEM_current_reservation` says Xen
+    /// holds (`domain_tot_pages`: populated pages plus the PoD cache,
+    /// xen/common/memory.c, p2m-pod.c). The target becomes the
+    /// reservation less the slack at once, so that the difference goes
+    /// back before the first xenstore target arrives, and the frames owed
+    /// go back unscrubbed ([`Worker::next_action`]).
+    pub fn start_pod(&mut self, reservation: Pages, freemin: Pages) {
+        let map = self.held();
+        let floor = reservation.saturating_sub(policy::TOOLSTACK_SLACK);
+        // The safe floor of the memory Xen backs, never above it: a floor
+        // reckoned from the whole map could keep frames the cache cannot
+        // back.
+        let safe = policy::safe_floor(floor, freemin, policy::DEFAULT_BALLAST).min(floor);
+        self.policy = Policy::new(safe, self.policy.max(), self.policy.hotplug_supported());
+        self.pod = Some(PodDebt {
+            map,
+            owed: map.saturating_sub(floor),
+            given: Pages::ZERO,
+        });
+        self.target = self.policy.effective(floor);
+        self.rearm();
+    }
+
+    /// Frames still owed to populate-on-demand (0 without PoD): what the
+    /// first balloon-down has left to give back for the present target.
+    pub fn pod_owed(&self) -> Pages {
+        match self.pod {
+            Some(p) => p
+                .owed
+                .saturating_sub(p.given)
+                .min(self.current().saturating_sub(self.target)),
+            None => Pages::ZERO,
+        }
+    }
+
+    /// Frames that may still go back unscrubbed: while the domain owes
+    /// PoD entries, a frame given back is a PoD entry (nothing in it) or
+    /// a populated page Xen steals into the domain's own PoD cache and
+    /// zeroes there (p2m-pod.c `p2m_pod_decrease_reservation` while
+    /// entry_count > count, `p2m_pod_cache_add`); zeroing it here would
+    /// populate a never-touched frame from the cache, the very access
+    /// that can exhaust it.
+    fn pod_unscrubbed(&self) -> Pages {
+        self.pod
+            .map_or(Pages::ZERO, |p| p.owed.saturating_sub(p.given))
+    }
+
+    /// Whether the domain runs on populate-on-demand.
+    pub fn pod(&self) -> bool {
+        self.pod.is_some()
     }
 
     /// The pages Xen's reservation holds beyond what the toolstack calls
@@ -716,6 +794,12 @@ impl Worker {
     /// count.
     pub fn set_target(&mut self, kib: Kib, source: Source) -> Result<Target, Refusal> {
         if self.offset.is_none() && source == Source::Xenstore {
+            // PoD: the cache was sized for this target (xg_dom_x86.c
+            // meminit_hvm, or libxl_mem.c's target + 1 MiB), so no more
+            // than the map less it is owed.
+            if let Some(p) = self.pod.as_mut() {
+                p.owed = p.owed.min(p.map.saturating_sub(kib.pages_floor()));
+            }
             let l = self.limit;
             self.offset = Some(policy::toolstack_offset(
                 l.pvh,
@@ -860,13 +944,20 @@ impl Worker {
             if allowed.is_zero() {
                 return Ok(self.fall_short(now, WaitReason::LowMemory, None));
             }
-            let count = current.saturating_sub(target).min(allowed);
+            let mut count = current.saturating_sub(target).min(allowed);
+            let mut scrub = self.policy.scrub();
+            let unscrubbed = self.pod_unscrubbed();
+            if !unscrubbed.is_zero() {
+                // A batch is all PoD debt (never scrubbed) or none of it.
+                count = count.min(unscrubbed);
+                scrub = false;
+            }
             self.in_flight = Some(InFlight::Inflate(count));
             self.state = State::Inflating;
             return Ok(Action::Inflate {
                 count,
                 prefer: self.space.inflate_preference(),
-                scrub: self.policy.scrub(),
+                scrub,
             });
         }
         if current < target {
@@ -1009,6 +1100,9 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.inflate_steps);
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
+                if let Some(p) = self.pod.as_mut() {
+                    p.given = p.given.saturating_add(got);
+                }
                 short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
             (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {

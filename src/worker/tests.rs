@@ -1081,3 +1081,76 @@ fn release_stops_with_a_wait_when_xen_has_no_memory() {
     w.end_release();
     assert_eq!(w.target(), Pages(200 * MIB), "the target is untouched");
 }
+
+/// Populate-on-demand (`Worker::start_pod`): a map of 2 GiB on a
+/// reservation of 512 MiB + 8 pages. The target drops to the reservation
+/// less the slack at once; the first xenstore target bounds what is owed
+/// by the map less it; the owed frames go back unscrubbed, one batch
+/// never straddling the end of the debt; later inflation scrubs.
+#[test]
+fn pod_debt_goes_back_first_and_unscrubbed() {
+    let map = 2048 * MIB;
+    let seg = [PfnRange::new(Pfn(0), Pfn(map)).unwrap()];
+    let mut w = Worker::new(&Boot {
+        segments: &seg,
+        reservation: Pages(map),
+        max_reservation: Pages(513 * MIB),
+        freemin: Pages(64),
+        growth: Growth::NoUvmHotplug,
+        plug: PlugLimits {
+            align: Pages(512),
+            max_segment: Pages(32 * MIB),
+            frame_limit: Pfn(map),
+            floor: Pfn(map),
+            hole: None,
+        },
+    })
+    .unwrap();
+    assert!(!w.pod());
+    w.start_pod(Pages(512 * MIB + 8), Pages(64));
+    assert!(w.pod());
+    assert_eq!(w.target(), Pages(512 * MIB + 8 - 256));
+    assert_eq!(w.pod_owed(), Pages(map - 512 * MIB - 8 + 256));
+    w.set_target(kib(512 * MIB), Source::Xenstore).unwrap();
+    assert_eq!(
+        w.toolstack_offset(),
+        Pages::ZERO,
+        "the map is what xl counts"
+    );
+    assert_eq!(w.pod_owed(), Pages(map - 512 * MIB));
+    let mem = MemInfo {
+        free: Pages(map),
+        freetarg: Pages(128),
+        managed: Pages(map),
+    };
+    let mut next = map;
+    let mut given = 0;
+    while given < map - 512 * MIB {
+        let Action::Inflate { count, scrub, .. } = w.next_action(Uptime(0), mem).unwrap() else {
+            panic!("inflate expected");
+        };
+        assert!(!scrub, "a frame owed to PoD was to be scrubbed");
+        assert!(
+            given + count.0 <= map - 512 * MIB,
+            "a batch straddles the debt"
+        );
+        let frames: Vec<Pfn> = (next - count.0..next).map(Pfn).collect();
+        next -= count.0;
+        given += count.0;
+        w.complete(
+            StepResult::Inflated {
+                frames: &frames,
+                error: None,
+            },
+            Uptime(0),
+        )
+        .unwrap();
+    }
+    assert_eq!(w.pod_owed(), Pages::ZERO);
+    assert!(matches!(w.next_action(Uptime(0), mem), Ok(Action::Idle)));
+    w.set_target(kib(256 * MIB), Source::Xenstore).unwrap();
+    let Action::Inflate { scrub, .. } = w.next_action(Uptime(0), mem).unwrap() else {
+        panic!("inflate expected");
+    };
+    assert!(scrub, "past the debt, frames are scrubbed again");
+}

@@ -1111,7 +1111,21 @@ impl Console {
         // (a target written before the driver's first read leaves it 0:
         // a known bug).
         let offset = quad("hw.balloon.toolstack_offset").unwrap_or(0);
-        let counted = (snap.reservation * 4).saturating_sub(offset);
+        let mut counted = (snap.reservation * 4).saturating_sub(offset);
+        if let Some(p) = self.domain.pod_stats() {
+            // Populate-on-demand (pod.rs): the driver counts its memory
+            // map (offset 0); once the PoD cache covers every entry,
+            // Xen's reservation is that plus the special pages, i.e. what
+            // xl counts.
+            counted = snap.memory * 4;
+            if p.entries > p.cache {
+                errs.push(format!(
+                    "populate-on-demand: {} entries on a cache of {} pages: a touch can crash \
+                     the domain",
+                    p.entries, p.cache
+                ));
+            }
+        }
         if current != counted {
             errs.push(format!(
                 "hw.balloon.current {current} KiB != Xen's reservation {} KiB less \
