@@ -43,8 +43,9 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 /* Longest wait for the xenwatch thread to deliver the barrier event. */
 #define BALLOON_BARRIER_WAIT_MS	10000
 /* modload gives up waiting for the PoD balloon-down after this long
- * without progress (Linux: balloon_boot_timeout, 180 s, then panics). */
-#define BALLOON_POD_STALL_MS	30000
+ * without progress: Linux's balloon_boot_timeout (180 s), after which
+ * Linux panics and this module carries on. */
+#define BALLOON_POD_STALL_MS	180000
 #define BALLOON_POD_POLL_MS	100
 
 struct balloon_softc {
