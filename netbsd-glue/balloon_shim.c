@@ -42,6 +42,10 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 #define BALLOON_STATE_LEN	128
 /* Longest wait for the xenwatch thread to deliver the barrier event. */
 #define BALLOON_BARRIER_WAIT_MS	10000
+/* modload gives up waiting for the PoD balloon-down after this long
+ * without progress (Linux: balloon_boot_timeout, 180 s, then panics). */
+#define BALLOON_POD_STALL_MS	30000
+#define BALLOON_POD_POLL_MS	100
 
 struct balloon_softc {
 	kmutex_t		 sc_lock;
@@ -103,11 +107,20 @@ balloon_kick(struct balloon_softc *sc)
 
 /* --- kernel services for the core (glue.h) --- */
 
+/*
+ * The core's heap.  KM_NOSLEEP: the worker calls in with sc_lock held, and
+ * KM_SLEEP never returns NULL (subr_kmem.c 1.77 kmem_alloc asserts it); a
+ * request it cannot meet sleeps instead, for requests over the kmem caches
+ * in uvm_km_kmem_alloc's loop on uvm_wait("plpg") (uvm_km.c 1.135), with the
+ * lock held and every watch and sysctl of hw.balloon behind it.  With
+ * KM_NOSLEEP a shortage is a NULL, which the core takes as ENOMEM: it
+ * allocates only fallibly, at attach and when a plug grows its bitmap.
+ */
 void *
 balloon_shim_kmem_alloc(size_t size)
 {
 
-	return kmem_alloc(size, KM_SLEEP);
+	return kmem_alloc(size, KM_NOSLEEP);
 }
 
 void
@@ -1047,12 +1060,57 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 	return 0;
 }
 
+/*
+ * A PVH domain built with memory < maxmem runs on populate-on-demand: its
+ * memory map reaches maxmem, Xen backs only memory, and Xen crashes the
+ * domain when the guest touches more than that ("out of PoD memory",
+ * xen/arch/x86/mm/p2m-pod.c p2m_pod_demand_populate, xen-project/xen
+ * @c447b730). The worker gives the difference back at once; INIT waits
+ * for it, as Linux's balloon_wait_finish() holds up boot
+ * (drivers/xen/balloon.c, torvalds/linux @965c0aaa), so that whatever
+ * rc(8) starts after modload finds the domain safe. It stops waiting after
+ * BALLOON_POD_STALL_MS without progress, and says so.
+ */
+static void
+balloon_pod_wait(struct balloon_softc *sc, uint64_t left)
+{
+	uint64_t last, since, now;
+
+	if (left == 0)
+		return;
+	mutex_enter(&sc->sc_lock);
+	last = left;
+	since = balloon_uptime_ms();
+	while (left != 0) {
+		(void)cv_timedwait(&sc->sc_cv, &sc->sc_lock,
+		    MAX((int)mstohz(BALLOON_POD_POLL_MS), 1));
+		left = 0;
+		(void)balloon_rs_get(sc->sc_rs, BALLOON_V_POD_OWED_KIB, &left);
+		now = balloon_uptime_ms();
+		if (left != last) {
+			last = left;
+			since = now;
+		} else if (now - since >= BALLOON_POD_STALL_MS) {
+			printf("%s: populate-on-demand: %llu KiB still to give "
+			    "back, no progress for %u s; not waiting longer\n",
+			    BALLOON_XNAME, (unsigned long long)left,
+			    BALLOON_POD_STALL_MS / 1000);
+			break;
+		}
+	}
+	mutex_exit(&sc->sc_lock);
+	if (left == 0)
+		printf("%s: populate-on-demand: initial balloon-down "
+		    "finished\n", BALLOON_XNAME);
+}
+
 static int
 balloon_init(void)
 {
 	struct balloon_softc *sc = &balloon_softc;
 	struct balloon_boot_info *bi;
 	char staticmax[BALLOON_XS_VALUE_LEN];
+	uint64_t pod_kib;
 	unsigned long sym;
 	bool hotplug, growth;
 	int error;
@@ -1091,10 +1149,21 @@ balloon_init(void)
 	mutex_init(&sc->sc_lock, MUTEX_DEFAULT, IPL_NONE);
 	cv_init(&sc->sc_cv, "balloon");
 
-	bi = kmem_zalloc(sizeof(*bi), KM_SLEEP);
+	/* KM_NOSLEEP, as the core's heap: short of memory, the load fails. */
+	bi = kmem_zalloc(sizeof(*bi), KM_NOSLEEP);
+	if (bi == NULL) {
+		printf("%s: no memory for the boot information\n",
+		    BALLOON_XNAME);
+		error = ENOMEM;
+		goto fail_lock;
+	}
 	error = balloon_boot_info(bi, hotplug);
-	if (error == 0)
+	if (error == 0) {
 		error = balloon_rs_attach(bi, &sc->sc_rs);
+		if (error != 0)
+			printf("%s: cannot set up the bookkeeping: error %d\n",
+			    BALLOON_XNAME, error);
+	}
 	memset(staticmax, 0, sizeof(staticmax));
 	if (error == 0 && xenbus_read(NULL, "memory", "static-max", staticmax,
 	    sizeof(staticmax) - 1) != 0)
@@ -1112,6 +1181,16 @@ balloon_init(void)
 		    balloon_growth_reason(bi->growth),
 		    bi->growth == BALLOON_GROWTH_AVAILABLE ? "" : ")");
 	growth = bi->growth == BALLOON_GROWTH_AVAILABLE;
+	/* Before the worker starts: what the domain owes PoD at load. */
+	pod_kib = 0;
+	if (error == 0)
+		(void)balloon_rs_get(sc->sc_rs, BALLOON_V_POD_OWED_KIB,
+		    &pod_kib);
+	if (pod_kib != 0)
+		printf("%s: populate-on-demand: %llu KiB of the memory map are "
+		    "not backed by Xen; giving them back before anything "
+		    "touches them\n", BALLOON_XNAME,
+		    (unsigned long long)pod_kib);
 	kmem_free(bi, sizeof(*bi));
 	if (error != 0)
 		goto fail_lock;
@@ -1140,6 +1219,7 @@ balloon_init(void)
 	if (error != 0)
 		printf("%s: cannot write control/feature-balloon: error %d\n",
 		    BALLOON_XNAME, error);
+	balloon_pod_wait(sc, pod_kib);
 	return 0;
 
 fail_thread:

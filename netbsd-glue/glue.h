@@ -140,7 +140,8 @@ enum balloon_value {
 	BALLOON_V_STAT_FRAMES_LOST,
 	BALLOON_V_STAT_MESSAGES_SUPPRESSED,
 	BALLOON_V_STAT_LAST_ERRNO,	/* 0 when no step has failed */
-	BALLOON_V_OFFSET_KIB		/* ro: reservation beyond memory/target */
+	BALLOON_V_OFFSET_KIB,		/* ro: reservation beyond memory/target */
+	BALLOON_V_POD_OWED_KIB		/* ro, no node: PoD balloon-down left */
 };
 
 /* Text behind hw.balloon.*. */
@@ -251,7 +252,7 @@ int	balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages);
 void	balloon_shim_meminfo(struct balloon_meminfo *);
 /* A message for the kernel log, "balloon0: " is prefixed. */
 void	balloon_shim_log(const char *msg, size_t len);
-/* kmem_alloc(size, KM_SLEEP) / kmem_free. */
+/* kmem_alloc(size, KM_NOSLEEP): NULL when memory is short / kmem_free. */
 void	*balloon_shim_kmem_alloc(size_t size);
 void	balloon_shim_kmem_free(void *p, size_t size);
 /*

@@ -19,18 +19,22 @@
 //!
 //! Ballooned frames are stored as a bitmap ([`FrameBits`]): one bit per
 //! frame of the span, grown fallibly at attach and before a plug is
-//! backed, so recording a step never allocates. Segments are few (each is at least one
-//! plug's worth of frames) and sit in a B-tree keyed by first frame.
+//! backed, so recording a step never allocates. Segments are few (each is
+//! at least one plug's worth of frames) and sit in a table sorted by first
+//! frame whose capacity is reserved, fallibly, at attach
+//! ([`PLUG_SLOTS`] beyond the boot segments): adding a segment never
+//! allocates, and a full table is a refusal ([`SegmentError::Full`]).
+//! Stranded frames are one run (a plug is begun only while none are
+//! stranded, and they are given back lowest first), kept inline.
 //!
 //! Hot-plugged segments always lie above every boot segment (each new one
 //! is placed above the highest frame), so "ballooned frames in boot
 //! memory first, then plugged segments lowest first" is simply address
 //! order; [`FrameSpace::verify`] checks the premise.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::extents::{ExtentError, Extents};
+use crate::extents::ExtentError;
 use crate::frameset::FrameBits;
 use crate::units::{Pages, Pfn, PfnRange};
 
@@ -119,6 +123,29 @@ pub enum SegmentError {
     NotBacked(PfnRange),
     /// The kernel had no memory for the bookkeeping of a new span.
     NoMemory,
+    /// Every segment slot reserved at attach is taken.
+    Full,
+}
+
+/// Segments that may be plugged beyond the boot segments: the slots of
+/// the segment table reserved at attach. At 128 MiB a segment (the
+/// largest plug) that is 32 GiB of growth; an unplug frees its slot.
+pub const PLUG_SLOTS: usize = 256;
+
+/// Frames Xen backs that lie in no segment: the backed part of a plug
+/// that did not happen. One run at most, since a plug is begun only
+/// while nothing is stranded and the run is given back from its start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stranded(Option<PfnRange>);
+
+impl Stranded {
+    fn total(&self) -> Pages {
+        self.0.map_or(Pages::ZERO, |r| r.len())
+    }
+
+    fn contains(&self, pfn: Pfn) -> bool {
+        self.0.is_some_and(|r| r.contains(pfn))
+    }
 }
 
 /// Frame counts by state.
@@ -161,29 +188,64 @@ pub struct PlugLimits {
     pub hole: Option<PfnRange>,
 }
 
-/// The domain's frame space and the state of every frame in it.
-#[derive(Clone, Debug)]
+/// The domain's frame space and the state of every frame in it. Not
+/// `Clone`: a clone's tables would lose the capacity reserved at attach.
+#[derive(Debug)]
 pub struct FrameSpace {
-    segments: BTreeMap<u64, Segment>,
+    /// The segment table: every slot allocated at attach; the first
+    /// `count` hold the segments, sorted by first frame. Adding and
+    /// removing rotate slots; the Vec never grows after attach, so no
+    /// step can reach an allocation through it.
+    table: Vec<Segment>,
+    /// Per slot: the kernel refused to unplug that segment; it is not
+    /// offered again until [`FrameSpace::clear_unplug_refused`].
+    refused: Vec<bool>,
+    /// Slots in use.
+    count: usize,
     ballooned: FrameBits,
     /// Frames backed by Xen for a plug that did not happen.
-    stranded: Extents,
+    stranded: Stranded,
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
 }
 
 impl FrameSpace {
     /// The frame space of a domain that booted with these segments, all
-    /// populated. Refuses empty or overlapping segments.
+    /// populated. Refuses empty or overlapping segments. Every allocation
+    /// the frame space makes for its segments happens here, fallibly:
+    /// [`SegmentError::NoMemory`] when the kernel has none.
     pub fn new(boot: &[PfnRange]) -> Result<FrameSpace, SegmentError> {
         let mut space = FrameSpace {
-            segments: BTreeMap::new(),
+            table: Vec::new(),
+            refused: Vec::new(),
+            count: 0,
             ballooned: FrameBits::new(),
-            stranded: Extents::new(),
+            stranded: Stranded::default(),
             live: Pages::ZERO,
         };
-        // The bitmap first: it is the large allocation, and it fails
-        // rather than waits.
+        let slots = boot
+            .len()
+            .checked_add(PLUG_SLOTS)
+            .ok_or(SegmentError::NoMemory)?;
+        let blank = Segment {
+            range: PfnRange::with_len(Pfn(0), Pages::ZERO).ok_or(SegmentError::Empty)?,
+            origin: Origin::Boot,
+            life: Life::Live,
+            ballooned: Pages::ZERO,
+            backed: Pages::ZERO,
+        };
+        space
+            .table
+            .try_reserve_exact(slots)
+            .map_err(|_| SegmentError::NoMemory)?;
+        space
+            .refused
+            .try_reserve_exact(slots)
+            .map_err(|_| SegmentError::NoMemory)?;
+        // Within the capacity just reserved: no further allocation.
+        space.table.resize(slots, blank);
+        space.refused.resize(slots, false);
+        // The bitmap fails rather than waits, like everything here.
         let end = boot.iter().map(|r| r.end()).max().unwrap_or_default();
         space
             .ballooned
@@ -207,40 +269,90 @@ impl FrameSpace {
         if let Some(other) = self.overlapping(range) {
             return Err(SegmentError::Overlap(other.range));
         }
-        if life == Life::Live {
-            self.live = self.live.saturating_add(range.len());
-        }
-        self.segments.insert(
-            range.start().0,
-            Segment {
+        let at = self.below(range.start().0);
+        let n = self.count.checked_add(1).ok_or(SegmentError::Full)?;
+        // The slots from `at` to the first free one move up by one
+        // (a memmove: no allocation, a small stack frame).
+        let (Some(segs), Some(flags)) = (self.table.get_mut(at..n), self.refused.get_mut(at..n))
+        else {
+            return Err(SegmentError::Full);
+        };
+        let last = segs.len().saturating_sub(1);
+        segs.copy_within(..last, 1);
+        flags.copy_within(..last, 1);
+        if let (Some(seg), Some(flag)) = (segs.first_mut(), flags.first_mut()) {
+            *seg = Segment {
                 range,
                 origin,
                 life,
                 ballooned: Pages::ZERO,
                 backed: Pages::ZERO,
-            },
-        );
+            };
+            *flag = false;
+        }
+        self.count = n;
+        if life == Life::Live {
+            self.live = self.live.saturating_add(range.len());
+        }
         Ok(())
+    }
+
+    /// The segments, lowest first.
+    fn segs(&self) -> &[Segment] {
+        self.table.get(..self.count).unwrap_or(&[])
+    }
+
+    /// How many segments start below frame `pfn`.
+    fn below(&self, pfn: u64) -> usize {
+        self.segs().partition_point(|s| s.range.start().0 < pfn)
+    }
+
+    /// The index of the segment starting at frame `start`.
+    fn index_of(&self, start: u64) -> Option<usize> {
+        self.segs()
+            .binary_search_by_key(&start, |s| s.range.start().0)
+            .ok()
+    }
+
+    fn get(&self, start: u64) -> Option<&Segment> {
+        self.segs().get(self.index_of(start)?)
+    }
+
+    fn get_mut(&mut self, start: u64) -> Option<&mut Segment> {
+        let i = self.index_of(start)?;
+        self.table.get_mut(..self.count)?.get_mut(i)
+    }
+
+    /// Removes the segment starting at frame `start` (no allocation).
+    fn remove(&mut self, start: u64) {
+        let Some(i) = self.index_of(start) else {
+            return;
+        };
+        let n = self.count;
+        if let (Some(segs), Some(flags)) = (self.table.get_mut(i..n), self.refused.get_mut(i..n)) {
+            segs.copy_within(1.., 0);
+            flags.copy_within(1.., 0);
+            self.count = n.saturating_sub(1);
+        }
+    }
+
+    /// Segment slots still free in the table reserved at attach.
+    pub fn free_slots(&self) -> usize {
+        self.table.len().saturating_sub(self.count)
     }
 
     /// A segment sharing a frame with `range`, if any.
     fn overlapping(&self, range: PfnRange) -> Option<&Segment> {
         // Only the segment starting below `range.end()` with the highest
         // start, and those starting inside `range`, can overlap.
-        self.segments
-            .range(..range.end().0)
-            .next_back()
-            .map(|(_, s)| s)
-            .filter(|s| s.range.overlaps(range))
+        let i = self.below(range.end().0).checked_sub(1)?;
+        self.segs().get(i).filter(|s| s.range.overlaps(range))
     }
 
     /// The segment containing `pfn`.
     pub fn segment_of(&self, pfn: Pfn) -> Option<&Segment> {
-        self.segments
-            .range(..=pfn.0)
-            .next_back()
-            .map(|(_, s)| s)
-            .filter(|s| s.range.contains(pfn))
+        let i = self.below(pfn.0.saturating_add(1)).checked_sub(1)?;
+        self.segs().get(i).filter(|s| s.range.contains(pfn))
     }
 
     /// The state of one frame.
@@ -256,7 +368,7 @@ impl FrameSpace {
 
     /// All segments, lowest first.
     pub fn segments(&self) -> impl DoubleEndedIterator<Item = &Segment> + '_ {
-        self.segments.values()
+        self.segs().iter()
     }
 
     /// Frames now given to Xen.
@@ -277,8 +389,8 @@ impl FrameSpace {
     /// The segment being prepared for plugging, with how much of it is
     /// backed.
     pub fn pending(&self) -> Option<Segment> {
-        self.segments
-            .values()
+        self.segs()
+            .iter()
             .rev()
             .find(|s| s.life == Life::Pending)
             .copied()
@@ -305,7 +417,7 @@ impl FrameSpace {
             ..FrameCounts::default()
         };
         c.stranded = self.stranded.total();
-        for s in self.segments.values() {
+        for s in self.segs() {
             c.populated = c.populated.saturating_add(s.populated());
             match (s.origin, s.life) {
                 (_, Life::Pending) => {
@@ -384,7 +496,7 @@ impl FrameSpace {
 
     fn flush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
         if let Some((key, _, n)) = run {
-            if let Some(seg) = self.segments.get_mut(&key) {
+            if let Some(seg) = self.get_mut(key) {
                 seg.ballooned = seg.ballooned.saturating_add(Pages(n));
             }
         }
@@ -418,7 +530,7 @@ impl FrameSpace {
 
     fn unflush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
         if let Some((key, _, n)) = run {
-            if let Some(seg) = self.segments.get_mut(&key) {
+            if let Some(seg) = self.get_mut(key) {
                 seg.ballooned = seg.ballooned.saturating_sub(Pages(n));
             }
         }
@@ -465,7 +577,8 @@ impl FrameSpace {
             return Err(SegmentError::WrongState(from, self.state(from)));
         }
         let mut left = n;
-        for seg in self.segments.values_mut() {
+        let count = self.count;
+        for seg in self.table.get_mut(..count).unwrap_or(&mut []) {
             if left.is_zero() {
                 break;
             }
@@ -505,7 +618,8 @@ impl FrameSpace {
     /// Takes the frames of `r` off the ballooned counts of the segments
     /// it touches (O(log n + segments touched)).
     fn adjust_ballooned_range(&mut self, r: PfnRange) {
-        for (_, seg) in self.segments.range_mut(..r.end().0).rev() {
+        let n = self.below(r.end().0);
+        for seg in self.table.get_mut(..n).unwrap_or(&mut []).iter_mut().rev() {
             if seg.range.end() <= r.start() {
                 break;
             }
@@ -520,8 +634,8 @@ impl FrameSpace {
     /// inflation claims frames there first so plugged memory empties out
     /// and can be unplugged.
     pub fn inflate_preference(&self) -> Option<PfnRange> {
-        self.segments
-            .values()
+        self.segs()
+            .iter()
             .rev()
             .take_while(|s| s.origin == Origin::Plugged)
             .find(|s| s.life == Life::Live && !s.populated().is_zero())
@@ -530,9 +644,8 @@ impl FrameSpace {
 
     /// The highest frame of any segment, plus one (0 when there is none).
     pub fn span_end(&self) -> Pfn {
-        self.segments
-            .values()
-            .next_back()
+        self.segs()
+            .last()
             .map(|s| s.range.end())
             .unwrap_or_default()
     }
@@ -577,8 +690,13 @@ impl FrameSpace {
             }
             return Err(SegmentError::Overlap(range));
         }
-        if let Some(taken) = self.stranded.clipped(range).next() {
+        // Stranded frames go back before a plug is begun: that keeps them
+        // one run, and a plug never backs a frame Xen still backs.
+        if let Some(taken) = self.stranded.0 {
             return Err(SegmentError::Overlap(taken));
+        }
+        if self.free_slots() == 0 {
+            return Err(SegmentError::Full);
         }
         self.ballooned
             .try_cover(range.end())
@@ -607,14 +725,14 @@ impl FrameSpace {
         if next != Some(frames.start()) || !s.range.covers(frames) || done > frames.len() {
             return Err(SegmentError::NotBacked(frames));
         }
-        if let Some(seg) = self.segments.get_mut(&s.range.start().0) {
+        if let Some(seg) = self.get_mut(s.range.start().0) {
             seg.backed = seg.backed.saturating_add(done);
         }
         Ok(())
     }
 
     fn pending_is(&self, range: PfnRange) -> Result<(), SegmentError> {
-        match self.segments.get(&range.start().0) {
+        match self.get(range.start().0) {
             Some(s) if s.range == range && s.life == Life::Pending => Ok(()),
             _ => Err(SegmentError::NoSuchSegment(range)),
         }
@@ -624,7 +742,7 @@ impl FrameSpace {
     /// now populated and owned by UVM.
     pub fn finish_plug(&mut self, range: PfnRange) -> Result<(), SegmentError> {
         self.pending_is(range)?;
-        if let Some(s) = self.segments.get_mut(&range.start().0) {
+        if let Some(s) = self.get_mut(range.start().0) {
             if s.backed != s.range.len() {
                 return Err(SegmentError::NotBacked(range));
             }
@@ -640,65 +758,87 @@ impl FrameSpace {
     /// Returns how many.
     pub fn abandon_plug(&mut self, range: PfnRange) -> Result<Pages, SegmentError> {
         self.pending_is(range)?;
-        let backed = self
-            .segments
-            .get(&range.start().0)
-            .map_or(Pages::ZERO, |s| s.backed);
-        if let Some(part) = PfnRange::with_len(range.start(), backed) {
-            self.stranded
-                .insert(part)
-                .map_err(|_| SegmentError::Overlap(part))?;
+        let backed = self.get(range.start().0).map_or(Pages::ZERO, |s| s.backed);
+        if let Some(part) = PfnRange::with_len(range.start(), backed).filter(|r| !r.is_empty()) {
+            // A plug is begun only while nothing is stranded.
+            if let Some(other) = self.stranded.0 {
+                return Err(SegmentError::Overlap(other));
+            }
+            self.stranded = Stranded(Some(part));
         }
-        self.segments.remove(&range.start().0);
+        self.remove(range.start().0);
         Ok(backed)
     }
 
-    /// Up to `max` stranded frames to give back, lowest first.
-    pub fn choose_return(&self, max: Pages) -> Vec<PfnRange> {
-        let mut out = Vec::new();
-        let mut left = max;
-        for run in self.stranded.runs() {
-            if left.is_zero() {
-                break;
-            }
-            let take = run.take_front(left);
-            left = left.saturating_sub(take.len());
-            out.push(take);
-        }
-        out
+    /// Up to `max` stranded frames to give back: the lowest ones, one run.
+    pub fn choose_return(&self, max: Pages) -> Option<PfnRange> {
+        let take = self.stranded.0?.take_front(max);
+        (!take.is_empty()).then_some(take)
     }
 
-    /// Xen took these stranded frames back: they are absent now. All must
-    /// be stranded; otherwise nothing changes.
-    pub fn record_returned(&mut self, runs: &[PfnRange]) -> Result<(), SegmentError> {
-        for (i, &r) in runs.iter().enumerate() {
-            if let Err(e) = self.stranded.remove(r) {
-                for &done in &runs[..i] {
-                    let _ = self.stranded.insert(done);
-                }
-                let pfn = match e {
-                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
-                };
-                return Err(SegmentError::WrongState(pfn, self.state(pfn)));
-            }
+    /// Xen took these stranded frames back: they are absent now. They
+    /// must be the lowest stranded frames (as [`FrameSpace::choose_return`]
+    /// gave them, or a leading part); otherwise nothing changes.
+    pub fn record_returned(&mut self, frames: PfnRange) -> Result<(), SegmentError> {
+        if frames.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match self.stranded.0 {
+            Some(run) if run.start() == frames.start() && run.covers(frames) => {
+                self.stranded =
+                    Stranded(PfnRange::new(frames.end(), run.end()).filter(|r| !r.is_empty()));
+                Ok(())
+            }
+            _ => Err(SegmentError::WrongState(
+                frames.start(),
+                self.state(frames.start()),
+            )),
+        }
     }
 
     /// Live plugged segments whose every frame is ballooned, newest first.
     pub fn unplug_candidates(&self) -> impl Iterator<Item = PfnRange> + '_ {
-        self.segments
-            .values()
+        self.segs()
+            .iter()
             .rev()
             .filter(|s| s.origin == Origin::Plugged && s.is_fully_ballooned())
             .map(|s| s.range)
+    }
+
+    /// Candidates for unplug whose unplug was not refused since the last
+    /// [`FrameSpace::clear_unplug_refused`], newest first.
+    pub fn unplug_untried(&self) -> impl Iterator<Item = PfnRange> + '_ {
+        self.segs()
+            .iter()
+            .zip(self.refused.get(..self.count).unwrap_or(&[]).iter())
+            .rev()
+            .filter(|(s, &refused)| {
+                !refused && s.origin == Origin::Plugged && s.is_fully_ballooned()
+            })
+            .map(|(s, _)| s.range)
+    }
+
+    /// The kernel refused to unplug the segment `range`: it is not
+    /// offered again until [`FrameSpace::clear_unplug_refused`]. A flag in
+    /// the slot; no allocation.
+    pub fn mark_unplug_refused(&mut self, range: PfnRange) {
+        if let Some(i) = self.index_of(range.start().0) {
+            if let Some(f) = self.refused.get_mut(i) {
+                *f = true;
+            }
+        }
+    }
+
+    /// Offers every refused segment for unplug again.
+    pub fn clear_unplug_refused(&mut self) {
+        self.refused.iter_mut().for_each(|f| *f = false);
     }
 
     /// The fully ballooned plugged segment `range` was unplugged: its
     /// `vm_page`s are gone and its frames are absent. The driver must
     /// forget those pages (never `uvm_pagefree` them).
     pub fn record_unplugged(&mut self, range: PfnRange) -> Result<(), SegmentError> {
-        match self.segments.get(&range.start().0) {
+        match self.get(range.start().0) {
             Some(s) if s.range == range && s.origin == Origin::Plugged && s.life == Life::Live => {
                 if !s.is_fully_ballooned() {
                     return Err(SegmentError::NotFullyBallooned(range));
@@ -709,7 +849,7 @@ impl FrameSpace {
         self.ballooned
             .remove(range)
             .map_err(|_| SegmentError::NotFullyBallooned(range))?;
-        self.segments.remove(&range.start().0);
+        self.remove(range.start().0);
         self.live = self.live.saturating_sub(range.len());
         Ok(())
     }
@@ -721,19 +861,21 @@ impl FrameSpace {
     /// stranded frames in no segment.
     pub fn verify(&self) -> Result<(), &'static str> {
         self.ballooned.check()?;
-        self.stranded.check()?;
-        for r in self.stranded.runs() {
+        if let Some(r) = self.stranded.0 {
+            if r.is_empty() {
+                return Err("segments: empty stranded run");
+            }
             if self.overlapping(r).is_some() {
                 return Err("segments: stranded frame inside a segment");
             }
         }
+        if self.refused.len() != self.table.len() || self.count > self.table.len() {
+            return Err("segments: segment table out of step");
+        }
         let mut prev_end: Option<Pfn> = None;
         let mut seen_plugged = false;
         let mut sum = Pages::ZERO;
-        for (&k, s) in &self.segments {
-            if k != s.range.start().0 {
-                return Err("segments: key is not the segment's first frame");
-            }
+        for s in self.segs() {
             if s.range.is_empty() {
                 return Err("segments: empty segment");
             }
@@ -767,8 +909,8 @@ impl FrameSpace {
             return Err("segments: ballooned frame outside every segment");
         }
         let live = self
-            .segments
-            .values()
+            .segs()
+            .iter()
             .filter(|s| s.life == Life::Live)
             .fold(Pages::ZERO, |a, s| a.saturating_add(s.range.len()));
         if live != self.live {
@@ -981,15 +1123,19 @@ mod tests {
             fs.begin_plug(seg),
             Err(SegmentError::Overlap(r(1024, 1164)))
         );
-        assert_eq!(fs.choose_return(Pages(100)), [r(1024, 1124)]);
-        assert!(fs.record_returned(&[r(1024, 1124), r(2000, 2001)]).is_err());
+        assert_eq!(fs.choose_return(Pages(100)), Some(r(1024, 1124)));
+        assert!(fs.record_returned(r(2000, 2001)).is_err());
+        assert!(fs.record_returned(r(1100, 1124)).is_err(), "not the lowest");
+        assert!(fs.record_returned(r(1024, 1200)).is_err(), "past the run");
         assert_eq!(
             fs.stranded(),
             Pages(140),
             "a refused return changes nothing"
         );
-        fs.record_returned(&[r(1024, 1124)]).unwrap();
-        fs.record_returned(&fs.choose_return(Pages(100))).unwrap();
+        fs.record_returned(r(1024, 1124)).unwrap();
+        fs.record_returned(fs.choose_return(Pages(100)).unwrap())
+            .unwrap();
+        assert_eq!(fs.choose_return(Pages(100)), None);
         assert_eq!(fs.stranded(), Pages(0));
         fs.verify().unwrap();
         fs.begin_plug(seg).unwrap();

@@ -174,9 +174,18 @@ pub struct Driver {
 
 impl Driver {
     /// A driver for `worker` in `mode`. The frame buffers are allocated
-    /// here, once, at their largest.
-    pub fn new(worker: Worker, mode: GuestMode) -> Driver {
-        Driver {
+    /// here, once, at their largest, and fallibly: ENOMEM when the kernel
+    /// has no memory for them (the core's heap is KM_NOSLEEP, so a
+    /// failure is a NULL, never a sleep or a panic).
+    pub fn new(worker: Worker, mode: GuestMode) -> Result<Driver, Errno> {
+        let batch = MAX_BATCH.0 as usize;
+        let mut pfns = Vec::new();
+        let mut frames = Vec::new();
+        let mut given = Vec::new();
+        pfns.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        frames.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        given.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        Ok(Driver {
             control: Control {
                 worker,
                 mode,
@@ -189,13 +198,13 @@ impl Driver {
             },
             exec: Exec {
                 mode,
-                pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
-                frames: Vec::with_capacity(MAX_BATCH.0 as usize),
-                given: Vec::with_capacity(MAX_BATCH.0 as usize),
+                pfns,
+                frames,
+                given,
                 hypercalls: 0,
                 scrubbed: 0,
             },
-        }
+        })
     }
 
     /// The two halves, to be kept under different locks.
@@ -730,7 +739,7 @@ impl Exec {
                 let counts = self.counts();
                 s.locked(|c| c.publish(p, counts, result, now));
             }
-            Action::Return { runs } => self.return_frames(p, s, &runs, now),
+            Action::Return { frames } => self.return_frames(p, s, frames, now),
             Action::Unplug { range } => {
                 let result = StepResult::Unplugged(p.unplug(range));
                 let counts = self.counts();
@@ -891,12 +900,14 @@ impl Exec {
         &mut self,
         p: &mut P,
         s: &mut S,
-        runs: &[PfnRange],
+        frames: PfnRange,
         now: Uptime,
     ) {
         self.pfns.clear();
+        // At most one batch (the worker's choice): within the capacity
+        // allocated at attach, so no allocation.
         self.pfns
-            .extend(runs.iter().flat_map(|r| r.frames()).map(|f| f.0));
+            .extend(frames.frames().take(MAX_BATCH.0 as usize).map(|f| f.0));
         self.frames.clear();
         match self.mode {
             GuestMode::Pv => {

@@ -143,16 +143,29 @@ pub unsafe extern "C" fn balloon_rs_attach(
         _ => return errno(Errno::EINVAL),
     };
     let n = bi.nsegments.min(bi.segments.len());
-    let mut segments = Vec::with_capacity(n);
-    for s in &bi.segments[..n] {
+    // Every allocation of attach is fallible: the core's heap is
+    // KM_NOSLEEP (glue.h), and a NULL must be ENOMEM, never a panic
+    // through handle_alloc_error.
+    let mut segments = Vec::new();
+    if segments.try_reserve_exact(n).is_err() {
+        return errno(Errno::ENOMEM);
+    }
+    for s in bi.segments.get(..n).unwrap_or(&[]) {
         match PfnRange::new(Pfn(s.start_pfn), Pfn(s.end_pfn)) {
             Some(r) => segments.push(r),
             None => return errno(Errno::EINVAL),
         }
     }
+    // Populate-on-demand: a PVH guest whose reservation is below the RAM
+    // of its memory map (see `Worker::start_pod`).
+    let map = segments
+        .iter()
+        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()));
+    let reservation = Pages(bi.reservation_pages);
+    let pod = mode == GuestMode::Pvh && reservation < map;
     let boot = Boot {
         segments: &segments,
-        reservation: Pages(bi.reservation_pages),
+        reservation: if pod { map } else { reservation },
         max_reservation: Pages(bi.max_reservation_pages),
         freemin: Pages(bi.freemin_pages),
         growth: match bi.growth {
@@ -172,19 +185,46 @@ pub unsafe extern "C" fn balloon_rs_attach(
             },
         },
     };
-    let worker = match Worker::new(&boot) {
+    let mut worker = match Worker::new(&boot) {
         Ok(w) => w,
         Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
         Err(_) => return errno(Errno::EINVAL),
     };
-    let (control, exec) = Driver::new(worker, mode).split();
-    let core = Box::new(Core {
+    if pod {
+        worker.start_pod(reservation, boot.freemin);
+    }
+    let (control, exec) = match Driver::new(worker, mode) {
+        Ok(d) => d.split(),
+        Err(e) => return errno(e),
+    };
+    let Some(core) = try_box(Core {
         control: UnsafeCell::new(control),
         exec: UnsafeCell::new(exec),
-    });
+    }) else {
+        return errno(Errno::ENOMEM);
+    };
     // SAFETY: `rsp` is non-NULL and writable per the contract.
     unsafe { rsp.write(Box::into_raw(core).cast()) };
     0
+}
+
+/// `Box::new` that answers None, instead of calling
+/// `handle_alloc_error`, when the allocator returns NULL.
+fn try_box(core: Core) -> Option<Box<Core>> {
+    let layout = core::alloc::Layout::new::<Core>();
+    // SAFETY: Core is not zero-sized (it holds Vecs), so the layout has a
+    // non-zero size as `alloc` requires.
+    let p = unsafe { alloc::alloc::alloc(layout) }.cast::<Core>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is a fresh, non-NULL block with Core's layout from the
+    // global allocator: writing a Core there and handing it to Box (which
+    // frees it with the same allocator and layout) is sound.
+    unsafe {
+        p.write(core);
+        Some(Box::from_raw(p))
+    }
 }
 
 /// Frees the core.
@@ -402,6 +442,7 @@ fn value(core: &Control, what: sys::balloon_value) -> Option<u64> {
         sys::balloon_value_BALLOON_V_MIN_KIB => kib(w.as_toolstack(w.policy().floor())),
         sys::balloon_value_BALLOON_V_MAX_KIB => kib(w.as_toolstack(w.policy().max())),
         sys::balloon_value_BALLOON_V_OFFSET_KIB => kib(w.toolstack_offset()),
+        sys::balloon_value_BALLOON_V_POD_OWED_KIB => kib(w.pod_owed()),
         sys::balloon_value_BALLOON_V_BATCH => w.policy().batch().0,
         sys::balloon_value_BALLOON_V_SCRUB => u64::from(w.policy().scrub()),
         sys::balloon_value_BALLOON_V_HOTPLUG => u64::from(w.policy().hotplug()),

@@ -159,8 +159,8 @@ unsafe impl GlobalAlloc for HostKmemAllocator {
                 return core::ptr::null_mut();
             };
             let guard = ShimCall::enter();
-            // SAFETY: total is non-zero; the shim returns an 8-aligned
-            // block of `total` bytes (kmem_alloc(KM_SLEEP) never fails).
+            // SAFETY: total is non-zero; the shim returns NULL (KM_NOSLEEP
+            // with memory short) or an 8-aligned block of `total` bytes.
             let raw = unsafe { kmem_alloc(total) }.cast::<u8>();
             drop(guard);
             if raw.is_null() {

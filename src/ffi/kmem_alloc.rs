@@ -5,6 +5,11 @@
 //! alignment go straight through; larger alignments over-allocate, place
 //! the object on the aligned address and keep the raw pointer in the word
 //! just below it.
+//!
+//! The shim allocates with KM_NOSLEEP (glue.h), so NULL is an answer
+//! this allocator passes on: the core allocates only fallibly
+//! (`try_reserve*`, a hand-made `Box` at attach), and a NULL becomes
+//! ENOMEM, never `handle_alloc_error`.
 
 use balloon_sys::{balloon_shim_kmem_alloc, balloon_shim_kmem_free};
 use core::alloc::{GlobalAlloc, Layout};

@@ -30,8 +30,6 @@
 //! `max_retries` times, its frames given back each time, then given up.
 //! The failure of a plug counts once its frames are back with Xen.
 
-use alloc::vec::Vec;
-
 use crate::backoff::{Backoff, BackoffConfig, Retry};
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
@@ -136,8 +134,8 @@ pub enum Action {
     /// Give these stranded frames (backed for a plug that did not happen,
     /// in no segment) back to Xen with `decrease_reservation`.
     Return {
-        /// The frames, lowest first; at most one batch in total.
-        runs: Vec<PfnRange>,
+        /// The lowest stranded frames; at most one batch.
+        frames: PfnRange,
     },
     /// `uvm_physseg_unplug` this fully ballooned segment and forget its
     /// pages.
@@ -234,6 +232,9 @@ pub enum CancelReason {
     HotplugOff,
     /// No frame space left to plug a segment into.
     NoFrameSpace,
+    /// Every segment slot reserved at attach is taken
+    /// ([`crate::segments::PLUG_SLOTS`] plugged segments).
+    NoSegmentSlot,
     /// The target is above what the domain can reach without growing,
     /// and the kernel cannot grow it: the target is clipped.
     Clipped(Growth),
@@ -292,6 +293,9 @@ impl WaitReason {
     }
 }
 
+// The text of CancelReason::NoSegmentSlot names the slot count.
+const _: () = assert!(crate::segments::PLUG_SLOTS == 256);
+
 impl CancelReason {
     /// A short phrase for `hw.balloon.state` and dmesg.
     pub fn as_str(self) -> &'static str {
@@ -299,6 +303,7 @@ impl CancelReason {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
             CancelReason::NoFrameSpace => "no frame space left to plug into",
+            CancelReason::NoSegmentSlot => "no segment slot left to plug into (256 plugged)",
             CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
             CancelReason::FramesRefused => {
                 "bookkeeping refused the pages UVM gave; stopped until reload"
@@ -339,7 +344,7 @@ enum InFlight {
     Deflate(Pfn, Pages),
     Back(PfnRange),
     Plug(PfnRange),
-    Return(Vec<PfnRange>),
+    Return(PfnRange),
     Unplug(PfnRange),
 }
 
@@ -354,7 +359,7 @@ enum Outcome {
 }
 
 /// The driver's brain: bookkeeping, policy, back-off, target and stats.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Worker {
     space: FrameSpace,
     policy: Policy,
@@ -367,9 +372,6 @@ pub struct Worker {
     in_flight: Option<InFlight>,
     state: State,
     stats: Stats,
-    /// Segments whose unplug failed; not tried again until the target
-    /// changes, so a refusing kernel cannot make the worker spin.
-    unplug_refused: Vec<PfnRange>,
     /// Giving everything back before unload: the target no longer counts.
     releasing: bool,
     /// A plug failed with this error; it counts as a shortfall once the
@@ -388,6 +390,27 @@ pub struct Worker {
     offset: Option<Pages>,
     /// What the last [`Worker::set_limit`] read.
     limit: Limit,
+    /// Populate-on-demand: what the domain owes Xen's PoD cache.
+    pod: Option<PodDebt>,
+}
+
+/// A PVH domain built with `memory` < `maxmem` runs on populate-on-demand
+/// (libxl_create.c `pod_enabled`, xen-project/xen @c447b730): its memory
+/// map reaches maxmem, but Xen backs only `memory` (the PoD cache). Xen
+/// crashes the domain when the guest touches more frames than the cache
+/// holds (p2m-pod.c `p2m_pod_demand_populate`), so the difference goes
+/// back at once, before anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PodDebt {
+    /// Frames of the memory map at load.
+    map: Pages,
+    /// Frames to give back, at most: the map less the reservation at
+    /// load (less [`policy::TOOLSTACK_SLACK`], for the pages Xen counts
+    /// outside the map), and once `memory/target` is known, never more
+    /// than the map less it.
+    owed: Pages,
+    /// Frames given back since load.
+    given: Pages,
 }
 
 /// The figures the limit on targets comes from.
@@ -428,7 +451,6 @@ impl Worker {
             in_flight: None,
             state: State::Idle,
             stats: Stats::default(),
-            unplug_refused: Vec::new(),
             releasing: false,
             failed_plug: None,
             growth: boot.growth,
@@ -440,7 +462,64 @@ impl Worker {
                 static_max: None,
                 pvh: false,
             },
+            pod: None,
         })
+    }
+
+    /// The domain runs on populate-on-demand: `Boot::reservation` was the
+    /// memory map (every frame of it usable: Xen populates on first
+    /// access, as Linux counts `get_num_physpages()` for HVM/PVH in
+    /// drivers/xen/balloon.c `balloon_init`, torvalds/linux @965c0aaa),
+    /// and `reservation` is what `XENMEM_current_reservation` says Xen
+    /// holds (`domain_tot_pages`: populated pages plus the PoD cache,
+    /// xen/common/memory.c, p2m-pod.c). The target becomes the
+    /// reservation less the slack at once, so that the difference goes
+    /// back before the first xenstore target arrives, and the frames owed
+    /// go back unscrubbed ([`Worker::next_action`]).
+    pub fn start_pod(&mut self, reservation: Pages, freemin: Pages) {
+        let map = self.held();
+        let floor = reservation.saturating_sub(policy::TOOLSTACK_SLACK);
+        // The safe floor of the memory Xen backs, never above it: a floor
+        // reckoned from the whole map could keep frames the cache cannot
+        // back.
+        let safe = policy::safe_floor(floor, freemin, policy::DEFAULT_BALLAST).min(floor);
+        self.policy = Policy::new(safe, self.policy.max(), self.policy.hotplug_supported());
+        self.pod = Some(PodDebt {
+            map,
+            owed: map.saturating_sub(floor),
+            given: Pages::ZERO,
+        });
+        self.target = self.policy.effective(floor);
+        self.rearm();
+    }
+
+    /// Frames still owed to populate-on-demand (0 without PoD): what the
+    /// first balloon-down has left to give back for the present target.
+    pub fn pod_owed(&self) -> Pages {
+        match self.pod {
+            Some(p) => p
+                .owed
+                .saturating_sub(p.given)
+                .min(self.current().saturating_sub(self.target)),
+            None => Pages::ZERO,
+        }
+    }
+
+    /// Frames that may still go back unscrubbed: while the domain owes
+    /// PoD entries, a frame given back is a PoD entry (nothing in it) or
+    /// a populated page Xen steals into the domain's own PoD cache and
+    /// zeroes there (p2m-pod.c `p2m_pod_decrease_reservation` while
+    /// entry_count > count, `p2m_pod_cache_add`); zeroing it here would
+    /// populate a never-touched frame from the cache, the very access
+    /// that can exhaust it.
+    fn pod_unscrubbed(&self) -> Pages {
+        self.pod
+            .map_or(Pages::ZERO, |p| p.owed.saturating_sub(p.given))
+    }
+
+    /// Whether the domain runs on populate-on-demand.
+    pub fn pod(&self) -> bool {
+        self.pod.is_some()
     }
 
     /// The pages Xen's reservation holds beyond what the toolstack calls
@@ -566,11 +645,10 @@ impl Worker {
     /// Starts unplugging a fully ballooned plugged segment, if there is
     /// one whose unplug has not been refused.
     fn start_unplug(&mut self) -> Option<Action> {
-        let refused = &self.unplug_refused;
-        let range = self
-            .space
-            .unplug_candidates()
-            .find(|r| !refused.contains(r))?;
+        // Segments whose unplug failed are not tried again until the
+        // target changes, so a refusing kernel cannot make the worker
+        // spin (a flag in the frame space; no allocation).
+        let range = self.space.unplug_untried().next()?;
         self.in_flight = Some(InFlight::Unplug(range));
         self.state = State::Unplugging;
         Some(Action::Unplug { range })
@@ -578,10 +656,13 @@ impl Worker {
 
     /// Starts giving up to one batch of stranded frames back.
     fn start_return(&mut self) -> Action {
-        let runs = self.space.choose_return(self.policy.batch());
-        self.in_flight = Some(InFlight::Return(runs.clone()));
+        let Some(frames) = self.space.choose_return(self.policy.batch()) else {
+            self.state = State::Idle;
+            return Action::Idle;
+        };
+        self.in_flight = Some(InFlight::Return(frames));
         self.state = State::Returning;
-        Action::Return { runs }
+        Action::Return { frames }
     }
 
     /// The next step of the segment being prepared: back one more batch
@@ -685,7 +766,7 @@ impl Worker {
     /// reader never sees "idle" while work is pending.
     fn rearm(&mut self) {
         self.backoff.reset();
-        self.unplug_refused.clear();
+        self.space.clear_unplug_refused();
         self.failed_plug = None;
         if self.in_flight.is_none() && !self.stopped {
             let (current, target) = (self.held(), self.target());
@@ -713,6 +794,12 @@ impl Worker {
     /// count.
     pub fn set_target(&mut self, kib: Kib, source: Source) -> Result<Target, Refusal> {
         if self.offset.is_none() && source == Source::Xenstore {
+            // PoD: the cache was sized for this target (xg_dom_x86.c
+            // meminit_hvm, or libxl_mem.c's target + 1 MiB), so no more
+            // than the map less it is owed.
+            if let Some(p) = self.pod.as_mut() {
+                p.owed = p.owed.min(p.map.saturating_sub(kib.pages_floor()));
+            }
             let l = self.limit;
             self.offset = Some(policy::toolstack_offset(
                 l.pvh,
@@ -857,13 +944,20 @@ impl Worker {
             if allowed.is_zero() {
                 return Ok(self.fall_short(now, WaitReason::LowMemory, None));
             }
-            let count = current.saturating_sub(target).min(allowed);
+            let mut count = current.saturating_sub(target).min(allowed);
+            let mut scrub = self.policy.scrub();
+            let unscrubbed = self.pod_unscrubbed();
+            if !unscrubbed.is_zero() {
+                // A batch is all PoD debt (never scrubbed) or none of it.
+                count = count.min(unscrubbed);
+                scrub = false;
+            }
             self.in_flight = Some(InFlight::Inflate(count));
             self.state = State::Inflating;
             return Ok(Action::Inflate {
                 count,
                 prefer: self.space.inflate_preference(),
-                scrub: self.policy.scrub(),
+                scrub,
             });
         }
         if current < target {
@@ -883,6 +977,11 @@ impl Worker {
                 max_segment: self.plug_limits.max_segment.min(mem.managed),
                 ..self.plug_limits
             };
+            // Every segment slot reserved at attach is taken: refused,
+            // said in hw.balloon.state, never an allocation.
+            if self.space.free_slots() == 0 {
+                return Ok(self.cancel(CancelReason::NoSegmentSlot));
+            }
             let Some(range) = self.space.next_plug(need, limits) else {
                 return Ok(self.cancel(CancelReason::NoFrameSpace));
             };
@@ -894,6 +993,7 @@ impl Worker {
                 Err(SegmentError::NoMemory) => {
                     return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
                 }
+                Err(SegmentError::Full) => return Ok(self.cancel(CancelReason::NoSegmentSlot)),
                 Err(e) => return Err(WorkerError::Bookkeeping(e)),
             }
             return Ok(self.continue_plug(range));
@@ -1000,6 +1100,9 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.inflate_steps);
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
+                if let Some(p) = self.pod.as_mut() {
+                    p.given = p.given.saturating_add(got);
+                }
                 short_or_progress(got < asked, WaitReason::ShortInflate, error)
             }
             (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
@@ -1037,14 +1140,13 @@ impl Worker {
                 }
                 Err(e) => self.plug_failed(e)?,
             },
-            (InFlight::Return(runs), StepResult::Returned { done, error }) => {
-                let asked = total(&runs);
+            (InFlight::Return(frames), StepResult::Returned { done, error }) => {
+                let asked = frames.len();
                 if done > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
-                let leading = leading_frames(&runs, done);
                 self.space
-                    .record_returned(&leading)
+                    .record_returned(frames.take_front(done))
                     .map_err(WorkerError::Bookkeeping)?;
                 if done < asked || error.is_some() {
                     Outcome::Short(
@@ -1070,7 +1172,7 @@ impl Worker {
                     Outcome::Progress
                 }
                 Err(e) => {
-                    self.unplug_refused.push(range);
+                    self.space.mark_unplug_refused(range);
                     Outcome::Short(WaitReason::UnplugFailed, Some(e))
                 }
             },
@@ -1155,12 +1257,6 @@ impl Worker {
     }
 }
 
-/// Frames in `runs`.
-fn total(runs: &[PfnRange]) -> Pages {
-    runs.iter()
-        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()))
-}
-
 /// A step towards the target: short when it did less than asked or
 /// reported an error, else progress.
 fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outcome {
@@ -1169,21 +1265,6 @@ fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outc
     } else {
         Outcome::Progress
     }
-}
-
-/// The first `n` frames of `runs`, as runs.
-fn leading_frames(runs: &[PfnRange], n: Pages) -> Vec<PfnRange> {
-    let mut left = n;
-    let mut out = Vec::new();
-    for &r in runs {
-        if left.is_zero() {
-            break;
-        }
-        let part = r.take_front(left);
-        left = left.saturating_sub(part.len());
-        out.push(part);
-    }
-    out
 }
 
 #[cfg(test)]

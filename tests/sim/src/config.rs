@@ -71,6 +71,11 @@ pub struct DomainConfig {
     /// 1/16 and 1/8 of boot memory for small domains).
     pub freemin: Option<i32>,
     pub freetarg: Option<i32>,
+    /// PVH only: `memory` of a domain built with memory < maxmem, which
+    /// then runs on populate-on-demand (libxl_create.c `pod_enabled`):
+    /// the boot memory map (`boot_bytes`) reaches maxmem, Xen's PoD cache
+    /// holds `memory` (tests/sim/src/pod.rs). None: no PoD.
+    pub pod_memory_bytes: Option<u64>,
 }
 
 impl Default for DomainConfig {
@@ -89,6 +94,7 @@ impl Default for DomainConfig {
             time_scale: 1000,
             freemin: None,
             freetarg: None,
+            pod_memory_bytes: None,
         }
     }
 }
@@ -159,6 +165,18 @@ impl DomainConfig {
         self.freetarg = Some(pages);
         self
     }
+    /// A PVH domain built by xl with `memory` < `maxmem` (MiB): its
+    /// memory map and memory/static-max are maxmem, it runs on
+    /// populate-on-demand with a cache of `memory`.
+    pub fn pvh_pod(memory_mib: u64, maxmem_mib: u64) -> Self {
+        let mut c = Self::pvh().boot_mib(maxmem_mib).max_mib(maxmem_mib);
+        c.pod_memory_bytes = Some(memory_mib * MIB);
+        c
+    }
+    /// PoD cache at build in pages (`memory`), when PoD is on.
+    pub fn pod_memory_pages(&self) -> Option<u64> {
+        self.pod_memory_bytes.map(|b| b / PAGE)
+    }
 
     /// The boot segments as (start pfn, npages).
     pub fn segments(&self) -> Vec<(u64, u64)> {
@@ -223,6 +241,23 @@ impl DomainConfig {
         let top = segs.last().map_or(0, |s| s.0 + s.1);
         if self.mode == Mode::Pv && self.p2m_frames() < top {
             return Err("the p2m capacity is below the boot frames".into());
+        }
+        if let Some(m) = self.pod_memory_bytes {
+            if self.mode != Mode::Pvh {
+                return Err("populate-on-demand (--memory) needs a PVH domain".into());
+            }
+            if m < MIB || m % PAGE != 0 || m >= boot {
+                return Err(format!(
+                    "--memory {} MiB must be at least 1 MiB and below the memory map \
+                     (maxmem, {} MiB): PoD is on only when memory < maxmem",
+                    m / MIB,
+                    boot / MIB
+                ));
+            }
+            let kernel = self.kernel_pages.unwrap_or(self.boot_pages() / 10);
+            if kernel > m / PAGE {
+                return Err("the kernel's boot pages exceed the PoD memory".into());
+            }
         }
         if self.time_scale == 0 {
             return Err("the time scale must be at least 1".into());
@@ -289,6 +324,9 @@ pub struct Faults {
     pub xenstore_read_error: Option<i32>,
     /// kmem_alloc(.., KM_NOSLEEP) returns NULL.
     pub kmem_nosleep_fail: bool,
+    /// kmem_alloc(.., KM_NOSLEEP) returns NULL after this many more
+    /// successes (then every time, until cleared).
+    pub kmem_nosleep_fail_after: Option<u64>,
     /// kthread_create fails with this errno.
     pub kthread_create_error: Option<i32>,
     /// sysctl_createv fails with ENOMEM after this many more successes.

@@ -933,6 +933,7 @@ impl Console {
             ["plug_fail", v] => flag(v).map(|b| f.plug_fail = b),
             ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
             ["kmem_nosleep_fail", v] => flag(v).map(|b| f.kmem_nosleep_fail = b),
+            ["kmem_nosleep_fail_after", v] => count(v).map(|c| f.kmem_nosleep_fail_after = c),
             ["xenstore_read_error", v] => errno(v).map(|e| f.xenstore_read_error = e),
             ["kthread_create_error", v] => errno(v).map(|e| f.kthread_create_error = e),
             ["watch_register_error", v] => errno(v).map(|e| f.watch_register_error = e),
@@ -953,7 +954,8 @@ impl Console {
             Ok(()) => Reply::default(),
             Err(()) => Reply::usage(
                 "sim fault [clear | decrease_limit|increase_limit|populate_limit|\
-                 pagealloc_fail_after|pglistalloc_fail_after|sysctl_create_fail_after N|off | \
+                 pagealloc_fail_after|pglistalloc_fail_after|sysctl_create_fail_after|\
+                 kmem_nosleep_fail_after N|off | \
                  plug_fail|unplug_fail|kmem_nosleep_fail on|off | \
                  xenstore_read_error|kthread_create_error|watch_register_error ERRNO|off | \
                  memory_op increase_reservation|decrease_reservation|current_reservation|\
@@ -1109,7 +1111,21 @@ impl Console {
         // (a target written before the driver's first read leaves it 0:
         // a known bug).
         let offset = quad("hw.balloon.toolstack_offset").unwrap_or(0);
-        let counted = (snap.reservation * 4).saturating_sub(offset);
+        let mut counted = (snap.reservation * 4).saturating_sub(offset);
+        if let Some(p) = self.domain.pod_stats() {
+            // Populate-on-demand (pod.rs): the driver counts its memory
+            // map (offset 0); once the PoD cache covers every entry,
+            // Xen's reservation is that plus the special pages, i.e. what
+            // xl counts.
+            counted = snap.memory * 4;
+            if p.entries > p.cache {
+                errs.push(format!(
+                    "populate-on-demand: {} entries on a cache of {} pages: a touch can crash \
+                     the domain",
+                    p.entries, p.cache
+                ));
+            }
+        }
         if current != counted {
             errs.push(format!(
                 "hw.balloon.current {current} KiB != Xen's reservation {} KiB less \

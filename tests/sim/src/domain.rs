@@ -252,6 +252,10 @@ pub struct Snapshot {
     pub clean_given: u64,
     pub kmem_bytes: u64,
     pub kmem_allocations: u64,
+    /// Threads blocked in kmem_alloc(KM_SLEEP), memory short (ksync.rs).
+    pub kmem_sleeping: u64,
+    /// kmem_alloc(KM_NOSLEEP) NULLs for want of memory.
+    pub kmem_nosleep_null: u64,
     pub kthreads: u64,
     pub watches: u64,
     pub watch_events_pending: u64,
@@ -296,6 +300,8 @@ impl Snapshot {
             ("clean_pages_given", self.clean_given.to_string()),
             ("kmem_bytes", self.kmem_bytes.to_string()),
             ("kmem_allocations", self.kmem_allocations.to_string()),
+            ("kmem_sleeping", self.kmem_sleeping.to_string()),
+            ("kmem_nosleep_null", self.kmem_nosleep_null.to_string()),
             ("kthreads", self.kthreads.to_string()),
             ("xenbus_watches", self.watches.to_string()),
             (
@@ -423,9 +429,12 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         xenwatch_stop: false,
         guest_written: BTreeSet::new(),
         special: Vec::new(),
+        pod: None,
         sysctl: SysctlTree::boot(),
         kmem: HashMap::new(),
         kmem_bytes: 0,
+        kmem_sleeping: 0,
+        kmem_nosleep_null: 0,
         live_kthreads: 0,
         modules: Vec::new(),
         hypercalls: 0,
@@ -437,14 +446,39 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         k.sysctl.boot_xen(k.cfg.mode == Mode::Pv);
     }
     let mut left_kernel = kernel_pages;
+    let pod_memory = k.cfg.pod_memory_pages().filter(|_| k.cfg.mode == Mode::Pvh);
+    if let Some(m) = pod_memory {
+        // libxl__build_pre: Xen's maximum is memory + 1 MiB, not maxmem.
+        k.max_pages = m + LIBXL_MAXMEM_PAGES;
+        // xg_dom_x86.c meminit_hvm (xen-project/xen @c447b730): the PoD
+        // cache is filled to the target first, then every RAM gfn of the
+        // map is marked PoD (XENMEMF_populate_on_demand); the kernel's
+        // boot pages are populated from the cache as it touches them.
+        k.pod = Some(crate::pod::Pod {
+            count: m,
+            ..Default::default()
+        });
+        k.tot_pages += m;
+    }
     for &(start, n) in &segs {
         let pgs = k.new_page_array(start, n, PG_FREE);
         k.insert_seg(start, start + n, pgs);
         for pfn in start..start + n {
             let pat = k.pattern();
-            k.boot_back(pfn, pat);
+            match k.pod.as_mut() {
+                Some(p) => {
+                    p.entries.insert(pfn);
+                }
+                None => k.boot_back(pfn, pat),
+            }
             if left_kernel > 0 {
                 left_kernel -= 1;
+                if k.pod.is_some() {
+                    k.pod_touch(pfn, crate::pod::Touch::Kernel);
+                    if let Some(c) = k.content_mut(pfn) {
+                        *c = pat;
+                    }
+                }
                 k.set_page_state(pfn, PG_KERNEL);
                 k.kernel_pages.push(pfn);
             } else {
@@ -500,7 +534,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         // libxl__build_post (libxl_dom.c @021cd1c4): memory/static-max is
         // maxmem, memory/target is memory less the target fudge (0 for PV
         // and PVH: only HVM subtracts video memory and 1 MiB).
-        let target = (boot_pages * 4).to_string();
+        // PoD: memory/target is `memory`, below the map (maxmem).
+        let target = (k.cfg.pod_memory_pages().unwrap_or(boot_pages) * 4).to_string();
         let max = (k.cfg.max_pages() * 4).to_string();
         k.store.insert("memory/target".into(), target.into_bytes());
         k.store.insert("memory/static-max".into(), max.into_bytes());
@@ -622,6 +657,8 @@ impl Domain {
                 clean_given: k.clean_given,
                 kmem_bytes: k.kmem_bytes,
                 kmem_allocations: k.kmem.len() as u64,
+                kmem_sleeping: k.kmem_sleeping,
+                kmem_nosleep_null: k.kmem_nosleep_null,
                 kthreads: k.live_kthreads,
                 watches: k.watches.len() as u64,
                 watch_events_pending: k.watch_queue.len() as u64
@@ -803,6 +840,39 @@ impl Domain {
     pub fn kernel_free(&self, n: u64) -> u64 {
         with(|k| k.kernel_free(n))
     }
+    /// The kernel uses up to n free pages (writing them) and frees them
+    /// again, as the buffer cache and early boot do before a module is
+    /// loaded; returns how many. On a PoD domain each write populates the
+    /// frame from the PoD cache.
+    pub fn kernel_touch(&self, n: u64) -> u64 {
+        with(|k| {
+            let got = k.kernel_alloc(n);
+            k.kernel_free(got);
+            got
+        })
+    }
+    /// The kernel zeroes up to n free pages that hold data (as a page
+    /// zeroed for reuse would be); returns how many.
+    pub fn kernel_zero_free(&self, n: u64) -> u64 {
+        with(|k| {
+            let free: Vec<u64> = k.free.iter().copied().collect();
+            let mut done = 0;
+            for pfn in free {
+                if done == n {
+                    break;
+                }
+                if let Some(c) = k.content_mut(pfn).filter(|c| **c != 0) {
+                    *c = 0;
+                    done += 1;
+                }
+            }
+            done
+        })
+    }
+    /// Populate-on-demand figures, None when the domain has no PoD.
+    pub fn pod_stats(&self) -> Option<crate::pod::PodStats> {
+        with(|k| k.pod_stats())
+    }
 
     // ---- xenstore ----
 
@@ -859,6 +929,17 @@ impl Domain {
             }
             // Xen's XEN_DOMCTL_max_mem takes KiB and keeps pages.
             k.max_pages = (new + videoram + 4 * LIBXL_MAXMEM_PAGES) / 4;
+            // libxl_mem.c (xen-project/xen @c447b730, line 309): every
+            // non-PV domain's PoD target moves to the new target + 1 MiB;
+            // a failure aborts the transaction, memory/target unwritten.
+            if k.mode() == Mode::Pvh {
+                let memkb = new + 4 * LIBXL_MAXMEM_PAGES;
+                if let Err(e) = k.pod_set_mem_target(memkb / 4) {
+                    return Err(XlError(format!(
+                        "xc_domain_set_pod_target memkb={memkb} failed rc=-{e}"
+                    )));
+                }
+            }
             k.store_write("memory/target", Some(new.to_string().as_bytes()));
             Ok(())
         })

@@ -196,11 +196,17 @@ pub(crate) struct Kernel {
     pub guest_written: BTreeSet<String>,
     /// PVH: gfns Xen populated outside the guest's RAM (special pages).
     pub special: Vec<u64>,
+    /// PVH built with memory < maxmem: populate-on-demand (pod.rs).
+    pub pod: Option<crate::pod::Pod>,
     // sysctl
     pub sysctl: SysctlTree,
     // kmem: address -> size
     pub kmem: HashMap<usize, usize>,
     pub kmem_bytes: u64,
+    /// Threads blocked in kmem_alloc(KM_SLEEP) while memory is short.
+    pub kmem_sleeping: u64,
+    /// kmem_alloc(KM_NOSLEEP) calls that returned NULL, memory short.
+    pub kmem_nosleep_null: u64,
     // threads and modules
     pub live_kthreads: u64,
     pub modules: Vec<&'static crate::SimModinfo>,
@@ -501,7 +507,9 @@ impl Kernel {
                 let m = self.p2m_get(pfn);
                 m != INVALID_P2M_ENTRY && self.owned.contains_key(&m)
             }
-            Mode::Pvh => self.populated.contains_key(&pfn),
+            // A PoD entry is memory the guest may use: Xen populates it
+            // on first access (pod.rs).
+            Mode::Pvh => self.populated.contains_key(&pfn) || self.pod_entry(pfn),
             Mode::NotXen => true,
         }
     }
@@ -522,7 +530,8 @@ impl Kernel {
     pub(crate) fn backed_frames(&self) -> u64 {
         match self.mode() {
             Mode::Pv => self.owned.len() as u64,
-            Mode::Pvh => self.populated.len() as u64,
+            // p2m-pod.c: tot_pages == populated + pod.count.
+            Mode::Pvh => self.populated.len() as u64 + self.pod_cache(),
             Mode::NotXen => 0,
         }
     }

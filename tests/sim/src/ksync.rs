@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use crate::config::{Flavour, Mode};
+use crate::config::{fail_now, Flavour, Mode};
 use crate::kernel::{
     adopt_thread, dmesg_append, freeze_point, hz, kernel_panic, lock, park_forever,
     thread_is_frozen, with, CHANGED, LIVE_GEN,
@@ -72,6 +72,24 @@ fn kmem_layout(size: usize) -> std::alloc::Layout {
     std::alloc::Layout::from_size_align(size, 16).unwrap_or_else(|_| kernel_panic("kmem: bad size"))
 }
 
+/// kmem_alloc(9) / kmem_zalloc(9) when memory is short.
+///
+/// Real kernel: kmem_intr_alloc serves requests from pool caches up to a
+/// page and hands larger ones to uvm_km_kmem_alloc; either way a fresh
+/// page comes from uvm_pagealloc. When none can be had, VM_SLEEP (from
+/// KM_SLEEP) loops on uvm_wait("plpg") until one is freed, and VM_NOSLEEP
+/// (from KM_NOSLEEP) returns ENOMEM, which kmem_alloc passes on as NULL;
+/// kmem_alloc asserts that only KM_NOSLEEP ever returns NULL
+/// (subr_kmem.c 1.77 kmem_intr_alloc/kmem_alloc; uvm_km.c 1.135
+/// uvm_km_kmem_alloc).
+///
+/// Simulator rule: memory is short while UVM's free list is empty (the
+/// model keeps no pagedaemon reserve, see uvm_pagealloc_strat). Then a
+/// KM_SLEEP request blocks, counted in `kmem_sleeping`, until a page is
+/// freed; a KM_NOSLEEP request returns NULL, counted in
+/// `kmem_nosleep_null`. Pool caches are not modelled: every request is
+/// taken to need a page, which is the pessimistic reading. kmem itself
+/// takes no page from UVM in the model.
 fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
     if size == 0 {
         kernel_panic("kmem_alloc: size 0");
@@ -81,10 +99,40 @@ fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
             "kmem_alloc: bad flags {flags:#x} (KM_SLEEP or KM_NOSLEEP)"
         ));
     }
-    with(|k| {
-        if flags == KM_NOSLEEP && k.faults.kmem_nosleep_fail {
+    freeze_point();
+    let mut g = lock();
+    let mut sleeping = false;
+    let p = loop {
+        if thread_is_frozen() {
+            drop(g);
+            park_forever();
+        }
+        let Some(k) = g.as_mut() else {
+            drop(g);
+            kernel_panic("kernel service used with no simulated domain booted");
+        };
+        if flags == KM_NOSLEEP
+            && (k.faults.kmem_nosleep_fail || fail_now(&mut k.faults.kmem_nosleep_fail_after))
+        {
             k.faults_fired += 1;
-            return std::ptr::null_mut();
+            break std::ptr::null_mut();
+        }
+        if k.free.is_empty() {
+            if flags == KM_NOSLEEP {
+                k.kmem_nosleep_null += 1;
+                break std::ptr::null_mut();
+            }
+            // uvm_wait("plpg"): until a page is freed.
+            if !sleeping {
+                sleeping = true;
+                k.kmem_sleeping += 1;
+                CHANGED.notify_all();
+            }
+            g = CHANGED.wait(g).unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        if sleeping {
+            k.kmem_sleeping -= 1;
         }
         let lay = kmem_layout(size);
         // SAFETY: the layout has a non-zero size.
@@ -96,6 +144,7 @@ fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
             }
         };
         if p.is_null() {
+            drop(g);
             kernel_panic("kmem_alloc: host out of memory");
         }
         if !zero {
@@ -105,8 +154,11 @@ fn kmem_do_alloc(size: usize, flags: u32, zero: bool) -> *mut c_void {
         }
         k.kmem.insert(p as usize, size);
         k.kmem_bytes += size as u64;
-        p as *mut c_void
-    })
+        break p as *mut c_void;
+    };
+    drop(g);
+    CHANGED.notify_all();
+    p
 }
 
 #[no_mangle]

@@ -23,6 +23,7 @@ pub mod daemon;
 mod domain;
 mod kernel;
 mod ksync;
+mod pod;
 pub mod regex;
 pub mod soak;
 pub mod stall;
@@ -45,6 +46,7 @@ pub use domain::{
     test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
 };
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
+pub use pod::PodStats;
 pub use sysctl::SysctlValue;
 pub use uvm::SlabStats;
 

@@ -43,6 +43,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 const USAGE: &str =
     "usage: balloon-sim [--pv|--pvh|--not-xen] [--boot SIZE] [--max SIZE] [--host-free SIZE]
+                   [--memory SIZE] [--touch-before-load SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
                    [--kernel stock|assisted] [--time-scale N]
                    [run FILE|- | daemon --socket PATH]
@@ -66,6 +67,8 @@ fn sysctl(d: &Domain, name: &str) -> String {
 /// What the command line asked for.
 struct Opts {
     cfg: DomainConfig,
+    /// Pages the kernel uses and frees before the module loads.
+    touch: u64,
     modload: bool,
     action: Action,
 }
@@ -89,6 +92,8 @@ struct OptSet {
     modload: Option<bool>,
     time_scale: Option<u32>,
     flavour: Option<Flavour>,
+    memory: Option<u64>,
+    touch: Option<u64>,
 }
 
 /// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
@@ -129,6 +134,8 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
             "--boot" => o.boot = Some(size_arg("--boot", args.next())?),
             "--max" => o.max = Some(size_arg("--max", args.next())?),
             "--host-free" => o.host_free = Some(size_arg("--host-free", args.next())?),
+            "--memory" => o.memory = Some(size_arg("--memory", args.next())?),
+            "--touch-before-load" => o.touch = Some(size_arg("--touch-before-load", args.next())?),
             "--no-hotplug" => o.hotplug = Some(false),
             "--builtin-balloon" => o.builtin = Some(true),
             "--no-modload" => o.modload = Some(false),
@@ -179,7 +186,7 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
 }
 
 /// The options of `file` first, then those of the command line.
-fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, bool), String> {
+fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, u64, bool), String> {
     let mut cfg = DomainConfig::default();
     if let Some((m, _)) = cmd.mode.or(file.mode) {
         cfg = cfg.mode(m);
@@ -205,17 +212,32 @@ fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, bool), String> {
     if let Some(f) = cmd.flavour.or(file.flavour) {
         cfg = cfg.flavour(f);
     }
+    if let Some(m) = cmd.memory.or(file.memory) {
+        // xl: memory < maxmem on a PVH guest is populate-on-demand; the
+        // memory map (boot memory) is maxmem (--max).
+        cfg.boot_bytes = cfg.max_bytes;
+        cfg.pod_memory_bytes = Some(m);
+    }
     cfg.validate()?;
-    Ok((cfg, cmd.modload.or(file.modload).unwrap_or(true)))
+    let touch = cmd.touch.or(file.touch).unwrap_or(0) / 4096;
+    Ok((cfg, touch, cmd.modload.or(file.modload).unwrap_or(true)))
 }
 
 fn parse_opts(file: Vec<String>, cmd: Vec<String>) -> Result<Opts, String> {
     let (fo, _) =
         parse_optset(file, false).map_err(|e| format!("in the scenario's #: options: {e}"))?;
-    let (co, action) = parse_optset(cmd, true)?;
-    let (cfg, modload) = merge(fo, co)?;
+    let (mut co, action) = parse_optset(cmd, true)?;
+    // The PVH demonstration: xl's memory=512m maxmem=2g, which runs on
+    // populate-on-demand, unless sizes were given.
+    let pvh = matches!(co.mode.or(fo.mode), Some((Mode::Pvh, _)));
+    if action.is_none() && pvh && co.boot.is_none() && co.max.is_none() && co.memory.is_none() {
+        co.memory = Some(512 << 20);
+        co.max = Some(2048 << 20);
+    }
+    let (cfg, touch, modload) = merge(fo, co)?;
     Ok(Opts {
         cfg,
+        touch,
         modload,
         action: action.unwrap_or(Action::Demo),
     })
@@ -262,6 +284,13 @@ fn ctl(mut args: impl Iterator<Item = String>) -> ! {
 
 fn boot(o: &Opts) -> Domain {
     let d = Domain::boot(o.cfg.clone());
+    if o.touch > 0 {
+        let got = d.kernel_touch(o.touch);
+        eprintln!(
+            "balloon-sim: the kernel used and freed {} MiB before the module loaded",
+            got / MIB
+        );
+    }
     if o.modload {
         if let Err(e) = d.modload(balloon_module()) {
             eprintln!("modload balloon: error {e}");
@@ -336,14 +365,25 @@ fn demo(o: &Opts) {
     if cfg.mode == Mode::NotXen {
         bad("the demonstration needs a Xen guest (--pv or --pvh)");
     }
-    println!(
-        "balloon-sim: a simulated NetBSD {} domU, {} MiB booted, {} MiB maximum",
-        if cfg.mode == Mode::Pvh { "PVH" } else { "PV" },
-        cfg.boot_pages() / MIB,
-        cfg.max_pages() / MIB
-    );
+    match cfg.pod_memory_pages() {
+        Some(m) => println!(
+            "balloon-sim: a simulated NetBSD PVH domU, memory={}m maxmem={}m: \
+             populate-on-demand, a memory map of {} MiB on a PoD cache of {} MiB",
+            m / MIB,
+            cfg.max_pages() / MIB,
+            cfg.boot_pages() / MIB,
+            m / MIB
+        ),
+        None => println!(
+            "balloon-sim: a simulated NetBSD {} domU, {} MiB booted, {} MiB maximum",
+            if cfg.mode == Mode::Pvh { "PVH" } else { "PV" },
+            cfg.boot_pages() / MIB,
+            cfg.max_pages() / MIB
+        ),
+    }
     let d = boot(&Opts {
         cfg: cfg.clone(),
+        touch: o.touch,
         modload: true,
         action: Action::Demo,
     });
@@ -357,7 +397,12 @@ fn demo(o: &Opts) {
         let line = format!("{name} = {}", sysctl(&d, &name));
         println!("  {line:<46} {desc}");
     }
+    let pod = cfg.pod_memory_pages().is_some();
     let steps: &[(&str, &str)] = match cfg.mode {
+        Mode::Pvh if pod => &[
+            ("1536m", "up within the memory map: deflation"),
+            ("512m", "back to memory"),
+        ],
         Mode::Pvh => &[
             ("512m", "down by half"),
             ("1g", "back to boot size"),
@@ -394,6 +439,22 @@ fn demo(o: &Opts) {
     let progress = std::io::stderr().is_terminal();
     let console = Console::new(d, progress);
     let mut rows = Vec::new();
+    if pod {
+        let start = Instant::now();
+        console.run_line("sim settle");
+        let d = console.domain();
+        rows.push(format!(
+            "{:<6} {:<42} {:>9} {:>9} {:>9} {:>9} {:>6}ms  {}",
+            "load",
+            "modload: the PoD difference ballooned down",
+            sysctl(d, "hw.balloon.target"),
+            sysctl(d, "hw.balloon.current"),
+            sysctl(d, "hw.balloon.ballooned"),
+            sysctl(d, "hw.balloon.plugged"),
+            start.elapsed().as_millis(),
+            sysctl(d, "hw.balloon.state")
+        ));
+    }
     for (size, what) in steps {
         let start = Instant::now();
         let r = console.run_line(&format!("xl mem-set domU {size}"));
@@ -463,6 +524,19 @@ fn demo(o: &Opts) {
     println!();
     for (name, v) in counters {
         println!("  hw.balloon.stats.{name:<20} {v}");
+    }
+    if let Some(p) = d.pod_stats() {
+        println!(
+            "  populate-on-demand: {} entries, cache {} pages; {} populated on access \
+             ({} by zeroing), {} PoD entries and {} populated pages given back, {} swept",
+            p.entries,
+            p.cache,
+            p.demand_populated,
+            p.populated_by_zeroing,
+            p.entries_given,
+            p.stolen,
+            p.swept
+        );
     }
     println!(
         "  modunload balloon: {unload}; reservation {} MiB, kmem outstanding {bytes} bytes \

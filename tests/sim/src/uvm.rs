@@ -138,6 +138,7 @@ impl Kernel {
             };
             self.alloc_frame(pfn, PG_KERNEL);
             let pat = self.pattern();
+            self.pod_touch(pfn, crate::pod::Touch::Kernel);
             if let Some(c) = self.content_mut(pfn) {
                 *c = pat;
             }
@@ -195,6 +196,7 @@ extern "C" fn uvm_pagealloc_strat(
         };
         k.alloc_frame(pfn, PG_MODULE);
         if flags & UVM_PGA_ZERO != 0 {
+            k.pod_touch(pfn, crate::pod::Touch::PageAllocZero);
             if let Some(c) = k.content_mut(pfn) {
                 *c = 0;
             }
@@ -313,6 +315,9 @@ extern "C" fn pmap_zero_page(pa: u64) {
     stall_point("zero_page");
     with(|k| {
         let pfn = pa >> PAGE_SHIFT;
+        // A write: on a PoD domain it populates a PoD gfn from the cache
+        // (p2m_pod_demand_populate, pod.rs).
+        k.pod_touch(pfn, crate::pod::Touch::ZeroPage);
         match k.content_mut(pfn) {
             Some(c) => *c = 0,
             None => kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed")),

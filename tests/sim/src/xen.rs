@@ -134,6 +134,19 @@ impl Kernel {
                 let limit = self.faults.decrease_limit.map_or(n, |l| l as usize);
                 while done < n.min(limit) {
                     let g = ext[done];
+                    // memory.c decrease_reservation: PoD first
+                    // (p2m_pod_decrease_reservation, pod.rs); the gfn
+                    // must still be the driver's page.
+                    if self.pod_decrease(g).is_some() {
+                        if let Some(st) = self.page_state(g).filter(|&s| s != PG_MODULE) {
+                            kernel_panic(&format!(
+                                "frame {g:#x} given to Xen while {} in UVM (not owned by the driver)",
+                                crate::uvm::state_name(st)
+                            ));
+                        }
+                        done += 1;
+                        continue;
+                    }
                     let Some(c) = self.populated.remove(&g) else {
                         break;
                     };
@@ -173,6 +186,9 @@ impl Kernel {
                     if self.populated.contains_key(&g) {
                         self.replaced_gfns.push(g);
                     }
+                    // p2m.c p2m_add_page: a PoD entry there is replaced
+                    // (entry_count -= pod_count); that is no loss.
+                    self.pod_replaced(g);
                     if let Some(what) = crate::domain::reserved_gfn(g) {
                         self.reserved_hits.push((g, what));
                     }

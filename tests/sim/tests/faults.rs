@@ -156,6 +156,23 @@ fn init_cases() -> Vec<(&'static str, Faults, i32, &'static str)> {
             "cannot create hw.balloon: error 12",
         ));
     }
+    // The shim's own boot information, then the core's allocations at
+    // attach (its boot segment list, segment table, unplug flags, bitmap,
+    // frame buffers, state): every one KM_NOSLEEP, each NULL an ENOMEM.
+    v.push((
+        "kmem_alloc KM_NOSLEEP: boot information",
+        f(&|f| f.kmem_nosleep_fail_after = Some(0)),
+        12,
+        "no memory for the boot information",
+    ));
+    for n in 1..=8 {
+        v.push((
+            "kmem_alloc KM_NOSLEEP: the core's attach",
+            f(&|f| f.kmem_nosleep_fail_after = Some(n)),
+            12,
+            "cannot set up the bookkeeping: error 12",
+        ));
+    }
     v.push((
         "kthread_create",
         f(&|f| f.kthread_create_error = Some(35)),
@@ -607,6 +624,108 @@ fn the_console_takes_commands_from_several_threads() {
 }
 
 // ---- kmem accounting sees the Rust core ----
+
+fn text(d: &Domain, name: &str) -> String {
+    match d.sysctl_read(name) {
+        Ok(SysctlValue::String(s)) => s,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The kernel has no memory for the bookkeeping of a plug (every
+/// KM_NOSLEEP kmem_alloc returns NULL): the plug fails before anything is
+/// backed, the driver says so (state, last_error), retries once memory is
+/// back, and unload leaves no kmem behind.
+#[test]
+fn no_kmem_at_plug_is_reported_retried_and_leaks_nothing() {
+    let d = loaded(Mode::Pvh);
+    let kmem_at_load = d.snapshot().kmem_bytes;
+    d.faults_mut().kmem_nosleep_fail = true;
+    d.xl_mem_set(384 * 1024);
+    let deadline = Instant::now() + WAIT;
+    while !text(&d, "hw.balloon.stats.last_error").contains("ENOMEM") {
+        assert!(Instant::now() < deadline, "no ENOMEM reported");
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+    assert_eq!(
+        text(&d, "hw.balloon.stats.last_error"),
+        "ENOMEM (12) in plug"
+    );
+    assert_eq!(d.memory(), 256 * MIB, "nothing was backed");
+    assert_eq!(d.snapshot().kmem_bytes, kmem_at_load, "nothing allocated");
+    d.set_faults(Faults::default());
+    assert!(
+        d.wait_until(|v| v.memory() == 384 * MIB, WAIT),
+        "the plug is retried once memory is back: {}",
+        state(&d)
+    );
+    settle(&d);
+    unload(&d, "no kmem at plug");
+}
+
+/// Issue 15: the host and the guest are both out of memory (no free
+/// page in UVM, none on the host) when a target arrives that needs a
+/// plug. The worker's allocation for it must not sleep with the softc
+/// lock held: a memory/target watch event and a sysctl read still
+/// complete, and the driver says what it could not do. Before the fix the
+/// core's heap was KM_SLEEP: the worker slept in kmem_alloc (ksync.rs
+/// models uvm_wait), and the sysctl read waited behind it for good.
+#[test]
+fn a_watch_and_a_sysctl_read_complete_with_host_and_guest_out_of_memory() {
+    let d = loaded(Mode::Pvh);
+    d.set_host_free(0);
+    let taken = d.kernel_alloc(u64::MAX);
+    assert_eq!(d.snapshot().uvm_free, 0, "the guest is out of memory");
+    d.xl_mem_set(384 * 1024);
+    // The watch event (and a second one) complete, and a sysctl read
+    // answers, each within a bounded wait; a reader blocked behind the
+    // worker is let go by freeing memory, and the test fails.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let blocked = thread::scope(|s| {
+        s.spawn(|| {
+            let quiet = d.wait_until(|v| v.watches_quiet(), WAIT);
+            let _ = tx.send((quiet, d.sysctl_read("hw.balloon.state")));
+        });
+        let got = rx.recv_timeout(WAIT);
+        if got.is_err() {
+            d.kernel_free(taken);
+        }
+        got
+    });
+    let (quiet, first) = blocked.expect("a sysctl read blocked with memory short");
+    assert!(quiet, "the watch event did not complete");
+    assert!(first.is_ok(), "{first:?}");
+    let snap = d.snapshot();
+    assert_eq!(snap.kmem_sleeping, 0, "a thread sleeps in kmem_alloc");
+    // A second target is taken while memory is still short.
+    d.xl_mem_set(320 * 1024);
+    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
+    let deadline = Instant::now() + WAIT;
+    while quad(&d, "hw.balloon.target") != 320 * 1024 {
+        assert!(Instant::now() < deadline, "second target not taken");
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+    // The driver says what it could not do.
+    while !text(&d, "hw.balloon.stats.last_error").contains("ENOMEM") {
+        assert!(Instant::now() < deadline, "no ENOMEM reported");
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+    assert_eq!(
+        text(&d, "hw.balloon.stats.last_error"),
+        "ENOMEM (12) in plug"
+    );
+    // The new target re-armed the worker (its state says where it is
+    // going at once); its next plug fails the same way.
+    while !state(&d).contains("segment could not be plugged") {
+        assert!(Instant::now() < deadline, "state: {}", state(&d));
+        d.wait_until(|_| false, Duration::from_millis(2));
+    }
+    assert!(d.snapshot().kmem_nosleep_null > 0);
+    assert_eq!(d.memory(), 256 * MIB);
+    d.kernel_free(taken);
+    d.set_host_free(2048 * MIB);
+    unload(&d, "out of memory");
+}
 
 /// The core's heap goes through the simulated kmem(9): while the module
 /// is loaded kmem holds the core's state (before, kmem saw only the
