@@ -58,8 +58,11 @@ struct balloon_softc {
 	bool			 sc_kicked;	/* target or knob changed */
 	bool			 sc_watching;	/* watch callbacks may act */
 	bool			 sc_watch_registered; /* sc_watch is on xenbus's list */
-	bool			 sc_barrier_done; /* sc_barrier's first event came */
-	struct xenbus_watch	 sc_barrier;	/* see balloon_watch_stop() */
+	/* See balloon_watch_barrier(). */
+	struct xenbus_watch	 sc_barrier[2];
+	unsigned int		 sc_barrier_cur; /* the one in use */
+	bool			 sc_barrier_pending; /* registered, not done */
+	bool			 sc_barrier_done; /* its first event came */
 	bool			 sc_resync;	/* next event: re-registration's */
 	unsigned int		 sc_callbacks;	/* watch callbacks running */
 	struct balloon_rs	*sc_rs;
@@ -575,74 +578,121 @@ balloon_watch_start(struct balloon_softc *sc, bool resync)
 	return error;
 }
 
-/* The barrier watch's callback: its first event has been delivered. */
+/*
+ * The barrier watch's callback: the first event of the barrier in use has
+ * been delivered. Events of the other one (stray ones of an earlier
+ * unload, queued before it was unregistered) prove nothing and are
+ * ignored.
+ */
 static void
 balloon_barrier_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 {
 	struct balloon_softc *sc = &balloon_softc;
 
-	(void)w;
 	(void)vec;
 	(void)len;
 	mutex_enter(&sc->sc_lock);
-	sc->sc_barrier_done = true;
-	cv_broadcast(&sc->sc_cv);
+	if (w == &sc->sc_barrier[sc->sc_barrier_cur]) {
+		sc->sc_barrier_done = true;
+		cv_broadcast(&sc->sc_cv);
+	}
+	mutex_exit(&sc->sc_lock);
+}
+
+/* Waits up to BALLOON_BARRIER_WAIT_MS for the barrier's first event. */
+static bool
+balloon_barrier_wait(struct balloon_softc *sc)
+{
+	int ticks = MAX((int)mstohz(BALLOON_BARRIER_WAIT_MS), 1);
+	bool done;
+
+	mutex_enter(&sc->sc_lock);
+	while (!sc->sc_barrier_done) {
+		if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0)
+			break;
+	}
+	done = sc->sc_barrier_done;
+	mutex_exit(&sc->sc_lock);
+	return done;
+}
+
+/* Unregisters the barrier in use; the next one is the other watch. */
+static void
+balloon_barrier_retire(struct balloon_softc *sc)
+{
+
+	unregister_xenbus_watch(&sc->sc_barrier[sc->sc_barrier_cur]);
+	mutex_enter(&sc->sc_lock);
+	sc->sc_barrier_pending = false;
+	sc->sc_barrier_cur ^= 1;
 	mutex_exit(&sc->sc_lock);
 }
 
 /*
  * Waits until no callback of sc_watch can be running or about to run.
- * The xenwatch thread (xenbus_xs.c) takes an event off its queue and then
- * calls the callback with no lock held, and unregister_xenbus_watch()
- * does not wait for a callback whose event was already taken: such a
- * callback may not even have reached its first instruction, so no flag
- * of ours can see it. But events are delivered one at a time, in order,
- * and xenstore fires a newly registered watch once. So a second watch is
- * registered after the first is gone, and once its first event has come,
- * every earlier callback has returned.
+ * The xenwatch thread (xenbus_xs.c 1.22 xenwatch_thread) takes every
+ * queued event off its queue and then calls the callbacks with no lock
+ * held, and unregister_xenbus_watch() purges only the queue, not events
+ * already taken: such a callback may not even have reached its first
+ * instruction, so no flag of ours can see it. But events are delivered
+ * one at a time, in order, and xenstore fires a newly registered watch
+ * once. So a barrier watch is registered after sc_watch is gone, and once
+ * its first event has come, every earlier callback has returned.
+ *
+ * Returns 0 once that is proven, or EBUSY when it cannot be: the xenwatch
+ * thread did not answer in BALLOON_BARRIER_WAIT_MS (it may be blocked in
+ * another driver's callback), or the barrier could not be registered.
+ * The caller must then refuse to unload. A barrier that timed out stays
+ * registered (pending), and the next unload first waits for it again:
+ * until its first event has come, nothing later can be proven either.
  */
-static void
+static int
 balloon_watch_barrier(struct balloon_softc *sc)
 {
-	int error, ticks;
+	struct xenbus_watch *bw;
+	int error;
 
-	sc->sc_barrier.node = balloon_watch_node;
-	sc->sc_barrier.node_sz = sizeof(balloon_watch_node);
-	sc->sc_barrier.xbw_callback = balloon_barrier_cb;
+	if (sc->sc_barrier_pending) {
+		if (!balloon_barrier_wait(sc))
+			return EBUSY;
+		/*
+		 * It predates the latest sc_watch registration: retire it
+		 * and prove the order with a fresh one.
+		 */
+		balloon_barrier_retire(sc);
+	}
+	bw = &sc->sc_barrier[sc->sc_barrier_cur];
+	bw->node = balloon_watch_node;
+	bw->node_sz = sizeof(balloon_watch_node);
+	bw->xbw_callback = balloon_barrier_cb;
 	mutex_enter(&sc->sc_lock);
 	sc->sc_barrier_done = false;
 	mutex_exit(&sc->sc_lock);
-	error = register_xenbus_watch(&sc->sc_barrier);
-	if (error != 0 && error != EEXIST) {
-		printf("%s: cannot wait for the xenwatch thread: error %d\n",
-		    BALLOON_XNAME, error);
-		return;
+	error = register_xenbus_watch(bw);
+	if (error != 0 && error != EEXIST)
+		return EBUSY;	/* taken off the list again: nothing to undo */
+	sc->sc_barrier_pending = true;
+	if (error == EEXIST) {
+		/* Left registered, but no first event is promised. */
+		balloon_barrier_retire(sc);
+		return EBUSY;
 	}
-	if (error == 0) {
-		ticks = MAX((int)mstohz(BALLOON_BARRIER_WAIT_MS), 1);
-		mutex_enter(&sc->sc_lock);
-		while (!sc->sc_barrier_done) {
-			if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0 &&
-			    !sc->sc_barrier_done) {
-				printf("%s: the xenwatch thread did not answer\n",
-				    BALLOON_XNAME);
-				break;
-			}
-		}
-		mutex_exit(&sc->sc_lock);
-	}
-	/* EEXIST left it registered too (xenbus_xs.c). */
-	unregister_xenbus_watch(&sc->sc_barrier);
+	if (!balloon_barrier_wait(sc))
+		return EBUSY;
+	balloon_barrier_retire(sc);
+	return 0;
 }
 
 /*
  * Stops the watch and waits for callbacks that had already begun or been
  * taken for delivery (balloon_watch_barrier()); sc_watching turns late
- * ones into no-ops.
+ * ones into no-ops. Returns 0, or EBUSY when a callback may still be
+ * pending.
  */
-static void
+static int
 balloon_watch_stop(struct balloon_softc *sc)
 {
+	int error = 0;
 
 	mutex_enter(&sc->sc_lock);
 	sc->sc_watching = false;
@@ -650,12 +700,16 @@ balloon_watch_stop(struct balloon_softc *sc)
 	if (sc->sc_watch_registered) {
 		unregister_xenbus_watch(&sc->sc_watch);
 		sc->sc_watch_registered = false;
-		balloon_watch_barrier(sc);
-	}
+		error = balloon_watch_barrier(sc);
+	} else if (sc->sc_barrier_pending)
+		error = balloon_watch_barrier(sc);
+	if (error != 0)
+		return error;
 	mutex_enter(&sc->sc_lock);
 	while (sc->sc_callbacks > 0)
 		cv_wait(&sc->sc_cv, &sc->sc_lock);
 	mutex_exit(&sc->sc_lock);
+	return 0;
 }
 
 /* --- sysctl hw.balloon --- */
@@ -1252,7 +1306,17 @@ balloon_fini(void)
 	struct balloon_softc *sc = &balloon_softc;
 	int error, restart;
 
-	balloon_watch_stop(sc);
+	if (balloon_watch_stop(sc) != 0) {
+		/*
+		 * A callback of ours may still run: unloading now would let
+		 * it run in freed code. Stay loaded and watch again.
+		 */
+		balloon_shim_failed(sc, BALLOON_FAIL_WATCH_BARRIER, EBUSY);
+		if ((restart = balloon_watch_start(sc, true)) != 0)
+			balloon_shim_failed(sc, BALLOON_FAIL_WATCH_RESTART,
+			    restart);
+		return EBUSY;
+	}
 
 	/*
 	 * Give every ballooned page back. The worker thread stays, parked

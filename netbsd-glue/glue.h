@@ -100,7 +100,8 @@ struct balloon_meminfo {
 /* A failure of the shim's own, logged by the core (within its budget). */
 enum balloon_shim_failure {
 	BALLOON_FAIL_WORKER_RESTART = 1,	/* kthread_create after EBUSY */
-	BALLOON_FAIL_WATCH_RESTART = 2		/* register_xenbus_watch, same */
+	BALLOON_FAIL_WATCH_RESTART = 2,		/* register_xenbus_watch, same */
+	BALLOON_FAIL_WATCH_BARRIER = 3		/* unload: xenwatch did not answer */
 };
 
 /* What balloon_rs_step() asks the worker thread to do next. */

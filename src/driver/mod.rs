@@ -97,6 +97,10 @@ pub enum ShimFailure {
     /// The xenstore watch could not be registered again after a refused
     /// unload.
     WatchRestart,
+    /// Unload was refused: the xenwatch thread did not deliver the
+    /// barrier event in time, so a callback of the module may still be
+    /// pending (see the shim's `balloon_watch_barrier`).
+    WatchBarrier,
 }
 
 /// Counters only the driver sees.
@@ -345,6 +349,9 @@ impl Control {
         let what = match what {
             ShimFailure::WorkerRestart => "cannot restart the worker",
             ShimFailure::WatchRestart => "cannot watch memory/target again",
+            ShimFailure::WatchBarrier => {
+                "unload refused: the xenwatch thread did not answer, a callback may be pending"
+            }
         };
         self.say(
             p,

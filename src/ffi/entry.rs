@@ -396,6 +396,7 @@ pub unsafe extern "C" fn balloon_rs_shim_failed(
     let what = match what {
         sys::balloon_shim_failure_BALLOON_FAIL_WORKER_RESTART => ShimFailure::WorkerRestart,
         sys::balloon_shim_failure_BALLOON_FAIL_WATCH_RESTART => ShimFailure::WatchRestart,
+        sys::balloon_shim_failure_BALLOON_FAIL_WATCH_BARRIER => ShimFailure::WatchBarrier,
         _ => return,
     };
     core.shim_failed(&mut ShimPlatform, what, Errno(error), Uptime(now_ms));

@@ -234,3 +234,39 @@ fn a_target_written_before_the_first_read_still_gets_the_pvh_offset() {
     assert_eq!(quad(&d, "hw.balloon.current"), 192 * 1024);
     assert_eq!(d.snapshot().shutdown_requests, 1);
 }
+
+/// Issue 11, xenwatch: FINI may return only once no callback of the
+/// module can still run (xenbus_xs.c 1.22 `xenwatch_thread` calls
+/// callbacks of events it has already taken, with no lock and no check
+/// that the watch is still registered). While the single xenwatch thread
+/// is held in the kernel's own control/shutdown handler, the barrier's
+/// event cannot come: unload is refused with EBUSY and one line, the
+/// driver stays loaded and working, and once xenwatch moves on, unload
+/// succeeds and leaves nothing behind. Before the fix FINI gave up on the
+/// barrier after 10 s, unloaded anyway, and destroyed the mutex the late
+/// callback then waited on (the soak's "mutex_destroy: a thread is waiting
+/// for the mutex").
+#[test]
+fn unload_is_refused_while_xenwatch_cannot_answer_the_barrier() {
+    let d = loaded(Mode::Pv);
+    stall::arm("shutdown_watch", 0);
+    d.xenstore_write("control/shutdown", "poweroff");
+    assert_eq!(stall::wait_stalled(WAIT)[0].0, "shutdown_watch");
+    // A target queued behind the held handler: its callback has not run.
+    d.xenstore_write("memory/target", &(200 * 1024).to_string());
+    assert_eq!(d.modunload(), Err(16), "EBUSY while xenwatch is held");
+    assert!(
+        d.dmesg()
+            .iter()
+            .any(|l| l.contains("unload refused: the xenwatch thread did not answer")),
+        "one line says why: {:?}",
+        d.dmesg()
+    );
+    stall::release();
+    // Still loaded and working: the queued target is met.
+    settle_at(&d, 200);
+    d.xenstore_write("memory/target", &(256 * 1024).to_string());
+    settle_at(&d, 256);
+    assert_eq!(d.modunload(), Ok(()));
+    assert_eq!(d.snapshot().shutdown_requests, 1);
+}
