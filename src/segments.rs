@@ -365,29 +365,34 @@ impl FrameSpace {
                 });
             }
         }
-        // Per-segment counts, a segment at a time.
+        self.count_by_segment(frames, Pages::saturating_add);
+        Ok(())
+    }
+
+    /// Applies `op` (add or subtract) to the ballooned count of each
+    /// segment with the number of `frames` inside it, a segment at a
+    /// time (frames of one segment usually come together).
+    fn count_by_segment(&mut self, frames: &[Pfn], op: fn(Pages, Pages) -> Pages) {
         let mut run: Option<(u64, PfnRange, u64)> = None;
+        let flush = |space: &mut FrameSpace, run: Option<(u64, PfnRange, u64)>| {
+            if let Some((key, _, n)) = run {
+                if let Some(seg) = space.segments.get_mut(&key) {
+                    seg.ballooned = op(seg.ballooned, Pages(n));
+                }
+            }
+        };
         for &pfn in frames {
             match &mut run {
                 Some((_, range, n)) if range.contains(pfn) => *n += 1,
                 _ => {
-                    self.flush_count(run.take());
+                    flush(self, run.take());
                     run = self
                         .segment_of(pfn)
                         .map(|s| (s.range.start().0, s.range, 1));
                 }
             }
         }
-        self.flush_count(run);
-        Ok(())
-    }
-
-    fn flush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.segments.get_mut(&key) {
-                seg.ballooned = seg.ballooned.saturating_add(Pages(n));
-            }
-        }
+        flush(self, run);
     }
 
     /// Checks, changing nothing in the end, that
@@ -400,28 +405,8 @@ impl FrameSpace {
         for &pfn in frames {
             self.ballooned.remove_one(pfn);
         }
-        let mut run: Option<(u64, PfnRange, u64)> = None;
-        for &pfn in frames {
-            match &mut run {
-                Some((_, range, n)) if range.contains(pfn) => *n += 1,
-                _ => {
-                    self.unflush_count(run.take());
-                    run = self
-                        .segment_of(pfn)
-                        .map(|s| (s.range.start().0, s.range, 1));
-                }
-            }
-        }
-        self.unflush_count(run);
+        self.count_by_segment(frames, Pages::saturating_sub);
         Ok(())
-    }
-
-    fn unflush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.segments.get_mut(&key) {
-                seg.ballooned = seg.ballooned.saturating_sub(Pages(n));
-            }
-        }
     }
 
     /// Chooses up to `max` ballooned frames to take back from Xen: boot
