@@ -402,9 +402,7 @@ impl FrameSpace {
     /// refused. No allocation.
     pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
         self.record_inflated(frames)?;
-        for &pfn in frames {
-            self.ballooned.remove_one(pfn);
-        }
+        self.ballooned.remove_batch(frames);
         self.count_by_segment(frames, Pages::saturating_sub);
         Ok(())
     }
