@@ -30,8 +30,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::extents::{ExtentError, Extents};
-use crate::frameset::FrameBits;
+use crate::frameset::{FrameBits, FrameRuns};
 use crate::units::{Pages, Pfn, PfnRange};
 
 /// Where a segment came from.
@@ -167,7 +166,7 @@ pub struct FrameSpace {
     segments: BTreeMap<u64, Segment>,
     ballooned: FrameBits,
     /// Frames backed by Xen for a plug that did not happen.
-    stranded: Extents,
+    stranded: FrameRuns,
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
 }
@@ -179,7 +178,7 @@ impl FrameSpace {
         let mut space = FrameSpace {
             segments: BTreeMap::new(),
             ballooned: FrameBits::new(),
-            stranded: Extents::new(),
+            stranded: FrameRuns::new(),
             live: Pages::ZERO,
         };
         // The bitmap first: it is the large allocation, and it fails
@@ -339,6 +338,15 @@ impl FrameSpace {
     /// is recorded and the first offender is named. One bit per frame,
     /// any order; no allocation.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        self.mark_inflated(frames)?;
+        self.count_by_segment(frames, Pages::saturating_add);
+        Ok(())
+    }
+
+    /// Sets the bits of `frames` if every one is populated and appears
+    /// once; otherwise sets none and names the first offender. The
+    /// per-segment counts are left alone.
+    fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
         let mut cur: Option<Segment> = None;
         for (i, &pfn) in frames.iter().enumerate() {
             let seg = match cur.filter(|s| s.range.contains(pfn)) {
@@ -365,7 +373,6 @@ impl FrameSpace {
                 });
             }
         }
-        self.count_by_segment(frames, Pages::saturating_add);
         Ok(())
     }
 
@@ -401,9 +408,8 @@ impl FrameSpace {
     /// goes to Xen, so that the record after the hypercall cannot be
     /// refused. No allocation.
     pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        self.record_inflated(frames)?;
+        self.mark_inflated(frames)?;
         self.ballooned.remove_batch(frames);
-        self.count_by_segment(frames, Pages::saturating_sub);
         Ok(())
     }
 
@@ -473,9 +479,7 @@ impl FrameSpace {
                 for &done in &runs[..i] {
                     let _ = self.ballooned.insert(done);
                 }
-                let pfn = match e {
-                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
-                };
+                let pfn = e.pfn();
                 return Err(SegmentError::WrongState(pfn, self.state(pfn)));
             }
         }
@@ -560,8 +564,12 @@ impl FrameSpace {
             }
             return Err(SegmentError::Overlap(range));
         }
-        if let Some(taken) = self.stranded.clipped(range).next() {
+        if let Some(taken) = self.stranded.overlapping(range) {
             return Err(SegmentError::Overlap(taken));
+        }
+        // Its abandonment must be able to record what it left backed.
+        if !self.stranded.has_room() {
+            return Err(SegmentError::NoMemory);
         }
         self.ballooned
             .try_cover(range.end())
@@ -659,9 +667,7 @@ impl FrameSpace {
                 for &done in &runs[..i] {
                     let _ = self.stranded.insert(done);
                 }
-                let pfn = match e {
-                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
-                };
+                let pfn = e.pfn();
                 return Err(SegmentError::WrongState(pfn, self.state(pfn)));
             }
         }
