@@ -12,6 +12,29 @@
 //! Deflate takes frames lowest first; a cursor (`low`, the lowest word
 //! that may hold a set bit) keeps that from rescanning the empty low
 //! part of the span each time.
+//!
+//! Why a plain bitmap (issue 13 goal 2, issue 15): `cargo bench --bench
+//! bookkeeping --features bench-roaring` runs three candidates on the
+//! same frames. A run/bitmap hybrid (a word per 256 MiB group, a table
+//! of 2 MiB chunks for mixed groups, a 64-byte bitmap per mixed chunk)
+//! holds tens of bytes per ballooned GiB for contiguous frames, but its
+//! storage grows when a chunk turns mixed, so a step allocates (3-37
+//! allocations per 8192-frame step in the bench), and issue 15 forbids
+//! any allocation in a step: storage may grow only at attach or before a
+//! plug is backed. Reserving the hybrid's worst case there is exactly
+//! this bitmap's memory (one bit per frame) plus its tables. `roaring`
+//! (0.12, `default-features = false`) builds for x86_64-unknown-none with
+//! no SIMD or float instruction in its code, but allocates per container
+//! on every step (14-43 per step), is 2-20 times slower here in
+//! fragmented orders, and needs u32 frame numbers. So the store is this
+//! bitmap: no allocation after it is grown, the fastest of the three,
+//! and 1 bit per frame of span in every order. The cost is the
+//! contiguous case: 64 KiB per ballooned GiB at half the domain, not the
+//! 1 KiB issue 13 asks. What would close it without breaking issue 15:
+//! keep a mixed chunk's bitmap in one of the pages the step is handling
+//! (a frame of the inflate batch kept back, or one just repopulated by a
+//! deflate), so that storage comes with the frames rather than from
+//! kmem; that needs the shim to map those pages for the core.
 
 use alloc::collections::TryReserveError;
 use alloc::vec::Vec;

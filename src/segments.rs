@@ -338,20 +338,32 @@ impl FrameSpace {
     /// is recorded and the first offender is named. One bit per frame,
     /// any order; no allocation.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        self.mark_inflated(frames)?;
-        self.count_by_segment(frames, Pages::saturating_add);
+        match self.mark_inflated(frames)? {
+            // All in one segment (the usual case): no second pass.
+            Some(key) => {
+                if let Some(seg) = self.segments.get_mut(&key) {
+                    seg.ballooned = seg.ballooned.saturating_add(Pages(frames.len() as u64));
+                }
+            }
+            None => self.count_by_segment(frames),
+        }
         Ok(())
     }
 
     /// Sets the bits of `frames` if every one is populated and appears
     /// once; otherwise sets none and names the first offender. The
-    /// per-segment counts are left alone.
-    fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+    /// per-segment counts are left alone. Returns the key of the one
+    /// segment holding every frame, if there is one.
+    fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<Option<u64>, SegmentError> {
         let mut cur: Option<Segment> = None;
+        let mut lookups = 0usize;
         for (i, &pfn) in frames.iter().enumerate() {
             let seg = match cur.filter(|s| s.range.contains(pfn)) {
                 Some(s) => Some(s),
-                None => self.segment_of(pfn).copied(),
+                None => {
+                    lookups += 1;
+                    self.segment_of(pfn).copied()
+                }
             };
             cur = seg;
             let refused = match seg {
@@ -361,9 +373,7 @@ impl FrameSpace {
                 Some(_) => None,
             };
             if let Some(state) = refused {
-                for &done in frames.get(..i).unwrap_or(&[]) {
-                    self.ballooned.remove_one(done);
-                }
+                self.ballooned.remove_batch(frames.get(..i).unwrap_or(&[]));
                 // Set before this batch, or earlier in this batch.
                 return Err(match state {
                     FrameState::Ballooned if !self.ballooned.contains(pfn) => {
@@ -373,18 +383,18 @@ impl FrameSpace {
                 });
             }
         }
-        Ok(())
+        Ok(cur.filter(|_| lookups == 1).map(|s| s.range.start().0))
     }
 
-    /// Applies `op` (add or subtract) to the ballooned count of each
-    /// segment with the number of `frames` inside it, a segment at a
-    /// time (frames of one segment usually come together).
-    fn count_by_segment(&mut self, frames: &[Pfn], op: fn(Pages, Pages) -> Pages) {
+    /// Adds to the ballooned count of each segment the number of
+    /// `frames` inside it, a segment at a time (frames of one segment
+    /// usually come together).
+    fn count_by_segment(&mut self, frames: &[Pfn]) {
         let mut run: Option<(u64, PfnRange, u64)> = None;
         let flush = |space: &mut FrameSpace, run: Option<(u64, PfnRange, u64)>| {
             if let Some((key, _, n)) = run {
                 if let Some(seg) = space.segments.get_mut(&key) {
-                    seg.ballooned = op(seg.ballooned, Pages(n));
+                    seg.ballooned = seg.ballooned.saturating_add(Pages(n));
                 }
             }
         };
