@@ -1414,4 +1414,3 @@ mod tests {
         assert_eq!(decode_hex("zz"), None);
     }
 }
-
