@@ -8,11 +8,26 @@
  * tree, and one small wrapper per kernel service the Rust core uses
  * (glue.h). It holds no policy: every decision is the core's.
  *
- * Locking: sc_lock (adaptive, IPL_NONE) protects the core. Every
- * balloon_rs_* call is made with it held, from thread context: the
- * worker thread, the xenwatch thread (watch callback), a process doing
- * sysctl, or modload/modunload. A step the worker carries out is bounded
- * by one batch of frames, so others wait on the lock for at most that.
+ * Locking. sc_lock (adaptive, IPL_NONE) protects the core's control
+ * half (targets, knobs, limits, bookkeeping, figures, state, log budget,
+ * counters) and the softc's flags. It is only ever held for short
+ * critical sections: no hypercall, scrub, page allocation or plug runs
+ * under it. The xenwatch thread (watch callback), a process doing sysctl
+ * (which holds sysctl_treelock, as the writer for a write, while its
+ * handler waits: kern_sysctl.c 1.257) and modload/modunload call the
+ * balloon_rs_* entries with it held.
+ *
+ * A step is carried out by one thread at a time: the worker thread, or
+ * unload's release while the worker is parked (sc_hold; the worker says
+ * it is between steps with sc_stepping false). balloon_rs_step and
+ * balloon_rs_release are called WITHOUT sc_lock; the core takes it
+ * (balloon_shim_core_lock) to snapshot the target and knobs and decide
+ * the step, and again to publish its result. So the single xenwatch
+ * thread, which also serves the kernel's shutdown and device watches
+ * (xenbus_xs.c xenwatch_thread), and sysctl never wait for a batch of
+ * scrubs, a hypercall or a 128 MiB plug. A target or knob that arrives
+ * during a step sets sc_kicked, so the worker asks the core again before
+ * it sleeps.
  */
 
 #include "balloon_kernel.h"
@@ -33,6 +48,9 @@ struct balloon_softc {
 	kcondvar_t		 sc_cv;		/* worker waits; callbacks drain */
 	lwp_t			*sc_worker;
 	bool			 sc_dying;	/* worker must exit */
+	bool			 sc_stepping;	/* the worker is inside a step */
+	bool			 sc_hold;	/* unload steps: worker parks */
+	bool			 sc_kicked;	/* target or knob changed */
 	bool			 sc_watching;	/* watch callbacks may act */
 	bool			 sc_watch_registered; /* sc_watch is on xenbus's list */
 	bool			 sc_barrier_done; /* sc_barrier's first event came */
@@ -53,6 +71,35 @@ struct balloon_softc {
 static struct balloon_softc balloon_softc;
 
 static char balloon_watch_node[] = "memory/target";
+
+/* --- the core's lock (glue.h) --- */
+
+void
+balloon_shim_core_lock(void)
+{
+
+	mutex_enter(&balloon_softc.sc_lock);
+}
+
+void
+balloon_shim_core_unlock(void)
+{
+
+	mutex_exit(&balloon_softc.sc_lock);
+}
+
+/*
+ * Wakes the worker: a target or knob changed. Called with sc_lock held.
+ * sc_kicked makes a worker that is inside a step ask the core again
+ * before it sleeps.
+ */
+static void
+balloon_kick(struct balloon_softc *sc)
+{
+
+	sc->sc_kicked = true;
+	cv_broadcast(&sc->sc_cv);
+}
 
 /* --- kernel services for the core (glue.h) --- */
 
@@ -323,7 +370,28 @@ balloon_limit_refresh(struct balloon_softc *sc)
 	 * core what to do. Without it the driver said "deflating" and slept
 	 * for good (found by the soak).
 	 */
-	cv_broadcast(&sc->sc_cv);
+	balloon_kick(sc);
+	mutex_exit(&sc->sc_lock);
+}
+
+/*
+ * memory/target as it is at load, before the worker can move the
+ * reservation read just before: a PVH guest's toolstack offset is fixed
+ * from the two (balloon_rs_load_target()), since the module's first watch
+ * event may already carry a newer target (Linux fixes target_diff at its
+ * first event, drivers/xen/xen-balloon.c @06236046, which for a built-in
+ * driver comes at boot).
+ */
+static void
+balloon_load_target(struct balloon_softc *sc)
+{
+	char v[BALLOON_XS_VALUE_LEN];
+
+	memset(v, 0, sizeof(v));
+	if (xenbus_read(NULL, "memory", "target", v, sizeof(v) - 1) != 0)
+		return;
+	mutex_enter(&sc->sc_lock);
+	(void)balloon_rs_load_target(sc->sc_rs, v, sizeof(v));
 	mutex_exit(&sc->sc_lock);
 }
 
@@ -357,14 +425,6 @@ balloon_toolstack_refresh(struct balloon_softc *sc)
 	(void)balloon_advertise();
 }
 
-/* Wakes the worker: a target or knob changed. Called with sc_lock held. */
-static void
-balloon_kick(struct balloon_softc *sc)
-{
-
-	cv_broadcast(&sc->sc_cv);
-}
-
 /* --- the worker thread --- */
 
 static void
@@ -377,14 +437,24 @@ balloon_worker(void *arg)
 
 	mutex_enter(&sc->sc_lock);
 	while (!sc->sc_dying) {
-		wait_ms = 0;
-		st = balloon_rs_step(sc->sc_rs, balloon_uptime_ms(), &wait_ms);
-		if (st == BALLOON_STEP_AGAIN) {
-			/* Let sysctl and the watch in between two batches. */
-			mutex_exit(&sc->sc_lock);
-			mutex_enter(&sc->sc_lock);
+		/* Unload is giving everything back: stay out of its way. */
+		if (sc->sc_hold) {
+			cv_wait(&sc->sc_cv, &sc->sc_lock);
 			continue;
 		}
+		sc->sc_stepping = true;
+		sc->sc_kicked = false;
+		mutex_exit(&sc->sc_lock);
+		/* The core takes sc_lock itself, around decision and result. */
+		wait_ms = 0;
+		st = balloon_rs_step(sc->sc_rs, balloon_uptime_ms(), &wait_ms);
+		mutex_enter(&sc->sc_lock);
+		sc->sc_stepping = false;
+		if (sc->sc_hold)
+			cv_broadcast(&sc->sc_cv);	/* balloon_fini() waits */
+		/* Another batch, or a target or knob came during the step. */
+		if (st == BALLOON_STEP_AGAIN || sc->sc_kicked)
+			continue;
 		ticks = 0;	/* 0: until woken */
 		if (st == BALLOON_STEP_SLEEP) {
 			wait_ms = MIN(wait_ms, BALLOON_MAX_WAIT_MS);
@@ -457,7 +527,7 @@ balloon_watch_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 	 * Wakes the worker (a new target, or a log line held for later: it
 	 * works out when to print it) and balloon_watch_stop().
 	 */
-	cv_broadcast(&sc->sc_cv);
+	balloon_kick(sc);
 	mutex_exit(&sc->sc_lock);
 }
 
@@ -1046,6 +1116,7 @@ balloon_init(void)
 	if (error != 0)
 		goto fail_lock;
 	balloon_limit_refresh(sc);
+	balloon_load_target(sc);
 
 	error = balloon_sysctl_init(sc, growth);
 	if (error != 0) {
@@ -1103,17 +1174,23 @@ balloon_fini(void)
 	balloon_watch_stop(sc);
 
 	/*
-	 * Give every ballooned page back. The worker thread keeps running:
-	 * it steps only with sc_lock held, so it waits meanwhile, and a
-	 * refused unload then needs no new thread (kthread_create may fail,
-	 * and a module left without its worker would never move again).
+	 * Give every ballooned page back. The worker thread stays, parked
+	 * between two steps (sc_hold) while the release steps in its place,
+	 * so a refused unload needs no new thread (kthread_create may fail,
+	 * and a module left without its worker would never move again). The
+	 * release runs without sc_lock, like a step: sysctl goes on.
 	 */
 	mutex_enter(&sc->sc_lock);
+	sc->sc_hold = true;
+	while (sc->sc_stepping)
+		cv_wait(&sc->sc_cv, &sc->sc_lock);
+	mutex_exit(&sc->sc_lock);
 	error = balloon_rs_release(sc->sc_rs, balloon_uptime_ms());
-	if (error == 0) {
+	mutex_enter(&sc->sc_lock);
+	sc->sc_hold = false;
+	if (error == 0)
 		sc->sc_dying = true;
-		cv_broadcast(&sc->sc_cv);
-	}
+	balloon_kick(sc);
 	mutex_exit(&sc->sc_lock);
 	if (error != 0) {
 		/*

@@ -5,12 +5,20 @@
  * balloon.kmod. sys/ generates the Rust side from this file with bindgen.
  *
  * Two directions:
- *   balloon_rs_*    Rust entry points the shim calls. All are called with
- *                   the shim's softc lock held, from thread context, so
- *                   the core never sees two callers at once.
+ *   balloon_rs_*    Rust entry points the shim calls, from thread
+ *                   context. All but balloon_rs_step and
+ *                   balloon_rs_release are called with the shim's softc
+ *                   lock (sc_lock) held. Those two are called WITHOUT it,
+ *                   by one thread at a time (the worker thread, or unload
+ *                   once the worker is parked), and take it themselves
+ *                   through balloon_shim_core_lock/unlock for short
+ *                   critical sections: no hypercall, scrub, page
+ *                   allocation or plug runs with sc_lock held.
  *   balloon_shim_*  one small C wrapper per kernel service, called by the
- *                   core while it carries out a step. None of them sleeps
- *                   for long or takes the softc lock.
+ *                   core while it carries out a step. Only
+ *                   balloon_shim_log and (for an inflate the bookkeeping
+ *                   refused) balloon_shim_pages_free may run with sc_lock
+ *                   held; none but balloon_shim_core_lock takes it.
  *
  * Units are in the names: *_pages counts 4 KiB pages, *_kib KiB, *pfn a
  * guest page frame number, *mfn a machine frame number, *_ms milliseconds.
@@ -150,7 +158,10 @@ int	balloon_rs_attach(const struct balloon_boot_info *,
 	    struct balloon_rs **rsp);
 /* Frees the core. */
 void	balloon_rs_detach(struct balloon_rs *);
-/* Carries out at most one step at now_ms; says when to call again. */
+/*
+ * Carries out at most one step at now_ms; says when to call again. Called
+ * without sc_lock, by the one thread allowed to step (see above).
+ */
 enum balloon_step_status balloon_rs_step(struct balloon_rs *, uint64_t now_ms,
 	    uint64_t *wait_ms);
 /*
@@ -176,6 +187,13 @@ void	balloon_rs_shim_failed(struct balloon_rs *, enum balloon_shim_failure,
  */
 int	balloon_rs_set_limit(struct balloon_rs *, uint64_t max_reservation_pages,
 	    const char *static_max, size_t len);
+/*
+ * memory/target as read at load, right after the reservation (KiB text,
+ * NUL padding ends it): a PVH guest's toolstack offset is fixed from the
+ * two when they agree. An errno for an unreadable value; nothing changes.
+ */
+int	balloon_rs_load_target(struct balloon_rs *, const char *target,
+	    size_t len);
 /* Reads a value; EINVAL for an unknown one. KiB sizes as xl counts them. */
 int	balloon_rs_get(struct balloon_rs *, enum balloon_value, uint64_t *);
 /*
@@ -190,7 +208,7 @@ size_t	balloon_rs_text(struct balloon_rs *, enum balloon_text, char *buf,
  * Gives every ballooned frame back to the domain before unload (fully
  * ballooned plugged segments are unplugged instead). 0 when nothing is
  * left ballooned; EBUSY, with the reason logged, when Xen could not give
- * all of it back.
+ * all of it back. Called without sc_lock, while the worker does not step.
  */
 int	balloon_rs_release(struct balloon_rs *, uint64_t now_ms);
 
@@ -236,6 +254,12 @@ void	balloon_shim_log(const char *msg, size_t len);
 /* kmem_alloc(size, KM_SLEEP) / kmem_free. */
 void	*balloon_shim_kmem_alloc(size_t size);
 void	balloon_shim_kmem_free(void *p, size_t size);
+/*
+ * mutex_enter / mutex_exit of the softc lock (sc_lock), for the short
+ * critical sections of balloon_rs_step and balloon_rs_release.
+ */
+void	balloon_shim_core_lock(void);
+void	balloon_shim_core_unlock(void);
 /* panic(9) with the message; does not return. */
 void	balloon_shim_panic(const char *msg, size_t len) __attribute__((__noreturn__));
 

@@ -110,15 +110,15 @@ pub struct DriverStats {
     pub lines_suppressed: u64,
 }
 
-/// The worker plus the buffers and mode a step needs.
+/// The half of the driver that the watch callback, the sysctl handlers
+/// and unload share with the step: targets, knobs, limits, the frame
+/// bookkeeping the figures are read from, the state text, the log budget
+/// and the counters. The shim keeps it behind `sc_lock`; each use is one
+/// short critical section (no hypercall, scrub or plug inside).
 #[derive(Debug)]
-pub struct Driver {
+pub struct Control {
     worker: Worker,
     mode: GuestMode,
-    pfns: Vec<u64>,
-    frames: Vec<u64>,
-    /// The frames of an inflate as the bookkeeping takes them.
-    given: Vec<Pfn>,
     stats: DriverStats,
     /// What was last reported to the log (state, target, memory held), so
     /// each outcome is said once.
@@ -134,25 +134,129 @@ pub struct Driver {
     xenstore_last: Option<Kib>,
 }
 
+/// The half only the thread carrying out a step touches (the worker
+/// thread, or unload's release, never both at once): the frame buffers
+/// of the step in flight. It is used without `sc_lock`; what a step
+/// decides and what it did go through [`Shared`].
+#[derive(Debug)]
+pub struct Exec {
+    mode: GuestMode,
+    pfns: Vec<u64>,
+    frames: Vec<u64>,
+    /// The frames of an inflate as the bookkeeping takes them.
+    given: Vec<Pfn>,
+    /// Hypercalls and pages zeroed by the step in flight, published with
+    /// its result.
+    hypercalls: u64,
+    scrubbed: u64,
+}
+
+/// The [`Control`] half as a step reaches it: one short critical section
+/// per call (the shim's `sc_lock` held for the closure only).
+pub trait Shared {
+    /// Runs `f` on the control half under its lock.
+    fn locked<R>(&mut self, f: impl FnOnce(&mut Control) -> R) -> R;
+}
+
+/// A control half owned outright needs no lock (tests, and one thread).
+impl Shared for Control {
+    fn locked<R>(&mut self, f: impl FnOnce(&mut Control) -> R) -> R {
+        f(self)
+    }
+}
+
+/// Both halves in one value, for single-threaded use (the tests).
+#[derive(Debug)]
+pub struct Driver {
+    control: Control,
+    exec: Exec,
+}
+
 impl Driver {
     /// A driver for `worker` in `mode`. The frame buffers are allocated
     /// here, once, at their largest.
     pub fn new(worker: Worker, mode: GuestMode) -> Driver {
         Driver {
-            worker,
-            mode,
-            pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
-            frames: Vec::with_capacity(MAX_BATCH.0 as usize),
-            given: Vec::with_capacity(MAX_BATCH.0 as usize),
-            stats: DriverStats::default(),
-            reported: None,
-            budget: LogBudget::default(),
-            held: None,
-            dropped: 0,
-            xenstore_last: None,
+            control: Control {
+                worker,
+                mode,
+                stats: DriverStats::default(),
+                reported: None,
+                budget: LogBudget::default(),
+                held: None,
+                dropped: 0,
+                xenstore_last: None,
+            },
+            exec: Exec {
+                mode,
+                pfns: Vec::with_capacity(MAX_BATCH.0 as usize),
+                frames: Vec::with_capacity(MAX_BATCH.0 as usize),
+                given: Vec::with_capacity(MAX_BATCH.0 as usize),
+                hypercalls: 0,
+                scrubbed: 0,
+            },
         }
     }
 
+    /// The two halves, to be kept under different locks.
+    pub fn split(self) -> (Control, Exec) {
+        (self.control, self.exec)
+    }
+
+    /// The worker (policy, bookkeeping, stats).
+    pub fn worker(&self) -> &Worker {
+        &self.control.worker
+    }
+
+    /// The worker, to set targets and knobs.
+    pub fn worker_mut(&mut self) -> &mut Worker {
+        &mut self.control.worker
+    }
+
+    /// Counters of the driver itself.
+    pub fn stats(&self) -> DriverStats {
+        self.control.stats
+    }
+
+    /// The guest mode.
+    pub fn mode(&self) -> GuestMode {
+        self.control.mode
+    }
+
+    /// See [`Control::xenstore_event`].
+    pub fn xenstore_event<P: Platform>(
+        &mut self,
+        p: &mut P,
+        read: Result<&[u8], Errno>,
+        resync: bool,
+        now: Uptime,
+    ) -> Result<(), Errno> {
+        self.control.xenstore_event(p, read, resync, now)
+    }
+
+    /// See [`Control::shim_failed`].
+    pub fn shim_failed<P: Platform>(
+        &mut self,
+        p: &mut P,
+        what: ShimFailure,
+        error: Errno,
+        now: Uptime,
+    ) {
+        self.control.shim_failed(p, what, error, now)
+    }
+
+    /// See [`Exec::step`].
+    pub fn step<P: Platform>(&mut self, p: &mut P, now: Uptime) -> StepStatus {
+        self.exec.step(p, &mut self.control, now)
+    }
+
+    /// See [`Exec::release`].
+    pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
+        self.exec.release(p, &mut self.control, now)
+    }
+}
+
+impl Control {
     /// The worker (policy, bookkeeping, stats).
     pub fn worker(&self) -> &Worker {
         &self.worker
@@ -240,45 +344,53 @@ impl Driver {
         );
     }
 
-    /// Asks the worker for the next action at `now` and carries it out.
-    pub fn step<P: Platform>(&mut self, p: &mut P, now: Uptime) -> StepStatus {
-        self.flush_held(p, now);
-        let mem = p.meminfo();
-        let status = match self.worker.next_action(now, mem) {
-            Ok(Action::Idle) => StepStatus::Idle,
-            Ok(Action::Sleep { until }) => StepStatus::Sleep(until.0.saturating_sub(now.0).max(1)),
-            Ok(action) => {
-                if let Err(e) = self.carry_out(p, action, now) {
-                    let line = if self.worker.stopped() {
-                        LogLine::format(format_args!("stopped: {}: {e:?}", self.worker.state()))
-                    } else {
-                        LogLine::format(format_args!("internal error, step dropped: {e:?}"))
-                    };
-                    self.say(p, now, line);
-                }
-                StepStatus::Again
-            }
-            Err(e) => {
-                self.say(
-                    p,
-                    now,
-                    LogLine::format(format_args!("internal error: {e:?}")),
-                );
-                StepStatus::Idle
-            }
-        };
-        if status == StepStatus::Again {
-            return status;
-        }
+    /// A step with nothing (more) to carry out ends with `status`: the
+    /// outcome is reported, a held line gets its wake-up, and whether the
+    /// worker is idle is said from the same critical section.
+    fn finish<P: Platform>(
+        &mut self,
+        p: &mut P,
+        now: Uptime,
+        status: StepStatus,
+    ) -> (StepStatus, bool) {
         self.report(p, now);
+        let idle = self.worker.state() == State::Idle;
         // A held line needs a wake-up when the window reopens.
         let Some(at) = self.budget.reopens_at().filter(|_| self.held.is_some()) else {
-            return status;
+            return (status, idle);
         };
         let wake = at.0.saturating_sub(now.0).max(1);
-        match status {
+        let status = match status {
             StepStatus::Sleep(ms) => StepStatus::Sleep(ms.min(wake)),
             _ => StepStatus::Sleep(wake),
+        };
+        (status, idle)
+    }
+
+    /// A step's result could not be taken, or its pages were refused.
+    /// Out of line: its line's buffer stays off the step's stack.
+    #[inline(never)]
+    fn step_failed<P: Platform>(&mut self, p: &mut P, now: Uptime, e: WorkerError) {
+        let line = if self.worker.stopped() {
+            LogLine::format(format_args!("stopped: {}: {e:?}", self.worker.state()))
+        } else {
+            LogLine::format(format_args!("internal error, step dropped: {e:?}"))
+        };
+        self.say(p, now, line);
+    }
+
+    /// Publishes what a step did: its counters and its result.
+    fn publish<P: Platform>(
+        &mut self,
+        p: &mut P,
+        (hypercalls, scrubbed): (u64, u64),
+        result: StepResult<'_>,
+        now: Uptime,
+    ) {
+        self.stats.hypercalls = self.stats.hypercalls.saturating_add(hypercalls);
+        self.stats.scrubbed = self.stats.scrubbed.saturating_add(scrubbed);
+        if let Err(e) = self.worker.complete(result, now) {
+            self.step_failed(p, now, e);
         }
     }
 
@@ -329,7 +441,9 @@ impl Driver {
     }
 
     /// Prints the count of dropped lines, then the held line, if any,
-    /// whatever the budget says: the module is going away.
+    /// whatever the budget says: the module is going away. Out of line:
+    /// the held line's buffer stays off the release's stack.
+    #[inline(never)]
     fn print_held<P: Platform>(&mut self, p: &mut P) {
         self.print_dropped(p);
         if let Some(line) = self.held.take() {
@@ -337,6 +451,8 @@ impl Driver {
         }
     }
 
+    /// Out of line: its line's buffer stays off the callers' stacks.
+    #[inline(never)]
     fn print_dropped<P: Platform>(&mut self, p: &mut P) {
         if self.dropped > 0 {
             p.log(
@@ -347,41 +463,30 @@ impl Driver {
         }
     }
 
-    /// Gives every ballooned frame back before unload, stepping until none
-    /// is left (Ok) or a step falls short (Err(EBUSY)). Either way the
-    /// worker then steers to its target again: after Ok the module
-    /// unloads, after EBUSY it stays and goes on working.
-    pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
-        if self.worker.stopped() {
-            // The bookkeeping no longer knows which frames are whose: a
-            // release could give pages to UVM twice or leave frames in
-            // Xen unaccounted. The module stays.
-            let line = LogLine::format(format_args!("cannot unload: {}", self.worker.state()));
-            self.say(p, now, line);
-            return Err(Errno::EBUSY);
-        }
-        self.worker.begin_release();
-        loop {
-            match self.step(p, now) {
-                StepStatus::Again => continue,
-                // Idle, or asleep only to print a held log line later.
-                StepStatus::Idle => return self.released(p),
-                StepStatus::Sleep(_) if self.worker.state() == State::Idle => {
-                    return self.released(p)
-                }
-                StepStatus::Sleep(_) => {
-                    let line = self.release_refused();
-                    self.say(p, now, line);
-                    self.worker.end_release();
-                    return Err(Errno::EBUSY);
-                }
-            }
-        }
+    /// The worker asked for something it cannot do (a bookkeeping bug).
+    /// Out of line: its line's buffer stays off the step's stack.
+    #[inline(never)]
+    fn internal_error<P: Platform>(&mut self, p: &mut P, now: Uptime, e: WorkerError) {
+        let line = LogLine::format(format_args!("internal error: {e:?}"));
+        self.say(p, now, line);
     }
 
-    /// Why a release stopped short, for the log: what the step that fell
-    /// short was.
-    fn release_refused(&self) -> LogLine {
+    /// Unload refused: the worker stopped for good. Out of line, as above.
+    #[inline(never)]
+    fn cannot_unload<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        let line = LogLine::format(format_args!("cannot unload: {}", self.worker.state()));
+        self.say(p, now, line);
+    }
+
+    /// Why a release stopped short, for the log. Out of line, as above.
+    #[inline(never)]
+    fn release_refused<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        let line = self.release_refused_line();
+        self.say(p, now, line);
+    }
+
+    /// Why a release stopped short: what the step that fell short was.
+    fn release_refused_line(&self) -> LogLine {
         let kib = |x: Pages| x.saturating_kib().0;
         let frames = self.worker.frames();
         if !frames.stranded().is_zero() {
@@ -410,19 +515,201 @@ impl Driver {
         Ok(())
     }
 
-    fn carry_out<P: Platform>(
+    /// The bookkeeping refused the pages UVM gave for an inflate (`pfns`),
+    /// before any went to Xen: each page goes back to UVM once, except
+    /// those the bookkeeping says the driver holds already (ballooned),
+    /// which are kept: freeing them could put one page on the free lists
+    /// twice. `scratch` is the step's spare frame buffer.
+    fn undo_refused_alloc<P: Platform>(&self, p: &mut P, pfns: &[u64], scratch: &mut Vec<u64>) {
+        scratch.clear();
+        scratch.extend_from_slice(pfns);
+        crate::sort::sort(scratch);
+        scratch.dedup();
+        let space = self.worker.frames();
+        scratch.retain(|&f| space.state(Pfn(f)) != crate::segments::FrameState::Ballooned);
+        p.free_pages(scratch);
+    }
+
+    /// "giving up on target": the reason as hw.balloon.state gives it,
+    /// with the last shortfall for "retries exhausted". Out of line: its
+    /// two buffers stay off the stack of the line's printing.
+    #[inline(never)]
+    fn giving_up_line(&self, state: State, target: Pages) -> LogLine {
+        let kib = |x: Pages| x.saturating_kib().0;
+        let text = LogLine::format(format_args!("{state}"));
+        let text = text.as_str();
+        LogLine::format(format_args!(
+            "giving up on target {} KiB at {} KiB: {}",
+            kib(self.worker.as_toolstack(target)),
+            kib(self.worker.as_toolstack(self.worker.current())),
+            text.strip_prefix("cancelled: ").unwrap_or(text)
+        ))
+    }
+
+    /// One log line when the worker reaches its target or gives up, not
+    /// one per batch: called when the worker has nothing more to do.
+    #[inline(never)]
+    fn report<P: Platform>(&mut self, p: &mut P, now: Uptime) {
+        let state = self.worker.state();
+        let target = self.worker.target();
+        // A request that changes nothing (the same target again, at it)
+        // says nothing new.
+        let key = (state, target, self.worker.current());
+        if self.reported == Some(key) {
+            return;
+        }
+        let kib = |x: Pages| x.saturating_kib().0;
+        let line: Option<LogLine> = match state {
+            // Unloading: the target no longer counts.
+            State::Idle if self.worker.releasing() => Some(LogLine::format(format_args!(
+                "returned all ballooned memory: {} KiB",
+                kib(self.worker.as_toolstack(self.worker.current()))
+            ))),
+            // Sizes as the toolstack counts them (memory/target).
+            State::Idle => Some(LogLine::format(format_args!(
+                "at target: {} KiB ({} KiB ballooned)",
+                kib(self.worker.as_toolstack(self.worker.current())),
+                kib(self.worker.frames().ballooned())
+            ))),
+            // docs/kernel-growth.md section 8: one line with the reason.
+            State::Cancelled(CancelReason::Clipped(g)) => Some(LogLine::format(format_args!(
+                "target {} KiB clipped to {} KiB: {}",
+                kib(self.worker.as_toolstack(target)),
+                kib(self.worker.as_toolstack(self.worker.current())),
+                g.refusal().unwrap_or("growth refused")
+            ))),
+            State::Cancelled(_) => Some(self.giving_up_line(state, target)),
+            _ => None,
+        };
+        if let Some(line) = line {
+            self.say(p, now, line);
+            self.reported = Some(key);
+        }
+    }
+}
+
+impl Exec {
+    /// Asks the worker for the next action at `now` and carries it out:
+    /// the decision (a snapshot of target, knobs and bookkeeping) and the
+    /// result each in one short critical section of `s`, the hypercalls,
+    /// scrubbing, page allocation and plugging between them with no lock.
+    pub fn step<P: Platform, S: Shared>(
         &mut self,
         p: &mut P,
+        s: &mut S,
+        now: Uptime,
+    ) -> StepStatus {
+        self.step_idle(p, s, now).0
+    }
+
+    /// A step, and whether the worker was idle when it ended (decided in
+    /// the same critical section as the status).
+    fn step_idle<P: Platform, S: Shared>(
+        &mut self,
+        p: &mut P,
+        s: &mut S,
+        now: Uptime,
+    ) -> (StepStatus, bool) {
+        let mem = p.meminfo();
+        let pfns = &mut self.pfns;
+        let next = s.locked(|c| {
+            c.flush_held(p, now);
+            match c.worker.next_action(now, mem) {
+                Ok(Action::Idle) => Err(c.finish(p, now, StepStatus::Idle)),
+                Ok(Action::Sleep { until }) => {
+                    let ms = until.0.saturating_sub(now.0).max(1);
+                    Err(c.finish(p, now, StepStatus::Sleep(ms)))
+                }
+                Ok(action) => {
+                    // A deflate's frames are read from the bookkeeping
+                    // here, under the lock; only this thread changes them.
+                    if let Action::Deflate { from, count } = action {
+                        pfns.clear();
+                        let n = count.min(MAX_BATCH).0 as usize;
+                        pfns.extend(c.worker.frames().ballooned_from(from).take(n).map(|f| f.0));
+                    }
+                    Ok(action)
+                }
+                Err(e) => {
+                    c.internal_error(p, now, e);
+                    Err(c.finish(p, now, StepStatus::Idle))
+                }
+            }
+        });
+        match next {
+            Ok(action) => {
+                self.carry_out(p, s, action, now);
+                (StepStatus::Again, false)
+            }
+            Err(done) => done,
+        }
+    }
+
+    /// Gives every ballooned frame back before unload, stepping until none
+    /// is left (Ok) or a step falls short (Err(EBUSY)). Either way the
+    /// worker then steers to its target again: after Ok the module
+    /// unloads, after EBUSY it stays and goes on working. The caller holds
+    /// the right to step (no worker step runs meanwhile); sysctl goes on.
+    pub fn release<P: Platform, S: Shared>(
+        &mut self,
+        p: &mut P,
+        s: &mut S,
+        now: Uptime,
+    ) -> Result<(), Errno> {
+        let stopped = s.locked(|c| {
+            if c.worker.stopped() {
+                // The bookkeeping no longer knows which frames are whose:
+                // a release could give pages to UVM twice or leave frames
+                // in Xen unaccounted. The module stays.
+                c.cannot_unload(p, now);
+                return true;
+            }
+            c.worker.begin_release();
+            false
+        });
+        if stopped {
+            return Err(Errno::EBUSY);
+        }
+        loop {
+            match self.step_idle(p, s, now) {
+                (StepStatus::Again, _) => continue,
+                // Idle, or asleep only to print a held log line later.
+                (StepStatus::Idle, _) | (StepStatus::Sleep(_), true) => {
+                    return s.locked(|c| c.released(p))
+                }
+                (StepStatus::Sleep(_), false) => {
+                    return s.locked(|c| {
+                        c.release_refused(p, now);
+                        c.worker.end_release();
+                        Err(Errno::EBUSY)
+                    })
+                }
+            }
+        }
+    }
+
+    /// The step's counters, taken for publishing.
+    fn counts(&mut self) -> (u64, u64) {
+        (
+            core::mem::take(&mut self.hypercalls),
+            core::mem::take(&mut self.scrubbed),
+        )
+    }
+
+    fn carry_out<P: Platform, S: Shared>(
+        &mut self,
+        p: &mut P,
+        s: &mut S,
         action: Action,
         now: Uptime,
-    ) -> Result<(), WorkerError> {
+    ) {
         match action {
             Action::Inflate {
                 count,
                 prefer,
                 scrub,
-            } => self.inflate(p, count, prefer, scrub, now),
-            Action::Deflate { from, count } => self.deflate(p, from, count, now),
+            } => self.inflate(p, s, count, prefer, scrub, now),
+            Action::Deflate { .. } => self.deflate(p, s, now),
             Action::Back { frames } => {
                 // The scratch list is taken out for the call and put back:
                 // no allocation.
@@ -431,39 +718,42 @@ impl Driver {
                 pfns.extend(frames.frames().map(|f| f.0).take(MAX_BATCH.0 as usize));
                 let (done, error) = self.back_frames(p, &pfns);
                 self.pfns = pfns;
-                self.worker.complete(
-                    StepResult::Backed {
-                        done: Pages(done as u64),
-                        error,
-                    },
-                    now,
-                )
+                let counts = self.counts();
+                let result = StepResult::Backed {
+                    done: Pages(done as u64),
+                    error,
+                };
+                s.locked(|c| c.publish(p, counts, result, now));
             }
             Action::Plug { range } => {
-                let result = p.plug(range);
-                self.worker.complete(StepResult::Plugged(result), now)
+                let result = StepResult::Plugged(p.plug(range));
+                let counts = self.counts();
+                s.locked(|c| c.publish(p, counts, result, now));
             }
-            Action::Return { runs } => self.return_frames(p, &runs, now),
+            Action::Return { runs } => self.return_frames(p, s, &runs, now),
             Action::Unplug { range } => {
-                let result = p.unplug(range);
-                self.worker.complete(StepResult::Unplugged(result), now)
+                let result = StepResult::Unplugged(p.unplug(range));
+                let counts = self.counts();
+                s.locked(|c| c.publish(p, counts, result, now));
             }
-            Action::Sleep { .. } | Action::Idle => Ok(()),
+            Action::Sleep { .. } | Action::Idle => {}
         }
     }
 
     fn hypercall(&mut self) {
-        self.stats.hypercalls = self.stats.hypercalls.saturating_add(1);
+        self.hypercalls = self.hypercalls.saturating_add(1);
     }
 
-    fn inflate<P: Platform>(
+    #[allow(clippy::too_many_arguments)]
+    fn inflate<P: Platform, S: Shared>(
         &mut self,
         p: &mut P,
+        s: &mut S,
         count: Pages,
         prefer: Option<PfnRange>,
         scrub: bool,
         now: Uptime,
-    ) -> Result<(), WorkerError> {
+    ) {
         let n = count.min(MAX_BATCH).0 as usize;
         self.pfns.clear();
         self.pfns.resize(n, 0);
@@ -473,10 +763,18 @@ impl Driver {
         // after it could refuse is checked here, before anything moves.
         self.given.clear();
         self.given.extend(self.pfns.iter().map(|&f| Pfn(f)));
-        if let Err(e) = self.worker.check_inflate(&self.given) {
-            self.undo_refused_alloc(p);
-            self.worker.refuse_inflate();
-            return Err(e);
+        let (given, pfns, scratch) = (&self.given, &self.pfns, &mut self.frames);
+        let refused = s.locked(|c| match c.worker.check_inflate(given) {
+            Ok(()) => false,
+            Err(e) => {
+                c.undo_refused_alloc(p, pfns, scratch);
+                c.worker.refuse_inflate();
+                c.step_failed(p, now, e);
+                true
+            }
+        });
+        if refused {
+            return;
         }
         // The test-only broken build skips zeroing (see Cargo.toml).
         let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
@@ -527,38 +825,22 @@ impl Driver {
                 self.frames.get(done..).unwrap_or(&[]),
             );
         }
-        p.free_pages(&self.pfns[done..]);
+        p.free_pages(self.pfns.get(done..).unwrap_or(&[]));
         // Counted as they reach Xen: pages Xen did not take were zeroed
         // too, but went back to UVM, not to Xen.
         if scrubbed {
-            self.stats.scrubbed = self.stats.scrubbed.saturating_add(done as u64);
+            self.scrubbed = self.scrubbed.saturating_add(done as u64);
         }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
         // The frames Xen took are the leading `done` of `pfns`, which are
         // the leading frames of `given` (the PV cut above only drops a tail).
         self.given.truncate(done);
-        self.worker.complete(
-            StepResult::Inflated {
-                frames: &self.given,
-                error,
-            },
-            now,
-        )
-    }
-
-    /// The bookkeeping refused the pages UVM gave for an inflate, before
-    /// any went to Xen: each page goes back to UVM once, except those
-    /// the bookkeeping says the driver holds already (ballooned), which
-    /// are kept: freeing them could put one page on the free lists twice.
-    fn undo_refused_alloc<P: Platform>(&mut self, p: &mut P) {
-        self.frames.clear();
-        self.frames.extend_from_slice(&self.pfns);
-        crate::sort::sort(&mut self.frames);
-        self.frames.dedup();
-        let space = self.worker.frames();
-        self.frames
-            .retain(|&f| space.state(Pfn(f)) != crate::segments::FrameState::Ballooned);
-        p.free_pages(&self.frames);
+        let counts = self.counts();
+        let result = StepResult::Inflated {
+            frames: &self.given,
+            error,
+        };
+        s.locked(|c| c.publish(p, counts, result, now));
     }
 
     /// Backs `pfns` with memory from Xen; returns how many leading frames
@@ -588,44 +870,30 @@ impl Driver {
         (done, error)
     }
 
-    fn deflate<P: Platform>(
-        &mut self,
-        p: &mut P,
-        from: Pfn,
-        count: Pages,
-        now: Uptime,
-    ) -> Result<(), WorkerError> {
-        let mut pfns = core::mem::take(&mut self.pfns);
-        pfns.clear();
-        let n = count.min(MAX_BATCH).0 as usize;
-        pfns.extend(
-            self.worker
-                .frames()
-                .ballooned_from(from)
-                .take(n)
-                .map(|f| f.0),
-        );
+    /// The deflate's frames were read into `pfns` when it was decided.
+    fn deflate<P: Platform, S: Shared>(&mut self, p: &mut P, s: &mut S, now: Uptime) {
+        let pfns = core::mem::take(&mut self.pfns);
         let (done, error) = self.back_frames(p, &pfns);
         p.free_pages(pfns.get(..done).unwrap_or(&[]));
         self.pfns = pfns;
-        self.worker.complete(
-            StepResult::Deflated {
-                done: Pages(done as u64),
-                error,
-            },
-            now,
-        )
+        let counts = self.counts();
+        let result = StepResult::Deflated {
+            done: Pages(done as u64),
+            error,
+        };
+        s.locked(|c| c.publish(p, counts, result, now));
     }
 
     /// Gives frames backed for a plug that did not happen back to Xen:
     /// one `decrease_reservation`; the frames Xen did not take stay
     /// stranded (PV: their p2m entries are put back) and are retried.
-    fn return_frames<P: Platform>(
+    fn return_frames<P: Platform, S: Shared>(
         &mut self,
         p: &mut P,
+        s: &mut S,
         runs: &[PfnRange],
         now: Uptime,
-    ) -> Result<(), WorkerError> {
+    ) {
         self.pfns.clear();
         self.pfns
             .extend(runs.iter().flat_map(|r| r.frames()).map(|f| f.0));
@@ -640,7 +908,7 @@ impl Driver {
                         None => break,
                     }
                 }
-                for &pfn in &self.pfns[..self.frames.len()] {
+                for &pfn in self.pfns.get(..self.frames.len()).unwrap_or(&[]) {
                     p.p2m_clear(Pfn(pfn));
                 }
             }
@@ -665,64 +933,12 @@ impl Driver {
         }
         let error =
             error.or_else(|| (self.frames.len() < self.pfns.len()).then_some(Errno::EINVAL));
-        self.worker.complete(
-            StepResult::Returned {
-                done: Pages(done as u64),
-                error,
-            },
-            now,
-        )
-    }
-
-    /// One log line when the worker reaches its target or gives up, not
-    /// one per batch: called when the worker has nothing more to do.
-    fn report<P: Platform>(&mut self, p: &mut P, now: Uptime) {
-        let state = self.worker.state();
-        let target = self.worker.target();
-        // A request that changes nothing (the same target again, at it)
-        // says nothing new.
-        let key = (state, target, self.worker.current());
-        if self.reported == Some(key) {
-            return;
-        }
-        let kib = |x: Pages| x.saturating_kib().0;
-        let line: Option<LogLine> = match state {
-            // Unloading: the target no longer counts.
-            State::Idle if self.worker.releasing() => Some(LogLine::format(format_args!(
-                "returned all ballooned memory: {} KiB",
-                kib(self.worker.as_toolstack(self.worker.current()))
-            ))),
-            // Sizes as the toolstack counts them (memory/target).
-            State::Idle => Some(LogLine::format(format_args!(
-                "at target: {} KiB ({} KiB ballooned)",
-                kib(self.worker.as_toolstack(self.worker.current())),
-                kib(self.worker.frames().ballooned())
-            ))),
-            // docs/kernel-growth.md section 8: one line with the reason.
-            State::Cancelled(CancelReason::Clipped(g)) => Some(LogLine::format(format_args!(
-                "target {} KiB clipped to {} KiB: {}",
-                kib(self.worker.as_toolstack(target)),
-                kib(self.worker.as_toolstack(self.worker.current())),
-                g.refusal().unwrap_or("growth refused")
-            ))),
-            // The reason as hw.balloon.state gives it, with the last
-            // shortfall for "retries exhausted".
-            State::Cancelled(_) => {
-                let text = LogLine::format(format_args!("{state}"));
-                let text = text.as_str();
-                Some(LogLine::format(format_args!(
-                    "giving up on target {} KiB at {} KiB: {}",
-                    kib(self.worker.as_toolstack(target)),
-                    kib(self.worker.as_toolstack(self.worker.current())),
-                    text.strip_prefix("cancelled: ").unwrap_or(text)
-                )))
-            }
-            _ => None,
+        let counts = self.counts();
+        let result = StepResult::Returned {
+            done: Pages(done as u64),
+            error,
         };
-        if let Some(line) = line {
-            self.say(p, now, line);
-            self.reported = Some(key);
-        }
+        s.locked(|c| c.publish(p, counts, result, now));
     }
 }
 

@@ -1,12 +1,24 @@
 //! The `balloon_rs_*` entry points the C shim calls (netbsd-glue/glue.h).
 //!
 //! The core's state lives in a `Box<Core>` whose pointer the shim keeps
-//! as an opaque `struct balloon_rs *`. The shim calls every entry point
-//! with its softc lock held, so no two run at once. Every argument from C
-//! is checked: a bad value is an errno, never a panic.
+//! as an opaque `struct balloon_rs *`, in two halves under two different
+//! exclusions (netbsd-glue/glue.h):
+//!
+//! - [`Control`], behind the shim's `sc_lock`: every entry point but
+//!   `balloon_rs_step` and `balloon_rs_release` is called with it held;
+//!   those two take it themselves, for short critical sections only,
+//!   through `balloon_shim_core_lock`/`unlock` ([`Locked`]);
+//! - [`Exec`], the step's own buffers: only `balloon_rs_step` and
+//!   `balloon_rs_release` touch it, and the shim lets one thread at a
+//!   time make those calls (the worker thread, or unload once the worker
+//!   has stopped stepping), without `sc_lock`.
+//!
+//! Every argument from C is checked: a bad value is an errno, never a
+//! panic.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::mem::MaybeUninit;
 
@@ -14,7 +26,7 @@ use balloon_sys as sys;
 use cty::{c_char, c_int};
 
 use crate::backoff::BackoffConfig;
-use crate::driver::{Driver, GuestMode, ShimFailure, StepStatus};
+use crate::driver::{Control, Driver, Exec, GuestMode, Shared, ShimFailure, StepStatus};
 use crate::errno::Errno;
 use crate::policy::{Refusal, Source};
 use crate::segments::{PlugLimits, SegmentError};
@@ -35,25 +47,76 @@ const PLUG_MAX_SEGMENT: Pages = Pages(32768);
 const PVH_HOLE_START: Pfn = Pfn(0xfc000);
 const PVH_HOLE_PAGES: Pages = Pages(0x100000 - 0xfc000);
 
-/// The core's state behind `struct balloon_rs *`.
+/// The core's state behind `struct balloon_rs *`: the two halves, each
+/// reached only under its own exclusion (see the module's text).
 struct Core {
-    driver: Driver,
+    control: UnsafeCell<Control>,
+    exec: UnsafeCell<Exec>,
 }
 
 fn errno(e: Errno) -> c_int {
     e.0
 }
 
-/// The core behind an opaque pointer from the shim.
+/// The core behind an opaque pointer from the shim; only its cells are
+/// ever borrowed mutably, never the `Core` itself.
 ///
 /// # Safety
 /// `rs` must be NULL or a pointer from `balloon_rs_attach` not yet given
-/// to `balloon_rs_detach`, and no other reference to it may be live (the
-/// shim's lock guarantees this).
-unsafe fn core_mut<'a>(rs: *mut sys::balloon_rs) -> Option<&'a mut Core> {
-    // SAFETY: per the function's contract, `rs` is NULL or a live,
-    // unaliased Box<Core> pointer.
-    unsafe { rs.cast::<Core>().as_mut() }
+/// to `balloon_rs_detach`.
+unsafe fn core_ref<'a>(rs: *mut sys::balloon_rs) -> Option<&'a Core> {
+    // SAFETY: per the function's contract, `rs` is NULL or a live
+    // Box<Core> pointer; a shared reference to it lets the halves be
+    // reached only through their UnsafeCells.
+    unsafe { rs.cast::<Core>().cast_const().as_ref() }
+}
+
+/// The control half behind an opaque pointer from the shim.
+///
+/// # Safety
+/// As for [`core_ref`], and the caller holds the shim's `sc_lock`, so no
+/// other reference to the control half is live.
+unsafe fn control_mut<'a>(rs: *mut sys::balloon_rs) -> Option<&'a mut Control> {
+    // SAFETY: per this function's contract.
+    let core = unsafe { core_ref(rs) }?;
+    // SAFETY: sc_lock is held (contract): every other use of the control
+    // half is under it too, so this is the only reference.
+    Some(unsafe { &mut *core.control.get() })
+}
+
+/// The control half as a step reaches it: `sc_lock` taken around each
+/// closure, through the shim.
+struct Locked<'a>(&'a UnsafeCell<Control>);
+
+/// Holds the shim's `sc_lock` while it lives.
+struct ShimLock;
+
+impl ShimLock {
+    fn enter() -> ShimLock {
+        let _shim = super::ShimCall::enter();
+        // SAFETY: mutex_enter on the softc's lock, from thread context;
+        // the caller (a step or release) does not hold it already.
+        unsafe { sys::balloon_shim_core_lock() };
+        ShimLock
+    }
+}
+
+impl Drop for ShimLock {
+    fn drop(&mut self) {
+        let _shim = super::ShimCall::enter();
+        // SAFETY: this thread took the lock in ShimLock::enter.
+        unsafe { sys::balloon_shim_core_unlock() };
+    }
+}
+
+impl Shared for Locked<'_> {
+    fn locked<R>(&mut self, f: impl FnOnce(&mut Control) -> R) -> R {
+        let _lock = ShimLock::enter();
+        // SAFETY: sc_lock is held until `_lock` drops, after `f` returns:
+        // every other use of the control half holds it too, so this is
+        // the only reference while `f` runs.
+        f(unsafe { &mut *self.0.get() })
+    }
 }
 
 /// Builds the core from what the shim found at load.
@@ -114,8 +177,10 @@ pub unsafe extern "C" fn balloon_rs_attach(
         Err(InitError::Segments(SegmentError::NoMemory)) => return errno(Errno::ENOMEM),
         Err(_) => return errno(Errno::EINVAL),
     };
+    let (control, exec) = Driver::new(worker, mode).split();
     let core = Box::new(Core {
-        driver: Driver::new(worker, mode),
+        control: UnsafeCell::new(control),
+        exec: UnsafeCell::new(exec),
     });
     // SAFETY: `rsp` is non-NULL and writable per the contract.
     unsafe { rsp.write(Box::into_raw(core).cast()) };
@@ -135,10 +200,13 @@ pub unsafe extern "C" fn balloon_rs_detach(rs: *mut sys::balloon_rs) {
     }
 }
 
-/// Carries out at most one step.
+/// Carries out at most one step, taking `sc_lock` only to decide it and
+/// to publish its result.
 ///
 /// # Safety
-/// As for [`core_mut`]; `wait_ms` NULL or writable.
+/// As for [`core_ref`]; the caller does NOT hold `sc_lock`, and no other
+/// thread is in `balloon_rs_step` or `balloon_rs_release` for this core;
+/// `wait_ms` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_step(
     rs: *mut sys::balloon_rs,
@@ -147,10 +215,14 @@ pub unsafe extern "C" fn balloon_rs_step(
 ) -> sys::balloon_step_status {
     let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { core_ref(rs) }) else {
         return sys::balloon_step_status_BALLOON_STEP_IDLE;
     };
-    let (status, wait) = match core.driver.step(&mut ShimPlatform, Uptime(now_ms)) {
+    // SAFETY: only one thread steps (contract): this is the only
+    // reference to the step's half.
+    let exec = unsafe { &mut *core.exec.get() };
+    let mut shared = Locked(&core.control);
+    let (status, wait) = match exec.step(&mut ShimPlatform, &mut shared, Uptime(now_ms)) {
         StepStatus::Again => (sys::balloon_step_status_BALLOON_STEP_AGAIN, 0),
         StepStatus::Sleep(ms) => (sys::balloon_step_status_BALLOON_STEP_SLEEP, ms),
         StepStatus::Idle => (sys::balloon_step_status_BALLOON_STEP_IDLE, 0),
@@ -165,7 +237,7 @@ pub unsafe extern "C" fn balloon_rs_step(
 /// The watch on memory/target fired: what `xenbus_read` gave.
 ///
 /// # Safety
-/// As for [`core_mut`]; `text` valid for `len` bytes (or NULL). Only the
+/// As for [`control_mut`]; `text` valid for `len` bytes (or NULL). Only the
 /// first `BALLOON_XS_VALUE_LEN` bytes (the shim's buffer) are ever read.
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_xenstore_event(
@@ -178,7 +250,7 @@ pub unsafe extern "C" fn balloon_rs_xenstore_event(
 ) -> c_int {
     let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { control_mut(rs) }) else {
         return errno(Errno::EINVAL);
     };
     let read = if error != 0 {
@@ -192,10 +264,7 @@ pub unsafe extern "C" fn balloon_rs_xenstore_event(
         // lives.
         Ok(unsafe { core::slice::from_raw_parts(text.cast::<u8>(), len) })
     };
-    match core
-        .driver
-        .xenstore_event(&mut ShimPlatform, read, resync, Uptime(now_ms))
-    {
+    match core.xenstore_event(&mut ShimPlatform, read, resync, Uptime(now_ms)) {
         Ok(()) => 0,
         Err(e) => errno(e),
     }
@@ -205,7 +274,7 @@ pub unsafe extern "C" fn balloon_rs_xenstore_event(
 /// read afresh whenever a target arrives.
 ///
 /// # Safety
-/// As for [`core_mut`]; `static_max` valid for `len` bytes (or NULL with 0).
+/// As for [`control_mut`]; `static_max` valid for `len` bytes (or NULL with 0).
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_set_limit(
     rs: *mut sys::balloon_rs,
@@ -214,7 +283,7 @@ pub unsafe extern "C" fn balloon_rs_set_limit(
     len: usize,
 ) -> c_int {
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { control_mut(rs) }) else {
         return errno(Errno::EINVAL);
     };
     if max_reservation_pages == 0 {
@@ -228,17 +297,51 @@ pub unsafe extern "C" fn balloon_rs_set_limit(
     };
     // An unreadable or malformed static-max bounds nothing.
     let smax = crate::policy::parse_kib(text).ok();
-    let pvh = core.driver.mode() == GuestMode::Pvh;
-    core.driver
-        .worker_mut()
+    let pvh = core.mode() == GuestMode::Pvh;
+    core.worker_mut()
         .set_limit(Pages(max_reservation_pages), smax, pvh);
     0
+}
+
+/// `memory/target` as read at load, just after the reservation (KiB
+/// text, NUL padding ends it): fixes the PVH toolstack offset when the
+/// two agree (see `Worker::set_load_target`). An unreadable or malformed
+/// value changes nothing.
+///
+/// # Safety
+/// As for [`control_mut`]; `target` valid for `len` bytes (or NULL with 0).
+#[no_mangle]
+pub unsafe extern "C" fn balloon_rs_load_target(
+    rs: *mut sys::balloon_rs,
+    target: *const c_char,
+    len: usize,
+) -> c_int {
+    let _ctx = super::CoreContext::enter();
+    // SAFETY: per this function's contract.
+    let Some(core) = (unsafe { control_mut(rs) }) else {
+        return errno(Errno::EINVAL);
+    };
+    let text: &[u8] = if target.is_null() || len == 0 {
+        &[]
+    } else {
+        let len = len.min(sys::BALLOON_XS_VALUE_LEN as usize);
+        // SAFETY: `target` is valid for `len` bytes per the contract (cut
+        // to the shim's buffer size).
+        unsafe { core::slice::from_raw_parts(target.cast::<u8>(), len) }
+    };
+    match crate::policy::parse_kib(text) {
+        Ok(kib) => {
+            core.worker_mut().set_load_target(kib);
+            0
+        }
+        Err(r) => errno(r.errno()),
+    }
 }
 
 /// A failure of the shim's own, for the log.
 ///
 /// # Safety
-/// As for [`core_mut`].
+/// As for [`control_mut`].
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_shim_failed(
     rs: *mut sys::balloon_rs,
@@ -247,7 +350,7 @@ pub unsafe extern "C" fn balloon_rs_shim_failed(
     now_ms: u64,
 ) {
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { control_mut(rs) }) else {
         return;
     };
     let what = match what {
@@ -255,14 +358,13 @@ pub unsafe extern "C" fn balloon_rs_shim_failed(
         sys::balloon_shim_failure_BALLOON_FAIL_WATCH_RESTART => ShimFailure::WatchRestart,
         _ => return,
     };
-    core.driver
-        .shim_failed(&mut ShimPlatform, what, Errno(error), Uptime(now_ms));
+    core.shim_failed(&mut ShimPlatform, what, Errno(error), Uptime(now_ms));
 }
 
 /// Reads a value behind hw.balloon.
 ///
 /// # Safety
-/// As for [`core_mut`]; `out` writable.
+/// As for [`control_mut`]; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_get(
     rs: *mut sys::balloon_rs,
@@ -271,7 +373,7 @@ pub unsafe extern "C" fn balloon_rs_get(
 ) -> c_int {
     let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { control_mut(rs) }) else {
         return errno(Errno::EINVAL);
     };
     let Some(v) = value(core, what) else {
@@ -287,11 +389,11 @@ pub unsafe extern "C" fn balloon_rs_get(
     }
 }
 
-fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
-    let w = core.driver.worker();
+fn value(core: &Control, what: sys::balloon_value) -> Option<u64> {
+    let w = core.worker();
     let kib = |p: Pages| p.saturating_kib().0;
     let s = w.stats();
-    let d = core.driver.stats();
+    let d = core.stats();
     let c = w.counts();
     Some(match what {
         // Sizes as the toolstack counts them (memory/target, xl list).
@@ -336,7 +438,7 @@ fn value(core: &Core, what: sys::balloon_value) -> Option<u64> {
 /// Writes a knob behind hw.balloon.
 ///
 /// # Safety
-/// As for [`core_mut`].
+/// As for [`control_mut`].
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_set(
     rs: *mut sys::balloon_rs,
@@ -345,7 +447,7 @@ pub unsafe extern "C" fn balloon_rs_set(
 ) -> c_int {
     let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { control_mut(rs) }) else {
         return errno(Errno::EINVAL);
     };
     match set_value(core, what, v) {
@@ -362,8 +464,8 @@ fn flag(v: u64) -> Result<bool, Refusal> {
     }
 }
 
-fn set_value(core: &mut Core, what: sys::balloon_value, v: i64) -> Result<(), Refusal> {
-    let w = core.driver.worker_mut();
+fn set_value(core: &mut Control, what: sys::balloon_value, v: i64) -> Result<(), Refusal> {
+    let w = core.worker_mut();
     let Ok(v) = u64::try_from(v) else {
         if what == sys::balloon_value_BALLOON_V_TARGET_KIB {
             w.refuse_target();
@@ -425,7 +527,7 @@ impl Write for CBuf<'_> {
 /// and cut to fit `len` bytes; returns its length without the NUL.
 ///
 /// # Safety
-/// As for [`core_mut`]; `buf` writable for `len` bytes (initialised or
+/// As for [`control_mut`]; `buf` writable for `len` bytes (initialised or
 /// not).
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_text(
@@ -444,8 +546,8 @@ pub unsafe extern "C" fn balloon_rs_text(
     let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<MaybeUninit<u8>>(), len) };
     let mut w = CBuf { buf: out, len: 0 };
     // SAFETY: per this function's contract.
-    if let Some(core) = unsafe { core_mut(rs) } {
-        let worker = core.driver.worker();
+    if let Some(core) = unsafe { control_mut(rs) } {
+        let worker = core.worker();
         // CBuf never fails; a long text is cut short.
         let _ = match what {
             sys::balloon_text_BALLOON_T_STATE => write!(w, "{}", worker.state()),
@@ -463,18 +565,23 @@ pub unsafe extern "C" fn balloon_rs_text(
     n
 }
 
-/// Gives every ballooned frame back before unload.
+/// Gives every ballooned frame back before unload, taking `sc_lock` for
+/// short critical sections only (sysctl goes on meanwhile).
 ///
 /// # Safety
-/// As for [`core_mut`].
+/// As for [`balloon_rs_step`]: `sc_lock` not held, and no worker step
+/// runs meanwhile.
 #[no_mangle]
 pub unsafe extern "C" fn balloon_rs_release(rs: *mut sys::balloon_rs, now_ms: u64) -> c_int {
     let _ctx = super::CoreContext::enter();
     // SAFETY: per this function's contract.
-    let Some(core) = (unsafe { core_mut(rs) }) else {
+    let Some(core) = (unsafe { core_ref(rs) }) else {
         return errno(Errno::EINVAL);
     };
-    match core.driver.release(&mut ShimPlatform, Uptime(now_ms)) {
+    // SAFETY: no other thread steps (contract): the only reference.
+    let exec = unsafe { &mut *core.exec.get() };
+    let mut shared = Locked(&core.control);
+    match exec.release(&mut ShimPlatform, &mut shared, Uptime(now_ms)) {
         Ok(()) => 0,
         Err(e) => errno(e),
     }

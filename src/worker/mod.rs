@@ -484,6 +484,27 @@ impl Worker {
         self.apply_limit();
     }
 
+    /// `memory/target` as the shim read it at load, just after the
+    /// reservation. Linux fixes `target_diff` at its first watch event
+    /// (drivers/xen/xen-balloon.c @06236046 `watch_target`), which for a
+    /// driver built into the kernel comes at boot, while the domain is
+    /// still at the target it was built with. A module's first event may
+    /// come later, after a newer target (xl mem-set just after modload):
+    /// then that target says nothing about the reservation read at load.
+    /// So a PVH offset is fixed here, from the two figures read together,
+    /// when they agree within the slack; otherwise the first watch event
+    /// tries, as before.
+    pub fn set_load_target(&mut self, target: Kib) {
+        if self.offset.is_some() || !self.limit.pvh {
+            return;
+        }
+        let off = policy::toolstack_offset(true, self.load_reservation, None, target);
+        if !off.is_zero() {
+            self.offset = Some(off);
+            self.apply_limit();
+        }
+    }
+
     fn apply_limit(&mut self) {
         let Limit {
             xen_max,

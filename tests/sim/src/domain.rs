@@ -187,6 +187,11 @@ impl View<'_> {
     pub fn watch_events_delivered(&self) -> u64 {
         self.k.watch_fired
     }
+    /// control/shutdown requests the kernel's own watch took so far
+    /// (delivered by the same xenwatch thread as the module's events).
+    pub fn shutdown_requests(&self) -> u64 {
+        self.k.shutdown_requests.len() as u64
+    }
     /// No xenstore watch event is queued or being delivered.
     pub fn watches_quiet(&self) -> bool {
         self.k.watch_queue.is_empty() && self.k.watch_running.is_none()
@@ -263,6 +268,10 @@ pub struct Snapshot {
     pub physseg_slab_kmem_bytes: u64,
     pub physseg_slab_leaked_bytes: u64,
     pub physseg_unlocked_changes: u64,
+    /// control/shutdown requests the kernel's own watch handler took
+    /// (shutdown_xenbus.c): it runs on the same xenwatch thread as the
+    /// module's callback.
+    pub shutdown_requests: u64,
 }
 
 impl Snapshot {
@@ -313,6 +322,7 @@ impl Snapshot {
                 "physseg_unlocked_changes",
                 self.physseg_unlocked_changes.to_string(),
             ),
+            ("shutdown_requests", self.shutdown_requests.to_string()),
         ]
     }
 
@@ -407,6 +417,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         watch_queue: VecDeque::new(),
         watch_running: None,
         watch_fired: 0,
+        kernel_watches: Vec::new(),
+        kernel_watch_fired: 0,
+        shutdown_requests: Vec::new(),
         xenwatch_stop: false,
         guest_written: BTreeSet::new(),
         special: Vec::new(),
@@ -491,6 +504,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         let max = (k.cfg.max_pages() * 4).to_string();
         k.store.insert("memory/target".into(), target.into_bytes());
         k.store.insert("memory/static-max".into(), max.into_bytes());
+        // shutdown_xenbus_setup (shutdown_xenbus.c 1.5.8.3) at boot.
+        k.watch_shutdown();
     }
     k.booted = true;
     k
@@ -622,6 +637,7 @@ impl Domain {
                 physseg_slab_kmem_bytes: slabs.bytes,
                 physseg_slab_leaked_bytes: slabs.leaked_bytes,
                 physseg_unlocked_changes: slabs.unlocked_tree_changes,
+                shutdown_requests: k.shutdown_requests.len() as u64,
             }
         })
     }
@@ -889,7 +905,12 @@ impl Domain {
             for path in std::mem::take(&mut k.guest_written) {
                 k.store.remove(&path);
             }
-            let all: Vec<(usize, String)> = k.watches.clone();
+            let all: Vec<(usize, String)> = k
+                .watches
+                .iter()
+                .chain(k.kernel_watches.iter())
+                .cloned()
+                .collect();
             k.watch_queue.extend(all);
             WATCHQ.notify_all();
         })

@@ -184,6 +184,12 @@ pub(crate) struct Kernel {
     pub watch_queue: VecDeque<(usize, String)>,
     pub watch_running: Option<usize>,
     pub watch_fired: u64,
+    /// The kernel's own watches (control/shutdown), served by the same
+    /// xenwatch thread, and their events delivered.
+    pub kernel_watches: Vec<(usize, String)>,
+    pub kernel_watch_fired: u64,
+    /// control/shutdown requests the kernel's handler took, in order.
+    pub shutdown_requests: Vec<String>,
     pub xenwatch_stop: bool,
     /// Nodes the guest wrote (xenbus_printf): xenstore loses them across
     /// a suspend and resume (`Domain::resume`).

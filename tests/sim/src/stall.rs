@@ -8,9 +8,11 @@
 //! block before it does anything; `wait_stalled` waits (bounded) until a
 //! thread is held; `release` lets every held thread go on and disarms
 //! every point. A held thread holds no simulator lock, only whatever
-//! locks its own code took (the balloon worker holds its softc lock
-//! through a step, so a sysctl handler that wants that lock waits for the
-//! release, as it would wait for a slow hypercall on a real kernel).
+//! locks its own code took (a driver that held its softc lock across a
+//! hypercall or a plug would keep every sysctl handler and watch callback
+//! that wants that lock waiting until the release, as a slow hypercall
+//! would on a real kernel; tests/sim/tests/locks.rs checks balloon.kmod
+//! does not).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,9 @@ pub const POINTS: &[&str] = &[
     "pglistalloc",
     "zero_page",
     "xenbus_read",
+    // The kernel's control/shutdown handler, on the xenwatch thread: holds
+    // every watch event queued after it (xenbus_xs.c xenwatch_thread).
+    "shutdown_watch",
 ];
 
 #[derive(Default)]

@@ -4,9 +4,13 @@
 //! Nodes are kept in an arena; each has a stable, heap-allocated C
 //! `struct sysctlnode` (what `*cnode` and handlers' `rnode` point at), with
 //! `sysctl_flags` = flags | type as in the real tree. Tree changes
-//! (create, teardown) take `TREE` for writing; handler calls take it for
-//! reading, like the kernel's sysctl tree lock, and run with no simulator
-//! state lock held.
+//! (create, teardown) take `TREE` for writing. Handler calls take it as
+//! sysctl(2) takes `sysctl_treelock` (kern_sysctl.c 1.257
+//! `sys___sysctl`: `sysctl_lock(newv != NULL)`, held across
+//! `sysctl_dispatch` and so across the node's handler): a read as a
+//! reader, a write as the writer. A handler that blocks during a write
+//! therefore blocks every other sysctl, reads included. Handlers run with
+//! no simulator state lock held.
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_uint, c_void};
@@ -92,6 +96,12 @@ fn tree_write() -> RwLockWriteGuard<'static, ()> {
 
 fn tree_read() -> RwLockReadGuard<'static, ()> {
     TREE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `sysctl_treelock` as one sysctl(2) call holds it.
+enum TreeGuard {
+    Reader(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Writer(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
 impl SysctlTree {
@@ -577,11 +587,17 @@ impl SysctlValue {
 }
 
 /// Calls a node's handler as the sysctl(2) path would: on the calling
-/// thread, with the tree read-locked and no simulator lock held, l = NULL,
+/// thread, with the tree locked as `sys___sysctl` locks `sysctl_treelock`
+/// (kern_sysctl.c 1.257: `sysctl_lock(newv != NULL)`, so as the writer
+/// when a new value is given, as a reader otherwise) until the handler
+/// returns, and no simulator lock held, l = NULL,
 /// name = the MIB past the node (namelen 0), oname = the full MIB.
 /// Returns the type and the bytes read (if `read`).
 pub(crate) fn call(name: &str, new: Option<&[u8]>, read: bool) -> Result<(u32, Vec<u8>), i32> {
-    let _r = tree_read();
+    let _tree = match new {
+        Some(_) => TreeGuard::Writer(tree_write()),
+        None => TreeGuard::Reader(tree_read()),
+    };
     let (c, mib) = with(|k| {
         let (id, mib) = k.sysctl.resolve(name)?;
         Some((k.sysctl.node(id)?.c as usize, mib))

@@ -386,6 +386,7 @@ impl Kernel {
         let hits: Vec<usize> = self
             .watches
             .iter()
+            .chain(self.kernel_watches.iter())
             .filter(|(_, node)| {
                 path == node
                     || (path.starts_with(node.as_str()) && path[node.len()..].starts_with('/'))
@@ -568,7 +569,52 @@ extern "C" fn unregister_xenbus_watch(w: *mut XenbusWatch) {
     })
 }
 
-/// The xenwatch thread body.
+/// The kernel's own watch on control/shutdown (shutdown_xenbus.c
+/// 1.5.8.3, `xenbus_shutdown_watch`, registered by
+/// `shutdown_xenbus_setup` at boot), standing for every watch of the
+/// kernel's that the same xenwatch thread serves (device back- and
+/// frontends too). Its id is no module's watch address.
+pub(crate) const SHUTDOWN_WATCH: usize = 1;
+const SHUTDOWN_NODE: &str = "control/shutdown";
+
+impl Kernel {
+    /// Registers the kernel's control/shutdown watch at boot; xenstore
+    /// fires it once, as it fires every new watch.
+    pub(crate) fn watch_shutdown(&mut self) {
+        self.kernel_watches
+            .push((SHUTDOWN_WATCH, SHUTDOWN_NODE.to_string()));
+        self.watch_queue
+            .push_back((SHUTDOWN_WATCH, SHUTDOWN_NODE.to_string()));
+        WATCHQ.notify_all();
+    }
+}
+
+/// `xenbus_shutdown_handler` (shutdown_xenbus.c 1.5.8.3): reads
+/// control/shutdown; when there is a request, removes the node (which
+/// fires the watch again; that event finds nothing) and acts on it. Here
+/// acting is recording the request, so that a test sees when the single
+/// xenwatch thread got round to it.
+fn shutdown_handler() {
+    stall_point("shutdown_watch");
+    with(|k| {
+        if let Some(v) = k.store.get(SHUTDOWN_NODE).cloned() {
+            k.store_write(SHUTDOWN_NODE, None);
+            k.shutdown_requests
+                .push(String::from_utf8_lossy(&v).into_owned());
+        }
+    });
+}
+
+/// What the xenwatch thread calls for one event.
+enum Callback {
+    Module(Option<unsafe extern "C" fn(*mut XenbusWatch, *mut *const c_char, c_uint)>),
+    Shutdown,
+}
+
+/// The xenwatch thread body: the one thread that delivers every watch
+/// event, the module's and the kernel's, one at a time, in order
+/// (xenbus_xs.c 1.22 `xenwatch_thread`). A callback that blocks holds up
+/// every event queued after it, control/shutdown included.
 pub(crate) fn start_xenwatch(gen: u64) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("xenwatch".into())
@@ -581,13 +627,17 @@ pub(crate) fn start_xenwatch(gen: u64) -> JoinHandle<()> {
                     return;
                 }
                 if let Some(ev) = k.watch_queue.pop_front() {
+                    if ev.0 == SHUTDOWN_WATCH && k.kernel_watches.iter().any(|(x, _)| *x == ev.0) {
+                        k.watch_running = Some(ev.0);
+                        break (ev, Callback::Shutdown);
+                    }
                     if k.watches.iter().any(|(x, _)| *x == ev.0) {
                         k.watch_running = Some(ev.0);
                         // SAFETY: the watch is registered, so it is the
                         // module's live watch struct; read its callback
                         // before the lock goes.
                         let cb = unsafe { (*(ev.0 as *mut XenbusWatch)).callback };
-                        break (ev, cb);
+                        break (ev, Callback::Module(cb));
                     }
                     continue;
                 }
@@ -599,15 +649,28 @@ pub(crate) fn start_xenwatch(gen: u64) -> JoinHandle<()> {
             let token = CString::new(format!("{w:X}")).unwrap_or_default();
             let mut vec = [cpath.as_ptr(), token.as_ptr()];
             let wp = w as *mut XenbusWatch;
-            if let Some(cb) = cb {
-                // SAFETY: calling the module's callback with a valid watch
-                // and a two-element vector, no simulator lock held.
-                unsafe { cb(wp, vec.as_mut_ptr(), 2) };
-            }
+            let module = match cb {
+                Callback::Module(Some(cb)) => {
+                    // SAFETY: calling the module's callback with a valid
+                    // watch and a two-element vector, no simulator lock
+                    // held.
+                    unsafe { cb(wp, vec.as_mut_ptr(), 2) };
+                    true
+                }
+                Callback::Module(None) => true,
+                Callback::Shutdown => {
+                    shutdown_handler();
+                    false
+                }
+            };
             let mut g = lock();
             if let Some(k) = g.as_mut() {
                 k.watch_running = None;
-                k.watch_fired += 1;
+                if module {
+                    k.watch_fired += 1;
+                } else {
+                    k.kernel_watch_fired += 1;
+                }
             }
             drop(g);
             CHANGED.notify_all();

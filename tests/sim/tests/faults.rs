@@ -429,10 +429,11 @@ fn an_unload_landing_mid_inflate_waits_for_the_step_and_gives_all_back() {
 }
 
 /// A sysctl read and a new xenstore target that land while a plug is
-/// held mid-step: the read waits for the step and sees a consistent
-/// value, and the new target is taken once the step ends.
+/// held mid-step: the read does not wait for the step (sc_lock is not
+/// held across it) and sees a consistent value, and the worker steers to
+/// the new target once the step ends.
 #[test]
-fn sysctl_and_a_watch_event_landing_mid_plug_are_taken_after_the_step() {
+fn sysctl_and_a_watch_event_landing_mid_plug_do_not_wait_for_the_step() {
     let d = loaded(Mode::Pvh);
     stall::arm("physseg_plug", 0);
     d.xl_mem_set(512 * 1024);
@@ -443,9 +444,15 @@ fn sysctl_and_a_watch_event_landing_mid_plug_are_taken_after_the_step() {
     thread::scope(|s| {
         let read = s.spawn(|| quad(&d, "hw.balloon.current"));
         d.xl_mem_set(300 * 1024);
-        d.wait_until(|_| false, Duration::from_millis(50));
-        assert!(!read.is_finished(), "the read did not wait for the step");
+        let deadline = Instant::now() + WAIT;
+        while !read.is_finished() && Instant::now() < deadline {
+            d.wait_until(|_| false, Duration::from_millis(2));
+        }
+        let finished = read.is_finished();
+        let held = stall::wait_stalled(Duration::ZERO).len();
         stall::release();
+        assert!(finished, "the read waited for the step");
+        assert_eq!(held, 1, "the step was still held during the read");
         let current = read.join().unwrap();
         assert!(
             (256 * 1024..=512 * 1024).contains(&current),
