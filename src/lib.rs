@@ -9,7 +9,8 @@
 //!
 //! Module map, one concept each:
 //! - [`units`]: pages, KiB, bytes, frame numbers and frame ranges.
-//! - [`extents`]: a set of frame runs, stored by run, not by page.
+//! - [`frameset`]: the frame stores: a bitmap for ballooned frames, a
+//!   fixed list of runs for frames a failed plug left backed.
 //! - [`segments`]: the domain's frame space, segment by segment, and the
 //!   state of every frame in it.
 //! - [`policy`]: targets, floor, maximum, batch size, low-memory guard.
@@ -39,7 +40,6 @@ extern crate std;
 pub mod backoff;
 pub mod driver;
 pub mod errno;
-pub mod extents;
 pub mod frameset;
 pub mod logline;
 pub mod policy;

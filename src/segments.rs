@@ -34,7 +34,6 @@
 
 use alloc::vec::Vec;
 
-use crate::extents::ExtentError;
 use crate::frameset::FrameBits;
 use crate::units::{Pages, Pfn, PfnRange};
 
@@ -603,9 +602,7 @@ impl FrameSpace {
                 for &done in &runs[..i] {
                     let _ = self.ballooned.insert(done);
                 }
-                let pfn = match e {
-                    ExtentError::NotPresent(p) | ExtentError::AlreadyPresent(p) => p,
-                };
+                let pfn = e.pfn();
                 return Err(SegmentError::WrongState(pfn, self.state(pfn)));
             }
         }

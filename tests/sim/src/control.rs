@@ -798,6 +798,7 @@ impl Console {
                     .lines()
                     .into_iter()
                     .map(|(k, v)| format!("{k} {v}\n"))
+                    .chain(host_rss_kib().map(|kib| format!("host_rss_kib {kib}\n")))
                     .collect(),
             ),
             ["host-free", size] => match parse_xl_size_kib(size) {
@@ -1336,6 +1337,14 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// The simulator's own resident memory (VmRSS of /proc/self/status, KiB):
+/// what simulating the domain costs the host (issue 13 goal 5).
+fn host_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

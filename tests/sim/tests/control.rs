@@ -856,6 +856,7 @@ fn sim_sleep_and_an_atomic_stat() {
         "hypercalls",
         "faults_fired",
         "xenbus_watches",
+        "host_rss_kib",
     ] {
         assert!(
             stat.lines().any(|l| l.starts_with(&format!("{key} "))),
