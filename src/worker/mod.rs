@@ -905,7 +905,20 @@ impl Worker {
                 max_segment: self.plug_limits.max_segment.min(mem.managed),
                 ..self.plug_limits
             };
-            let Some(want) = self.space.next_plug(need, limits) else {
+            let want = if self.limit.pvh {
+                // PVH: xenmem_alloc_pa places the range (kernel-growth.md
+                // 5.2), above 4 GiB and clear of RAM and grant frames:
+                // only its size is asked for here, bounded by the policy's
+                // maximum through `need`.
+                let len = need.min(limits.max_segment);
+                self.space
+                    .span_end()
+                    .align_up(limits.align)
+                    .and_then(|s| PfnRange::with_len(s, len))
+            } else {
+                self.space.next_plug(need, limits)
+            };
+            let Some(want) = want else {
                 return Ok(self.cancel(CancelReason::Clipped(self.full())));
             };
             // The kernel prepares (and, PVH, places) the range first.
