@@ -408,7 +408,7 @@ impl Driver {
         let left = kib(frames.ballooned());
         match self.worker.state() {
             State::Waiting(WaitReason::UnplugFailed) => LogLine::format(format_args!(
-                "{left} KiB still ballooned: uvm_physseg_hotplug_remove refused a plugged segment"
+                "{left} KiB still ballooned: uvm_physseg_hotplug_remove refused to unplug a segment"
             )),
             State::Waiting(WaitReason::ShortDeflate) => LogLine::format(format_args!(
                 "{left} KiB still ballooned: Xen gave no more back"

@@ -309,6 +309,9 @@ pub struct Faults {
     pub watch_register_error: Option<i32>,
     /// HYPERVISOR_memory_op returns minus this errno for the command.
     pub memory_op_errors: std::collections::BTreeMap<MemOp, i32>,
+    /// xenmem_alloc_pa finds no range (the assisted PVH kernel's
+    /// `iomem_ex` full; growth.rs).
+    pub xenmem_fail: bool,
     /// A device's pmf(9) suspend handler vetoes the next suspend
     /// (saverestore.rs: xen_suspend_domain then crashes the domain).
     pub suspend_veto: bool,

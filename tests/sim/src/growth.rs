@@ -166,10 +166,6 @@ pub(crate) extern "C" fn sim_xpmap_p2m_grow(pfn_end: u64) -> c_int {
         if pfn_end > k.p2m_cap as u64 {
             return ERANGE;
         }
-        if k.faults.plug_fail {
-            k.faults_fired += 1;
-            return ENOMEM;
-        }
         let end = pfn_end.div_ceil(P2M_LEAF) * P2M_LEAF;
         k.growth.p2m_end = k.growth.p2m_end.max(end.min(k.p2m_cap as u64));
         0
@@ -206,7 +202,11 @@ pub(crate) extern "C" fn sim_xenmem_alloc_pa(size: c_ulong, align: c_ulong, _wai
         }
         let n = size >> PAGE_SHIFT;
         let al = (align >> PAGE_SHIFT).max(1);
-        if n == 0 || size % (1 << PAGE_SHIFT) != 0 || k.faults.plug_fail {
+        if n == 0 || size % (1 << PAGE_SHIFT) != 0 {
+            return None;
+        }
+        if k.faults.xenmem_fail {
+            k.faults_fired += 1;
             return None;
         }
         let r = k.growth.first_fit(n, al)?;

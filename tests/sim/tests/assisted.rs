@@ -224,7 +224,7 @@ fn a_full_kernel_reservation_is_named() {
     );
     load(&d);
     d.set_faults(Faults {
-        plug_fail: true,
+        xenmem_fail: true,
         ..Faults::default()
     });
     d.xl_mem_set(512 * KIB_PER_MIB);
