@@ -202,7 +202,7 @@ pub(crate) extern "C" fn sim_xenmem_alloc_pa(size: c_ulong, align: c_ulong, _wai
         }
         let n = size >> PAGE_SHIFT;
         let al = (align >> PAGE_SHIFT).max(1);
-        if n == 0 || size % (1 << PAGE_SHIFT) != 0 {
+        if n == 0 || !size.is_multiple_of(1 << PAGE_SHIFT) {
             return None;
         }
         if k.faults.xenmem_fail {

@@ -7,7 +7,7 @@
 use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
 use std::process::Command;
 
-use balloon_sim::{globals, Domain, DomainConfig, Faults, Mode};
+use balloon_sim::{globals, Domain, DomainConfig, Faults};
 
 extern "C" {
     fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
@@ -182,7 +182,7 @@ fn pvh_interfaces_place_and_map_ranges() {
     assert_eq!(grant.0, 0x10_0000, "the backend's range came first");
     let pa = xenmem_alloc(1024 << 12, 2 << 20);
     let s = pa >> 12;
-    assert!(s >= grant.1 && s % 512 == 0, "{s:#x}");
+    assert!(s >= grant.1 && s.is_multiple_of(512), "{s:#x}");
     let mut gfns: Vec<u64> = (s..s + 1024).collect();
     assert_eq!(memop(POPULATE, &mut gfns), 1024);
     assert_eq!(hotplug_add(s, 1024), ERANGE, "past pmap_direct_end");
@@ -311,7 +311,6 @@ fn run_case(case: &str) {
         }
         _ => {}
     }
-    let _ = Mode::Pv;
 }
 
 #[test]
