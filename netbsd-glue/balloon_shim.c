@@ -695,7 +695,7 @@ static const struct balloon_node balloon_nodes[] = {
 	BN_BOOL_RW("scrub", BALLOON_V_SCRUB,
 	    "Zero pages before they are given to Xen"),
 	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
-	    "Grow past boot memory with uvm_physseg_plug "
+	    "Grow past boot memory with uvm_physseg_hotplug_add "
 	    "(needs options UVM_HOTPLUG and the kernel growth interfaces)"),
 	BN_BOOL_RW("unplug", BALLOON_V_UNPLUG,
 	    "Unplug hot-plugged segments once fully ballooned"),
@@ -728,9 +728,9 @@ static const struct balloon_node balloon_stat_nodes[] = {
 	BN_QUAD_RO("targets_given_up", BALLOON_V_STAT_TARGETS_GIVEN_UP,
 	    "Targets the driver gave up on"),
 	BN_QUAD_RO("segments_plugged", BALLOON_V_STAT_PLUGS,
-	    "Segments hot-plugged with uvm_physseg_plug"),
+	    "Segments added with uvm_physseg_hotplug_add"),
 	BN_QUAD_RO("segments_unplugged", BALLOON_V_STAT_UNPLUGS,
-	    "Segments released with uvm_physseg_unplug"),
+	    "Segments removed with uvm_physseg_hotplug_remove"),
 	BN_QUAD_RO("frames_lost", BALLOON_V_STAT_FRAMES_LOST,
 	    "Frames backed for a plug and never given back: always 0, "
 	    "they are retried until Xen takes them"),
