@@ -367,16 +367,6 @@ pub fn walk(
         let mut lines = w.actions();
         lines.push("? sim settle".into());
         lines.push("sim invariants".into());
-        // Issue 14 item 4: now and then the domain is saved and restored
-        // where it settled; the driver must never leave it in a state
-        // the save corrupts or the resume crashes on (saverestore.rs).
-        // The resume fires every watch again, and the driver re-reads its
-        // target and limit (one hypercall): settle before checking.
-        if w.rng.percent(10) {
-            lines.push("sim save-restore".into());
-            lines.push("? sim settle".into());
-            lines.push("sim invariants".into());
-        }
         for l in &lines {
             result = run(l, log);
             if result.is_err() {
