@@ -321,18 +321,83 @@ balloon_shim_populate_physmap(uint64_t *pfns, size_t n)
 	return balloon_memory_op(XENMEM_populate_physmap, pfns, n);
 }
 
+/*
+ * The kernel growth interfaces of docs/kernel-growth.md, resolved by name
+ * at load (balloon_growth_probe()); all NULL unless the whole set of the
+ * mode resolved. The core asks for growth only then, so a NULL one here
+ * is a driver bug, answered with ENODEV rather than a call through NULL.
+ * Stock uvm_physseg_plug/unplug are never called: after uvm_page_init
+ * they are unsafe on every kernel (no lock, physmem never lowered, PV
+ * p2m and PVH direct map not grown; kernel-growth.md section 1).
+ */
+static struct {
+	int	(*hotplug_add)(paddr_t, psize_t);
+	int	(*hotplug_remove)(paddr_t, psize_t);
+	paddr_t	(*p2m_limit)(void);
+	int	(*p2m_grow)(paddr_t);
+	int	(*growdirectmap)(paddr_t);
+	paddr_t	(*xenmem_alloc)(u_long, u_long, bool);
+	void	(*xenmem_free)(paddr_t, u_long);
+} balloon_growth;
+
+/* Segments are placed on 2 MiB boundaries (kernel-growth.md 5.2). */
+#define BALLOON_SEGMENT_ALIGN	(2UL * 1024 * 1024)
+
+int
+balloon_shim_grow_reserve(uint64_t pfn, uint64_t npages, uint64_t *startp)
+{
+	paddr_t pa;
+	u_long size;
+	int error;
+
+	*startp = pfn;
+	if (balloon_growth.p2m_grow != NULL)
+		return balloon_growth.p2m_grow((paddr_t)(pfn + npages));
+	if (balloon_growth.xenmem_alloc == NULL ||
+	    balloon_growth.growdirectmap == NULL)
+		return ENODEV;
+	size = (u_long)ptoa(npages);
+	pa = balloon_growth.xenmem_alloc(size, BALLOON_SEGMENT_ALIGN, false);
+	if (pa == 0)
+		return ERANGE;
+	error = balloon_growth.growdirectmap(pa + size);
+	if (error != 0) {
+		balloon_growth.xenmem_free(pa, size);
+		return error;
+	}
+	*startp = atop(pa);
+	return 0;
+}
+
+void
+balloon_shim_grow_unreserve(uint64_t pfn, uint64_t npages)
+{
+
+	/* PV: the p2m never shrinks (kernel-growth.md 4.3). */
+	if (balloon_growth.xenmem_free != NULL)
+		balloon_growth.xenmem_free(ptoa(pfn), (u_long)ptoa(npages));
+}
+
 int
 balloon_shim_physseg_plug(uint64_t pfn, uint64_t npages)
 {
 
-	return uvm_physseg_plug(pfn, npages, NULL) ? 0 : ENOMEM;
+	if (balloon_growth.hotplug_add == NULL)
+		return ENODEV;
+	return balloon_growth.hotplug_add((paddr_t)pfn, (psize_t)npages);
 }
 
 int
 balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages)
 {
+	int error;
 
-	return uvm_physseg_unplug(pfn, npages) ? 0 : EBUSY;
+	if (balloon_growth.hotplug_remove == NULL)
+		return ENODEV;
+	error = balloon_growth.hotplug_remove((paddr_t)pfn, (psize_t)npages);
+	if (error == 0 && balloon_growth.xenmem_free != NULL)
+		balloon_growth.xenmem_free(ptoa(pfn), (u_long)ptoa(npages));
+	return error;
 }
 
 /* --- helpers --- */
@@ -768,7 +833,7 @@ static const struct balloon_node balloon_nodes[] = {
 	BN_BOOL_RW("scrub", BALLOON_V_SCRUB,
 	    "Zero pages before they are given to Xen"),
 	BN_BOOL_RW("hotplug", BALLOON_V_HOTPLUG,
-	    "Grow past boot memory with uvm_physseg_plug "
+	    "Grow past boot memory with uvm_physseg_hotplug_add "
 	    "(needs options UVM_HOTPLUG and the kernel growth interfaces)"),
 	BN_BOOL_RW("unplug", BALLOON_V_UNPLUG,
 	    "Unplug hot-plugged segments once fully ballooned"),
@@ -801,9 +866,9 @@ static const struct balloon_node balloon_stat_nodes[] = {
 	BN_QUAD_RO("targets_given_up", BALLOON_V_STAT_TARGETS_GIVEN_UP,
 	    "Targets the driver gave up on"),
 	BN_QUAD_RO("segments_plugged", BALLOON_V_STAT_PLUGS,
-	    "Segments hot-plugged with uvm_physseg_plug"),
+	    "Segments added with uvm_physseg_hotplug_add"),
 	BN_QUAD_RO("segments_unplugged", BALLOON_V_STAT_UNPLUGS,
-	    "Segments released with uvm_physseg_unplug"),
+	    "Segments removed with uvm_physseg_hotplug_remove"),
 	BN_QUAD_RO("frames_lost", BALLOON_V_STAT_FRAMES_LOST,
 	    "Frames backed for a plug and never given back: always 0, "
 	    "they are retried until Xen takes them"),
@@ -996,9 +1061,6 @@ static const char *const balloon_growth_pvh[] = {
 	"pmap_growdirectmap", "xenmem_alloc_pa", "xenmem_free_pa",
 };
 
-/* xpmap_p2m_limit(), when the PV growth set resolved. */
-static paddr_t (*balloon_p2m_limit)(void);
-
 /*
  * Decides whether this kernel can take a plug and, if not, why (the
  * first reason of docs/kernel-growth.md section 8 that applies).
@@ -1013,7 +1075,7 @@ balloon_growth_probe(bool pv, bool uvm_hotplug)
 	const char *missing = NULL;
 	size_t i, found = 0;
 
-	balloon_p2m_limit = NULL;
+	memset(&balloon_growth, 0, sizeof(balloon_growth));
 	for (i = 0; i < n; i++) {
 		if (ksyms_getval("netbsd", set[i], &addr[i],
 		    KSYMS_EXTERN) == 0)
@@ -1024,16 +1086,27 @@ balloon_growth_probe(bool pv, bool uvm_hotplug)
 	if (found != 0 && found != n)
 		printf("%s: kernel growth interfaces incomplete (%s missing), "
 		    "using none\n", BALLOON_XNAME, missing);
-	if (pv) {
-		if (!uvm_hotplug || found != n)
-			return BALLOON_GROWTH_PV_P2M;
-		balloon_p2m_limit = (paddr_t (*)(void))addr[2];
-		return BALLOON_GROWTH_AVAILABLE;
-	}
-	if (!uvm_hotplug)
+	if (pv && (!uvm_hotplug || found != n))
+		return BALLOON_GROWTH_PV_P2M;
+	if (!pv && !uvm_hotplug)
 		return BALLOON_GROWTH_NO_UVM_HOTPLUG;
-	if (found != n)
+	if (!pv && found != n)
 		return BALLOON_GROWTH_PVH_DIRECT_MAP;
+	/*
+	 * The prototypes of kernel-growth.md sections 3-5: the names are
+	 * the contract (section 6).
+	 */
+	balloon_growth.hotplug_add = (int (*)(paddr_t, psize_t))addr[0];
+	balloon_growth.hotplug_remove = (int (*)(paddr_t, psize_t))addr[1];
+	if (pv) {
+		balloon_growth.p2m_limit = (paddr_t (*)(void))addr[2];
+		balloon_growth.p2m_grow = (int (*)(paddr_t))addr[3];
+	} else {
+		balloon_growth.growdirectmap = (int (*)(paddr_t))addr[2];
+		balloon_growth.xenmem_alloc =
+		    (paddr_t (*)(u_long, u_long, bool))addr[3];
+		balloon_growth.xenmem_free = (void (*)(paddr_t, u_long))addr[4];
+	}
 	return BALLOON_GROWTH_AVAILABLE;
 }
 
@@ -1105,8 +1178,8 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 		    (xen_start_info.nr_pages + per - 1) / per * per;
 		bi->plug_floor_pfn = xen_start_info.nr_pages;
 		/* Kernel-assisted: the reserved p2m (kernel-growth.md 4.2). */
-		if (balloon_p2m_limit != NULL)
-			bi->frame_limit_pfn = balloon_p2m_limit();
+		if (balloon_growth.p2m_limit != NULL)
+			bi->frame_limit_pfn = balloon_growth.p2m_limit();
 #endif
 	} else {
 		bi->frame_limit_pfn = top + bi->max_reservation_pages;

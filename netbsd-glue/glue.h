@@ -246,7 +246,21 @@ void	balloon_shim_p2m_clear(uint64_t pfn);
 long	balloon_shim_decrease_reservation(uint64_t *frames, size_t n);
 long	balloon_shim_increase_reservation(uint64_t *mfns, size_t n);
 long	balloon_shim_populate_physmap(uint64_t *pfns, size_t n);
-/* uvm_physseg_plug / uvm_physseg_unplug: 0, or an errno. */
+/*
+ * Kernel-assisted growth only (docs/kernel-growth.md section 7): prepares
+ * the kernel for a segment of npages frames before any is backed. PV:
+ * xpmap_p2m_grow(pfn + npages), *startp = pfn; PVH: xenmem_alloc_pa
+ * places it (*startp) and pmap_growdirectmap maps it. 0, ERANGE when the
+ * kernel has no room left, or another errno.
+ */
+int	balloon_shim_grow_reserve(uint64_t pfn, uint64_t npages,
+	    uint64_t *startp);
+/* Gives back a placement whose segment was never plugged (PVH only). */
+void	balloon_shim_grow_unreserve(uint64_t pfn, uint64_t npages);
+/*
+ * uvm_physseg_hotplug_add / uvm_physseg_hotplug_remove (PVH: then
+ * xenmem_free_pa): 0, or an errno.
+ */
 int	balloon_shim_physseg_plug(uint64_t pfn, uint64_t npages);
 int	balloon_shim_physseg_unplug(uint64_t pfn, uint64_t npages);
 /* UVM's free-memory figures now. */

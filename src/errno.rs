@@ -25,6 +25,12 @@ impl Errno {
     pub const EFAULT: Errno = Errno(14);
     /// Device busy: unload refused while memory is still ballooned.
     pub const EBUSY: Errno = Errno(16);
+    /// File exists: a range the kernel placed overlaps what the driver
+    /// holds (uvm_physseg_hotplug_add's overlap answer too).
+    pub const EEXIST: Errno = Errno(17);
+    /// Operation not supported by device: a growth interface the kernel
+    /// lacks was asked for.
+    pub const ENODEV: Errno = Errno(19);
     /// Invalid argument: a malformed value.
     pub const EINVAL: Errno = Errno(22);
     /// No space left: no frame space left to plug a segment into.
@@ -48,6 +54,8 @@ impl Errno {
             Errno::ENOMEM => "ENOMEM",
             Errno::EFAULT => "EFAULT",
             Errno::EBUSY => "EBUSY",
+            Errno::EEXIST => "EEXIST",
+            Errno::ENODEV => "ENODEV",
             Errno::EINVAL => "EINVAL",
             Errno::ENOSPC => "ENOSPC",
             Errno::ERANGE => "ERANGE",

@@ -15,12 +15,17 @@
 //! - **back**: one batch of a segment being prepared for plugging: PV:
 //!   `increase_reservation` gives new MFNs, each mapped at the next frame;
 //!   PVH: `populate_physmap` on the frames.
-//! - **plug**: `uvm_physseg_plug` of a fully backed segment, which puts
-//!   every page on the free lists at once.
+//! - **reserve**: the kernel makes room for a new segment before any
+//!   frame of it is backed (PV: `xpmap_p2m_grow`; PVH: `xenmem_alloc_pa`
+//!   and `pmap_growdirectmap`); **unreserve** gives a PVH range back when
+//!   its segment was abandoned.
+//! - **plug**: `uvm_physseg_hotplug_add` of a fully backed segment, which
+//!   puts every page on the free lists at once.
 //! - **return**: give frames backed for a plug that did not happen back
 //!   with `decrease_reservation` (PV: their p2m entries are cleared first
 //!   and put back for the tail Xen did not take).
-//! - **unplug**: `uvm_physseg_unplug`; the worker forgets the pages.
+//! - **unplug**: `uvm_physseg_hotplug_remove`; the worker forgets the
+//!   pages.
 //!
 //! All of it is safe Rust; the FFI layer implements [`Platform`] over the
 //! shim, and tests implement it over a model.
@@ -67,9 +72,19 @@ pub trait Platform {
     fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno>;
     /// `XENMEM_populate_physmap` on these guest frames.
     fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno>;
-    /// `uvm_physseg_plug` of a fully backed range.
+    /// Prepares the kernel for a new segment of `want.len()` frames
+    /// before any is backed (docs/kernel-growth.md section 7): PV:
+    /// `xpmap_p2m_grow(want.end())`, and the range is `want`; PVH:
+    /// `xenmem_alloc_pa` places it and `pmap_growdirectmap` maps it.
+    /// ERANGE when the kernel has no room left.
+    fn grow_reserve(&mut self, want: PfnRange) -> Result<PfnRange, Errno>;
+    /// Gives back the placement of a segment that was never plugged
+    /// (PVH: `xenmem_free_pa`; PV: nothing).
+    fn grow_unreserve(&mut self, range: PfnRange);
+    /// `uvm_physseg_hotplug_add` of a fully backed range.
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno>;
-    /// `uvm_physseg_unplug` of a range the driver owns.
+    /// `uvm_physseg_hotplug_remove` of a range the driver owns (PVH: then
+    /// `xenmem_free_pa`).
     fn unplug(&mut self, range: PfnRange) -> Result<(), Errno>;
     /// UVM's free memory now.
     fn meminfo(&mut self) -> MemInfo;
@@ -514,7 +529,7 @@ impl Control {
         let left = kib(frames.ballooned());
         match self.worker.state() {
             State::Waiting(WaitReason::UnplugFailed) => LogLine::format(format_args!(
-                "{left} KiB still ballooned: uvm_physseg_unplug refused a plugged segment"
+                "{left} KiB still ballooned: uvm_physseg_hotplug_remove refused to unplug a segment"
             )),
             State::Waiting(WaitReason::ShortDeflate) => LogLine::format(format_args!(
                 "{left} KiB still ballooned: Xen gave no more back"
@@ -740,6 +755,16 @@ impl Exec {
                     error,
                 };
                 s.locked(|c| c.publish(p, counts, result, now));
+            }
+            Action::Reserve { want } => {
+                let result = StepResult::Reserved(p.grow_reserve(want));
+                let counts = self.counts();
+                s.locked(|c| c.publish(p, counts, result, now));
+            }
+            Action::Unreserve { range } => {
+                p.grow_unreserve(range);
+                let counts = self.counts();
+                s.locked(|c| c.publish(p, counts, StepResult::Unreserved, now));
             }
             Action::Plug { range } => {
                 let result = StepResult::Plugged(p.plug(range));

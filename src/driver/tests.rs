@@ -30,6 +30,10 @@ struct Model {
     increase_limit: Option<usize>,
     plug_fails: bool,
     plugged: Vec<PfnRange>,
+    /// The range the kernel prepared (grow_reserve) and that is not yet
+    /// plugged or given back (one at a time; no allocation, so that
+    /// steps run under `failing`).
+    reserved: Option<PfnRange>,
     dirty_given: u64,
     zeroed: BTreeSet<u64>,
     log: Vec<String>,
@@ -54,6 +58,7 @@ impl Model {
             decrease_limit: None,
             increase_limit: None,
             plug_fails: false,
+            reserved: None,
             plugged: Vec::new(),
             dirty_given: 0,
             zeroed: BTreeSet::new(),
@@ -190,10 +195,27 @@ impl Platform for Model {
         }
         Ok(done)
     }
+    fn grow_reserve(&mut self, want: PfnRange) -> Result<PfnRange, Errno> {
+        assert_eq!(self.reserved, None, "a second range prepared at once");
+        self.reserved = Some(want);
+        Ok(want)
+    }
+    fn grow_unreserve(&mut self, range: PfnRange) {
+        assert_eq!(self.reserved, Some(range), "gave back a range not prepared");
+        self.reserved = None;
+    }
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
+        assert_eq!(
+            self.reserved,
+            Some(range),
+            "plug of a range the kernel did not prepare"
+        );
         if self.plug_fails {
+            // uvm_physseg_hotplug_add: on error nothing changed, the
+            // range stays prepared (kernel-growth.md 3.1).
             return Err(Errno::ENOMEM);
         }
+        self.reserved = None;
         for pfn in range.frames() {
             assert!(self.backed(pfn.0), "plug of an unbacked frame");
             self.free.insert(pfn.0);
@@ -277,6 +299,12 @@ impl Platform for Uncounted<'_> {
     }
     fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno> {
         uncounted(|| self.0.populate_physmap(pfns))
+    }
+    fn grow_reserve(&mut self, want: PfnRange) -> Result<PfnRange, Errno> {
+        uncounted(|| self.0.grow_reserve(want))
+    }
+    fn grow_unreserve(&mut self, range: PfnRange) {
+        uncounted(|| self.0.grow_unreserve(range))
     }
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
         uncounted(|| self.0.plug(range))
@@ -683,8 +711,8 @@ fn plugs_back_their_frames_one_batch_a_step() {
         assert_eq!(m.plugged.len(), 1, "{mode:?}");
         assert_eq!(
             steps,
-            2048 / 64 + 1,
-            "{mode:?}: the backing steps and the plug"
+            1 + 2048 / 64 + 1,
+            "{mode:?}: the reserve, the backing steps and the plug"
         );
         check(&m, &d);
     }
@@ -829,12 +857,18 @@ fn no_memory_at_plug_is_a_failed_plug_retried() {
             .set_target(Kib(PAGES * 4 + 4096), Source::Xenstore)
             .unwrap();
         let xen_before = m.xen.len();
+        // The reserve step: the kernel prepared the range, then the
+        // bitmap could not grow to cover it.
         let status = failing(|| d.step(&mut m, Uptime(0)));
-        assert!(matches!(status, StepStatus::Sleep(_)), "{status:?}");
+        assert_eq!(status, StepStatus::Again);
         assert_eq!(
             d.worker().state(),
             State::Waiting(crate::worker::WaitReason::PlugFailed)
         );
+        // The range goes back to the kernel before anything else.
+        assert!(m.reserved.is_some());
+        assert_eq!(d.step(&mut m, Uptime(0)), StepStatus::Again);
+        assert_eq!(m.reserved, None, "{mode:?}: the range was given back");
         assert_eq!(d.worker().frames().pending_segment(), None);
         assert_eq!(m.xen.len(), xen_before, "nothing was backed");
         assert_eq!(d.stats().hypercalls, 0);
@@ -954,6 +988,14 @@ impl Platform for Unlocked<'_> {
     fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
         self.check("unplug");
         self.m.unplug(range)
+    }
+    fn grow_reserve(&mut self, want: PfnRange) -> Result<PfnRange, Errno> {
+        self.check("grow_reserve");
+        self.m.grow_reserve(want)
+    }
+    fn grow_unreserve(&mut self, range: PfnRange) {
+        self.check("grow_unreserve");
+        self.m.grow_unreserve(range)
     }
     fn meminfo(&mut self) -> MemInfo {
         self.check("meminfo");

@@ -103,17 +103,35 @@ impl Platform for ShimPlatform {
         extents_done(unsafe { sys::balloon_shim_populate_physmap(pfns.as_mut_ptr(), pfns.len()) })
     }
 
+    fn grow_reserve(&mut self, want: PfnRange) -> Result<PfnRange, Errno> {
+        let _shim = super::ShimCall::enter();
+        let mut start = want.start().0;
+        // SAFETY: `start` is a valid, writable u64 for the call.
+        errno_result(unsafe {
+            sys::balloon_shim_grow_reserve(want.start().0, want.len().0, &mut start)
+        })?;
+        PfnRange::with_len(Pfn(start), want.len()).ok_or(Errno::ERANGE)
+    }
+
+    fn grow_unreserve(&mut self, range: PfnRange) {
+        let _shim = super::ShimCall::enter();
+        // SAFETY: plain values; the range is one grow_reserve returned and
+        // no frame of it is backed or in a segment any more.
+        unsafe { sys::balloon_shim_grow_unreserve(range.start().0, range.len().0) }
+    }
+
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {
         let _shim = super::ShimCall::enter();
-        // SAFETY: the range is fully backed and overlaps no segment (the
-        // frame space guarantees it), as uvm_physseg_plug requires.
+        // SAFETY: the range is fully backed, was prepared by grow_reserve
+        // and overlaps no segment (the frame space guarantees it), as
+        // uvm_physseg_hotplug_add requires.
         errno_result(unsafe { sys::balloon_shim_physseg_plug(range.start().0, range.len().0) })
     }
 
     fn unplug(&mut self, range: PfnRange) -> Result<(), Errno> {
         let _shim = super::ShimCall::enter();
         // SAFETY: every page of the range is owned by the driver (fully
-        // ballooned), as uvm_physseg_unplug requires.
+        // ballooned), as uvm_physseg_hotplug_remove requires.
         errno_result(unsafe { sys::balloon_shim_physseg_unplug(range.start().0, range.len().0) })
     }
 

@@ -68,6 +68,12 @@ pub enum Growth {
     NoUvmHotplug,
     /// PVH with UVM_HOTPLUG but without the PVH growth set.
     PvhDirectMap,
+    /// Kernel-assisted PV: the reserved p2m is full (`xpmap_p2m_grow`
+    /// answered ERANGE, or no segment fits below `xpmap_p2m_limit()`).
+    PvP2mFull,
+    /// Kernel-assisted PVH: `xenmem_alloc_pa` found no range, or
+    /// `pmap_growdirectmap` answered ERANGE for the one it found.
+    PvhNoRange,
 }
 
 impl Growth {
@@ -81,6 +87,8 @@ impl Growth {
             Growth::PvhDirectMap => {
                 Some("PVH: the direct map ends at boot memory (x86/pmap.c pmap_init_directmap)")
             }
+            Growth::PvP2mFull => Some("PV: the p2m reservation is full"),
+            Growth::PvhNoRange => Some("PVH: no physical range left to plug"),
         }
     }
 }
@@ -117,6 +125,21 @@ pub enum Action {
         from: Pfn,
         /// Frames to take back; at most one batch.
         count: Pages,
+    },
+    /// Prepare the kernel for a new segment of `want.len()` frames
+    /// (docs/kernel-growth.md section 7): PV: `xpmap_p2m_grow` to
+    /// `want.end()`, the range stays `want`; PVH: `xenmem_alloc_pa` places
+    /// it and `pmap_growdirectmap` maps it. Nothing is backed yet.
+    Reserve {
+        /// The range the frame space has room for.
+        want: PfnRange,
+    },
+    /// Give back the placement of a segment that was abandoned before it
+    /// was plugged, once its frames are back with Xen (PVH:
+    /// `xenmem_free_pa`; PV: nothing, the p2m never shrinks).
+    Unreserve {
+        /// The range [`Action::Reserve`] returned.
+        range: PfnRange,
     },
     /// Back these frames of the segment being prepared (PV:
     /// increase_reservation and p2m; PVH: populate_physmap): at most one
@@ -178,6 +201,10 @@ pub enum StepResult<'a> {
         /// What stopped the step early.
         error: Option<Errno>,
     },
+    /// The range the kernel prepared for a new segment, or why not.
+    Reserved(Result<PfnRange, Errno>),
+    /// The placement of an abandoned segment was given back.
+    Unreserved,
     /// Whether the segment was plugged.
     Plugged(Result<(), Errno>),
     /// How many leading frames of a [`Action::Return`] Xen took back.
@@ -230,8 +257,6 @@ pub enum CancelReason {
     RetriesExhausted(WaitReason),
     /// The target is above what the segments hold and hotplug is off.
     HotplugOff,
-    /// No frame space left to plug a segment into.
-    NoFrameSpace,
     /// Every segment slot reserved at attach is taken
     /// ([`crate::segments::PLUG_SLOTS`] plugged segments).
     NoSegmentSlot,
@@ -302,7 +327,6 @@ impl CancelReason {
         match self {
             CancelReason::RetriesExhausted(_) => "retries exhausted",
             CancelReason::HotplugOff => "target above boot memory and hotplug off",
-            CancelReason::NoFrameSpace => "no frame space left to plug into",
             CancelReason::NoSegmentSlot => "no segment slot left to plug into (256 plugged)",
             CancelReason::Clipped(g) => g.refusal().unwrap_or("growth refused"),
             CancelReason::FramesRefused => {
@@ -346,6 +370,8 @@ enum InFlight {
     Plug(PfnRange),
     Return(PfnRange),
     Unplug(PfnRange),
+    Reserve(PfnRange),
+    Unreserve(PfnRange),
 }
 
 /// What a completed step means for the back-off.
@@ -379,6 +405,9 @@ pub struct Worker {
     failed_plug: Option<Errno>,
     /// Whether the kernel can take a plug (fixed at load).
     growth: Growth,
+    /// The placement of a segment abandoned before its plug, given back
+    /// ([`Action::Unreserve`]) once no frame of it is stranded.
+    unreserve: Option<PfnRange>,
     /// The bookkeeping refused a step ([`CancelReason::FramesRefused`],
     /// [`CancelReason::ResultRefused`]): nothing more is done, whatever
     /// the target or knobs say, and an unload is refused.
@@ -454,6 +483,7 @@ impl Worker {
             releasing: false,
             failed_plug: None,
             growth: boot.growth,
+            unreserve: None,
             stopped: false,
             load_reservation: boot.reservation,
             offset: None,
@@ -691,9 +721,16 @@ impl Worker {
         if !self.releasing && self.policy.hotplug() && self.target() > self.held() {
             return Ok(());
         }
-        self.space
-            .abandon_plug(seg.range)
+        self.abandon_pending(seg.range)
             .map_err(WorkerError::Bookkeeping)?;
+        Ok(())
+    }
+
+    /// Abandons the segment being prepared; its placement is given back
+    /// once its frames are.
+    fn abandon_pending(&mut self, range: PfnRange) -> Result<(), SegmentError> {
+        self.space.abandon_plug(range)?;
+        self.unreserve = Some(range);
         Ok(())
     }
 
@@ -919,6 +956,12 @@ impl Worker {
             return Ok(Action::Idle);
         }
         self.drop_unwanted_plug()?;
+        // A placement goes back once no frame of it is backed, whatever
+        // the back-off or state: it costs no hypercall.
+        if let (Some(range), true) = (self.unreserve, self.space.stranded().is_zero()) {
+            self.in_flight = Some(InFlight::Unreserve(range));
+            return Ok(Action::Unreserve { range });
+        }
         if !self.releasing {
             if let State::Cancelled(_) = self.state {
                 return Ok(Action::Idle);
@@ -972,7 +1015,7 @@ impl Worker {
             if !self.policy.hotplug() {
                 return Ok(self.cancel(CancelReason::HotplugOff));
             }
-            // uvm_physseg_plug refuses more pages than UVM manages.
+            // No segment larger than UVM manages now (issue 12 bug 2).
             let limits = PlugLimits {
                 max_segment: self.plug_limits.max_segment.min(mem.managed),
                 ..self.plug_limits
@@ -982,21 +1025,26 @@ impl Worker {
             if self.space.free_slots() == 0 {
                 return Ok(self.cancel(CancelReason::NoSegmentSlot));
             }
-            let Some(range) = self.space.next_plug(need, limits) else {
-                return Ok(self.cancel(CancelReason::NoFrameSpace));
+            let want = if self.limit.pvh {
+                // PVH: xenmem_alloc_pa places the range (kernel-growth.md
+                // 5.2), above 4 GiB and clear of RAM and grant frames:
+                // only its size is asked for here, bounded by the policy's
+                // maximum through `need`.
+                let len = need.min(limits.max_segment);
+                self.space
+                    .span_end()
+                    .align_up(limits.align)
+                    .and_then(|s| PfnRange::with_len(s, len))
+            } else {
+                self.space.next_plug(need, limits)
             };
-            // The bitmap grows to cover the new segment here, before
-            // anything is backed: no memory for it is a plug that failed
-            // (retried with the back-off), not a panic.
-            match self.space.begin_plug(range) {
-                Ok(()) => {}
-                Err(SegmentError::NoMemory) => {
-                    return Ok(self.fall_short(now, WaitReason::PlugFailed, Some(Errno::ENOMEM)))
-                }
-                Err(SegmentError::Full) => return Ok(self.cancel(CancelReason::NoSegmentSlot)),
-                Err(e) => return Err(WorkerError::Bookkeeping(e)),
-            }
-            return Ok(self.continue_plug(range));
+            let Some(want) = want else {
+                return Ok(self.cancel(CancelReason::Clipped(self.full())));
+            };
+            // The kernel prepares (and, PVH, places) the range first.
+            self.in_flight = Some(InFlight::Reserve(want));
+            self.state = State::Plugging;
+            return Ok(Action::Reserve { want });
         }
         if self.policy.unplug() {
             if let Some(unplug) = self.start_unplug() {
@@ -1005,6 +1053,38 @@ impl Worker {
         }
         self.state = State::Idle;
         Ok(Action::Idle)
+    }
+
+    /// The reason growth stops when the kernel has no room left for a
+    /// segment (docs/kernel-growth.md section 8).
+    fn full(&self) -> Growth {
+        if self.limit.pvh {
+            Growth::PvhNoRange
+        } else {
+            Growth::PvP2mFull
+        }
+    }
+
+    /// The kernel prepared `range` for a new segment: start backing it.
+    /// The bitmap grows to cover it here, before anything is backed: no
+    /// memory for it (or a range the frame space cannot take) is a plug
+    /// that failed, retried with the back-off, and the range goes back.
+    fn reserved(&mut self, range: PfnRange) -> Outcome {
+        match self.space.begin_plug(range) {
+            Ok(()) => {
+                self.state = State::Plugging;
+                Outcome::Neutral
+            }
+            Err(e) => {
+                self.unreserve = Some(range);
+                let errno = if e == SegmentError::NoMemory {
+                    Errno::ENOMEM
+                } else {
+                    Errno::EEXIST
+                };
+                Outcome::Short(WaitReason::PlugFailed, Some(errno))
+            }
+        }
     }
 
     fn cancel(&mut self, why: CancelReason) -> Action {
@@ -1130,6 +1210,21 @@ impl Worker {
                     Outcome::Neutral
                 }
             }
+            (InFlight::Reserve(want), StepResult::Reserved(res)) => match res {
+                Ok(range) if range.len() == want.len() => self.reserved(range),
+                Ok(_) => return Err(WorkerError::Mismatch),
+                Err(Errno::ERANGE) => {
+                    self.cancel(CancelReason::Clipped(self.full()));
+                    Outcome::Neutral
+                }
+                Err(e) => Outcome::Short(WaitReason::PlugFailed, Some(e)),
+            },
+            (InFlight::Unreserve(range), StepResult::Unreserved) => {
+                if self.unreserve == Some(range) {
+                    self.unreserve = None;
+                }
+                Outcome::Neutral
+            }
             (InFlight::Plug(range), StepResult::Plugged(res)) => match res {
                 Ok(()) => {
                     self.space
@@ -1196,7 +1291,7 @@ impl Worker {
     /// plugged, and what it had backed goes back to Xen.
     fn drop_pending_after_error(&mut self) {
         if let Some(seg) = self.space.pending() {
-            let _ = self.space.abandon_plug(seg.range);
+            let _ = self.abandon_pending(seg.range);
         }
     }
 
@@ -1205,8 +1300,7 @@ impl Worker {
     /// are back; with none, it counts now.
     fn plug_failed(&mut self, error: Errno) -> Result<Outcome, WorkerError> {
         if let Some(seg) = self.space.pending() {
-            self.space
-                .abandon_plug(seg.range)
+            self.abandon_pending(seg.range)
                 .map_err(WorkerError::Bookkeeping)?;
         }
         if self.space.stranded().is_zero() {

@@ -30,8 +30,14 @@ struct Faults {
     plug_fails: bool,
     /// The hypercalls backing a plug do nothing.
     back_fails: bool,
-    /// uvm_physseg_unplug refuses.
+    /// uvm_physseg_hotplug_remove refuses.
     unplug_fails: bool,
+    /// The kernel's growth reservation answers this (xpmap_p2m_grow or
+    /// xenmem_alloc_pa/pmap_growdirectmap).
+    reserve_error: Option<Errno>,
+    /// The kernel places a reserved range this many frames above where
+    /// the frame space asked (PVH: xenmem_alloc_pa picks the address).
+    reserve_shift: u64,
 }
 
 struct Model {
@@ -60,6 +66,10 @@ struct Model {
     steps_checked: u64,
     /// The largest segment a plug takes (frames).
     max_segment: u64,
+    /// Ranges the kernel reserved for segments not plugged yet.
+    reserved: BTreeSet<(u64, u64)>,
+    /// Ranges given back with an unreserve.
+    unreserved: Vec<(u64, u64)>,
 }
 
 impl Model {
@@ -79,6 +89,8 @@ impl Model {
             worker_allocs: 0,
             steps_checked: 0,
             max_segment: 32 * MIB,
+            reserved: BTreeSet::new(),
+            unreserved: Vec::new(),
         }
     }
 
@@ -116,16 +128,16 @@ impl Model {
     /// Carries out one action; returns false when the worker is idle.
     fn step(&mut self, w: &mut Worker) -> bool {
         let mem = self.mem();
-        let pending_before = w.frames().pending_segment();
         let (action, n) = allocations(|| w.next_action(self.now, mem));
         let action = action.unwrap();
         self.worker_allocs = n;
         // Every step allocates nothing: inflate, deflate, sleep, idle,
         // backing and plugging a segment, giving stranded frames back,
         // unplugging (refused or not), and every result. The one
-        // exception is the step that begins a plug: the bitmap may grow
-        // (once, fallibly) to cover the new segment before it is backed.
-        let begins_plug = pending_before.is_none() && matches!(action, Action::Back { .. });
+        // exception is the step that begins a plug (the kernel's
+        // reservation taken): the bitmap may grow (once, fallibly) to
+        // cover the new segment before it is backed.
+        let begins_plug = matches!(action, Action::Reserve { .. });
         let more = self.step_action(w, action);
         let allowed = u64::from(begins_plug);
         assert!(
@@ -222,11 +234,41 @@ impl Model {
                 )
                 .unwrap();
             }
+            Action::Reserve { want } => {
+                let res = match self.faults.reserve_error {
+                    Some(e) => Err(e),
+                    None => {
+                        let r = PfnRange::with_len(
+                            Pfn(want.start().0 + self.faults.reserve_shift),
+                            want.len(),
+                        )
+                        .unwrap();
+                        self.reserved.insert((r.start().0, r.end().0));
+                        Ok(r)
+                    }
+                };
+                self.complete_counted(w, StepResult::Reserved(res), self.now)
+                    .unwrap();
+            }
+            Action::Unreserve { range } => {
+                let key = (range.start().0, range.end().0);
+                assert!(
+                    self.reserved.remove(&key),
+                    "unreserve of a range not reserved"
+                );
+                self.unreserved.push(key);
+                self.complete_counted(w, StepResult::Unreserved, self.now)
+                    .unwrap();
+            }
             Action::Back { frames } => {
                 let (s, e) = (frames.start().0, frames.end().0);
                 for &(ps, pe) in &self.present {
                     assert!(e <= ps || pe <= s, "backing frames of a live segment");
                 }
+                assert!(
+                    self.reserved.iter().any(|&(rs, re)| rs <= s && e <= re),
+                    "backing frames the kernel did not prepare"
+                );
                 let asked = frames.len().0;
                 let room = self.max_pages.saturating_sub(self.reservation);
                 let done = if self.faults.back_fails {
@@ -268,6 +310,10 @@ impl Model {
                     self.complete_counted(w, StepResult::Plugged(Err(Errno::ENOMEM)), self.now)
                         .unwrap();
                 } else {
+                    assert!(
+                        self.reserved.remove(&(s, e)),
+                        "plug of a range not reserved"
+                    );
                     self.backed = 0;
                     self.free.extend(s..e);
                     self.present.insert((s, e));
@@ -483,6 +529,9 @@ fn plugged_segments_are_aligned_and_sized() {
     let mut backed = Vec::new();
     let range = loop {
         match w.next_action(m.now, m.mem()).unwrap() {
+            Action::Reserve { want } => {
+                w.complete(StepResult::Reserved(Ok(want)), m.now).unwrap();
+            }
             Action::Back { frames } => {
                 backed.push(frames);
                 m.reservation += frames.len().0;
@@ -520,8 +569,8 @@ fn plugged_segments_are_aligned_and_sized() {
     w.set_target(kib(256 * MIB + 100 + 701), Source::Xenstore)
         .unwrap();
     match w.next_action(m.now, m.mem()).unwrap() {
-        Action::Back { frames } => assert_eq!(frames.start(), Pfn(256 * MIB + 1024)),
-        other => panic!("expected a plug, got {other:?}"),
+        Action::Reserve { want } => assert_eq!(want.start(), Pfn(256 * MIB + 1024)),
+        other => panic!("expected a reserve, got {other:?}"),
     }
 }
 
@@ -904,6 +953,7 @@ fn op() -> impl Strategy<Value = Op> {
                 plug_fails: p,
                 unplug_fails: u,
                 back_fails: b,
+                ..Faults::default()
             })),
         1 => (1u64..2048).prop_map(Op::Batch),
         1 => any::<bool>().prop_map(Op::Hotplug),
@@ -999,6 +1049,7 @@ fn a_hundred_thousand_random_steps() {
                     plug_fails: rng.below(5) == 0,
                     unplug_fails: rng.below(5) == 0,
                     back_fails: rng.below(8) == 0,
+                    ..Faults::default()
                 };
             }
             4 => {
@@ -1153,4 +1204,101 @@ fn pod_debt_goes_back_first_and_unscrubbed() {
         panic!("inflate expected");
     };
     assert!(scrub, "past the debt, frames are scrubbed again");
+}
+
+/// docs/kernel-growth.md section 7: the kernel makes room for a segment
+/// (PV: xpmap_p2m_grow; PVH: xenmem_alloc_pa and pmap_growdirectmap)
+/// before any frame of it is backed, and the segment is plugged where the
+/// kernel placed it, not where the frame space first asked.
+#[test]
+fn growth_reserves_before_backing_and_plugs_where_the_kernel_placed_it() {
+    let (mut m, mut w) = domain();
+    m.faults.reserve_shift = 4096 * MIB;
+    w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
+        .unwrap();
+    m.settle(&mut w, 20);
+    assert_eq!(w.state(), State::Idle);
+    assert!(m.reserved.is_empty(), "every reserved range was plugged");
+    assert!(m
+        .present
+        .contains(&(4096 * MIB + 256 * MIB, 4096 * MIB + 256 * MIB + 700)));
+    assert_eq!(w.current().0, m.reservation);
+}
+
+/// docs/kernel-growth.md section 8: when the kernel has no room left the
+/// target is clipped with the real reason, not "no frame space left".
+#[test]
+fn a_full_kernel_reservation_clips_with_the_modes_reason() {
+    for (pvh, why) in [
+        (false, "clipped: PV: the p2m reservation is full"),
+        (true, "clipped: PVH: no physical range left to plug"),
+    ] {
+        let (mut m, mut w) = domain();
+        w.set_limit(Pages(m.max_pages), None, pvh);
+        m.faults.reserve_error = Some(Errno::ERANGE);
+        w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
+            .unwrap();
+        m.settle(&mut w, 20);
+        assert_eq!(w.state().to_string(), why);
+        assert_eq!(w.current().0, m.reservation);
+        // PV: no room below xpmap_p2m_limit() at all: the same reason
+        // (PVH asks xenmem for a size, so it has no such limit).
+        if pvh {
+            continue;
+        }
+        let (mut m, mut w) = domain();
+        w.set_limit(Pages(m.max_pages), None, pvh);
+        let mut w2 = {
+            let seg = [PfnRange::new(Pfn(0), Pfn(256 * MIB)).unwrap()];
+            Worker::new(&Boot {
+                segments: &seg,
+                reservation: Pages(m.reservation),
+                max_reservation: Pages(m.max_pages),
+                freemin: Pages(64),
+                growth: Growth::Available,
+                plug: PlugLimits {
+                    align: Pages(512),
+                    max_segment: Pages(32 * MIB),
+                    frame_limit: Pfn(256 * MIB),
+                    floor: Pfn(0),
+                    hole: None,
+                },
+            })
+            .unwrap()
+        };
+        w2.set_limit(Pages(m.max_pages), None, pvh);
+        w2.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
+            .unwrap();
+        m.settle(&mut w2, 20);
+        assert_eq!(w2.state().to_string(), why);
+        w.verify().unwrap();
+    }
+}
+
+/// A segment abandoned before its plug gives its placement back (PVH:
+/// xenmem_free_pa) once its frames are back with Xen, and only then.
+#[test]
+fn an_abandoned_segment_gives_its_placement_back() {
+    let (mut m, mut w) = domain();
+    m.faults.plug_fails = true;
+    w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
+        .unwrap();
+    for _ in 0..200 {
+        if !m.step(&mut w) {
+            break;
+        }
+        if !m.unreserved.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(m.unreserved.len(), 1, "one placement given back");
+    assert_eq!(m.backed, 0, "its frames went back to Xen first");
+    assert!(m.reserved.is_empty());
+    m.faults.plug_fails = false;
+    m.now = Uptime(m.now.0 + 3_600_000);
+    w.set_target(kib(256 * MIB + 100 + 701), Source::Xenstore)
+        .unwrap();
+    m.settle(&mut w, 40);
+    assert_eq!(w.state(), State::Idle);
+    assert!(m.reserved.is_empty());
 }

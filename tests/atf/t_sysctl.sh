@@ -177,8 +177,8 @@ defaults_body()
 	b_expect hw.balloon.retry_delay_max 32000
 	b_expect hw.balloon.retry_max 4
 	b_expect hw.balloon.scrub 1
-	# Off by default: unplug leaks the vm_page slab and changes the
-	# segment tree unlocked (uvm_physseg.c 1.18; balloonkmod.4 BUGS).
+	# Off by default (balloonkmod.4): segments added through the
+	# kernel growth interfaces stay unless it is set.
 	b_expect hw.balloon.unplug 0
 	if b_hotplug_available; then
 		b_expect hw.balloon.hotplug 1

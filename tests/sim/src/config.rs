@@ -57,6 +57,11 @@ pub struct DomainConfig {
     pub hotplug: bool,
     /// Stock or kernel-assisted (default stock).
     pub flavour: Flavour,
+    /// Test only: on the assisted kernel, let stock uvm_physseg_plug and
+    /// unplug run after boot as UVM_HOTPLUG's do, instead of panicking
+    /// (growth.rs `check_plain_plug`), to show what they leave behind
+    /// (a save then loses frames and the resume crashes). Default false.
+    pub plain_plug_after_boot: bool,
     /// PV p2m capacity in frames (default: max reservation + 256 + 65536).
     pub p2m_capacity: Option<u64>,
     /// Boot segments as (start pfn, npages), sorted and disjoint (default:
@@ -88,6 +93,7 @@ impl Default for DomainConfig {
             kernel_pages: None,
             hotplug: true,
             flavour: Flavour::Stock,
+            plain_plug_after_boot: false,
             p2m_capacity: None,
             boot_segments: None,
             builtin_balloon: false,
@@ -140,6 +146,11 @@ impl DomainConfig {
     /// The kernel-assisted flavour with UVM_HOTPLUG.
     pub fn assisted(self) -> Self {
         self.flavour(Flavour::Assisted).hotplug(true)
+    }
+    /// See [`DomainConfig::plain_plug_after_boot`].
+    pub fn plain_plug_after_boot(mut self, on: bool) -> Self {
+        self.plain_plug_after_boot = on;
+        self
     }
     pub fn p2m_capacity(mut self, frames: u64) -> Self {
         self.p2m_capacity = Some(frames);
@@ -336,6 +347,12 @@ pub struct Faults {
     pub watch_register_error: Option<i32>,
     /// HYPERVISOR_memory_op returns minus this errno for the command.
     pub memory_op_errors: std::collections::BTreeMap<MemOp, i32>,
+    /// xenmem_alloc_pa finds no range (the assisted PVH kernel's
+    /// `iomem_ex` full; growth.rs).
+    pub xenmem_fail: bool,
+    /// A device's pmf(9) suspend handler vetoes the next suspend
+    /// (saverestore.rs: xen_suspend_domain then crashes the domain).
+    pub suspend_veto: bool,
 }
 
 /// Consumes one call of a fail-after counter; true = this call fails.

@@ -776,6 +776,29 @@ impl Console {
                 self.domain.resume();
                 Reply::default()
             }
+            // xl save then xl restore as one step (saverestore.rs).
+            ["save-restore"] => match self.domain.save_restore() {
+                Ok(r) => Reply::ok(format!(
+                    "saved {} frames, left out {} ({} unmapped){}\n",
+                    r.saved,
+                    r.lost.len() as u64 + r.unmapped,
+                    r.unmapped,
+                    if r.nr_pages == 0 {
+                        String::new()
+                    } else {
+                        format!(", arch.max_pfn {:#x}, nr_pages {}", r.max_pfn, r.nr_pages)
+                    }
+                )),
+                Err(e) => Reply::fail(format!("sim save-restore: the domain crashed: {e}")),
+            },
+            ["growth"] => {
+                let g = self.domain.growth_stats();
+                Reply::ok(format!(
+                    "p2m_end {:#x}\ndirect_end {:#x}\nhot_segments {}\narray_bytes {}\n\
+                     calls {:?}\n",
+                    g.p2m_end, g.direct_end, g.hot_segments, g.array_bytes, g.calls
+                ))
+            }
             ["settle"] => self.settle(SETTLE_DEFAULT),
             ["settle", secs] => match secs.parse::<u64>() {
                 Ok(s) => self.settle(Duration::from_secs(s)),
@@ -933,6 +956,8 @@ impl Console {
             ["sysctl_create_fail_after", v] => count(v).map(|c| f.sysctl_create_fail_after = c),
             ["plug_fail", v] => flag(v).map(|b| f.plug_fail = b),
             ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
+            ["suspend_veto", v] => flag(v).map(|b| f.suspend_veto = b),
+            ["xenmem_fail", v] => flag(v).map(|b| f.xenmem_fail = b),
             ["kmem_nosleep_fail", v] => flag(v).map(|b| f.kmem_nosleep_fail = b),
             ["kmem_nosleep_fail_after", v] => count(v).map(|c| f.kmem_nosleep_fail_after = c),
             ["xenstore_read_error", v] => errno(v).map(|e| f.xenstore_read_error = e),

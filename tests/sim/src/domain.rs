@@ -440,6 +440,8 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         hypercalls: 0,
         faults_fired: 0,
         module_loads: 0,
+        growth: Default::default(),
+        crashed: None,
         cfg,
     };
     if k.cfg.mode != Mode::NotXen {
@@ -507,6 +509,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
             k.special.push(pfn);
         }
     }
+    k.growth = crate::growth::GrowthState::boot(&k);
     let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));
     let freetarg = k.cfg.freetarg.unwrap_or(512.min((boot_pages / 8) as i32));
     uvmexp.set(Uvmexp {
@@ -976,6 +979,27 @@ impl Domain {
         })
     }
 
+    /// `xl save` then `xl restore` (or a migration) of the domain, as one
+    /// step (saverestore.rs): PV keeps only frames below the published
+    /// `arch.max_pfn`; stock resume crashes on `nr_pages != physmem`; a
+    /// suspend veto crashes. On success xenstore resumes as
+    /// [`Domain::resume`] says. `Err` is the crash's reason.
+    pub fn save_restore(&self) -> Result<crate::SaveReport, String> {
+        let r = with(crate::saverestore::save_restore)?;
+        self.resume();
+        Ok(r)
+    }
+
+    /// Why the domain crashed, if it did.
+    pub fn crashed(&self) -> Option<String> {
+        with(|k| k.crashed.clone())
+    }
+
+    /// The kernel-assisted growth interfaces' figures (growth.rs).
+    pub fn growth_stats(&self) -> crate::GrowthStats {
+        with(|k| crate::growth::stats(k))
+    }
+
     /// The domain is suspended and resumed (xl save/restore, migration).
     /// xenstore keeps what the toolstack wrote but loses every node the
     /// guest wrote itself; the guest's xs_resume() registers each watch
@@ -1065,6 +1089,9 @@ impl Domain {
 
 fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
     let mut errs = Vec::new();
+    if let Some(why) = &k.crashed {
+        errs.push(format!("the domain crashed: {why}"));
+    }
     // x86_xpmap.c 1.84.4.2: an update left in a CPU's queue has not reached
     // Xen's m2p (see xen.rs, the per-CPU m2p queue).
     for (cpu, q) in k.xpq.iter().enumerate() {

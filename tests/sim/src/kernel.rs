@@ -217,6 +217,11 @@ pub(crate) struct Kernel {
     pub faults_fired: u64,
     /// Successful module loads since boot.
     pub module_loads: u64,
+    /// The kernel-assisted growth interfaces' state (growth.rs).
+    pub growth: crate::growth::GrowthState,
+    /// Why the domain crashed (HYPERVISOR_crash during a save or
+    /// restore, saverestore.rs); a crashed domain runs nothing more.
+    pub crashed: Option<String>,
 }
 
 // SAFETY: the raw pointers in Kernel point into memory the Kernel owns

@@ -708,19 +708,6 @@ const GROWTH_PVH: [&str; 5] = [
     "xenmem_free_pa",
 ];
 
-/// `xpmap_p2m_limit()` of the assisted PV kernel (kernel-growth.md 4.2):
-/// the frames the reserved p2m covers, here the model's p2m capacity.
-extern "C" fn sim_xpmap_p2m_limit() -> u64 {
-    with(|k| k.p2m_cap as u64)
-}
-
-/// The other growth interfaces: the module resolves them but does not
-/// call them yet; a call is a simulator panic so that it cannot go
-/// unnoticed.
-extern "C" fn sim_growth_unmodelled() -> c_int {
-    kernel_panic("a kernel growth interface was called that the simulator does not model yet")
-}
-
 /// Calls of `ksyms_getval` for a growth interface name (whatever it
 /// answered), for tests that check the module looked.
 pub(crate) static GROWTH_LOOKUPS: std::sync::atomic::AtomicU64 =
@@ -761,13 +748,7 @@ unsafe extern "C" fn ksyms_getval(
                 Flavour::Assisted => true,
                 Flavour::AssistedWithout(gone) => gone != name,
             };
-        present.then(|| {
-            if name == "xpmap_p2m_limit" {
-                sim_xpmap_p2m_limit as extern "C" fn() -> u64 as usize as c_ulong
-            } else {
-                sim_growth_unmodelled as extern "C" fn() -> c_int as usize as c_ulong
-            }
-        })
+        present.then(|| crate::growth::symbol(name)).flatten()
     } else {
         None
     };

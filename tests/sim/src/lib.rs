@@ -21,10 +21,12 @@ mod config;
 pub mod control;
 pub mod daemon;
 mod domain;
+mod growth;
 mod kernel;
 mod ksync;
 mod pod;
 pub mod regex;
+mod saverestore;
 pub mod soak;
 pub mod stall;
 mod sysctl;
@@ -45,8 +47,10 @@ pub use domain::RESERVED_BELOW_4G;
 pub use domain::{
     test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
 };
+pub use growth::{GrowthCalls, GrowthStats};
 pub use kernel::{KGlobal, StartInfo, Uvmexp};
 pub use pod::PodStats;
+pub use saverestore::SaveReport;
 pub use sysctl::SysctlValue;
 pub use uvm::SlabStats;
 

@@ -28,6 +28,8 @@ pub const POINTS: &[&str] = &[
     "populate_physmap",
     "physseg_plug",
     "physseg_unplug",
+    "p2m_grow",
+    "growdirectmap",
     "pagealloc",
     "pglistalloc",
     "zero_page",

@@ -318,6 +318,7 @@ extern "C" fn pmap_zero_page(pa: u64) {
         // A write: on a PoD domain it populates a PoD gfn from the cache
         // (p2m_pod_demand_populate, pod.rs).
         k.pod_touch(pfn, crate::pod::Touch::ZeroPage);
+        crate::growth::check_direct_map(k, pfn);
         match k.content_mut(pfn) {
             Some(c) => *c = 0,
             None => kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed")),
@@ -365,6 +366,7 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
     stall_point("physseg_plug");
     with(|k| {
         k.plug_calls += 1;
+        crate::growth::check_plain_plug(k, "uvm_physseg_plug");
         if !k.cfg.hotplug {
             kernel_panic("uvm_physseg_plug: Tried to add RAM after uvm_page_init");
         }
@@ -381,7 +383,13 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
         //   (pmap.c 1.414 pmap_init_directmap), so pmap_zero_page of a
         //   plugged page past it faults.
         if k.cfg.flavour != Flavour::Stock {
-            // kernel-assisted: the plug is what the interfaces make safe.
+            // kernel-assisted with `plain_plug_after_boot` (check_plain_plug
+            // panics otherwise): the plug runs as UVM_HOTPLUG's does, and
+            // what it skipped (p2m, max_pfn, physmem) shows at a save.
+        } else if k.cfg.plain_plug_after_boot && k.cfg.mode == Mode::Pv {
+            // Test only: a stock XEN3_DOMU with UVM_HOTPLUG takes the plug
+            // (the model's p2m table has room); the next save and
+            // restore shows the damage (saverestore.rs).
         } else if k.cfg.mode == Mode::Pv {
             kernel_panic(
                 "uvm_physseg_plug on stock XEN3_DOMU: frames past the boot p2m \
@@ -463,6 +471,7 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
     let n = npages as u64;
     stall_point("physseg_unplug");
     let msg = with(|k| {
+        crate::growth::check_plain_plug(k, "uvm_physseg_unplug");
         let Some(i) = k.seg_of(pfn) else {
             return Some("uvm_physseg_unplug: Tried to unplug from unknown offset\n".to_string());
         };

@@ -423,7 +423,12 @@ fn hypercall_partial_results() {
 
 #[test]
 fn pvh_populate_plug_pglist_unplug() {
-    let d = Domain::boot(small().mode(Mode::Pvh).assisted());
+    let d = Domain::boot(
+        small()
+            .mode(Mode::Pvh)
+            .assisted()
+            .plain_plug_after_boot(true),
+    );
     assert_eq!(globals::vm_guest.get(), 3);
     assert!(globals::xpmap_phys_to_machine_mapping.get().is_null());
     // libxl's maximum is memory + 1 MiB: raise it as xl mem-max would.
@@ -470,7 +475,7 @@ fn pvh_populate_plug_pglist_unplug() {
 
 #[test]
 fn plug_unplug_rules_and_segment_walk() {
-    let d = Domain::boot(small().assisted());
+    let d = Domain::boot(small().assisted().plain_plug_after_boot(true));
     // SAFETY (whole test): kernel calls with valid arguments.
     unsafe {
         assert!(!uvm_physseg_unplug(5, 1), "pfn in no segment");
@@ -800,7 +805,7 @@ fn not_xen_has_no_hypercalls() {
 fn run_case(case: &str) {
     // The kernel-assisted flavour, where a plug is allowed; the stock
     // cases boot their own.
-    let d = Domain::boot(small().assisted());
+    let d = Domain::boot(small().assisted().plain_plug_after_boot(true));
     // SAFETY: these calls break kernel rules on purpose; each must panic.
     unsafe {
         match case {

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: BSD-2-Clause
+//! The simulated kernel-assisted interfaces (docs/kernel-growth.md
+//! sections 3 to 5) and the save/restore model, called directly as a
+//! driver would, without the module: each rule the simulator enforces,
+//! and what a save does after a plug that did not keep the kernel in step.
+
+use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
+use std::process::Command;
+
+use balloon_sim::{globals, Domain, DomainConfig, Faults};
+
+extern "C" {
+    fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
+    fn xpq_queue_machphys_update(ma: u64, pa: u64);
+    fn xpq_flush_queue();
+    fn kpreempt_disable();
+    fn kpreempt_enable();
+    fn uvm_physseg_plug(pfn: u64, n: usize, out: *mut c_void) -> bool;
+    fn pmap_zero_page(pa: u64);
+    fn ksyms_getval(m: *const c_char, s: *const c_char, v: *mut c_ulong, f: c_int) -> c_int;
+}
+
+#[repr(C)]
+struct Resv {
+    ext: *mut u64,
+    n: u64,
+    order: c_uint,
+    flags: c_uint,
+    domid: u16,
+}
+
+const DOMID_SELF: u16 = 0x7ff0;
+const INCREASE: c_uint = 0;
+const POPULATE: c_uint = 6;
+const EINVAL: c_int = 22;
+const EEXIST: c_int = 17;
+const ENOENT: c_int = 2;
+const EBUSY: c_int = 16;
+const ERANGE: c_int = 34;
+
+fn memop(cmd: c_uint, ext: &mut [u64]) -> c_int {
+    let mut r = Resv {
+        ext: ext.as_mut_ptr(),
+        n: ext.len() as u64,
+        order: 0,
+        flags: 0,
+        domid: DOMID_SELF,
+    };
+    // SAFETY: a valid reservation struct and extent array.
+    unsafe { HYPERVISOR_memory_op(cmd, &mut r as *mut Resv as *mut c_void) }
+}
+
+/// The address ksyms gives for a growth interface ("netbsd", KSYMS_EXTERN).
+fn sym(name: &str) -> usize {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut v: c_ulong = 0;
+    // SAFETY: NUL-terminated strings and a writable out-parameter.
+    let e = unsafe { ksyms_getval(c"netbsd".as_ptr(), n.as_ptr(), &mut v, 0) };
+    assert_eq!(e, 0, "{name} not resolved");
+    v as usize
+}
+
+fn hotplug_add(pfn: u64, n: u64) -> c_int {
+    // SAFETY: the address ksyms gave for this prototype (kernel-growth.md 3.1).
+    let f: extern "C" fn(u64, u64) -> c_int =
+        unsafe { std::mem::transmute(sym("uvm_physseg_hotplug_add")) };
+    f(pfn, n)
+}
+
+fn hotplug_remove(pfn: u64, n: u64) -> c_int {
+    // SAFETY: as above (3.2).
+    let f: extern "C" fn(u64, u64) -> c_int =
+        unsafe { std::mem::transmute(sym("uvm_physseg_hotplug_remove")) };
+    f(pfn, n)
+}
+
+fn p2m_grow(end: u64) -> c_int {
+    // SAFETY: as above (4.3).
+    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym("xpmap_p2m_grow")) };
+    f(end)
+}
+
+fn p2m_limit() -> u64 {
+    // SAFETY: as above (4.2).
+    let f: extern "C" fn() -> u64 = unsafe { std::mem::transmute(sym("xpmap_p2m_limit")) };
+    f()
+}
+
+fn growdirectmap(pa_end: u64) -> c_int {
+    // SAFETY: as above (5.1).
+    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym("pmap_growdirectmap")) };
+    f(pa_end)
+}
+
+fn xenmem_alloc(size: u64, align: u64) -> u64 {
+    // SAFETY: as above (5.2).
+    let f: extern "C" fn(c_ulong, c_ulong, bool) -> u64 =
+        unsafe { std::mem::transmute(sym("xenmem_alloc_pa")) };
+    f(size as c_ulong, align as c_ulong, false)
+}
+
+fn xenmem_free(pa: u64, size: u64) {
+    // SAFETY: as above (5.2).
+    let f: extern "C" fn(u64, c_ulong) = unsafe { std::mem::transmute(sym("xenmem_free_pa")) };
+    f(pa, size as c_ulong)
+}
+
+/// PV: increase_reservation for `pfns`, p2m and m2p entries written and
+/// flushed on one CPU (x86_xpmap.c 1.84.4.2).
+fn pv_back(pfns: &[u64]) {
+    let mut mfns = vec![0u64; pfns.len()];
+    assert_eq!(memop(INCREASE, &mut mfns) as usize, pfns.len());
+    let p2m = globals::xpmap_phys_to_machine_mapping.get();
+    // SAFETY: the p2m table covers these pfns (below xpmap_p2m_limit);
+    // preemption is off around queue and flush.
+    unsafe {
+        kpreempt_disable();
+        for (&pfn, &mfn) in pfns.iter().zip(&mfns) {
+            p2m.add(pfn as usize).write_volatile(mfn);
+            xpq_queue_machphys_update(mfn << 12, pfn << 12);
+        }
+        xpq_flush_queue();
+        kpreempt_enable();
+    }
+}
+
+fn pv(cfg: DomainConfig) -> Domain {
+    let d = Domain::boot(cfg.boot_mib(16).max_mib(64).host_free_mib(128));
+    d.set_max_reservation(d.max_reservation() + 4096);
+    d
+}
+
+/// kernel-growth.md 3.1, 3.2, 4.2, 4.3 as the simulator models them.
+#[test]
+fn pv_interfaces_keep_their_contract() {
+    let d = pv(DomainConfig::pv().assisted());
+    let top = d.segments().iter().map(|s| s.1).max().unwrap();
+    let g0 = d.growth_stats();
+    assert_eq!(g0.p2m_end, top, "the boot p2m ends with boot memory");
+    let limit = p2m_limit();
+    assert_eq!(p2m_grow(0), EINVAL);
+    assert_eq!(p2m_grow(limit + 1), ERANGE);
+    let (s, n) = (top.next_multiple_of(512), 1024);
+    // Past the grown end: ERANGE, nothing changed.
+    assert_eq!(hotplug_add(s, n), ERANGE);
+    assert_eq!(p2m_grow(s + n - 100), 0);
+    assert_eq!(d.growth_stats().p2m_end, s + n, "a whole leaf");
+    assert_eq!(p2m_grow(10), 0, "never lowers");
+    assert_eq!(d.growth_stats().p2m_end, s + n);
+    let pfns: Vec<u64> = (s..s + n).collect();
+    pv_back(&pfns);
+    let physmem = d.physmem();
+    assert_eq!(hotplug_add(0, 0), EINVAL);
+    assert_eq!(hotplug_add(top - 8, 16), EEXIST);
+    assert_eq!(hotplug_add(s, n), 0);
+    assert_eq!(d.physmem(), physmem + n);
+    assert!(d.growth_stats().array_bytes > 0);
+    assert_eq!(hotplug_add(s, n), EEXIST);
+    // Remove: exact bounds of a hot-added segment, every page the caller's.
+    assert_eq!(hotplug_remove(s, n - 1), ENOENT);
+    assert_eq!(hotplug_remove(256, 16), ENOENT, "never a boot segment");
+    assert_eq!(hotplug_remove(s, n), EBUSY, "its pages are free");
+    d.check().unwrap();
+    assert_eq!(d.plug_calls(), 0);
+}
+
+/// kernel-growth.md 5.1, 5.2: xenmem places ranges above 4 GiB, clear of
+/// RAM and of the grant-mapping range; a range past pmap_direct_end
+/// cannot be added until the direct map covers it.
+#[test]
+fn pvh_interfaces_place_and_map_ranges() {
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .assisted()
+            .boot_mib(16)
+            .max_mib(64)
+            .host_free_mib(128),
+    );
+    d.set_max_reservation(d.max_reservation() + 4096);
+    let g = d.growth_stats();
+    let grant = g.grant.expect("a grant range");
+    assert_eq!(grant.0, 0x10_0000, "the backend's range came first");
+    let pa = xenmem_alloc(1024 << 12, 2 << 20);
+    let s = pa >> 12;
+    assert!(s >= grant.1 && s.is_multiple_of(512), "{s:#x}");
+    let mut gfns: Vec<u64> = (s..s + 1024).collect();
+    assert_eq!(memop(POPULATE, &mut gfns), 1024);
+    assert_eq!(hotplug_add(s, 1024), ERANGE, "past pmap_direct_end");
+    assert_eq!(growdirectmap(pa + (1024 << 12)), 0);
+    assert!(d.growth_stats().direct_end >= s + 1024);
+    assert_eq!(hotplug_add(s, 1024), 0);
+    // A second range does not overlap the first.
+    let pa2 = xenmem_alloc(512 << 12, 2 << 20);
+    assert!(pa2 >> 12 >= s + 1024);
+    xenmem_free(pa2, 512 << 12);
+    d.check().unwrap();
+}
+
+/// Issue 14 item 4, the test of the save model itself: a plug that does
+/// not keep the kernel in step (stock uvm_physseg_plug, allowed here by
+/// `plain_plug_after_boot`) leaves a domain that a save corrupts. On a
+/// stock XEN3_DOMU the resume crashes (xen_prepare_resume: nr_pages !=
+/// physmem); on the assisted kernel without xpmap_p2m_grow the plugged
+/// frames are above arch.max_pfn and are not in the image. The same
+/// growth done through the interfaces survives.
+#[test]
+fn a_save_after_a_plug_out_of_step_corrupts_and_one_in_step_survives() {
+    for (cfg, crashes) in [
+        (DomainConfig::pv().hotplug(true), true),
+        (DomainConfig::pv().assisted(), false),
+    ] {
+        let d = pv(cfg.plain_plug_after_boot(true));
+        let top = d.segments().iter().map(|s| s.1).max().unwrap();
+        let s = top.next_multiple_of(512);
+        let pfns: Vec<u64> = (s..s + 512).collect();
+        pv_back(&pfns);
+        // SAFETY: a plain kernel call on backed frames.
+        assert!(unsafe { uvm_physseg_plug(s, 512, std::ptr::null_mut()) });
+        d.check().expect("consistent before the save");
+        match d.save_restore() {
+            Err(e) => {
+                assert!(crashes, "{e}");
+                assert!(e.contains("nr_pages") && e.contains("physmem"), "{e}");
+            }
+            Ok(r) => {
+                assert!(!crashes, "{r:?}");
+                assert_eq!(r.lost.len(), 512, "{r:?}");
+                let e = d.check().expect_err("frames lost in the save must show");
+                assert!(!e.is_empty());
+            }
+        }
+        drop(d);
+    }
+    // In step: the p2m grown first, the segment added with the interface.
+    let d = pv(DomainConfig::pv().assisted());
+    let top = d.segments().iter().map(|s| s.1).max().unwrap();
+    let s = top.next_multiple_of(512);
+    assert_eq!(p2m_grow(s + 512), 0);
+    let pfns: Vec<u64> = (s..s + 512).collect();
+    pv_back(&pfns);
+    assert_eq!(hotplug_add(s, 512), 0);
+    let r = d.save_restore().expect("no crash");
+    assert!(r.lost.is_empty(), "{r:?}");
+    d.check().unwrap();
+}
+
+/// PVH save keeps every gfn (HVM-style), so nothing is lost there.
+#[test]
+fn a_pvh_save_keeps_every_gfn() {
+    let d = Domain::boot(
+        DomainConfig::pvh()
+            .assisted()
+            .boot_mib(16)
+            .max_mib(64)
+            .host_free_mib(128),
+    );
+    let before = d.reservation();
+    let r = d.save_restore().expect("no crash");
+    assert!(r.lost.is_empty());
+    assert_eq!(d.reservation(), before);
+    d.check().unwrap();
+    d.set_faults(Faults {
+        suspend_veto: true,
+        ..Faults::default()
+    });
+    assert!(d.save_restore().is_err());
+    assert!(d.crashed().is_some());
+}
+
+// ---- kernel panics, each in a child process ----
+
+fn run_case(case: &str) {
+    match case {
+        "plain_plug_on_assisted" => {
+            let _d = pv(DomainConfig::pv().assisted());
+            // SAFETY: breaks the assisted kernel's contract on purpose.
+            unsafe { uvm_physseg_plug(0x3000, 8, std::ptr::null_mut()) };
+        }
+        "hotplug_add_unbacked" => {
+            let d = pv(DomainConfig::pv().assisted());
+            let top = d.segments().iter().map(|s| s.1).max().unwrap();
+            let s = top.next_multiple_of(512);
+            assert_eq!(p2m_grow(s + 512), 0);
+            hotplug_add(s, 512);
+        }
+        "hotplug_add_not_placed" => {
+            let _d = Domain::boot(
+                DomainConfig::pvh()
+                    .assisted()
+                    .boot_mib(16)
+                    .max_mib(64)
+                    .host_free_mib(128),
+            );
+            let mut g = vec![0x10_0000u64];
+            memop(POPULATE, &mut g);
+            growdirectmap(0x10_1000 << 12);
+            hotplug_add(0x10_0000, 1);
+        }
+        "zero_page_past_direct_map" => {
+            let _d = Domain::boot(
+                DomainConfig::pvh()
+                    .assisted()
+                    .boot_mib(16)
+                    .max_mib(64)
+                    .host_free_mib(128),
+            );
+            let mut g = vec![0x20_0000u64];
+            memop(POPULATE, &mut g);
+            // SAFETY: breaks the direct-map rule on purpose.
+            unsafe { pmap_zero_page(0x20_0000 << 12) };
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn panic_child() {
+    if let Ok(case) = std::env::var("SIM_GROWTH_PANIC_CASE") {
+        run_case(&case);
+        eprintln!("CASE RETURNED WITHOUT A KERNEL PANIC");
+    }
+}
+
+#[test]
+fn growth_kernel_panics() {
+    let exe = std::env::current_exe().unwrap();
+    for (case, msg) in [
+        (
+            "plain_plug_on_assisted",
+            "uvm_physseg_plug after uvm_page_init",
+        ),
+        ("hotplug_add_unbacked", "unbacked frame"),
+        (
+            "hotplug_add_not_placed",
+            "was not placed by xenmem_alloc_pa",
+        ),
+        ("zero_page_past_direct_map", "past pmap_direct_end"),
+    ] {
+        let out = Command::new(&exe)
+            .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("SIM_GROWTH_PANIC_CASE", case)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: no panic\n{err}");
+        assert!(
+            err.contains("SIMULATED KERNEL PANIC") && err.contains(msg),
+            "{case}: expected {msg:?}\n{err}"
+        );
+    }
+}
