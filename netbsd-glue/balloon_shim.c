@@ -664,7 +664,11 @@ balloon_barrier_cb(struct xenbus_watch *w, const char **vec, unsigned int len)
 	mutex_exit(&sc->sc_lock);
 }
 
-/* Waits up to BALLOON_BARRIER_WAIT_MS for the barrier's first event. */
+/*
+ * Waits for the barrier's first event: as long as the xenwatch thread is
+ * inside a callback of ours (it will return: its xenbus_read answers or
+ * fails), else up to BALLOON_BARRIER_WAIT_MS.
+ */
 static bool
 balloon_barrier_wait(struct balloon_softc *sc)
 {
@@ -673,7 +677,8 @@ balloon_barrier_wait(struct balloon_softc *sc)
 
 	mutex_enter(&sc->sc_lock);
 	while (!sc->sc_barrier_done) {
-		if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0)
+		if (cv_timedwait(&sc->sc_cv, &sc->sc_lock, ticks) != 0 &&
+		    sc->sc_callbacks == 0)
 			break;
 	}
 	done = sc->sc_barrier_done;

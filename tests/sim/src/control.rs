@@ -1207,7 +1207,13 @@ impl Console {
             inv.scrub_touched = false;
         }
         if settled {
-            let calls = snap.hypercalls;
+            // A watch event still queued (a resume or save-restore fires
+            // every watch again) refreshes the limit with a hypercall:
+            // that is the driver at work, not idle. Bounded wait.
+            let _ = self
+                .domain
+                .wait_until(|v| v.watches_quiet(), Duration::from_secs(30));
+            let calls = self.domain.snapshot().hypercalls;
             let _ = self.sleep(IDLE_WATCH);
             let after = self.domain.snapshot().hypercalls;
             if after != calls {
