@@ -48,7 +48,7 @@ step "core for x86_64-unknown-none (no_std)"
 cargo build --lib --target x86_64-unknown-none
 
 step "tests"
-cargo test --workspace 2>&1 | tee -a "$log" || status=1
+cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
 cargo test --manifest-path tools/kobjcheck/Cargo.toml 2>&1 | tee -a "$log" || status=1
 
 step "anita driver: plan and parsing tests"
