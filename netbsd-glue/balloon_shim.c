@@ -41,7 +41,7 @@ MODULE(MODULE_CLASS_DRIVER, balloon, NULL);
 /* Bytes of hw.balloon.state, NUL included. */
 #define BALLOON_STATE_LEN	128
 /* Longest wait for the xenwatch thread to deliver the barrier event. */
-#define BALLOON_BARRIER_WAIT_MS	10000
+#define BALLOON_BARRIER_WAIT_MS	30000
 /* modload gives up waiting for the PoD balloon-down after this long
  * without progress: Linux's balloon_boot_timeout (180 s), after which
  * Linux panics and this module carries on. */
