@@ -199,6 +199,32 @@ pub fn inflate_allowance(mem: MemInfo, batch: Pages) -> Pages {
     mem.free.saturating_sub(reserve).min(batch)
 }
 
+/// Frames in one 2 MiB extent (`extent_order` 9, the largest a domU may
+/// use on x86: xen/common/memory.c @c447b730 max_order, domu_max_order
+/// = CONFIG_DOMU_MAX_ORDER = PAGETABLE_ORDER).
+pub const EXTENT_ORDER: u32 = 9;
+/// [`EXTENT_ORDER`] in frames.
+pub const EXTENT: Pages = Pages(1 << EXTENT_ORDER);
+/// The most 2 MiB extents one step takes: 256 MiB, so that a GiB takes
+/// at most 4 hypercalls (and 4 `uvm_pglistalloc` calls) when memory
+/// allows.
+pub const MAX_STEP_EXTENTS: Pages = Pages(128);
+
+/// The most frames one step may take: `batch` extents of 2 MiB, at most
+/// [`MAX_STEP_EXTENTS`]. A step the driver carries out with single
+/// frames takes at most `batch` of them.
+pub fn step_frames(batch: Pages) -> Pages {
+    Pages(batch.min(MAX_STEP_EXTENTS).0 << EXTENT_ORDER)
+}
+
+/// Pages one step may balloon out given UVM's free memory: as
+/// [`inflate_allowance`] (the same reserve of `freetarg` + `batch` is left
+/// free), but up to [`step_frames`] at once.
+pub fn step_allowance(mem: MemInfo, batch: Pages) -> Pages {
+    let reserve = mem.freetarg.saturating_add(batch);
+    mem.free.saturating_sub(reserve).min(step_frames(batch))
+}
+
 /// The sizes the policy works with, and the knobs that change them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

@@ -29,7 +29,7 @@ use crate::logline::LogLine;
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::policy::{self, MemInfo, Source, MAX_BATCH};
+use crate::policy::{self, MemInfo, Source, EXTENT, EXTENT_ORDER, MAX_BATCH, MAX_STEP_EXTENTS};
 use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
 use crate::worker::{Action, CancelReason, State, StepResult, WaitReason, Worker, WorkerError};
@@ -67,6 +67,39 @@ pub trait Platform {
     fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno>;
     /// `XENMEM_populate_physmap` on these guest frames.
     fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno>;
+    /// Whether the platform has 2 MiB extents ([`Platform::alloc_run`]
+    /// and [`Platform::reservation`] above order 0). Without them every
+    /// step uses single frames.
+    fn has_extents(&self) -> bool {
+        false
+    }
+    /// Claims one run of `len` free pages whose first frame is a multiple
+    /// of `align`, inside `within` (`uvm_pglistalloc` with that
+    /// alignment: all or nothing, never sleeping). The first frame, or
+    /// `None` when no such run is free. A platform without it claims
+    /// nothing, and the driver uses single pages.
+    fn alloc_run(&mut self, _len: Pages, _align: Pages, _within: PfnRange) -> Option<Pfn> {
+        None
+    }
+    /// Frees the pages of `run`, which the driver owns and whose frames
+    /// are backed, to UVM.
+    fn free_run(&mut self, run: PfnRange) {
+        for f in run.frames() {
+            self.free_pages(&[f.0]);
+        }
+    }
+    /// A reservation operation on extents of `2^order` frames each
+    /// (`frames` holds each extent's first frame): the leading extents
+    /// done. Order 0 is the plain call; a platform without larger
+    /// extents does none of them.
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        match (op, order) {
+            (MemOp::Decrease, 0) => self.decrease_reservation(frames),
+            (MemOp::Increase, 0) => self.increase_reservation(frames),
+            (MemOp::Populate, 0) => self.populate_physmap(frames),
+            _ => Ok(0),
+        }
+    }
     /// `uvm_physseg_plug` of a fully backed range.
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno>;
     /// `uvm_physseg_unplug` of a range the driver owns.
@@ -75,6 +108,17 @@ pub trait Platform {
     fn meminfo(&mut self) -> MemInfo;
     /// One line for the kernel log.
     fn log(&mut self, line: &str);
+}
+
+/// The reservation hypercalls that take extents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemOp {
+    /// `XENMEM_decrease_reservation`: give the extents to Xen.
+    Decrease,
+    /// `XENMEM_increase_reservation`: new machine extents (PV).
+    Increase,
+    /// `XENMEM_populate_physmap`: back these guest extents (PVH).
+    Populate,
 }
 
 /// What the worker thread does after a step.
@@ -108,6 +152,17 @@ pub struct DriverStats {
     pub scrubbed: u64,
     /// Log lines dropped by the rate limit.
     pub lines_suppressed: u64,
+    /// 2 MiB extents (`extent_order` 9) given to or backed by Xen.
+    pub extents: u64,
+    /// `uvm_pglistalloc` calls made to claim aligned 2 MiB runs.
+    pub run_claims: u64,
+}
+
+/// Steps taken with single frames after 2 MiB extents were not to be had
+/// `misses` times in a row: 2, 4, ... 64, so that fragmented memory or a
+/// host without free 2 MiB chunks costs few failed calls.
+fn skip_after(misses: u32) -> u32 {
+    1u32 << misses.clamp(1, 6)
 }
 
 /// The worker plus the buffers and mode a step needs.
@@ -132,6 +187,20 @@ pub struct Driver {
     dropped: u64,
     /// The last value read from xenstore memory/target that was applied.
     xenstore_last: Option<Kib>,
+    /// The runs of the 2 MiB extents of the step under way.
+    runs: Vec<PfnRange>,
+    /// The first frames of the extents to back in the step under way.
+    starts: Vec<u64>,
+    /// One extent's frames and machine frames (PV p2m updates).
+    ext_pfns: Vec<u64>,
+    ext_mfns: Vec<u64>,
+    /// Inflate steps left to take with single pages before claiming 2 MiB
+    /// runs again, and how many claims in a row found none.
+    claim_skip: u32,
+    claim_misses: u32,
+    /// The same for backing frames (deflate, plug) with 2 MiB extents.
+    back_skip: u32,
+    back_misses: u32,
 }
 
 impl Driver {
@@ -150,6 +219,14 @@ impl Driver {
             held: None,
             dropped: 0,
             xenstore_last: None,
+            runs: Vec::with_capacity(MAX_STEP_EXTENTS.0 as usize),
+            starts: Vec::with_capacity(MAX_STEP_EXTENTS.0 as usize),
+            ext_pfns: Vec::with_capacity(EXTENT.0 as usize),
+            ext_mfns: Vec::with_capacity(EXTENT.0 as usize),
+            claim_skip: 0,
+            claim_misses: 0,
+            back_skip: 0,
+            back_misses: 0,
         }
     }
 
@@ -424,13 +501,27 @@ impl Driver {
             } => self.inflate(p, count, prefer, scrub, now),
             Action::Deflate { from, count } => self.deflate(p, from, count, now),
             Action::Back { frames } => {
-                // The scratch list is taken out for the call and put back:
-                // no allocation.
-                let mut pfns = core::mem::take(&mut self.pfns);
-                pfns.clear();
-                pfns.extend(frames.frames().map(|f| f.0).take(MAX_BATCH.0 as usize));
-                let (done, error) = self.back_frames(p, &pfns);
-                self.pfns = pfns;
+                // Whole aligned 2 MiB extents first, when the range starts
+                // at one.
+                self.starts.clear();
+                if frames.start().0 % EXTENT.0 == 0 && self.back_skip == 0 && p.has_extents() {
+                    let k = (frames.len().0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
+                    let first = frames.start().0;
+                    self.starts
+                        .extend((0..k).map(|i| first + (i << EXTENT_ORDER)));
+                }
+                let (mut done, mut error) = self.back_extents(p);
+                let batch = self.single_batch();
+                if done < frames.len().0 as usize && (done == 0 || error.is_some()) {
+                    // The rest of one batch with single frames.
+                    let mut pfns = core::mem::take(&mut self.pfns);
+                    pfns.clear();
+                    pfns.extend(frames.frames().skip(done).map(|f| f.0).take(batch));
+                    let (d0, e0) = self.back_frames(p, &pfns);
+                    self.pfns = pfns;
+                    done += d0;
+                    error = e0;
+                }
                 self.worker.complete(
                     StepResult::Backed {
                         done: Pages(done as u64),
@@ -464,7 +555,12 @@ impl Driver {
         scrub: bool,
         now: Uptime,
     ) -> Result<(), WorkerError> {
-        let n = count.min(MAX_BATCH).0 as usize;
+        if count >= EXTENT && p.has_extents() {
+            if let Some(r) = self.inflate_extents(p, count, prefer, scrub, now) {
+                return r;
+            }
+        }
+        let n = self.single_batch().min(count.0 as usize);
         self.pfns.clear();
         self.pfns.resize(n, 0);
         let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
@@ -595,19 +691,65 @@ impl Driver {
         count: Pages,
         now: Uptime,
     ) -> Result<(), WorkerError> {
-        let mut pfns = core::mem::take(&mut self.pfns);
-        pfns.clear();
-        let n = count.min(MAX_BATCH).0 as usize;
-        pfns.extend(
-            self.worker
-                .frames()
-                .ballooned_from(from)
-                .take(n)
-                .map(|f| f.0),
-        );
-        let (done, error) = self.back_frames(p, &pfns);
-        p.free_pages(pfns.get(..done).unwrap_or(&[]));
-        self.pfns = pfns;
+        // The leading ballooned frames as whole aligned 2 MiB extents,
+        // as far as they go.
+        self.starts.clear();
+        if count >= EXTENT && self.back_skip == 0 && p.has_extents() {
+            let space = self.worker.frames();
+            let max = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0) as usize;
+            let mut next = space.ballooned_from(from).next();
+            while let Some(f) = next.filter(|_| self.starts.len() < max) {
+                let whole = PfnRange::with_len(f, EXTENT)
+                    .is_some_and(|r| f.0 % EXTENT.0 == 0 && space.ballooned_in(r) == EXTENT);
+                if !whole {
+                    break;
+                }
+                self.starts.push(f.0);
+                next = f
+                    .checked_add(EXTENT)
+                    .and_then(|e| space.ballooned_from(e).next());
+            }
+        }
+        let (ext_done, mut error) = self.back_extents(p);
+        for &first in self.starts.get(..ext_done).unwrap_or(&[]) {
+            if let Some(r) = PfnRange::with_len(Pfn(first), EXTENT) {
+                p.free_run(r);
+            }
+        }
+        let mut done = ext_done << EXTENT_ORDER;
+        if self.starts.is_empty() || error.is_some() {
+            // Single frames: the next ballooned frames, at most one
+            // batch, stopping before an aligned 2 MiB extent that is
+            // wholly ballooned (the next step takes it whole).
+            let after = self
+                .starts
+                .get(ext_done)
+                .map_or(from, |&f| Pfn(f));
+            let n = self
+                .single_batch()
+                .min(count.0.saturating_sub(done as u64) as usize);
+            let extents = self.back_skip == 0 && p.has_extents();
+            let mut pfns = core::mem::take(&mut self.pfns);
+            pfns.clear();
+            let space = self.worker.frames();
+            for f in space.ballooned_from(after).take(n) {
+                let whole = || {
+                    PfnRange::with_len(f, EXTENT)
+                        .is_some_and(|r| space.ballooned_in(r) == EXTENT)
+                };
+                if !pfns.is_empty() && f.0 % EXTENT.0 == 0 && extents && whole() {
+                    break;
+                }
+                pfns.push(f.0);
+            }
+            if !pfns.is_empty() {
+                let (d0, e0) = self.back_frames(p, &pfns);
+                p.free_pages(pfns.get(..d0).unwrap_or(&[]));
+                done += d0;
+                error = e0;
+            }
+            self.pfns = pfns;
+        }
         self.worker.complete(
             StepResult::Deflated {
                 done: Pages(done as u64),
@@ -615,6 +757,278 @@ impl Driver {
             },
             now,
         )
+    }
+
+    /// Frames one step takes when it uses single frames: one batch.
+    fn single_batch(&self) -> usize {
+        self.worker.policy().batch().min(MAX_BATCH).0 as usize
+    }
+
+    /// Has Xen back the 2 MiB extents whose first frames are in `starts`
+    /// (PV: `increase_reservation` with `extent_order` 9, each new
+    /// machine extent mapped frame by frame in the p2m; PVH:
+    /// `populate_physmap` with order 9): how many leading extents are
+    /// backed now, and the error that stopped it. A failure (the host has
+    /// no free 2 MiB chunk) makes the next few steps use single frames.
+    fn back_extents<P: Platform>(&mut self, p: &mut P) -> (usize, Option<Errno>) {
+        if self.starts.is_empty() {
+            self.back_skip = self.back_skip.saturating_sub(1);
+            return (0, None);
+        }
+        let k = self.starts.len();
+        self.frames.clear();
+        match self.mode {
+            GuestMode::Pv => self.frames.resize(k, 0),
+            GuestMode::Pvh => self.frames.extend_from_slice(&self.starts),
+        }
+        self.hypercall();
+        let op = match self.mode {
+            GuestMode::Pv => MemOp::Increase,
+            GuestMode::Pvh => MemOp::Populate,
+        };
+        let (done, error) = match p.reservation(op, &mut self.frames, EXTENT_ORDER) {
+            Ok(d) if d >= k => (k, None),
+            Ok(d) => (d, Some(Errno::ENOMEM)),
+            Err(e) => (0, Some(e)),
+        };
+        if self.mode == GuestMode::Pv {
+            for i in 0..done {
+                let (Some(&first), Some(&mfn)) = (self.starts.get(i), self.frames.get(i)) else {
+                    break;
+                };
+                self.map_extent(p, first, mfn);
+            }
+        }
+        self.stats.extents = self.stats.extents.saturating_add(done as u64);
+        if error.is_some() {
+            self.back_misses = self.back_misses.saturating_add(1);
+            self.back_skip = skip_after(self.back_misses);
+        } else {
+            self.back_misses = 0;
+        }
+        (done, error)
+    }
+
+    /// PV: maps the 512 frames from `first` to the machine frames from
+    /// `mfn` (an extent Xen gave or kept: contiguous machine frames).
+    fn map_extent<P: Platform>(&mut self, p: &mut P, first: u64, mfn: u64) {
+        self.ext_pfns.clear();
+        self.ext_mfns.clear();
+        self.ext_pfns.extend((0..EXTENT.0).map(|j| first + j));
+        self.ext_mfns.extend((0..EXTENT.0).map(|j| mfn + j));
+        p.p2m_set_batch(&self.ext_pfns, &self.ext_mfns);
+    }
+
+    /// Claims free aligned 2 MiB runs for an inflate of up to `count`
+    /// pages, gives them to Xen as 2 MiB extents and records them. `None`
+    /// when no run was to be had (nothing changed: the caller uses
+    /// single pages); a miss makes the next few steps skip the claim.
+    fn inflate_extents<P: Platform>(
+        &mut self,
+        p: &mut P,
+        count: Pages,
+        prefer: Option<PfnRange>,
+        scrub: bool,
+        now: Uptime,
+    ) -> Option<Result<(), WorkerError>> {
+        if self.claim_skip > 0 {
+            self.claim_skip -= 1;
+            return None;
+        }
+        self.claim_runs(p, count, prefer);
+        if let Err(e) = self.worker.check_inflate_runs(&self.runs) {
+            self.free_runs_not_ballooned(p);
+            self.worker.refuse_inflate();
+            return Some(Err(e));
+        }
+        if self.mode == GuestMode::Pv {
+            // decrease_reservation takes an extent as its first machine
+            // frame and the 511 after it (memory.c: gmfn + j): only
+            // extents whose frames are backed by consecutive machine
+            // frames can go whole.
+            let keep = self.mfn_contiguous_extents(p);
+            self.cut_runs(p, Pages(keep << EXTENT_ORDER));
+        }
+        if self.runs.is_empty() {
+            self.claim_misses = self.claim_misses.saturating_add(1);
+            self.claim_skip = skip_after(self.claim_misses);
+            return None;
+        }
+        self.claim_misses = 0;
+        let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
+        self.frames.clear();
+        for i in 0..self.runs.len() {
+            let Some(&r) = self.runs.get(i) else { break };
+            if scrubbed {
+                for f in r.frames() {
+                    p.scrub(f);
+                }
+            }
+            let mut e = r.start();
+            while e < r.end() {
+                let first = match self.mode {
+                    GuestMode::Pv => p.p2m_lookup(e).map_or(0, |m| m.0),
+                    GuestMode::Pvh => e.0,
+                };
+                self.frames.push(first);
+                match e.checked_add(EXTENT) {
+                    Some(n) => e = n,
+                    None => break,
+                }
+            }
+            if self.mode == GuestMode::Pv {
+                for f in r.frames() {
+                    p.p2m_clear(f);
+                }
+            }
+        }
+        let k = self.frames.len();
+        self.hypercall();
+        let (done, error) = match p.reservation(MemOp::Decrease, &mut self.frames, EXTENT_ORDER) {
+            Ok(d) if d >= k => (k, None),
+            Ok(d) => (d, Some(Errno::EAGAIN)),
+            Err(e) => (0, Some(e)),
+        };
+        // Xen stops at an extent it could not take whole, and counts
+        // none of it: with every frame ours and its machine frames
+        // consecutive, none of its frames was taken. The extents it did
+        // not take go back to use.
+        if self.mode == GuestMode::Pv {
+            let mut i = 0usize;
+            for r in 0..self.runs.len() {
+                let Some(&run) = self.runs.get(r) else { break };
+                let mut e = run.start();
+                while e < run.end() {
+                    if i >= done {
+                        if let Some(&mfn) = self.frames.get(i) {
+                            self.map_extent(p, e.0, mfn);
+                        }
+                    }
+                    i += 1;
+                    match e.checked_add(EXTENT) {
+                        Some(n) => e = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.cut_runs(p, Pages((done as u64) << EXTENT_ORDER));
+        let pages = (done as u64) << EXTENT_ORDER;
+        if scrubbed {
+            self.stats.scrubbed = self.stats.scrubbed.saturating_add(pages);
+        }
+        self.stats.extents = self.stats.extents.saturating_add(done as u64);
+        Some(self.worker.complete(
+            StepResult::InflatedRuns {
+                runs: &self.runs,
+                error,
+            },
+            now,
+        ))
+    }
+
+    /// Claims up to `count` pages (whole extents, at most one step's) as
+    /// free aligned 2 MiB runs, from `prefer` first: the largest run
+    /// first, halving the size on each refusal, so that contiguous free
+    /// memory costs one `uvm_pglistalloc` a step.
+    fn claim_runs<P: Platform>(&mut self, p: &mut P, count: Pages, prefer: Option<PfnRange>) {
+        self.runs.clear();
+        let mut left = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
+        let whole = PfnRange::new(Pfn(0), self.worker.frames().span_end());
+        for area in [prefer, whole].into_iter().flatten() {
+            let mut size = left;
+            while left > 0 && size > 0 {
+                self.stats.run_claims = self.stats.run_claims.saturating_add(1);
+                let len = Pages(size << EXTENT_ORDER);
+                let Some(first) = p.alloc_run(len, EXTENT, area) else {
+                    size /= 2;
+                    continue;
+                };
+                match PfnRange::with_len(first, len) {
+                    Some(r) if first.0 % EXTENT.0 == 0 => {
+                        self.runs.push(r);
+                        left -= size;
+                        size = size.min(left);
+                    }
+                    // Not what was asked for: given back, no more claims.
+                    Some(r) => {
+                        p.free_run(r);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// PV: how many leading extents of the claimed runs have their frames
+    /// backed by consecutive machine frames.
+    fn mfn_contiguous_extents<P: Platform>(&mut self, p: &mut P) -> u64 {
+        let mut keep = 0u64;
+        for &r in &self.runs {
+            let mut e = r.start();
+            while e < r.end() {
+                let Some(base) = p.p2m_lookup(e) else {
+                    return keep;
+                };
+                for j in 1..EXTENT.0 {
+                    let next = Pfn(e.0 + j);
+                    if p.p2m_lookup(next).map(|m| m.0) != Some(base.0 + j) {
+                        return keep;
+                    }
+                }
+                keep += 1;
+                match e.checked_add(EXTENT) {
+                    Some(n) => e = n,
+                    None => break,
+                }
+            }
+        }
+        keep
+    }
+
+    /// Keeps the first `keep` frames of the claimed runs and frees the
+    /// rest to UVM.
+    fn cut_runs<P: Platform>(&mut self, p: &mut P, keep: Pages) {
+        let mut left = keep;
+        let mut kept = 0usize;
+        for i in 0..self.runs.len() {
+            let Some(&r) = self.runs.get(i) else { break };
+            if left >= r.len() {
+                left = left.saturating_sub(r.len());
+                kept = i + 1;
+                continue;
+            }
+            let cut = r.start().checked_add(left).unwrap_or(r.end());
+            if let Some(tail) = PfnRange::new(cut, r.end()) {
+                p.free_run(tail);
+            }
+            if !left.is_zero() {
+                if let (Some(head), Some(slot)) =
+                    (PfnRange::new(r.start(), cut), self.runs.get_mut(i))
+                {
+                    *slot = head;
+                    kept = i + 1;
+                }
+            }
+            left = Pages::ZERO;
+        }
+        self.runs.truncate(kept);
+    }
+
+    /// The bookkeeping refused the claimed runs: every page goes back to
+    /// UVM except those it says are ballooned (freeing them could put a
+    /// page on the free lists twice).
+    fn free_runs_not_ballooned<P: Platform>(&mut self, p: &mut P) {
+        for i in 0..self.runs.len() {
+            let Some(&r) = self.runs.get(i) else { break };
+            for f in r.frames() {
+                if self.worker.frames().state(f) != crate::segments::FrameState::Ballooned {
+                    p.free_pages(&[f.0]);
+                }
+            }
+        }
+        self.runs.clear();
     }
 
     /// Gives frames backed for a plug that did not happen back to Xen:

@@ -2,7 +2,7 @@
 
 use balloon_sys as sys;
 
-use crate::driver::Platform;
+use crate::driver::{MemOp, Platform};
 use crate::errno::Errno;
 use crate::policy::MemInfo;
 use crate::units::{Mfn, Pages, Pfn, PfnRange};
@@ -101,6 +101,47 @@ impl Platform for ShimPlatform {
         let _shim = super::ShimCall::enter();
         // SAFETY: as for increase_reservation.
         extents_done(unsafe { sys::balloon_shim_populate_physmap(pfns.as_mut_ptr(), pfns.len()) })
+    }
+
+    fn has_extents(&self) -> bool {
+        true
+    }
+
+    fn alloc_run(&mut self, len: Pages, align: Pages, within: PfnRange) -> Option<Pfn> {
+        let _shim = super::ShimCall::enter();
+        let mut first = 0u64;
+        // SAFETY: `first` is a valid, writable u64; the shim writes it
+        // only on success.
+        let e = unsafe {
+            sys::balloon_shim_pages_alloc_run(
+                len.0,
+                align.0,
+                within.start().0,
+                within.end().0,
+                &mut first,
+            )
+        };
+        (e == 0).then_some(Pfn(first))
+    }
+
+    fn free_run(&mut self, run: PfnRange) {
+        let _shim = super::ShimCall::enter();
+        // SAFETY: every page of `run` is owned by the driver and backed.
+        unsafe { sys::balloon_shim_pages_free_run(run.start().0, run.len().0) }
+    }
+
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        let _shim = super::ShimCall::enter();
+        let op = match op {
+            MemOp::Decrease => sys::balloon_memop_BALLOON_MEMOP_DECREASE,
+            MemOp::Increase => sys::balloon_memop_BALLOON_MEMOP_INCREASE,
+            MemOp::Populate => sys::balloon_memop_BALLOON_MEMOP_POPULATE,
+        };
+        // SAFETY: `frames` is valid for `frames.len()` entries, the extent
+        // count the hypercall is given; Xen writes at most that many.
+        extents_done(unsafe {
+            sys::balloon_shim_reservation(op, frames.as_mut_ptr(), frames.len(), order)
+        })
     }
 
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {

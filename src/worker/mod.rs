@@ -166,6 +166,15 @@ pub enum StepResult<'a> {
         /// What stopped the step early.
         error: Option<Errno>,
     },
+    /// The runs Xen accepted as 2 MiB extents (the leading extents
+    /// `decrease_reservation` reported done), and the error that cut the
+    /// step short, if any.
+    InflatedRuns {
+        /// Runs now ballooned.
+        runs: &'a [PfnRange],
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
     /// How many leading frames of the deflate's runs are back in UVM.
     Deflated {
         /// Frames repopulated and freed to UVM.
@@ -539,7 +548,7 @@ impl Worker {
             self.state = State::Idle;
             return Action::Idle;
         }
-        self.start_deflate(self.policy.batch())
+        self.start_deflate(policy::step_frames(self.policy.batch()))
     }
 
     /// Starts unplugging a fully ballooned plugged segment, if there is
@@ -567,7 +576,7 @@ impl Worker {
     /// of it, or plug it once fully backed.
     fn continue_plug(&mut self, range: PfnRange) -> Action {
         self.state = State::Plugging;
-        match self.space.next_backing(self.policy.batch()) {
+        match self.space.next_backing(policy::step_frames(self.policy.batch())) {
             Some(frames) => {
                 self.in_flight = Some(InFlight::Back(frames));
                 Action::Back { frames }
@@ -831,8 +840,9 @@ impl Worker {
         let current = self.current();
         let target = self.target();
         let batch = self.policy.batch();
+        let step = policy::step_frames(batch);
         if current > target {
-            let allowed = policy::inflate_allowance(mem, batch);
+            let allowed = policy::step_allowance(mem, batch);
             if allowed.is_zero() {
                 return Ok(self.fall_short(now, WaitReason::LowMemory, None));
             }
@@ -848,7 +858,7 @@ impl Worker {
         if current < target {
             let need = target.saturating_sub(current);
             if !self.space.ballooned().is_zero() {
-                return Ok(self.start_deflate(need.min(batch)));
+                return Ok(self.start_deflate(need.min(step)));
             }
             if self.growth != Growth::Available {
                 // Never plug on a kernel that cannot take it: clip.
@@ -946,6 +956,23 @@ impl Worker {
         }
     }
 
+    /// As [`Worker::check_inflate`], for runs the driver means to give as
+    /// 2 MiB extents.
+    pub fn check_inflate_runs(&self, runs: &[PfnRange]) -> Result<(), WorkerError> {
+        match self.in_flight {
+            Some(InFlight::Inflate(asked)) => {
+                if total(runs) > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .check_inflated_runs(runs)
+                    .map_err(WorkerError::Bookkeeping)
+            }
+            Some(_) => Err(WorkerError::Mismatch),
+            None => Err(WorkerError::NothingInFlight),
+        }
+    }
+
     /// The driver refused the inflate in flight before it took effect
     /// ([`Worker::check_inflate`] failed; the pages went back to UVM):
     /// the worker stops for good with [`CancelReason::FramesRefused`].
@@ -979,7 +1006,19 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.inflate_steps);
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
-                short_or_progress(got < asked, WaitReason::ShortInflate, error)
+                short_or_progress(got.is_zero(), WaitReason::ShortInflate, error)
+            }
+            (InFlight::Inflate(asked), StepResult::InflatedRuns { runs, error }) => {
+                let got = total(runs);
+                if got > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .record_inflated_runs(runs)
+                    .map_err(WorkerError::Bookkeeping)?;
+                bump(&mut self.stats.inflate_steps);
+                self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
+                short_or_progress(got.is_zero(), WaitReason::ShortInflate, error)
             }
             (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
                 if done > asked {
@@ -990,7 +1029,7 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);
-                short_or_progress(done < asked, WaitReason::ShortDeflate, error)
+                short_or_progress(done.is_zero(), WaitReason::ShortDeflate, error)
             }
             (InFlight::Back(frames), StepResult::Backed { done, error }) => {
                 if done > frames.len() {
@@ -1000,7 +1039,7 @@ impl Worker {
                 self.space
                     .record_backed(frames, done)
                     .map_err(WorkerError::Bookkeeping)?;
-                if done < frames.len() || error.is_some() {
+                if done.is_zero() || error.is_some() {
                     self.plug_failed(error.unwrap_or(Errno::ENOMEM))?
                 } else {
                     Outcome::Neutral
@@ -1140,8 +1179,10 @@ fn total(runs: &[PfnRange]) -> Pages {
         .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()))
 }
 
-/// A step towards the target: short when it did less than asked or
-/// reported an error, else progress.
+/// A step towards the target: short when it did nothing or reported an
+/// error, else progress. A step may do less than asked with no error:
+/// the driver takes at most one batch of single frames where 2 MiB
+/// extents were not to be had.
 fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outcome {
     if short || error.is_some() {
         Outcome::Short(why, error)
