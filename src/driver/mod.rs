@@ -721,10 +721,7 @@ impl Driver {
             // Single frames: the next ballooned frames, at most one
             // batch, stopping before an aligned 2 MiB extent that is
             // wholly ballooned (the next step takes it whole).
-            let after = self
-                .starts
-                .get(ext_done)
-                .map_or(from, |&f| Pfn(f));
+            let after = self.starts.get(ext_done).map_or(from, |&f| Pfn(f));
             let n = self
                 .single_batch()
                 .min(count.0.saturating_sub(done as u64) as usize);
@@ -734,8 +731,7 @@ impl Driver {
             let space = self.worker.frames();
             for f in space.ballooned_from(after).take(n) {
                 let whole = || {
-                    PfnRange::with_len(f, EXTENT)
-                        .is_some_and(|r| space.ballooned_in(r) == EXTENT)
+                    PfnRange::with_len(f, EXTENT).is_some_and(|r| space.ballooned_in(r) == EXTENT)
                 };
                 if !pfns.is_empty() && f.0 % EXTENT.0 == 0 && extents && whole() {
                     break;
@@ -749,6 +745,10 @@ impl Driver {
                 error = e0;
             }
             self.pfns = pfns;
+        }
+        if done > 0 {
+            // Pages went back to UVM: free 2 MiB runs may exist again.
+            self.claim_skip = 0;
         }
         self.worker.complete(
             StepResult::Deflated {
@@ -935,6 +935,27 @@ impl Driver {
         self.runs.clear();
         let mut left = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
         let whole = PfnRange::new(Pfn(0), self.worker.frames().span_end());
+        if self.claim_misses > 0 && left > 0 {
+            // The last claim found no run: one 2 MiB probe first, so that
+            // memory still fragmented costs one call, not a halving
+            // series.
+            let Some(area) = whole else { return };
+            self.stats.run_claims = self.stats.run_claims.saturating_add(1);
+            let Some(first) = p.alloc_run(EXTENT, EXTENT, area) else {
+                return;
+            };
+            match PfnRange::with_len(first, EXTENT) {
+                Some(r) if first.0 % EXTENT.0 == 0 => {
+                    self.runs.push(r);
+                    left -= 1;
+                }
+                Some(r) => {
+                    p.free_run(r);
+                    return;
+                }
+                None => return,
+            }
+        }
         for area in [prefer, whole].into_iter().flatten() {
             let mut size = left;
             while left > 0 && size > 0 {

@@ -576,7 +576,10 @@ impl Worker {
     /// of it, or plug it once fully backed.
     fn continue_plug(&mut self, range: PfnRange) -> Action {
         self.state = State::Plugging;
-        match self.space.next_backing(policy::step_frames(self.policy.batch())) {
+        match self
+            .space
+            .next_backing(policy::step_frames(self.policy.batch()))
+        {
             Some(frames) => {
                 self.in_flight = Some(InFlight::Back(frames));
                 Action::Back { frames }

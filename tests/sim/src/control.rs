@@ -812,10 +812,9 @@ impl Console {
                 None => Reply::fail(format!("sim kernel-alloc: invalid size {size}")),
             },
             ["kernel-fragment", stride] => match stride.parse::<u64>() {
-                Ok(n) if n > 0 => Reply::ok(format!(
-                    "{} KiB\n",
-                    self.domain.kernel_fragment(n) * 4
-                )),
+                Ok(n) if n > 0 => {
+                    Reply::ok(format!("{} KiB\n", self.domain.kernel_fragment(n) * 4))
+                }
                 _ => Reply::fail(format!("sim kernel-fragment: invalid stride {stride}")),
             },
             ["kernel-free", size] => match parse_xl_size_kib(size) {

@@ -303,7 +303,10 @@ impl Snapshot {
             ("segments", self.segments.to_string()),
             ("hypercalls", self.hypercalls.to_string()),
             ("superpage_extents", self.superpage_extents.to_string()),
-            ("unaligned_superpages", self.unaligned_superpages.to_string()),
+            (
+                "unaligned_superpages",
+                self.unaligned_superpages.to_string(),
+            ),
             ("pglistalloc_calls", self.pglistalloc_calls.to_string()),
             ("faults_fired", self.faults_fired.to_string()),
             ("modules_loaded", self.modules_loaded.to_string()),

@@ -204,8 +204,8 @@ impl Kernel {
                 }
             }
             (XENMEM_INCREASE, Mode::Pv) => {
-                let room = (self.grow_room(self.faults.increase_limit.map(|l| l * per)) / per)
-                    as usize;
+                let room =
+                    (self.grow_room(self.faults.increase_limit.map(|l| l * per)) / per) as usize;
                 while done < n.min(room) && chunk_ok(self) {
                     let m = self.host_alloc_extent(order);
                     for j in 0..per {
@@ -223,8 +223,8 @@ impl Kernel {
                 }
             }
             (XENMEM_POPULATE, Mode::Pvh) => {
-                let room = (self.grow_room(self.faults.populate_limit.map(|l| l * per)) / per)
-                    as usize;
+                let room =
+                    (self.grow_room(self.faults.populate_limit.map(|l| l * per)) / per) as usize;
                 while done < n.min(room) {
                     let g0 = ext[done];
                     if g0.saturating_add(per) > MAX_GPFN || !chunk_ok(self) {

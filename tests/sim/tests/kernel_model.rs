@@ -961,7 +961,11 @@ fn pv_extents_of_order_9_follow_xen() {
     d.set_max_reservation(64 * 256);
     let res0 = d.reservation();
     let mut e = vec![0u64; 3];
-    assert_eq!(memop(INCREASE, &mut e, DOMID_SELF, 9), 3, "nr_done in extents");
+    assert_eq!(
+        memop(INCREASE, &mut e, DOMID_SELF, 9),
+        3,
+        "nr_done in extents"
+    );
     assert!(e.iter().all(|m| m % 512 == 0), "aligned chunks: {e:x?}");
     assert_eq!(d.reservation(), res0 + 3 * 512);
     assert_eq!(d.snapshot().superpage_extents, 3);
@@ -976,7 +980,11 @@ fn pv_extents_of_order_9_follow_xen() {
     let mut two = vec![0u64; 2];
     assert_eq!(memop(INCREASE, &mut two, DOMID_SELF, 9), 1);
     assert_eq!(memop(INCREASE, &mut two, DOMID_SELF, 9), 0);
-    assert_eq!(memop(INCREASE, &mut two, DOMID_SELF, 0), 2, "order 0 still works");
+    assert_eq!(
+        memop(INCREASE, &mut two, DOMID_SELF, 0),
+        2,
+        "order 0 still works"
+    );
     d.faults_mut().superpage_fail_after = None;
     // A whole extent goes back in one.
     let mut one = vec![e[0]];
