@@ -510,7 +510,8 @@ impl Driver {
                     self.starts
                         .extend((0..k).map(|i| first + (i << EXTENT_ORDER)));
                 }
-                let (mut done, mut error) = self.back_extents(p);
+                let (extents, mut error) = self.back_extents(p);
+                let mut done = extents << EXTENT_ORDER;
                 let batch = self.single_batch();
                 if done < frames.len().0 as usize && (done == 0 || error.is_some()) {
                     // The rest of one batch with single frames.
