@@ -958,6 +958,12 @@ impl Driver {
             }
         }
         for area in [prefer, whole].into_iter().flatten() {
+            if prefer.is_some() && !self.runs.is_empty() {
+                // Runs from the preferred (newest plugged) segment make
+                // this step: it empties first, and the next step prefers
+                // the next one.
+                break;
+            }
             let mut size = left;
             while left > 0 && size > 0 {
                 self.stats.run_claims = self.stats.run_claims.saturating_add(1);
