@@ -586,10 +586,17 @@ fn pagealloc_faults_pressure_and_pglist() {
             22,
             "no segment"
         );
+        // An alignment above PAGE_SIZE takes the contiguous path
+        // (uvm_pglist.c 1.90): one aligned run (was: not modelled, EINVAL).
         assert_eq!(
             uvm_pglistalloc(4 << 12, 0, 1 << 40, 8192, 0, &mut *l, 4, 0),
-            22
+            0
         );
+        let run = l.pfns();
+        assert_eq!(run.len(), 4);
+        assert_eq!(run[0] % 2, 0, "aligned to 8 KiB");
+        assert!(run.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+        uvm_pglistfree(&mut *l);
         d.faults_mut().pglistalloc_fail_after = Some(0);
         assert_eq!(
             uvm_pglistalloc(4 << 12, 0, 1 << 40, 4096, 0, &mut *l, 4, 0),
