@@ -193,6 +193,60 @@ balloon_shim_pages_alloc(uint64_t *pfns, size_t n, uint64_t lo_pfn,
 	return got;
 }
 
+/*
+ * uvm_pglistalloc(9) with an alignment above PAGE_SIZE takes its
+ * contiguous path (uvm_pglist.c 1.90): one run of free pages in one
+ * segment, aligned, or ENOMEM; waitok 0 never sleeps. Each call pauses
+ * every CPU's free-page cache (uvm_pgflcache.c 1.6), so the driver asks
+ * for large runs and rarely.
+ */
+int
+balloon_shim_pages_alloc_run(uint64_t npages, uint64_t align_pages,
+    uint64_t lo_pfn, uint64_t hi_pfn, uint64_t *first)
+{
+	struct pglist list;
+	struct vm_page *pg;
+	uint64_t pfn, next;
+	int error;
+
+	/* uvm_pglistalloc counts pages in an int. */
+	if (npages == 0 || npages > ((uint64_t)1 << 30) || hi_pfn <= lo_pfn)
+		return EINVAL;
+	TAILQ_INIT(&list);
+	error = uvm_pglistalloc(ptoa((psize_t)npages), ptoa(lo_pfn),
+	    ptoa(hi_pfn), ptoa((psize_t)align_pages), 0, &list, 1, 0);
+	if (error != 0)
+		return error;
+	next = 0;
+	*first = UINT64_MAX;
+	while ((pg = TAILQ_FIRST(&list)) != NULL) {
+		TAILQ_REMOVE(&list, pg, pageq.queue);
+		pfn = atop(VM_PAGE_TO_PHYS(pg));
+		if (*first == UINT64_MAX)
+			*first = pfn;
+		else if (pfn != next)
+			panic("%s: uvm_pglistalloc run not contiguous at %#llx",
+			    BALLOON_XNAME, (unsigned long long)pfn);
+		next = pfn + 1;
+	}
+	return 0;
+}
+
+void
+balloon_shim_pages_free_run(uint64_t pfn, uint64_t n)
+{
+	struct vm_page *pg;
+	uint64_t i;
+
+	for (i = 0; i < n; i++) {
+		pg = PHYS_TO_VM_PAGE(ptoa(pfn + i));
+		if (pg == NULL)
+			panic("%s: no vm_page for frame %#llx", BALLOON_XNAME,
+			    (unsigned long long)(pfn + i));
+		uvm_pagefree(pg);
+	}
+}
+
 void
 balloon_shim_pages_free(const uint64_t *pfns, size_t n)
 {
@@ -287,7 +341,8 @@ balloon_shim_p2m_clear(uint64_t pfn)
 #endif	/* BALLOON_PV_P2M */
 
 static long
-balloon_memory_op(unsigned int cmd, uint64_t *frames, size_t n)
+balloon_memory_op(unsigned int cmd, uint64_t *frames, size_t n,
+    unsigned int order)
 {
 	struct xen_memory_reservation res;
 
@@ -295,7 +350,7 @@ balloon_memory_op(unsigned int cmd, uint64_t *frames, size_t n)
 	/* xen_pfn_t is unsigned long, 64 bits on amd64, like uint64_t. */
 	set_xen_guest_handle(res.extent_start, (xen_pfn_t *)frames);
 	res.nr_extents = n;
-	res.extent_order = 0;
+	res.extent_order = order;
 	res.domid = DOMID_SELF;
 	return HYPERVISOR_memory_op(cmd, &res);
 }
@@ -304,21 +359,40 @@ long
 balloon_shim_decrease_reservation(uint64_t *frames, size_t n)
 {
 
-	return balloon_memory_op(XENMEM_decrease_reservation, frames, n);
+	return balloon_memory_op(XENMEM_decrease_reservation, frames, n, 0);
 }
 
 long
 balloon_shim_increase_reservation(uint64_t *mfns, size_t n)
 {
 
-	return balloon_memory_op(XENMEM_increase_reservation, mfns, n);
+	return balloon_memory_op(XENMEM_increase_reservation, mfns, n, 0);
 }
 
 long
 balloon_shim_populate_physmap(uint64_t *pfns, size_t n)
 {
 
-	return balloon_memory_op(XENMEM_populate_physmap, pfns, n);
+	return balloon_memory_op(XENMEM_populate_physmap, pfns, n, 0);
+}
+
+long
+balloon_shim_reservation(enum balloon_memop op, uint64_t *frames, size_t n,
+    unsigned int order)
+{
+
+	switch (op) {
+	case BALLOON_MEMOP_DECREASE:
+		return balloon_memory_op(XENMEM_decrease_reservation, frames,
+		    n, order);
+	case BALLOON_MEMOP_INCREASE:
+		return balloon_memory_op(XENMEM_increase_reservation, frames,
+		    n, order);
+	case BALLOON_MEMOP_POPULATE:
+		return balloon_memory_op(XENMEM_populate_physmap, frames, n,
+		    order);
+	}
+	return -EINVAL;
 }
 
 /*

@@ -223,6 +223,16 @@ int	balloon_rs_release(struct balloon_rs *, uint64_t now_ms);
  */
 size_t	balloon_shim_pages_alloc(uint64_t *pfns, size_t n, uint64_t lo_pfn,
 	    uint64_t hi_pfn);
+/*
+ * Claims one run of npages free pages whose first frame is a multiple of
+ * align_pages, inside frames [lo_pfn, hi_pfn): uvm_pglistalloc(9)'s
+ * contiguous path, all or nothing, never sleeping. 0 and *first set, or
+ * an errno (ENOMEM: no such run is free).
+ */
+int	balloon_shim_pages_alloc_run(uint64_t npages, uint64_t align_pages,
+	    uint64_t lo_pfn, uint64_t hi_pfn, uint64_t *first);
+/* Frees the pages of frames [pfn, pfn + n), which the driver owns. */
+void	balloon_shim_pages_free_run(uint64_t pfn, uint64_t n);
 /* Frees pages the driver owns (their frames backed) to UVM. */
 void	balloon_shim_pages_free(const uint64_t *pfns, size_t n);
 /* Zeroes a page the driver owns. */
@@ -246,6 +256,19 @@ void	balloon_shim_p2m_clear(uint64_t pfn);
 long	balloon_shim_decrease_reservation(uint64_t *frames, size_t n);
 long	balloon_shim_increase_reservation(uint64_t *mfns, size_t n);
 long	balloon_shim_populate_physmap(uint64_t *pfns, size_t n);
+/* The reservation operations balloon_shim_reservation makes. */
+enum balloon_memop {
+	BALLOON_MEMOP_DECREASE = 1,	/* XENMEM_decrease_reservation */
+	BALLOON_MEMOP_INCREASE,		/* XENMEM_increase_reservation */
+	BALLOON_MEMOP_POPULATE		/* XENMEM_populate_physmap */
+};
+/*
+ * The operation on n extents of 2^order frames each (extent_order; a
+ * domU may use up to 9): the number of leading extents done, or a
+ * negative errno.
+ */
+long	balloon_shim_reservation(enum balloon_memop op, uint64_t *frames,
+	    size_t n, unsigned int order);
 /*
  * Kernel-assisted growth only (docs/kernel-growth.md section 7): prepares
  * the kernel for a segment of npages frames before any is backed. PV:

@@ -535,6 +535,56 @@ impl FrameSpace {
         }
     }
 
+    /// Checks, changing nothing, that [`FrameSpace::record_inflated_runs`]
+    /// would accept `runs`: each inside one live segment, none of its
+    /// frames ballooned, no two overlapping. No allocation.
+    pub fn check_inflated_runs(&self, runs: &[PfnRange]) -> Result<(), SegmentError> {
+        for (i, &r) in runs.iter().enumerate() {
+            let seg = self.segment_of(r.start());
+            match seg {
+                None => return Err(SegmentError::WrongState(r.start(), FrameState::Absent)),
+                Some(s) if s.life == Life::Pending => {
+                    return Err(SegmentError::WrongState(r.start(), FrameState::Unpopulated))
+                }
+                Some(s) if r.end() > s.range.end() => {
+                    return Err(SegmentError::WrongState(s.range.end(), FrameState::Absent))
+                }
+                Some(_) => {}
+            }
+            if !self.ballooned.none_in(r) {
+                return Err(SegmentError::Duplicate(r.start()));
+            }
+            let earlier = runs.get(..i).unwrap_or(&[]);
+            if let Some(o) = earlier
+                .iter()
+                .find(|o| o.start() < r.end() && r.start() < o.end())
+            {
+                return Err(SegmentError::Duplicate(o.start().max(r.start())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records whole runs given to Xen as 2 MiB extents: as
+    /// [`FrameSpace::record_inflated`], a run at a time. Refused, changing
+    /// nothing, when [`FrameSpace::check_inflated_runs`] refuses them.
+    pub fn record_inflated_runs(&mut self, runs: &[PfnRange]) -> Result<(), SegmentError> {
+        self.check_inflated_runs(runs)?;
+        for &r in runs {
+            self.ballooned
+                .insert(r)
+                .map_err(|_| SegmentError::Duplicate(r.start()))?;
+            let key = self.segment_of(r.start()).map(|s| s.range.start().0);
+            self.flush_count(key.map(|k| (k, r, r.len().0)));
+        }
+        Ok(())
+    }
+
+    /// How many frames of `r` are ballooned.
+    pub fn ballooned_in(&self, r: PfnRange) -> Pages {
+        self.ballooned.count_in(r)
+    }
+
     /// Chooses up to `max` ballooned frames to take back from Xen: boot
     /// memory first, then plugged segments, lowest frames first. Returns
     /// runs in that order; they total `min(max, ballooned)`.

@@ -34,7 +34,9 @@ use crate::logline::LogLine;
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::policy::{self, MemInfo, Source, MAX_BATCH};
+use crate::policy::{
+    self, MemInfo, Source, EXTENT, EXTENT_ORDER, MAX_SINGLE_STEP, MAX_STEP_EXTENTS,
+};
 use crate::ratelimit::{LogBudget, Verdict};
 use crate::units::{Kib, Mfn, Pages, Pfn, PfnRange, Uptime};
 use crate::worker::{Action, CancelReason, State, StepResult, WaitReason, Worker, WorkerError};
@@ -72,6 +74,39 @@ pub trait Platform {
     fn increase_reservation(&mut self, mfns: &mut [u64]) -> Result<usize, Errno>;
     /// `XENMEM_populate_physmap` on these guest frames.
     fn populate_physmap(&mut self, pfns: &mut [u64]) -> Result<usize, Errno>;
+    /// Whether the platform has 2 MiB extents ([`Platform::alloc_run`]
+    /// and [`Platform::reservation`] above order 0). Without them every
+    /// step uses single frames.
+    fn has_extents(&self) -> bool {
+        false
+    }
+    /// Claims one run of `len` free pages whose first frame is a multiple
+    /// of `align`, inside `within` (`uvm_pglistalloc` with that
+    /// alignment: all or nothing, never sleeping). The first frame, or
+    /// `None` when no such run is free. A platform without it claims
+    /// nothing, and the driver uses single pages.
+    fn alloc_run(&mut self, _len: Pages, _align: Pages, _within: PfnRange) -> Option<Pfn> {
+        None
+    }
+    /// Frees the pages of `run`, which the driver owns and whose frames
+    /// are backed, to UVM.
+    fn free_run(&mut self, run: PfnRange) {
+        for f in run.frames() {
+            self.free_pages(&[f.0]);
+        }
+    }
+    /// A reservation operation on extents of `2^order` frames each
+    /// (`frames` holds each extent's first frame): the leading extents
+    /// done. Order 0 is the plain call; a platform without larger
+    /// extents does none of them.
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        match (op, order) {
+            (MemOp::Decrease, 0) => self.decrease_reservation(frames),
+            (MemOp::Increase, 0) => self.increase_reservation(frames),
+            (MemOp::Populate, 0) => self.populate_physmap(frames),
+            _ => Ok(0),
+        }
+    }
     /// Prepares the kernel for a new segment of `want.len()` frames
     /// before any is backed (docs/kernel-growth.md section 7): PV:
     /// `xpmap_p2m_grow(want.end())`, and the range is `want`; PVH:
@@ -90,6 +125,17 @@ pub trait Platform {
     fn meminfo(&mut self) -> MemInfo;
     /// One line for the kernel log.
     fn log(&mut self, line: &str);
+}
+
+/// The reservation hypercalls that take extents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemOp {
+    /// `XENMEM_decrease_reservation`: give the extents to Xen.
+    Decrease,
+    /// `XENMEM_increase_reservation`: new machine extents (PV).
+    Increase,
+    /// `XENMEM_populate_physmap`: back these guest extents (PVH).
+    Populate,
 }
 
 /// What the worker thread does after a step.
@@ -127,6 +173,26 @@ pub struct DriverStats {
     pub scrubbed: u64,
     /// Log lines dropped by the rate limit.
     pub lines_suppressed: u64,
+    /// 2 MiB extents (`extent_order` 9) given to or backed by Xen.
+    pub extents: u64,
+    /// `uvm_pglistalloc` calls made to claim aligned 2 MiB runs.
+    pub run_claims: u64,
+}
+
+/// What one step counted, published with its result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StepCounts {
+    hypercalls: u64,
+    scrubbed: u64,
+    extents: u64,
+    run_claims: u64,
+}
+
+/// Steps taken with single frames after 2 MiB extents were not to be had
+/// `misses` times in a row: 2, 4, ... 64, so that fragmented memory or a
+/// host without free 2 MiB chunks costs few failed calls.
+fn skip_after(misses: u32) -> u32 {
+    1u32 << misses.clamp(1, 6)
 }
 
 /// The half of the driver that the watch callback, the sysctl handlers
@@ -164,10 +230,26 @@ pub struct Exec {
     frames: Vec<u64>,
     /// The frames of an inflate as the bookkeeping takes them.
     given: Vec<Pfn>,
-    /// Hypercalls and pages zeroed by the step in flight, published with
-    /// its result.
-    hypercalls: u64,
-    scrubbed: u64,
+    /// What the step in flight counted (hypercalls, pages zeroed, 2 MiB
+    /// extents, run claims), published with its result.
+    counts: StepCounts,
+    /// The aligned 2 MiB runs of an inflate's extents.
+    runs: Vec<PfnRange>,
+    /// The first frames of the extents a deflate or plug backs.
+    starts: Vec<u64>,
+    /// One extent's frames and machine frames (PV p2m updates).
+    ext_pfns: Vec<u64>,
+    ext_mfns: Vec<u64>,
+    /// Where the frame span ends, read with the inflate's decision: runs
+    /// are claimed below it.
+    span_end: Pfn,
+    /// Inflate steps left to take with single pages before claiming 2 MiB
+    /// runs again, and how many claims in a row found none.
+    claim_skip: u32,
+    claim_misses: u32,
+    /// The same for backing frames (deflate, plug) with 2 MiB extents.
+    back_skip: u32,
+    back_misses: u32,
 }
 
 /// The [`Control`] half as a step reaches it: one short critical section
@@ -197,13 +279,27 @@ impl Driver {
     /// has no memory for them (the core's heap is KM_NOSLEEP, so a
     /// failure is a NULL, never a sleep or a panic).
     pub fn new(worker: Worker, mode: GuestMode) -> Result<Driver, Errno> {
-        let batch = MAX_BATCH.0 as usize;
+        let batch = MAX_SINGLE_STEP.0 as usize;
+        let steps = MAX_STEP_EXTENTS.0 as usize;
+        let extent = EXTENT.0 as usize;
         let mut pfns = Vec::new();
         let mut frames = Vec::new();
         let mut given = Vec::new();
+        let mut runs = Vec::new();
+        let mut starts = Vec::new();
+        let mut ext_pfns = Vec::new();
+        let mut ext_mfns = Vec::new();
         pfns.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
         frames.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
         given.try_reserve_exact(batch).map_err(|_| Errno::ENOMEM)?;
+        runs.try_reserve_exact(steps).map_err(|_| Errno::ENOMEM)?;
+        starts.try_reserve_exact(steps).map_err(|_| Errno::ENOMEM)?;
+        ext_pfns
+            .try_reserve_exact(extent)
+            .map_err(|_| Errno::ENOMEM)?;
+        ext_mfns
+            .try_reserve_exact(extent)
+            .map_err(|_| Errno::ENOMEM)?;
         Ok(Driver {
             control: Control {
                 worker,
@@ -220,8 +316,16 @@ impl Driver {
                 pfns,
                 frames,
                 given,
-                hypercalls: 0,
-                scrubbed: 0,
+                counts: StepCounts::default(),
+                runs,
+                starts,
+                ext_pfns,
+                ext_mfns,
+                span_end: Pfn(0),
+                claim_skip: 0,
+                claim_misses: 0,
+                back_skip: 0,
+                back_misses: 0,
             },
         })
     }
@@ -414,12 +518,15 @@ impl Control {
     fn publish<P: Platform>(
         &mut self,
         p: &mut P,
-        (hypercalls, scrubbed): (u64, u64),
+        counts: StepCounts,
         result: StepResult<'_>,
         now: Uptime,
     ) {
-        self.stats.hypercalls = self.stats.hypercalls.saturating_add(hypercalls);
-        self.stats.scrubbed = self.stats.scrubbed.saturating_add(scrubbed);
+        let st = &mut self.stats;
+        st.hypercalls = st.hypercalls.saturating_add(counts.hypercalls);
+        st.scrubbed = st.scrubbed.saturating_add(counts.scrubbed);
+        st.extents = st.extents.saturating_add(counts.extents);
+        st.run_claims = st.run_claims.saturating_add(counts.run_claims);
         if let Err(e) = self.worker.complete(result, now) {
             self.step_failed(p, now, e);
         }
@@ -642,7 +749,8 @@ impl Exec {
         now: Uptime,
     ) -> (StepStatus, bool) {
         let mem = p.meminfo();
-        let pfns = &mut self.pfns;
+        let extents = p.has_extents() && self.back_skip == 0;
+        let (pfns, starts, span_end) = (&mut self.pfns, &mut self.starts, &mut self.span_end);
         let next = s.locked(|c| {
             c.flush_held(p, now);
             match c.worker.next_action(now, mem) {
@@ -654,10 +762,13 @@ impl Exec {
                 Ok(action) => {
                     // A deflate's frames are read from the bookkeeping
                     // here, under the lock; only this thread changes them.
-                    if let Action::Deflate { from, count } = action {
-                        pfns.clear();
-                        let n = count.min(MAX_BATCH).0 as usize;
-                        pfns.extend(c.worker.frames().ballooned_from(from).take(n).map(|f| f.0));
+                    match action {
+                        Action::Deflate { from, count } => {
+                            let space = c.worker.frames();
+                            choose_deflate(space, from, count, extents, starts, pfns);
+                        }
+                        Action::Inflate { .. } => *span_end = c.worker.frames().span_end(),
+                        _ => {}
                     }
                     Ok(action)
                 }
@@ -720,11 +831,8 @@ impl Exec {
     }
 
     /// The step's counters, taken for publishing.
-    fn counts(&mut self) -> (u64, u64) {
-        (
-            core::mem::take(&mut self.hypercalls),
-            core::mem::take(&mut self.scrubbed),
-        )
+    fn counts(&mut self) -> StepCounts {
+        core::mem::take(&mut self.counts)
     }
 
     fn carry_out<P: Platform, S: Shared>(
@@ -740,15 +848,42 @@ impl Exec {
                 prefer,
                 scrub,
             } => self.inflate(p, s, count, prefer, scrub, now),
-            Action::Deflate { .. } => self.deflate(p, s, now),
+            Action::Deflate { .. } => {
+                self.back_skip = self.back_skip.saturating_sub(1);
+                self.deflate(p, s, now)
+            }
             Action::Back { frames } => {
-                // The scratch list is taken out for the call and put back:
-                // no allocation.
-                let mut pfns = core::mem::take(&mut self.pfns);
-                pfns.clear();
-                pfns.extend(frames.frames().map(|f| f.0).take(MAX_BATCH.0 as usize));
-                let (done, error) = self.back_frames(p, &pfns);
-                self.pfns = pfns;
+                let extents = p.has_extents() && self.back_skip == 0;
+                self.back_skip = self.back_skip.saturating_sub(1);
+                // Whole aligned 2 MiB extents when the range starts at
+                // one, else single frames.
+                self.starts.clear();
+                if extents && frames.start().0 % EXTENT.0 == 0 {
+                    let k = (frames.len().0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
+                    let first = frames.start().0;
+                    self.starts
+                        .extend((0..k).map(|i| first + (i << EXTENT_ORDER)));
+                }
+                let (done, error) = if self.starts.is_empty() {
+                    // Single frames, at most one step's; up to the next
+                    // 2 MiB boundary when an extent could take the rest.
+                    let mut n = frames.len().min(MAX_SINGLE_STEP).0;
+                    let to_edge = (EXTENT.0 - frames.start().0 % EXTENT.0) % EXTENT.0;
+                    if extents && to_edge > 0 && frames.len().0 >= to_edge + EXTENT.0 {
+                        n = n.min(to_edge);
+                    }
+                    // The scratch list is taken out for the call and put
+                    // back: no allocation.
+                    let mut pfns = core::mem::take(&mut self.pfns);
+                    pfns.clear();
+                    pfns.extend(frames.frames().map(|f| f.0).take(n as usize));
+                    let r = self.back_frames(p, &pfns);
+                    self.pfns = pfns;
+                    r
+                } else {
+                    let (d, e) = self.back_extents(p);
+                    (d << EXTENT_ORDER, e)
+                };
                 let counts = self.counts();
                 let result = StepResult::Backed {
                     done: Pages(done as u64),
@@ -782,7 +917,7 @@ impl Exec {
     }
 
     fn hypercall(&mut self) {
-        self.hypercalls = self.hypercalls.saturating_add(1);
+        self.counts.hypercalls = self.counts.hypercalls.saturating_add(1);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -795,7 +930,14 @@ impl Exec {
         scrub: bool,
         now: Uptime,
     ) {
-        let n = count.min(MAX_BATCH).0 as usize;
+        if count >= EXTENT && p.has_extents() {
+            if self.claim_skip > 0 {
+                self.claim_skip -= 1;
+            } else if self.inflate_extents(p, s, count, prefer, scrub, now) {
+                return;
+            }
+        }
+        let n = count.min(MAX_SINGLE_STEP).0 as usize;
         self.pfns.clear();
         self.pfns.resize(n, 0);
         let got = p.alloc_pages(&mut self.pfns, prefer).min(n);
@@ -870,7 +1012,7 @@ impl Exec {
         // Counted as they reach Xen: pages Xen did not take were zeroed
         // too, but went back to UVM, not to Xen.
         if scrubbed {
-            self.scrubbed = self.scrubbed.saturating_add(done as u64);
+            self.counts.scrubbed = self.counts.scrubbed.saturating_add(done as u64);
         }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
         // The frames Xen took are the leading `done` of `pfns`, which are
@@ -911,12 +1053,29 @@ impl Exec {
         (done, error)
     }
 
-    /// The deflate's frames were read into `pfns` when it was decided.
+    /// The deflate's frames were read when it was decided: the first
+    /// frames of whole 2 MiB extents into `starts`, or single frames into
+    /// `pfns` (see [`choose_deflate`]).
     fn deflate<P: Platform, S: Shared>(&mut self, p: &mut P, s: &mut S, now: Uptime) {
-        let pfns = core::mem::take(&mut self.pfns);
-        let (done, error) = self.back_frames(p, &pfns);
-        p.free_pages(pfns.get(..done).unwrap_or(&[]));
-        self.pfns = pfns;
+        let (done, error) = if self.starts.is_empty() {
+            let pfns = core::mem::take(&mut self.pfns);
+            let r = self.back_frames(p, &pfns);
+            p.free_pages(pfns.get(..r.0).unwrap_or(&[]));
+            self.pfns = pfns;
+            r
+        } else {
+            let (k, e) = self.back_extents(p);
+            for &first in self.starts.get(..k).unwrap_or(&[]) {
+                if let Some(r) = PfnRange::with_len(Pfn(first), EXTENT) {
+                    p.free_run(r);
+                }
+            }
+            (k << EXTENT_ORDER, e)
+        };
+        if done > 0 {
+            // Pages went back to UVM: free 2 MiB runs may exist again.
+            self.claim_skip = 0;
+        }
         let counts = self.counts();
         let result = StepResult::Deflated {
             done: Pages(done as u64),
@@ -938,8 +1097,12 @@ impl Exec {
         self.pfns.clear();
         // At most one batch (the worker's choice): within the capacity
         // allocated at attach, so no allocation.
-        self.pfns
-            .extend(frames.frames().take(MAX_BATCH.0 as usize).map(|f| f.0));
+        self.pfns.extend(
+            frames
+                .frames()
+                .take(MAX_SINGLE_STEP.0 as usize)
+                .map(|f| f.0),
+        );
         self.frames.clear();
         match self.mode {
             GuestMode::Pv => {
@@ -982,6 +1145,353 @@ impl Exec {
             error,
         };
         s.locked(|c| c.publish(p, counts, result, now));
+    }
+}
+
+/// The frames a deflate backs, read from the bookkeeping with its
+/// decision (under the control lock): the leading ballooned frames from
+/// `from` as whole aligned 2 MiB extents, as far as they go (their first
+/// frames into `starts`, at most [`MAX_STEP_EXTENTS`]); else single frames
+/// (into `pfns`, at most [`MAX_SINGLE_STEP`]), stopping before an aligned
+/// extent that is wholly ballooned, which the next step takes whole.
+/// Either way they are the first ballooned frames from `from`, as the
+/// bookkeeping records a deflate.
+fn choose_deflate(
+    space: &crate::segments::FrameSpace,
+    from: Pfn,
+    count: Pages,
+    extents: bool,
+    starts: &mut Vec<u64>,
+    pfns: &mut Vec<u64>,
+) {
+    starts.clear();
+    pfns.clear();
+    let whole = |f: Pfn| {
+        f.0 % EXTENT.0 == 0
+            && PfnRange::with_len(f, EXTENT).is_some_and(|r| space.ballooned_in(r) == EXTENT)
+    };
+    if extents && count >= EXTENT {
+        let max = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0) as usize;
+        let mut next = space.ballooned_from(from).next();
+        while let Some(f) = next.filter(|&f| starts.len() < max && whole(f)) {
+            starts.push(f.0);
+            next = f
+                .checked_add(EXTENT)
+                .and_then(|e| space.ballooned_from(e).next());
+        }
+    }
+    if !starts.is_empty() {
+        return;
+    }
+    let n = count.min(MAX_SINGLE_STEP).0 as usize;
+    for f in space.ballooned_from(from).take(n) {
+        if extents && !pfns.is_empty() && whole(f) {
+            break;
+        }
+        pfns.push(f.0);
+    }
+}
+
+impl Control {
+    /// The bookkeeping refused the runs claimed for an inflate, before any
+    /// went to Xen: every page goes back to UVM except those it says are
+    /// ballooned (freeing them could put a page on the free lists twice).
+    fn undo_refused_runs<P: Platform>(&self, p: &mut P, runs: &[PfnRange]) {
+        let space = self.worker.frames();
+        for r in runs {
+            for f in r.frames() {
+                if space.state(f) != crate::segments::FrameState::Ballooned {
+                    p.free_pages(&[f.0]);
+                }
+            }
+        }
+    }
+}
+
+impl Exec {
+    /// Has Xen back the 2 MiB extents whose first frames are in `starts`
+    /// (PV: `increase_reservation` with `extent_order` 9, each new
+    /// machine extent mapped frame by frame in the p2m; PVH:
+    /// `populate_physmap` with order 9): how many leading extents are
+    /// backed now, and the error that stopped it. One hypercall: a
+    /// failure (the host has no free 2 MiB chunk, or no memory) is the
+    /// step's result, and the next few backing steps use single frames.
+    fn back_extents<P: Platform>(&mut self, p: &mut P) -> (usize, Option<Errno>) {
+        let k = self.starts.len();
+        self.frames.clear();
+        match self.mode {
+            GuestMode::Pv => self.frames.resize(k, 0),
+            GuestMode::Pvh => self.frames.extend_from_slice(&self.starts),
+        }
+        self.hypercall();
+        let op = match self.mode {
+            GuestMode::Pv => MemOp::Increase,
+            GuestMode::Pvh => MemOp::Populate,
+        };
+        let (done, error) = match p.reservation(op, &mut self.frames, EXTENT_ORDER) {
+            Ok(d) if d >= k => (k, None),
+            Ok(d) => (d, Some(Errno::ENOMEM)),
+            Err(e) => (0, Some(e)),
+        };
+        if self.mode == GuestMode::Pv {
+            for i in 0..done {
+                let (Some(&first), Some(&mfn)) = (self.starts.get(i), self.frames.get(i)) else {
+                    break;
+                };
+                self.map_extent(p, first, mfn);
+            }
+        }
+        self.counts.extents = self.counts.extents.saturating_add(done as u64);
+        if error.is_some() {
+            self.back_misses = self.back_misses.saturating_add(1);
+            self.back_skip = skip_after(self.back_misses);
+        } else {
+            self.back_misses = 0;
+        }
+        (done, error)
+    }
+
+    /// PV: maps the 512 frames from `first` to the machine frames from
+    /// `mfn` (an extent Xen gave or kept: contiguous machine frames).
+    fn map_extent<P: Platform>(&mut self, p: &mut P, first: u64, mfn: u64) {
+        self.ext_pfns.clear();
+        self.ext_mfns.clear();
+        self.ext_pfns.extend((0..EXTENT.0).map(|j| first + j));
+        self.ext_mfns.extend((0..EXTENT.0).map(|j| mfn + j));
+        p.p2m_set_batch(&self.ext_pfns, &self.ext_mfns);
+    }
+
+    /// Claims free aligned 2 MiB runs for an inflate of up to `count`
+    /// pages, gives them to Xen as 2 MiB extents (one hypercall) and
+    /// publishes the result: true. False when no run was to be had
+    /// (nothing changed, no hypercall: the caller takes single pages in
+    /// this step); a miss makes the next few steps skip the claim.
+    #[allow(clippy::too_many_arguments)]
+    fn inflate_extents<P: Platform, S: Shared>(
+        &mut self,
+        p: &mut P,
+        s: &mut S,
+        count: Pages,
+        prefer: Option<PfnRange>,
+        scrub: bool,
+        now: Uptime,
+    ) -> bool {
+        self.claim_runs(p, count, prefer);
+        // The point of no return is the hypercall: the record after it is
+        // checked here, before anything moves.
+        let runs = &self.runs;
+        let refused = s.locked(|c| match c.worker.check_inflate_runs(runs) {
+            Ok(()) => false,
+            Err(e) => {
+                c.undo_refused_runs(p, runs);
+                c.worker.refuse_inflate();
+                c.step_failed(p, now, e);
+                true
+            }
+        });
+        if refused {
+            self.runs.clear();
+            return true;
+        }
+        if self.mode == GuestMode::Pv {
+            // decrease_reservation takes an extent as its first machine
+            // frame and the 511 after it (memory.c: gmfn + j): only
+            // extents whose frames are backed by consecutive machine
+            // frames can go whole.
+            let keep = self.mfn_contiguous_extents(p);
+            self.cut_runs(p, Pages(keep << EXTENT_ORDER));
+        }
+        if self.runs.is_empty() {
+            self.claim_misses = self.claim_misses.saturating_add(1);
+            self.claim_skip = skip_after(self.claim_misses);
+            return false;
+        }
+        self.claim_misses = 0;
+        let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
+        self.frames.clear();
+        for i in 0..self.runs.len() {
+            let Some(&r) = self.runs.get(i) else { break };
+            if scrubbed {
+                for f in r.frames() {
+                    p.scrub(f);
+                }
+            }
+            let mut e = r.start();
+            while e < r.end() {
+                let first = match self.mode {
+                    GuestMode::Pv => p.p2m_lookup(e).map_or(0, |m| m.0),
+                    GuestMode::Pvh => e.0,
+                };
+                self.frames.push(first);
+                match e.checked_add(EXTENT) {
+                    Some(n) => e = n,
+                    None => break,
+                }
+            }
+            if self.mode == GuestMode::Pv {
+                for f in r.frames() {
+                    p.p2m_clear(f);
+                }
+            }
+        }
+        let k = self.frames.len();
+        self.hypercall();
+        let (done, error) = match p.reservation(MemOp::Decrease, &mut self.frames, EXTENT_ORDER) {
+            Ok(d) if d >= k => (k, None),
+            Ok(d) => (d, Some(Errno::EAGAIN)),
+            Err(e) => (0, Some(e)),
+        };
+        // Xen stops at an extent it could not take whole (memory.c
+        // decrease_reservation: nr_done counts whole extents). The
+        // extents it did not take go back to use (PV: mapped again).
+        if self.mode == GuestMode::Pv {
+            let mut i = 0usize;
+            for r in 0..self.runs.len() {
+                let Some(&run) = self.runs.get(r) else { break };
+                let mut e = run.start();
+                while e < run.end() {
+                    if i >= done {
+                        if let Some(&mfn) = self.frames.get(i) {
+                            self.map_extent(p, e.0, mfn);
+                        }
+                    }
+                    i += 1;
+                    match e.checked_add(EXTENT) {
+                        Some(n) => e = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.cut_runs(p, Pages((done as u64) << EXTENT_ORDER));
+        let pages = (done as u64) << EXTENT_ORDER;
+        if scrubbed {
+            self.counts.scrubbed = self.counts.scrubbed.saturating_add(pages);
+        }
+        self.counts.extents = self.counts.extents.saturating_add(done as u64);
+        let counts = self.counts();
+        let result = StepResult::InflatedRuns {
+            runs: &self.runs,
+            error,
+        };
+        s.locked(|c| c.publish(p, counts, result, now));
+        true
+    }
+
+    /// Claims up to `count` pages (whole extents, at most one step's) as
+    /// free aligned 2 MiB runs below the span's end, from `prefer` first:
+    /// the largest run first, halving the size on each refusal, so that
+    /// contiguous free memory costs one `uvm_pglistalloc` a step.
+    fn claim_runs<P: Platform>(&mut self, p: &mut P, count: Pages, prefer: Option<PfnRange>) {
+        self.runs.clear();
+        let mut left = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
+        let whole = PfnRange::new(Pfn(0), self.span_end);
+        if self.claim_misses > 0 && left > 0 {
+            // The last claim found no run: one 2 MiB probe first, so that
+            // memory still fragmented costs one call, not a halving
+            // series.
+            let Some(area) = whole else { return };
+            self.counts.run_claims = self.counts.run_claims.saturating_add(1);
+            let Some(first) = p.alloc_run(EXTENT, EXTENT, area) else {
+                return;
+            };
+            match PfnRange::with_len(first, EXTENT) {
+                Some(r) if first.0 % EXTENT.0 == 0 => {
+                    self.runs.push(r);
+                    left -= 1;
+                }
+                Some(r) => {
+                    p.free_run(r);
+                    return;
+                }
+                None => return,
+            }
+        }
+        for area in [prefer, whole].into_iter().flatten() {
+            if prefer.is_some() && !self.runs.is_empty() {
+                // Runs from the preferred (newest plugged) segment make
+                // this step: it empties first, and the next step prefers
+                // the next one.
+                break;
+            }
+            let mut size = left;
+            while left > 0 && size > 0 && self.runs.len() < self.runs.capacity() {
+                self.counts.run_claims = self.counts.run_claims.saturating_add(1);
+                let len = Pages(size << EXTENT_ORDER);
+                let Some(first) = p.alloc_run(len, EXTENT, area) else {
+                    size /= 2;
+                    continue;
+                };
+                match PfnRange::with_len(first, len) {
+                    Some(r) if first.0 % EXTENT.0 == 0 => {
+                        self.runs.push(r);
+                        left -= size;
+                        size = size.min(left);
+                    }
+                    // Not what was asked for: given back, no more claims.
+                    Some(r) => {
+                        p.free_run(r);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// PV: how many leading extents of the claimed runs have their frames
+    /// backed by consecutive machine frames.
+    fn mfn_contiguous_extents<P: Platform>(&mut self, p: &mut P) -> u64 {
+        let mut keep = 0u64;
+        for &r in &self.runs {
+            let mut e = r.start();
+            while e < r.end() {
+                let Some(base) = p.p2m_lookup(e) else {
+                    return keep;
+                };
+                for j in 1..EXTENT.0 {
+                    let next = Pfn(e.0 + j);
+                    if p.p2m_lookup(next).map(|m| m.0) != Some(base.0 + j) {
+                        return keep;
+                    }
+                }
+                keep += 1;
+                match e.checked_add(EXTENT) {
+                    Some(n) => e = n,
+                    None => break,
+                }
+            }
+        }
+        keep
+    }
+
+    /// Keeps the first `keep` frames of the claimed runs and frees the
+    /// rest to UVM.
+    fn cut_runs<P: Platform>(&mut self, p: &mut P, keep: Pages) {
+        let mut left = keep;
+        let mut kept = 0usize;
+        for i in 0..self.runs.len() {
+            let Some(&r) = self.runs.get(i) else { break };
+            if left >= r.len() {
+                left = left.saturating_sub(r.len());
+                kept = i + 1;
+                continue;
+            }
+            let cut = r.start().checked_add(left).unwrap_or(r.end());
+            if let Some(tail) = PfnRange::new(cut, r.end()) {
+                p.free_run(tail);
+            }
+            if !left.is_zero() {
+                if let (Some(head), Some(slot)) =
+                    (PfnRange::new(r.start(), cut), self.runs.get_mut(i))
+                {
+                    *slot = head;
+                    kept = i + 1;
+                }
+            }
+            left = Pages::ZERO;
+        }
+        self.runs.truncate(kept);
     }
 }
 

@@ -42,6 +42,10 @@ struct Model {
     /// A fault: the next allocation hands out this page first (one the
     /// bookkeeping does not think populated).
     stray: Option<u64>,
+    /// The platform has 2 MiB extents (aligned runs, order-9 calls).
+    extents: bool,
+    /// Order-9 calls made.
+    order9_calls: u64,
 }
 
 impl Model {
@@ -65,6 +69,8 @@ impl Model {
             log: Vec::new(),
             max_extents: 0,
             stray: None,
+            extents: false,
+            order9_calls: 0,
         };
         for pfn in 0..pages {
             let f = m.new_frame(pfn);
@@ -90,6 +96,86 @@ impl Model {
 }
 
 impl Platform for Model {
+    fn has_extents(&self) -> bool {
+        self.extents
+    }
+    fn alloc_run(&mut self, len: Pages, align: Pages, within: PfnRange) -> Option<Pfn> {
+        assert!(self.extents);
+        let mut c = within.start().0.next_multiple_of(align.0);
+        while c + len.0 <= within.end().0 {
+            match (c..c + len.0).rev().find(|f| !self.free.contains(f)) {
+                None => {
+                    for f in c..c + len.0 {
+                        self.free.remove(&f);
+                        self.owned.insert(f);
+                    }
+                    return Some(Pfn(c));
+                }
+                Some(busy) => c = (busy + 1).next_multiple_of(align.0),
+            }
+        }
+        None
+    }
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        if order == 0 {
+            return match op {
+                MemOp::Decrease => self.decrease_reservation(frames),
+                MemOp::Increase => self.increase_reservation(frames),
+                MemOp::Populate => self.populate_physmap(frames),
+            };
+        }
+        assert!(self.extents && order == 9);
+        self.order9_calls += 1;
+        self.max_extents = self.max_extents.max(frames.len());
+        let per = 1u64 << order;
+        let mut done = 0;
+        for slot in frames.iter_mut() {
+            let f = *slot;
+            match op {
+                MemOp::Decrease => {
+                    // As Xen: frame by frame, the extent counted only whole.
+                    for j in 0..per {
+                        if !self.xen.remove(&(f + j)) {
+                            return Ok(done);
+                        }
+                        if self.mode == GuestMode::Pvh {
+                            self.p2m.remove(&(f + j));
+                            if !self.zeroed.contains(&(f + j)) {
+                                self.dirty_given += 1;
+                            }
+                        }
+                        self.host_free += 1;
+                    }
+                }
+                MemOp::Increase | MemOp::Populate => {
+                    if self.host_free < per || self.xen.len() as u64 + per > self.max_pages {
+                        return Ok(done);
+                    }
+                    let base = if op == MemOp::Increase {
+                        assert_eq!(self.mode, GuestMode::Pv);
+                        self.next_mfn = (self.next_mfn + 1).next_multiple_of(per);
+                        let b = self.next_mfn;
+                        self.next_mfn += per - 1;
+                        *slot = b;
+                        b
+                    } else {
+                        assert_eq!(self.mode, GuestMode::Pvh);
+                        assert_eq!(f % per, 0, "unaligned 2 MiB extent");
+                        f
+                    };
+                    for j in 0..per {
+                        assert!(self.xen.insert(base + j));
+                        if op == MemOp::Populate {
+                            self.p2m.insert(base + j, base + j);
+                        }
+                    }
+                    self.host_free -= per;
+                }
+            }
+            done += 1;
+        }
+        Ok(done)
+    }
     fn alloc_pages(&mut self, out: &mut [u64], _prefer: Option<PfnRange>) -> usize {
         let mut n = 0;
         if let (Some(pg), Some(slot)) = (self.stray.take(), out.first_mut()) {
@@ -273,6 +359,18 @@ fn driver(mode: GuestMode) -> (Model, Driver) {
 struct Uncounted<'a>(&'a mut Model);
 
 impl Platform for Uncounted<'_> {
+    fn has_extents(&self) -> bool {
+        self.0.has_extents()
+    }
+    fn alloc_run(&mut self, len: Pages, align: Pages, within: PfnRange) -> Option<Pfn> {
+        uncounted(|| self.0.alloc_run(len, align, within))
+    }
+    fn free_run(&mut self, run: PfnRange) {
+        uncounted(|| self.0.free_run(run))
+    }
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        uncounted(|| self.0.reservation(op, frames, order))
+    }
     fn alloc_pages(&mut self, out: &mut [u64], prefer: Option<PfnRange>) -> usize {
         uncounted(|| self.0.alloc_pages(out, prefer))
     }
@@ -997,6 +1095,21 @@ impl Platform for Unlocked<'_> {
         self.check("grow_unreserve");
         self.m.grow_unreserve(range)
     }
+    fn has_extents(&self) -> bool {
+        self.m.has_extents()
+    }
+    fn alloc_run(&mut self, len: Pages, align: Pages, within: PfnRange) -> Option<Pfn> {
+        self.check("alloc_run");
+        self.m.alloc_run(len, align, within)
+    }
+    fn free_run(&mut self, run: PfnRange) {
+        self.check("free_run");
+        self.m.free_run(run)
+    }
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        self.check("reservation");
+        self.m.reservation(op, frames, order)
+    }
     fn meminfo(&mut self) -> MemInfo {
         self.check("meminfo");
         self.m.meminfo()
@@ -1054,5 +1167,35 @@ fn a_step_takes_the_control_lock_only_to_decide_and_to_publish() {
         assert_eq!(exec.release(&mut p, &mut s, Uptime(0)), Ok(()));
         assert!(s.c.worker().frames().ballooned().is_zero(), "{mode:?}");
         assert!(!held.get());
+    }
+}
+
+/// With 2 MiB extents, steps allocate nothing either, Xen and the core
+/// agree, and half the domain goes and comes back in 128 MiB steps of
+/// order-9 calls (at most `MAX_STEP_EXTENTS` extents a call).
+#[test]
+fn extent_steps_allocate_nothing_and_keep_xen_and_the_core_agreeing() {
+    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+        let (mut m, mut d) = driver(mode);
+        m.extents = true;
+        d.worker_mut()
+            .set_target(Kib(PAGES * 2), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES / 2), "{mode:?}");
+        assert_eq!(d.stats().extents, PAGES / 2 / 512, "{mode:?}");
+        assert_eq!(m.dirty_given, 0, "{mode:?}: every page scrubbed");
+        let calls = m.order9_calls;
+        assert!(calls <= 2, "{mode:?}: {calls} order-9 calls for 128 MiB");
+        d.worker_mut()
+            .set_target(Kib(PAGES * 4), Source::Xenstore)
+            .unwrap();
+        settle(&mut m, &mut d);
+        check(&m, &d);
+        assert_eq!(d.worker().current(), Pages(PAGES), "{mode:?}");
+        assert_eq!(d.stats().extents, PAGES / 512, "{mode:?}");
+        assert!(m.order9_calls - calls <= 2, "{mode:?}");
+        assert!(m.max_extents <= MAX_STEP_EXTENTS.0 as usize, "{mode:?}");
     }
 }

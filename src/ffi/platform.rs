@@ -2,7 +2,7 @@
 
 use balloon_sys as sys;
 
-use crate::driver::Platform;
+use crate::driver::{MemOp, Platform};
 use crate::errno::Errno;
 use crate::policy::MemInfo;
 use crate::units::{Mfn, Pages, Pfn, PfnRange};
@@ -118,6 +118,47 @@ impl Platform for ShimPlatform {
         // SAFETY: plain values; the range is one grow_reserve returned and
         // no frame of it is backed or in a segment any more.
         unsafe { sys::balloon_shim_grow_unreserve(range.start().0, range.len().0) }
+    }
+
+    fn has_extents(&self) -> bool {
+        true
+    }
+
+    fn alloc_run(&mut self, len: Pages, align: Pages, within: PfnRange) -> Option<Pfn> {
+        let _shim = super::ShimCall::enter();
+        let mut first = 0u64;
+        // SAFETY: `first` is a valid, writable u64; the shim writes it
+        // only on success.
+        let e = unsafe {
+            sys::balloon_shim_pages_alloc_run(
+                len.0,
+                align.0,
+                within.start().0,
+                within.end().0,
+                &mut first,
+            )
+        };
+        (e == 0).then_some(Pfn(first))
+    }
+
+    fn free_run(&mut self, run: PfnRange) {
+        let _shim = super::ShimCall::enter();
+        // SAFETY: every page of `run` is owned by the driver and backed.
+        unsafe { sys::balloon_shim_pages_free_run(run.start().0, run.len().0) }
+    }
+
+    fn reservation(&mut self, op: MemOp, frames: &mut [u64], order: u32) -> Result<usize, Errno> {
+        let _shim = super::ShimCall::enter();
+        let op = match op {
+            MemOp::Decrease => sys::balloon_memop_BALLOON_MEMOP_DECREASE,
+            MemOp::Increase => sys::balloon_memop_BALLOON_MEMOP_INCREASE,
+            MemOp::Populate => sys::balloon_memop_BALLOON_MEMOP_POPULATE,
+        };
+        // SAFETY: `frames` is valid for `frames.len()` entries, the extent
+        // count the hypercall is given; Xen writes at most that many.
+        extents_done(unsafe {
+            sys::balloon_shim_reservation(op, frames.as_mut_ptr(), frames.len(), order)
+        })
     }
 
     fn plug(&mut self, range: PfnRange) -> Result<(), Errno> {

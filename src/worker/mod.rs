@@ -187,6 +187,15 @@ pub enum StepResult<'a> {
         /// What stopped the step early.
         error: Option<Errno>,
     },
+    /// The runs Xen accepted as 2 MiB extents (the leading extents
+    /// `decrease_reservation` reported done), and the error that cut the
+    /// step short, if any.
+    InflatedRuns {
+        /// Runs now ballooned.
+        runs: &'a [PfnRange],
+        /// What stopped the step early.
+        error: Option<Errno>,
+    },
     /// How many leading frames of the deflate's runs are back in UVM.
     Deflated {
         /// Frames repopulated and freed to UVM.
@@ -686,7 +695,10 @@ impl Worker {
 
     /// Starts giving up to one batch of stranded frames back.
     fn start_return(&mut self) -> Action {
-        let Some(frames) = self.space.choose_return(self.policy.batch()) else {
+        // At most one step of single frames (a return is never made of
+        // 2 MiB extents).
+        let most = self.policy.batch().min(policy::MAX_SINGLE_STEP);
+        let Some(frames) = self.space.choose_return(most) else {
             self.state = State::Idle;
             return Action::Idle;
         };
@@ -1147,6 +1159,23 @@ impl Worker {
         }
     }
 
+    /// As [`Worker::check_inflate`], for runs the driver means to give as
+    /// 2 MiB extents.
+    pub fn check_inflate_runs(&self, runs: &[PfnRange]) -> Result<(), WorkerError> {
+        match self.in_flight {
+            Some(InFlight::Inflate(asked)) => {
+                if total(runs) > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .check_inflated_runs(runs)
+                    .map_err(WorkerError::Bookkeeping)
+            }
+            Some(_) => Err(WorkerError::Mismatch),
+            None => Err(WorkerError::NothingInFlight),
+        }
+    }
+
     /// The driver refused the inflate in flight before it took effect
     /// ([`Worker::check_inflate`] failed; the pages went back to UVM):
     /// the worker stops for good with [`CancelReason::FramesRefused`].
@@ -1183,7 +1212,22 @@ impl Worker {
                 if let Some(p) = self.pod.as_mut() {
                     p.given = p.given.saturating_add(got);
                 }
-                short_or_progress(got < asked, WaitReason::ShortInflate, error)
+                short_or_progress(got.is_zero(), WaitReason::ShortInflate, error)
+            }
+            (InFlight::Inflate(asked), StepResult::InflatedRuns { runs, error }) => {
+                let got = total(runs);
+                if got > asked {
+                    return Err(WorkerError::MoreThanAsked);
+                }
+                self.space
+                    .record_inflated_runs(runs)
+                    .map_err(WorkerError::Bookkeeping)?;
+                bump(&mut self.stats.inflate_steps);
+                self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);
+                if let Some(p) = self.pod.as_mut() {
+                    p.given = p.given.saturating_add(got);
+                }
+                short_or_progress(got.is_zero(), WaitReason::ShortInflate, error)
             }
             (InFlight::Deflate(from, asked), StepResult::Deflated { done, error }) => {
                 if done > asked {
@@ -1194,7 +1238,7 @@ impl Worker {
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.deflate_steps);
                 self.stats.pages_deflated = self.stats.pages_deflated.saturating_add(done);
-                short_or_progress(done < asked, WaitReason::ShortDeflate, error)
+                short_or_progress(done.is_zero(), WaitReason::ShortDeflate, error)
             }
             (InFlight::Back(frames), StepResult::Backed { done, error }) => {
                 if done > frames.len() {
@@ -1204,7 +1248,7 @@ impl Worker {
                 self.space
                     .record_backed(frames, done)
                     .map_err(WorkerError::Bookkeeping)?;
-                if done < frames.len() || error.is_some() {
+                if done.is_zero() || error.is_some() {
                     self.plug_failed(error.unwrap_or(Errno::ENOMEM))?
                 } else {
                     Outcome::Neutral
@@ -1351,8 +1395,17 @@ impl Worker {
     }
 }
 
-/// A step towards the target: short when it did less than asked or
-/// reported an error, else progress.
+/// Frames in `runs`.
+fn total(runs: &[PfnRange]) -> Pages {
+    runs.iter()
+        .fold(Pages::ZERO, |a, r| a.saturating_add(r.len()))
+}
+
+/// A step towards the target: short when it did nothing or reported an
+/// error, else progress. A step may do less than asked with no error:
+/// the driver takes whole 2 MiB extents only, or at most
+/// [`policy::MAX_SINGLE_STEP`] single frames; every shortfall of Xen or
+/// UVM comes with an error.
 fn short_or_progress(short: bool, why: WaitReason, error: Option<Errno>) -> Outcome {
     if short || error.is_some() {
         Outcome::Short(why, error)

@@ -443,7 +443,7 @@ fn starts_idle_at_the_current_reservation() {
 }
 
 #[test]
-fn inflates_to_a_lower_target_one_batch_at_a_time() {
+fn inflates_to_a_lower_target_one_step_at_a_time() {
     let (mut m, mut w) = domain();
     w.set_target(kib(200 * MIB), Source::Xenstore).unwrap();
     match w.next_action(m.now, m.mem()).unwrap() {
@@ -452,7 +452,9 @@ fn inflates_to_a_lower_target_one_batch_at_a_time() {
             scrub,
             prefer,
         } => {
-            assert_eq!(count, Pages(512));
+            // A step may take up to `batch` 2 MiB extents (at most
+            // policy::MAX_STEP_EXTENTS): here the whole need fits in one.
+            assert_eq!(count, Pages(56 * MIB + 100));
             assert!(scrub);
             assert_eq!(prefer, None, "no plugged segment to prefer");
         }
@@ -525,7 +527,8 @@ fn plugged_segments_are_aligned_and_sized() {
     let (mut m, mut w) = domain();
     w.set_target(kib(256 * MIB + 100 + 700), Source::Xenstore)
         .unwrap();
-    // Backed one batch (512 frames) a step, in order, then plugged.
+    // Backed one step (up to `batch` 2 MiB extents) at a time, in
+    // order, then plugged: 700 frames fit in one step.
     let mut backed = Vec::new();
     let range = loop {
         match w.next_action(m.now, m.mem()).unwrap() {
@@ -556,10 +559,7 @@ fn plugged_segments_are_aligned_and_sized() {
     assert_eq!(range.len(), Pages(700), "exactly what the target needs");
     assert_eq!(
         backed,
-        [
-            PfnRange::with_len(Pfn(256 * MIB), Pages(512)).unwrap(),
-            PfnRange::with_len(Pfn(256 * MIB + 512), Pages(188)).unwrap(),
-        ]
+        [PfnRange::with_len(Pfn(256 * MIB), Pages(700)).unwrap()]
     );
     m.free.extend(range.start().0..range.end().0);
     m.backed = 0;
@@ -766,7 +766,8 @@ fn results_must_match_the_step() {
     );
     // No step was in flight: nothing took effect, nothing stops.
     assert!(!w.stopped());
-    let too_many: Vec<Pfn> = (20 * MIB..20 * MIB + 513).map(Pfn).collect();
+    // The inflate asks for the whole need (6 MiB and 100 frames).
+    let too_many: Vec<Pfn> = (20 * MIB..27 * MIB).map(Pfn).collect();
     let absent = [Pfn(1 << 40)];
     let cases = [
         (

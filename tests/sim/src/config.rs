@@ -327,6 +327,10 @@ pub struct Faults {
     pub pagealloc_fail_after: Option<u64>,
     /// uvm_pglistalloc returns ENOMEM after this many more successes.
     pub pglistalloc_fail_after: Option<u64>,
+    /// The host has no free chunk above order 0 after this many more
+    /// (increase_reservation / populate_physmap with extent_order > 0 stop
+    /// there, as alloc_domheap_pages fails on a fragmented host heap).
+    pub superpage_fail_after: Option<u64>,
     /// uvm_physseg_plug returns false.
     pub plug_fail: bool,
     /// uvm_physseg_unplug returns false.

@@ -835,6 +835,12 @@ impl Console {
                 Some(kib) => Reply::ok(format!("{} KiB\n", self.domain.kernel_alloc(kib / 4) * 4)),
                 None => Reply::fail(format!("sim kernel-alloc: invalid size {size}")),
             },
+            ["kernel-fragment", stride] => match stride.parse::<u64>() {
+                Ok(n) if n > 0 => {
+                    Reply::ok(format!("{} KiB\n", self.domain.kernel_fragment(n) * 4))
+                }
+                _ => Reply::fail(format!("sim kernel-fragment: invalid stride {stride}")),
+            },
             ["kernel-free", size] => match parse_xl_size_kib(size) {
                 Some(kib) => Reply::ok(format!("{} KiB\n", self.domain.kernel_free(kib / 4) * 4)),
                 None => Reply::fail(format!("sim kernel-free: invalid size {size}")),
@@ -953,6 +959,7 @@ impl Console {
             ["populate_limit", v] => count(v).map(|c| f.populate_limit = c),
             ["pagealloc_fail_after", v] => count(v).map(|c| f.pagealloc_fail_after = c),
             ["pglistalloc_fail_after", v] => count(v).map(|c| f.pglistalloc_fail_after = c),
+            ["superpage_fail_after", v] => count(v).map(|c| f.superpage_fail_after = c),
             ["sysctl_create_fail_after", v] => count(v).map(|c| f.sysctl_create_fail_after = c),
             ["plug_fail", v] => flag(v).map(|b| f.plug_fail = b),
             ["unplug_fail", v] => flag(v).map(|b| f.unplug_fail = b),
@@ -980,8 +987,8 @@ impl Console {
             Ok(()) => Reply::default(),
             Err(()) => Reply::usage(
                 "sim fault [clear | decrease_limit|increase_limit|populate_limit|\
-                 pagealloc_fail_after|pglistalloc_fail_after|sysctl_create_fail_after|\
-                 kmem_nosleep_fail_after N|off | \
+                 pagealloc_fail_after|pglistalloc_fail_after|superpage_fail_after|\
+                 sysctl_create_fail_after|kmem_nosleep_fail_after N|off | \
                  plug_fail|unplug_fail|kmem_nosleep_fail on|off | \
                  xenstore_read_error|kthread_create_error|watch_register_error ERRNO|off | \
                  memory_op increase_reservation|decrease_reservation|current_reservation|\

@@ -262,6 +262,12 @@ pub struct Snapshot {
     pub leaked_sysctl_nodes: u64,
     pub segments: u64,
     pub hypercalls: u64,
+    /// Reservation extents above order 0 (2 MiB) done.
+    pub superpage_extents: u64,
+    /// PVH 2 MiB extents populated at an unaligned gfn.
+    pub unaligned_superpages: u64,
+    /// uvm_pglistalloc calls (each pauses every CPU's free-page cache).
+    pub pglistalloc_calls: u64,
     pub faults_fired: u64,
     pub modules_loaded: u64,
     pub module_loads: u64,
@@ -311,6 +317,12 @@ impl Snapshot {
             ("leaked_sysctl_nodes", self.leaked_sysctl_nodes.to_string()),
             ("segments", self.segments.to_string()),
             ("hypercalls", self.hypercalls.to_string()),
+            ("superpage_extents", self.superpage_extents.to_string()),
+            (
+                "unaligned_superpages",
+                self.unaligned_superpages.to_string(),
+            ),
+            ("pglistalloc_calls", self.pglistalloc_calls.to_string()),
             ("faults_fired", self.faults_fired.to_string()),
             ("modules_loaded", self.modules_loaded.to_string()),
             ("module_loads", self.module_loads.to_string()),
@@ -438,6 +450,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         live_kthreads: 0,
         modules: Vec::new(),
         hypercalls: 0,
+        superpage_extents: 0,
+        unaligned_superpages: 0,
+        pglistalloc_calls: 0,
         faults_fired: 0,
         module_loads: 0,
         growth: Default::default(),
@@ -669,6 +684,9 @@ impl Domain {
                 leaked_sysctl_nodes: k.sysctl.leaked().len() as u64,
                 segments: k.segs.len() as u64,
                 hypercalls: k.hypercalls,
+                superpage_extents: k.superpage_extents,
+                unaligned_superpages: k.unaligned_superpages,
+                pglistalloc_calls: k.pglistalloc_calls,
                 faults_fired: k.faults_fired,
                 modules_loaded: k.modules.len() as u64,
                 module_loads: k.module_loads,
@@ -838,6 +856,11 @@ impl Domain {
     /// how many it got.
     pub fn kernel_alloc(&self, n: u64) -> u64 {
         with(|k| k.kernel_alloc(n))
+    }
+    /// The kernel takes every free frame that is a multiple of `stride`
+    /// (no free run of `stride` frames is left); returns pages taken.
+    pub fn kernel_fragment(&self, stride: u64) -> u64 {
+        with(|k| k.kernel_fragment(stride))
     }
     /// The kernel frees up to n of its pages (most recently allocated first).
     pub fn kernel_free(&self, n: u64) -> u64 {

@@ -213,6 +213,14 @@ pub(crate) struct Kernel {
     // what the simulator counts for tests and the soak
     /// HYPERVISOR_memory_op calls made (every command).
     pub hypercalls: u64,
+    /// Reservation extents above order 0 done (2 MiB extents).
+    pub superpage_extents: u64,
+    /// PVH extents above order 0 populated at an unaligned gfn (Xen maps
+    /// them with 4 KiB entries: the superpage is lost).
+    pub unaligned_superpages: u64,
+    /// uvm_pglistalloc calls; each pauses every CPU's free-page cache
+    /// (uvm_pgflcache.c 1.6 uvm_pgflcache_pause: an xcall to every CPU).
+    pub pglistalloc_calls: u64,
     /// Times an injected fault changed an outcome.
     pub faults_fired: u64,
     /// Successful module loads since boot.

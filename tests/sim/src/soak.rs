@@ -224,6 +224,7 @@ impl Walk {
                 ]);
                 format!("sim fault memory_op {op} {}", errno(r))
             }
+            14 => format!("sim fault superpage_fail_after {}", n(r)),
             _ => "sim fault clear".to_string(),
         }
     }

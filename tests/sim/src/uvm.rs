@@ -169,6 +169,89 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The contiguous path of uvm_pglistalloc (see there): the lowest run
+    /// of `n` free frames in one segment, starting at a multiple of
+    /// `align` inside [lo, hi).
+    fn pglistalloc_contig(
+        &mut self,
+        n: u64,
+        lo: u64,
+        hi: u64,
+        align: u64,
+        list: *mut PglistHead,
+    ) -> c_int {
+        if !self.segs.iter().any(|s| s.start < hi && lo < s.end) {
+            return EINVAL;
+        }
+        if fail_now(&mut self.faults.pglistalloc_fail_after) {
+            self.faults_fired += 1;
+            return ENOMEM;
+        }
+        let mut found = None;
+        let mut segs: Vec<(u64, u64)> = self.segs.iter().map(|s| (s.start, s.end)).collect();
+        segs.sort_unstable();
+        'seg: for (start, end) in segs {
+            let limit = end.min(hi);
+            let mut cand = start.max(lo).next_multiple_of(align);
+            while cand + n <= limit {
+                // The highest frame of the candidate run that is not free.
+                match (cand..cand + n).rev().find(|f| !self.free.contains(f)) {
+                    None => {
+                        found = Some(cand);
+                        break 'seg;
+                    }
+                    Some(busy) => {
+                        // Skip past it: the next free frame, aligned up.
+                        let next = self.free.range(busy + 1..limit).next().copied();
+                        let Some(next) = next else { break };
+                        cand = next.next_multiple_of(align);
+                    }
+                }
+            }
+        }
+        let Some(first) = found else {
+            return ENOMEM;
+        };
+        let mut pages = Vec::with_capacity(n as usize);
+        for pfn in first..first + n {
+            self.free.remove(&pfn);
+            self.alloc_frame(pfn, PG_MODULE);
+            pages.push(self.page_ptr(pfn).unwrap_or(std::ptr::null_mut()));
+        }
+        self.sync_uvmexp(uvmexp.get().npages);
+        for pg in pages {
+            // SAFETY: list is the caller's TAILQ head; pg a live vm_page
+            // now owned by the caller and on no other list.
+            unsafe { sim_pglist_insert_tail(list, pg) };
+        }
+        0
+    }
+
+    /// Kernel workload that fragments free memory: the kernel takes every
+    /// free frame whose number is a multiple of `stride`, so that no free
+    /// run longer than `stride` - 1 frames is left. Returns pages taken.
+    pub(crate) fn kernel_fragment(&mut self, stride: u64) -> u64 {
+        let picks: Vec<u64> = self
+            .free
+            .iter()
+            .copied()
+            .filter(|f| f % stride.max(1) == 0)
+            .collect();
+        for &pfn in &picks {
+            self.free.remove(&pfn);
+            self.alloc_frame(pfn, PG_KERNEL);
+            let pat = self.pattern();
+            if let Some(c) = self.content_mut(pfn) {
+                *c = pat;
+            }
+            self.kernel_pages.push(pfn);
+        }
+        self.sync_uvmexp(uvmexp.get().npages);
+        picks.len() as u64
+    }
+}
+
 // ---- pages ----
 
 /// uvm_pagealloc_strat(9): one free page or NULL. uvm_page.c 1.246: the
@@ -229,13 +312,28 @@ unsafe extern "C" fn uvm_pagefree(pg: *mut VmPage) {
     })
 }
 
-/// uvm_pglistalloc(9), uvm_pglist.c 1.90. Only the "simple" path is
-/// modelled (nsegs >= npages, alignment <= PAGE_SIZE, boundary 0);
-/// anything else returns EINVAL. Byte addresses, high exclusive, low
-/// rounded up to a page. waitok == 0: all or nothing, ENOMEM on shortfall.
-/// waitok != 0: blocks until enough pages are free, possibly forever (as
-/// the real simple path does). Pages are appended through pageq.queue,
-/// highest frame first, and are not zeroed.
+/// uvm_pglistalloc(9), uvm_pglist.c 1.90 (NetBSD/src, read at index id
+/// 1340450313). Byte addresses, high exclusive, low rounded up to the
+/// alignment. Every call pauses and resumes every CPU's free-page cache
+/// (uvm_pgflcache_pause, an xcall to all CPUs: uvm_pgflcache.c 1.6); the
+/// model counts calls in `pglistalloc_calls`.
+///
+/// Simple path (nsegs >= npages, alignment <= PAGE_SIZE, boundary 0):
+/// waitok == 0: all or nothing, ENOMEM on shortfall; waitok != 0: blocks
+/// until enough pages are free, possibly forever (as the real simple path
+/// does). Pages are appended through pageq.queue, highest frame first, and
+/// are not zeroed.
+///
+/// Contiguous path (alignment > PAGE_SIZE or nsegs < npages;
+/// uvm_pglistalloc_contig / uvm_pglistalloc_c_ps): one run of npages free
+/// frames inside one segment, starting at a multiple of the alignment;
+/// EINVAL when no segment meets [low, high); ENOMEM when no such run is
+/// free. The real search starts at the segment's start hint and wraps;
+/// the model takes the lowest run (the hint is not modelled). waitok != 0
+/// there means the "aggressive" path (allocate page by page until a run
+/// forms, uvm_pglistalloc_contig_aggressive), which the model does not
+/// have: it returns EINVAL, and the shim never asks for it. A boundary
+/// is not modelled either (EINVAL).
 #[no_mangle]
 unsafe extern "C" fn uvm_pglistalloc(
     size: u64,
@@ -248,13 +346,22 @@ unsafe extern "C" fn uvm_pglistalloc(
     waitok: c_int,
 ) -> c_int {
     let npages = size.div_ceil(PAGE_SIZE);
-    if npages == 0 || alignment > PAGE_SIZE || boundary != 0 || (nsegs as i64) < npages as i64 {
+    if npages == 0 || boundary != 0 || !alignment.is_power_of_two() {
         return EINVAL;
     }
-    let lo = low.div_ceil(PAGE_SIZE);
+    let contig = alignment > PAGE_SIZE || (nsegs as i64) < npages as i64;
+    if contig && waitok != 0 {
+        return EINVAL;
+    }
+    let align = (alignment >> PAGE_SHIFT).max(1);
+    let lo = low.div_ceil(PAGE_SIZE).next_multiple_of(align);
     let hi = high >> PAGE_SHIFT;
     stall_point("pglistalloc");
     freeze_point();
+    with(|k| k.pglistalloc_calls += 1);
+    if contig {
+        return with(|k| k.pglistalloc_contig(npages, lo, hi, align, list));
+    }
     let mut g = lock();
     let got: Vec<*mut VmPage> = loop {
         let Some(k) = g.as_mut() else {

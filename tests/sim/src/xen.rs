@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::thread::JoinHandle;
 
-use crate::config::{MemOp, Mode};
+use crate::config::{fail_now, MemOp, Mode};
 use crate::kernel::{
     adopt_thread, kernel_panic, lock, with, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY, MAX_GPFN,
     PAGE_SHIFT, PG_MODULE, WATCHQ,
@@ -24,6 +24,9 @@ const ENOSYS: c_int = 38;
 const ENOENT: c_int = 2;
 const ERANGE: c_int = 34;
 const EEXIST: c_int = 17;
+/// CONFIG_DOMU_MAX_ORDER on x86 (PAGETABLE_ORDER; xen/arch/x86/include/
+/// asm/config.h @c447b730): the largest extent_order a domU may use.
+const DOMU_MAX_ORDER: c_uint = 9;
 
 /// `struct xen_memory_reservation` (x86_64 offsets 0/8/16/20/24, size 32).
 #[repr(C)]
@@ -95,10 +98,52 @@ impl Kernel {
         limit.map_or(room, |l| room.min(l))
     }
 
+    /// A fresh run of `1 << order` contiguous MFNs, aligned to its size
+    /// (Xen's buddy allocator: alloc_domheap_pages(d, order, ..) in
+    /// xen/common/page_alloc.c @c447b730 hands out naturally aligned
+    /// chunks). MFNs are never reused, so skipping to the alignment is
+    /// free.
+    fn host_alloc_extent(&mut self, order: u32) -> u64 {
+        let n = 1u64 << order;
+        self.next_mfn = self.next_mfn.next_multiple_of(n);
+        let first = self.next_mfn;
+        for _ in 0..n {
+            self.host_alloc();
+        }
+        first
+    }
+
+    // Extents above order 0 (xen/common/memory.c @c447b730,
+    // increase_reservation / populate_physmap / decrease_reservation):
+    // - an order above max_order() is refused before anything is done
+    //   (nr_done 0); a domU's max_order is domu_max_order,
+    //   CONFIG_DOMU_MAX_ORDER = PAGETABLE_ORDER = 9 on x86
+    //   (xen/arch/x86/include/asm/config.h), changed only by the
+    //   `memop-max-order` boot option (docs/misc/xen-command-line.pandoc);
+    // - nr_done counts extents: an extent either is done whole or stops
+    //   the call;
+    // - increase_reservation / populate_physmap allocate each extent with
+    //   alloc_domheap_pages(d, order): naturally aligned contiguous MFNs,
+    //   refused past max_pages counted in pages (assign_pages in
+    //   page_alloc.c: "Over-allocation") or when the host has no free
+    //   chunk of that order although it has the pages (fault
+    //   `superpage_fail_after`);
+    // - populate_physmap maps gfn..gfn+2^order (guest_physmap_add_page ->
+    //   p2m_set_entry in xen/arch/x86/mm/p2m.c @c447b730 splits an
+    //   unaligned gfn into 4 KiB entries instead of refusing it: the
+    //   simulator accepts it too and counts it in `unaligned_superpages`,
+    //   a superpage lost);
+    // - decrease_reservation removes gmfn+j for j < 2^order one at a time
+    //   (guest_remove_page); the first that fails ends the call with that
+    //   extent NOT counted, although its leading pages are already gone
+    //   (PV: gmfn is an MFN, so the extent must be 2^order contiguous
+    //   MFNs the domain owns).
     fn reservation_op(&mut self, cmd: c_uint, r: &XenMemoryReservation) -> c_int {
-        if r.domid != DOMID_SELF || r.extent_order != 0 || r.nr_extents == 0 {
+        if r.domid != DOMID_SELF || r.extent_order > DOMU_MAX_ORDER || r.nr_extents == 0 {
             return 0;
         }
+        let order = r.extent_order;
+        let per = 1u64 << order;
         let n = r.nr_extents as usize;
         // SAFETY: the caller passes nr_extents xen_pfn_t in extent_start,
         // as the Xen ABI requires; a NULL handle is refused.
@@ -118,82 +163,119 @@ impl Kernel {
         if limit.is_some_and(|l| (l as usize) < n) {
             self.faults_fired += 1;
         }
+        // One chunk of this order from the host allocator, or none.
+        let chunk_ok = |k: &mut Kernel| {
+            if order == 0 {
+                return true;
+            }
+            if fail_now(&mut k.faults.superpage_fail_after) {
+                k.faults_fired += 1;
+                return false;
+            }
+            true
+        };
         match (cmd, mode) {
             (XENMEM_DECREASE, Mode::Pv) => {
                 let limit = self.faults.decrease_limit.map_or(n, |l| l as usize);
-                while done < n.min(limit) {
-                    let Some(m) = self.owned.remove(&ext[done]) else {
-                        break;
-                    };
-                    let pfn = (m.m2p != INVALID_P2M_ENTRY).then_some(m.m2p);
-                    self.release(pfn, m.content);
+                'ext: while done < n.min(limit) {
+                    for j in 0..per {
+                        let Some(m) = self.owned.remove(&(ext[done] + j)) else {
+                            break 'ext;
+                        };
+                        let pfn = (m.m2p != INVALID_P2M_ENTRY).then_some(m.m2p);
+                        self.release(pfn, m.content);
+                    }
+                    self.count_extent(order);
                     done += 1;
                 }
             }
             (XENMEM_DECREASE, Mode::Pvh) => {
                 let limit = self.faults.decrease_limit.map_or(n, |l| l as usize);
-                while done < n.min(limit) {
-                    let g = ext[done];
-                    // memory.c decrease_reservation: PoD first
-                    // (p2m_pod_decrease_reservation, pod.rs); the gfn
-                    // must still be the driver's page.
-                    if self.pod_decrease(g).is_some() {
-                        if let Some(st) = self.page_state(g).filter(|&s| s != PG_MODULE) {
-                            kernel_panic(&format!(
-                                "frame {g:#x} given to Xen while {} in UVM (not owned by the driver)",
-                                crate::uvm::state_name(st)
-                            ));
+                'ext: while done < n.min(limit) {
+                    for j in 0..per {
+                        let g = ext[done] + j;
+                        // memory.c decrease_reservation: PoD first
+                        // (p2m_pod_decrease_reservation, pod.rs); the gfn
+                        // must still be the driver's page. An extent of
+                        // any order is split there into aligned chunks
+                        // (p2m-pod.c @c447b730 p2m_pod_decrease_reservation:
+                        // chunk_order = ffsl(gfn | left) - 1), each walked
+                        // entry by entry by its decrease_reservation: PoD
+                        // entries become invalid, RAM is stolen for the
+                        // cache while entry_count > count; memory.c then
+                        // removes what is left with guest_remove_page, a
+                        // gfn invalid before ending the call (-ENOENT with
+                        // pod_done spent). So frame by frame here.
+                        if self.pod_decrease(g).is_some() {
+                            if let Some(st) = self.page_state(g).filter(|&s| s != PG_MODULE) {
+                                kernel_panic(&format!(
+                                    "frame {g:#x} given to Xen while {} in UVM (not owned by the driver)",
+                                    crate::uvm::state_name(st)
+                                ));
+                            }
+                            continue;
                         }
-                        done += 1;
-                        continue;
+                        let Some(c) = self.populated.remove(&g) else {
+                            break 'ext;
+                        };
+                        self.release(Some(g), c);
                     }
-                    let Some(c) = self.populated.remove(&g) else {
-                        break;
-                    };
-                    self.release(Some(g), c);
+                    self.count_extent(order);
                     done += 1;
                 }
             }
             (XENMEM_INCREASE, Mode::Pv) => {
-                let room = self.grow_room(self.faults.increase_limit) as usize;
-                while done < n.min(room) {
-                    let m = self.host_alloc();
-                    self.owned.insert(
-                        m,
-                        Mfn {
-                            m2p: INVALID_P2M_ENTRY,
-                            content: 0,
-                        },
-                    );
+                let room =
+                    (self.grow_room(self.faults.increase_limit.map(|l| l * per)) / per) as usize;
+                while done < n.min(room) && chunk_ok(self) {
+                    let m = self.host_alloc_extent(order);
+                    for j in 0..per {
+                        self.owned.insert(
+                            m + j,
+                            Mfn {
+                                m2p: INVALID_P2M_ENTRY,
+                                content: 0,
+                            },
+                        );
+                    }
                     ext[done] = m;
+                    self.count_extent(order);
                     done += 1;
                 }
             }
             (XENMEM_POPULATE, Mode::Pvh) => {
-                let room = self.grow_room(self.faults.populate_limit) as usize;
+                let room =
+                    (self.grow_room(self.faults.populate_limit.map(|l| l * per)) / per) as usize;
                 while done < n.min(room) {
-                    let g = ext[done];
-                    if g >= MAX_GPFN {
+                    let g0 = ext[done];
+                    if g0.saturating_add(per) > MAX_GPFN || !chunk_ok(self) {
                         break;
                     }
-                    // Xen does not check that the gfn is free:
-                    // populate_physmap -> p2m_add_page (xen/arch/x86/mm/p2m.c,
-                    // index id 311561836: "First, remove m->p mappings for
-                    // existing p->m mappings") replaces what is mapped
-                    // there. The old page stays the domain's and counted,
-                    // but nothing maps it: a special page (xenstore or
-                    // console ring) is lost, RAM content is lost.
-                    if self.populated.contains_key(&g) {
-                        self.replaced_gfns.push(g);
+                    if g0 % per != 0 {
+                        self.unaligned_superpages += 1;
                     }
-                    // p2m.c p2m_add_page: a PoD entry there is replaced
-                    // (entry_count -= pod_count); that is no loss.
-                    self.pod_replaced(g);
-                    if let Some(what) = crate::domain::reserved_gfn(g) {
-                        self.reserved_hits.push((g, what));
+                    for g in g0..g0 + per {
+                        // Xen does not check that the gfn is free:
+                        // populate_physmap -> p2m_add_page
+                        // (xen/arch/x86/mm/p2m.c, index id 311561836:
+                        // "First, remove m->p mappings for existing p->m
+                        // mappings") replaces what is mapped there. The old
+                        // page stays the domain's and counted, but nothing
+                        // maps it: a special page (xenstore or console
+                        // ring) is lost, RAM content is lost.
+                        if self.populated.contains_key(&g) {
+                            self.replaced_gfns.push(g);
+                        }
+                        // p2m.c p2m_add_page: a PoD entry there is replaced
+                        // (entry_count -= pod_count); that is no loss.
+                        self.pod_replaced(g);
+                        if let Some(what) = crate::domain::reserved_gfn(g) {
+                            self.reserved_hits.push((g, what));
+                        }
+                        self.host_alloc();
+                        self.populated.insert(g, 0);
                     }
-                    self.host_alloc();
-                    self.populated.insert(g, 0);
+                    self.count_extent(order);
                     done += 1;
                 }
             }
@@ -202,6 +284,12 @@ impl Kernel {
             _ => {}
         }
         done as c_int
+    }
+
+    fn count_extent(&mut self, order: u32) {
+        if order > 0 {
+            self.superpage_extents += 1;
+        }
     }
 }
 

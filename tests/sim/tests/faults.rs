@@ -424,6 +424,9 @@ fn a_refused_target_that_moves_the_limit_wakes_the_worker() {
 #[test]
 fn an_unload_landing_mid_inflate_waits_for_the_step_and_gives_all_back() {
     let d = loaded(Mode::Pvh);
+    // Steps of 8 2 MiB extents (16 MiB), so that 96 MiB takes six.
+    d.sysctl_write("hw.balloon.batch", SysctlValue::Quad(8))
+        .expect("batch");
     stall::arm("decrease_reservation", 2);
     // Straight into xenstore: xl would also lower Xen's maximum, and the
     // unload below must be able to take everything back.

@@ -385,7 +385,11 @@ fn hypercall_partial_results() {
     // Argument failures do nothing.
     let mut e = vec![0u64; 10];
     assert_eq!(memop(INCREASE, &mut e, 5, 0), 0);
-    assert_eq!(memop(INCREASE, &mut e, DOMID_SELF, 1), 0);
+    assert_eq!(
+        memop(INCREASE, &mut e, DOMID_SELF, 10),
+        0,
+        "an order above domu_max_order (9)"
+    );
     assert_eq!(
         memop(POPULATE, &mut e, DOMID_SELF, 0),
         0,
@@ -588,10 +592,17 @@ fn pagealloc_faults_pressure_and_pglist() {
             22,
             "no segment"
         );
+        // An alignment above PAGE_SIZE takes the contiguous path
+        // (uvm_pglist.c 1.90): one aligned run (was: not modelled, EINVAL).
         assert_eq!(
             uvm_pglistalloc(4 << 12, 0, 1 << 40, 8192, 0, &mut *l, 4, 0),
-            22
+            0
         );
+        let run = l.pfns();
+        assert_eq!(run.len(), 4);
+        assert_eq!(run[0] % 2, 0, "aligned to 8 KiB");
+        assert!(run.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+        uvm_pglistfree(&mut *l);
         d.faults_mut().pglistalloc_fail_after = Some(0);
         assert_eq!(
             uvm_pglistalloc(4 << 12, 0, 1 << 40, 4096, 0, &mut *l, 4, 0),
@@ -949,4 +960,106 @@ fn populate_physmap_replaces_special_pages_without_complaint() {
     assert_eq!(memop(POPULATE, &mut g, DOMID_SELF, 0), 1);
     let e = d.check().expect_err("RAM over the local APIC must show");
     assert!(e.contains("local APIC"), "{e}");
+}
+
+// Xen's rules for extent_order > 0 (xen/common/memory.c @c447b730; see
+// tests/sim/src/xen.rs reservation_op) and uvm_pglistalloc's contiguous
+// path (uvm_pglist.c 1.90).
+
+#[test]
+fn pv_extents_of_order_9_follow_xen() {
+    let d = Domain::boot(small());
+    // libxl starts max_pages at memory + 1 MiB: raise it as xl mem-set
+    // would.
+    d.set_max_reservation(64 * 256);
+    let res0 = d.reservation();
+    let mut e = vec![0u64; 3];
+    assert_eq!(
+        memop(INCREASE, &mut e, DOMID_SELF, 9),
+        3,
+        "nr_done in extents"
+    );
+    assert!(e.iter().all(|m| m % 512 == 0), "aligned chunks: {e:x?}");
+    assert_eq!(d.reservation(), res0 + 3 * 512);
+    assert_eq!(d.snapshot().superpage_extents, 3);
+    // max_pages counts pages: only whole extents below it are done.
+    let fit = (64 * 256 - d.reservation()) / 512;
+    let mut many = vec![0u64; 40];
+    assert_eq!(memop(INCREASE, &mut many, DOMID_SELF, 9), fit as c_int);
+    let mut back: Vec<u64> = many[..fit as usize].to_vec();
+    assert_eq!(memop(DECREASE, &mut back, DOMID_SELF, 9), fit as c_int);
+    // The host has no free 2 MiB chunk after one more.
+    d.faults_mut().superpage_fail_after = Some(1);
+    let mut two = vec![0u64; 2];
+    assert_eq!(memop(INCREASE, &mut two, DOMID_SELF, 9), 1);
+    assert_eq!(memop(INCREASE, &mut two, DOMID_SELF, 9), 0);
+    assert_eq!(
+        memop(INCREASE, &mut two, DOMID_SELF, 0),
+        2,
+        "order 0 still works"
+    );
+    d.faults_mut().superpage_fail_after = None;
+    // A whole extent goes back in one.
+    let mut one = vec![e[0]];
+    let r = d.reservation();
+    assert_eq!(memop(DECREASE, &mut one, DOMID_SELF, 9), 1);
+    assert_eq!(d.reservation(), r - 512);
+    // An extent whose 101st frame the domain does not own: Xen removes
+    // the first 100 and counts no extent (memory.c decrease_reservation).
+    let mut hole = vec![e[1] + 100];
+    assert_eq!(memop(DECREASE, &mut hole, DOMID_SELF, 0), 1);
+    let r = d.reservation();
+    let mut broken = vec![e[1]];
+    assert_eq!(memop(DECREASE, &mut broken, DOMID_SELF, 9), 0);
+    assert_eq!(d.reservation(), r - 100, "the leading frames are gone");
+}
+
+#[test]
+fn pvh_populate_of_order_9_counts_unaligned_gfns() {
+    let d = Domain::boot(small().mode(Mode::Pvh));
+    d.set_max_reservation(64 * 256);
+    let top = 64 * 256;
+    let mut aligned = vec![top as u64];
+    assert_eq!(memop(POPULATE, &mut aligned, DOMID_SELF, 9), 1);
+    assert_eq!(d.snapshot().unaligned_superpages, 0);
+    // Xen maps an unaligned gfn with 4 KiB entries (p2m_set_entry) and
+    // does not refuse it: the superpage is lost, which the model counts.
+    let mut unaligned = vec![top as u64 + 512 + 8];
+    assert_eq!(memop(POPULATE, &mut unaligned, DOMID_SELF, 9), 1);
+    assert_eq!(d.snapshot().unaligned_superpages, 1);
+    assert_eq!(d.snapshot().superpage_extents, 2);
+    let mut both = vec![top as u64, top as u64 + 512 + 8];
+    assert_eq!(memop(DECREASE, &mut both, DOMID_SELF, 9), 2);
+}
+
+#[test]
+fn pglistalloc_with_2_mib_alignment_needs_an_aligned_free_run() {
+    let d = Domain::boot(small());
+    let calls = d.snapshot().pglistalloc_calls;
+    let mut l = Pglist::new();
+    let top = 16u64 << 20;
+    // SAFETY: kernel calls with a valid list head.
+    let e = unsafe { uvm_pglistalloc(2 << 20, 0, top, 2 << 20, 0, &mut *l, 1, 0) };
+    assert_eq!(e, 0);
+    let pfns = l.pfns();
+    assert_eq!(pfns.len(), 512);
+    assert_eq!(pfns[0] % 512, 0, "aligned");
+    assert!(pfns.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+    assert_eq!(d.snapshot().pglistalloc_calls, calls + 1);
+    // SAFETY: the pages are the test's.
+    unsafe { uvm_pglistfree(&mut *l) };
+    // No free aligned 2 MiB run once every 512th frame is taken.
+    assert!(d.kernel_fragment(512) > 0);
+    let mut l = Pglist::new();
+    // SAFETY: as above.
+    let e = unsafe { uvm_pglistalloc(2 << 20, 0, top, 2 << 20, 0, &mut *l, 1, 0) };
+    assert_eq!(e, 12, "ENOMEM");
+    // The simple path still finds 512 scattered pages.
+    let mut l = Pglist::new();
+    // SAFETY: as above.
+    let e = unsafe { uvm_pglistalloc(2 << 20, 0, top, 4096, 0, &mut *l, 512, 0) };
+    assert_eq!(e, 0);
+    // SAFETY: as above.
+    unsafe { uvm_pglistfree(&mut *l) };
+    assert_eq!(d.snapshot().pglistalloc_calls, calls + 3);
 }
