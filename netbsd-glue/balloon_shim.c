@@ -895,7 +895,8 @@ static const struct balloon_node balloon_nodes[] = {
 	    "Most memory a target may ask for (KiB): Xen's maximum "
 	    "reservation and memory/static-max, re-read with every target"),
 	BN_QUAD_RW("batch", BALLOON_V_BATCH,
-	    "Frames per hypercall (1 to 8192)"),
+	    "Most frames per step, one hypercall; a 2 MiB extent counts "
+	    "512 (1 to 65536)"),
 	BN_QUAD_RW("retry_delay_max", BALLOON_V_RETRY_DELAY_MAX_MS,
 	    "Longest wait between retries after a short step (ms)"),
 	BN_QUAD_RW("retry_max", BALLOON_V_RETRY_MAX,

@@ -41,8 +41,11 @@
 #include <stdint.h>
 #endif
 
-/* The most frames one step hands to a hypercall (hw.balloon.batch). */
-#define BALLOON_MAX_BATCH	8192
+/*
+ * The most frames one step hands to a hypercall (hw.balloon.batch): a
+ * 2 MiB extent counts 512, so 128 extents.
+ */
+#define BALLOON_MAX_BATCH	65536
 
 /* Largest number of boot segments the shim reports. */
 #define BALLOON_MAX_BOOT_SEGMENTS	64

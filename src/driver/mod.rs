@@ -848,42 +848,34 @@ impl Exec {
                 prefer,
                 scrub,
             } => self.inflate(p, s, count, prefer, scrub, now),
-            Action::Deflate { .. } => {
-                self.back_skip = self.back_skip.saturating_sub(1);
-                self.deflate(p, s, now)
-            }
+            Action::Deflate { .. } => self.deflate(p, s, now),
             Action::Back { frames } => {
                 let extents = p.has_extents() && self.back_skip == 0;
-                self.back_skip = self.back_skip.saturating_sub(1);
                 // Whole aligned 2 MiB extents when the range starts at
                 // one, else single frames.
                 self.starts.clear();
-                if extents && frames.start().0 % EXTENT.0 == 0 {
+                if extents && frames.start().0.is_multiple_of(EXTENT.0) {
                     let k = (frames.len().0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
                     let first = frames.start().0;
                     self.starts
                         .extend((0..k).map(|i| first + (i << EXTENT_ORDER)));
                 }
-                let (done, error) = if self.starts.is_empty() {
-                    // Single frames, at most one step's; up to the next
-                    // 2 MiB boundary when an extent could take the rest.
-                    let mut n = frames.len().min(MAX_SINGLE_STEP).0;
-                    let to_edge = (EXTENT.0 - frames.start().0 % EXTENT.0) % EXTENT.0;
-                    if extents && to_edge > 0 && frames.len().0 >= to_edge + EXTENT.0 {
-                        n = n.min(to_edge);
-                    }
-                    // The scratch list is taken out for the call and put
-                    // back: no allocation.
-                    let mut pfns = core::mem::take(&mut self.pfns);
-                    pfns.clear();
-                    pfns.extend(frames.frames().map(|f| f.0).take(n as usize));
-                    let r = self.back_frames(p, &pfns);
-                    self.pfns = pfns;
-                    r
-                } else {
-                    let (d, e) = self.back_extents(p);
-                    (d << EXTENT_ORDER, e)
-                };
+                // Single frames, at most one step's: all of them when no
+                // extent is tried (up to the next 2 MiB boundary when an
+                // extent could take the rest), the extents' own frames
+                // when Xen backs none of those.
+                let mut n = frames.len().min(MAX_SINGLE_STEP).0;
+                let to_edge = (EXTENT.0 - frames.start().0 % EXTENT.0) % EXTENT.0;
+                if extents && to_edge > 0 && frames.len().0 >= to_edge + EXTENT.0 {
+                    n = n.min(to_edge);
+                }
+                // The scratch list is taken out for the call and put
+                // back: no allocation.
+                let mut pfns = core::mem::take(&mut self.pfns);
+                pfns.clear();
+                pfns.extend(frames.frames().map(|f| f.0).take(n as usize));
+                let (done, error) = self.back_step(p, &pfns, false);
+                self.pfns = pfns;
                 let counts = self.counts();
                 let result = StepResult::Backed {
                     done: Pages(done as u64),
@@ -1054,24 +1046,13 @@ impl Exec {
     }
 
     /// The deflate's frames were read when it was decided: the first
-    /// frames of whole 2 MiB extents into `starts`, or single frames into
-    /// `pfns` (see [`choose_deflate`]).
+    /// frames of whole 2 MiB extents into `starts` (if any), and the
+    /// same leading frames one by one into `pfns` (see
+    /// [`choose_deflate`]).
     fn deflate<P: Platform, S: Shared>(&mut self, p: &mut P, s: &mut S, now: Uptime) {
-        let (done, error) = if self.starts.is_empty() {
-            let pfns = core::mem::take(&mut self.pfns);
-            let r = self.back_frames(p, &pfns);
-            p.free_pages(pfns.get(..r.0).unwrap_or(&[]));
-            self.pfns = pfns;
-            r
-        } else {
-            let (k, e) = self.back_extents(p);
-            for &first in self.starts.get(..k).unwrap_or(&[]) {
-                if let Some(r) = PfnRange::with_len(Pfn(first), EXTENT) {
-                    p.free_run(r);
-                }
-            }
-            (k << EXTENT_ORDER, e)
-        };
+        let pfns = core::mem::take(&mut self.pfns);
+        let (done, error) = self.back_step(p, &pfns, true);
+        self.pfns = pfns;
         if done > 0 {
             // Pages went back to UVM: free 2 MiB runs may exist again.
             self.claim_skip = 0;
@@ -1151,11 +1132,11 @@ impl Exec {
 /// The frames a deflate backs, read from the bookkeeping with its
 /// decision (under the control lock): the leading ballooned frames from
 /// `from` as whole aligned 2 MiB extents, as far as they go (their first
-/// frames into `starts`, at most [`MAX_STEP_EXTENTS`]); else single frames
-/// (into `pfns`, at most [`MAX_SINGLE_STEP`]), stopping before an aligned
-/// extent that is wholly ballooned, which the next step takes whole.
-/// Either way they are the first ballooned frames from `from`, as the
-/// bookkeeping records a deflate.
+/// frames into `starts`, at most [`MAX_STEP_EXTENTS`]), and the leading
+/// frames one by one (into `pfns`, at most [`MAX_SINGLE_STEP`]; without
+/// extents they stop before an aligned extent that is wholly ballooned,
+/// which the next step takes whole). Either way they are the first
+/// ballooned frames from `from`, as the bookkeeping records a deflate.
 fn choose_deflate(
     space: &crate::segments::FrameSpace,
     from: Pfn,
@@ -1167,7 +1148,7 @@ fn choose_deflate(
     starts.clear();
     pfns.clear();
     let whole = |f: Pfn| {
-        f.0 % EXTENT.0 == 0
+        f.0.is_multiple_of(EXTENT.0)
             && PfnRange::with_len(f, EXTENT).is_some_and(|r| space.ballooned_in(r) == EXTENT)
     };
     if extents && count >= EXTENT {
@@ -1180,12 +1161,12 @@ fn choose_deflate(
                 .and_then(|e| space.ballooned_from(e).next());
         }
     }
-    if !starts.is_empty() {
-        return;
-    }
+    // The same leading frames one by one (used if Xen backs none of the
+    // extents), or the step's single frames.
     let n = count.min(MAX_SINGLE_STEP).0 as usize;
+    let stop = extents && starts.is_empty();
     for f in space.ballooned_from(from).take(n) {
-        if extents && !pfns.is_empty() && whole(f) {
+        if stop && !pfns.is_empty() && whole(f) {
             break;
         }
         pfns.push(f.0);
@@ -1209,6 +1190,48 @@ impl Control {
 }
 
 impl Exec {
+    /// One backing step (deflate or plug): the extents in `starts` if
+    /// any, else the single frames `pfns`; when Xen backs none of the
+    /// extents (no free 2 MiB chunk, or no memory), the same frames one
+    /// by one in this step, so that a host without 2 MiB chunks costs no
+    /// short step. `free` hands the backed pages to UVM (deflate). The
+    /// frames backed (leading, in order) and the error that stopped it.
+    /// After a miss, the next 2, 4, ... 64 steps that back anything use
+    /// single frames; a step that backs nothing does not count, so a
+    /// host out of memory is asked for single frames only.
+    fn back_step<P: Platform>(
+        &mut self,
+        p: &mut P,
+        pfns: &[u64],
+        free: bool,
+    ) -> (usize, Option<Errno>) {
+        let tried = !self.starts.is_empty();
+        let mut r = (0, None);
+        if tried {
+            let (k, e) = self.back_extents(p);
+            if free {
+                for &first in self.starts.get(..k).unwrap_or(&[]) {
+                    if let Some(run) = PfnRange::with_len(Pfn(first), EXTENT) {
+                        p.free_run(run);
+                    }
+                }
+            }
+            // Extents Xen backed are progress; the next step goes on
+            // with single frames (the miss set the skip).
+            r = (k << EXTENT_ORDER, if k > 0 { None } else { e });
+        }
+        if !tried || r.0 == 0 {
+            r = self.back_frames(p, pfns);
+            if free {
+                p.free_pages(pfns.get(..r.0).unwrap_or(&[]));
+            }
+            if !tried && r.0 > 0 {
+                self.back_skip = self.back_skip.saturating_sub(1);
+            }
+        }
+        r
+    }
+
     /// Has Xen back the 2 MiB extents whose first frames are in `starts`
     /// (PV: `increase_reservation` with `extent_order` 9, each new
     /// machine extent mapped frame by frame in the p2m; PVH:
@@ -1396,7 +1419,7 @@ impl Exec {
                 return;
             };
             match PfnRange::with_len(first, EXTENT) {
-                Some(r) if first.0 % EXTENT.0 == 0 => {
+                Some(r) if first.0.is_multiple_of(EXTENT.0) => {
                     self.runs.push(r);
                     left -= 1;
                 }
@@ -1423,7 +1446,7 @@ impl Exec {
                     continue;
                 };
                 match PfnRange::with_len(first, len) {
-                    Some(r) if first.0 % EXTENT.0 == 0 => {
+                    Some(r) if first.0.is_multiple_of(EXTENT.0) => {
                         self.runs.push(r);
                         left -= size;
                         size = size.min(left);

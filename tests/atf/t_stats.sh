@@ -44,6 +44,9 @@ down_up_counts_body()
 	b_start
 	b_require_room_below $B_STEP
 
+	# 512 frames a step: one 2 MiB extent, or 512 single frames where
+	# there is none; one hypercall either way.
+	b_set hw.balloon.batch 512
 	snap s0
 	b_target $((B_BOOT - B_STEP))
 	b_expect hw.balloon.current $((B_BOOT - B_STEP))
@@ -79,8 +82,9 @@ atf_test_case hypercalls_follow_batch cleanup
 hypercalls_follow_batch_head()
 {
 	atf_set "require.user" "root"
-	atf_set descr "hw.balloon.batch is the number of frames per" \
-	    "hypercall: larger batches, fewer hypercalls"
+	atf_set descr "hw.balloon.batch is the most frames per" \
+	    "hypercall (a 2 MiB extent counts 512): larger batches, fewer" \
+	    "hypercalls"
 }
 hypercalls_follow_batch_body()
 {
@@ -128,6 +132,9 @@ inflate_short_results_body()
 	b_require_room_below 12288
 
 	b_expect hw.balloon.retry_max 4
+	# decrease_limit counts extents, as Xen's nr_done does: single
+	# frames (a batch under 512) make it 100 frames a step.
+	b_set hw.balloon.batch 256
 	b_check -- sim fault decrease_limit 100
 	snap s0
 	b_target $((B_BOOT - 8192))

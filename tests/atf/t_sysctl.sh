@@ -173,7 +173,7 @@ defaults_body()
 {
 	b_start
 
-	b_expect hw.balloon.batch 512
+	b_expect hw.balloon.batch 65536
 	b_expect hw.balloon.retry_delay_max 32000
 	b_expect hw.balloon.retry_max 4
 	b_expect hw.balloon.scrub 1
@@ -283,20 +283,20 @@ atf_test_case batch_bounds cleanup
 batch_bounds_head()
 {
 	atf_set "require.user" "root"
-	atf_set descr "hw.balloon.batch takes 1 to 8192 and refuses 0 and" \
-	    "8193 with EPERM"
+	atf_set descr "hw.balloon.batch takes 1 to 65536 and refuses 0 and" \
+	    "65537 with EPERM"
 }
 batch_bounds_body()
 {
 	b_start
 
 	refuse hw.balloon.batch 0 "Operation not permitted"
-	refuse hw.balloon.batch 8193 "Operation not permitted"
+	refuse hw.balloon.batch 65537 "Operation not permitted"
 	refuse hw.balloon.batch 18446744073709551615 "Invalid argument"
 	accept hw.balloon.batch 1
-	accept hw.balloon.batch 8192
-	refuse hw.balloon.batch 8193 "Operation not permitted"
-	b_expect hw.balloon.batch 8192
+	accept hw.balloon.batch 65536
+	refuse hw.balloon.batch 65537 "Operation not permitted"
+	b_expect hw.balloon.batch 65536
 	accept hw.balloon.batch 512
 
 	# A batch of 1 still gets there, one frame a hypercall.
@@ -502,7 +502,7 @@ refusals_change_nothing_body()
 
 	b_get ref0 hw.balloon.stats.targets_refused
 	snapshot before
-	for w in batch=0 batch=8193 min=0 min=$((B_MAX + 4)) \
+	for w in batch=0 batch=65537 min=0 min=$((B_MAX + 4)) \
 	    retry_delay_max=0 retry_delay_max=86400001 \
 	    retry_max=4294967296 current=0 max=0 ballooned=4096 \
 	    plugged=4096 stats.pages_inflated=1 stats.hypercalls=0 \

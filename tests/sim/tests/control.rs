@@ -118,7 +118,7 @@ fn every_knob_reads_writes_and_refuses_as_documented() {
     let floor = num(&mut c, "hw.balloon.min");
     for (write, message) in [
         ("batch=0", "Operation not permitted"),
-        ("batch=8193", "Operation not permitted"),
+        ("batch=65537", "Operation not permitted"),
         (
             &format!("min={}", floor - 4) as &str,
             "Operation not permitted",
