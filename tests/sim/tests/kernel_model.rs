@@ -1117,3 +1117,40 @@ fn pglistalloc_with_2_mib_alignment_needs_an_aligned_free_run() {
     unsafe { uvm_pglistfree(&mut *l) };
     assert_eq!(d.snapshot().pglistalloc_calls, calls + 3);
 }
+
+/// An order-9 decrease on a PoD domain: Xen's p2m_pod_decrease_reservation
+/// (xen/arch/x86/mm/p2m-pod.c @c447b730) takes any extent, split into
+/// aligned chunks, entry by entry: PoD entries become invalid
+/// (entry_count--), RAM is stolen into the cache while entry_count >
+/// count; memory.c decrease_reservation then removes what is left with
+/// guest_remove_page, and counts the extent. So 512 PoD entries, or 511
+/// and one populated page, are one extent done.
+#[test]
+fn pod_entries_go_back_in_2_mib_extents() {
+    let d = Domain::boot(DomainConfig::pvh_pod(64, 256));
+    let before = d.pod_stats().expect("PoD");
+    // Two aligned 2 MiB runs high in the map, which nothing touched:
+    // PoD entries. uvm_pglistalloc does not write to the pages.
+    let (lo, hi) = (192u64 << 20, 256u64 << 20);
+    let mut l = Pglist::new();
+    // SAFETY: kernel calls with a valid list head.
+    let e = unsafe { uvm_pglistalloc(4 << 20, lo, hi, 2 << 20, 0, &mut *l, 1, 0) };
+    assert_eq!(e, 0);
+    let pfns = l.pfns();
+    let (a, b) = (pfns[0], pfns[512]);
+    assert_eq!(a % 512, 0);
+    let mut one = vec![a];
+    assert_eq!(memop(DECREASE, &mut one, DOMID_SELF, 9), 1, "all PoD");
+    let mid = d.pod_stats().expect("PoD");
+    assert_eq!(mid.entries_given, before.entries_given + 512, "{mid:?}");
+    assert_eq!(mid.entries, before.entries - 512, "{mid:?}");
+    // One frame of the second run populated (the PoD entry replaced):
+    // 511 entries and one page, still one extent.
+    let mut g = vec![b + 7];
+    assert_eq!(memop(POPULATE, &mut g, DOMID_SELF, 0), 1);
+    let mut two = vec![b];
+    assert_eq!(memop(DECREASE, &mut two, DOMID_SELF, 9), 1, "mixed");
+    let after = d.pod_stats().expect("PoD");
+    assert_eq!(after.entries_given, mid.entries_given + 511, "{after:?}");
+    assert_eq!(after.entries, mid.entries - 512, "{after:?}");
+}
