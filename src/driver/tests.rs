@@ -1124,8 +1124,15 @@ impl Platform for Unlocked<'_> {
 /// scrubbing, a page allocation or a plug; the same for unload's release.
 #[test]
 fn a_step_takes_the_control_lock_only_to_decide_and_to_publish() {
-    for mode in [GuestMode::Pv, GuestMode::Pvh] {
+    // Single frames, and 2 MiB extents (run claims and order-9 calls).
+    for (mode, extents) in [
+        (GuestMode::Pv, false),
+        (GuestMode::Pvh, false),
+        (GuestMode::Pv, true),
+        (GuestMode::Pvh, true),
+    ] {
         let (mut m, d) = driver(mode);
+        m.extents = extents;
         let (control, mut exec) = d.split();
         let held = std::rc::Rc::new(core::cell::Cell::new(false));
         let mut s = Watched {
@@ -1158,6 +1165,8 @@ fn a_step_takes_the_control_lock_only_to_decide_and_to_publish() {
             );
             assert_eq!(s.c.worker().current(), Pages(kib / 4), "{mode:?}");
         }
+        // 16 extents or 8192 frames a step: the release starts mid-way.
+        s.c.worker_mut().set_batch(Pages(8192)).unwrap();
         s.c.worker_mut()
             .set_target(Kib(PAGES * 2), Source::Sysctl)
             .unwrap();
