@@ -711,8 +711,8 @@ ATF_TC_BODY(quad_right_size, tc)
 	expect_quad(QUAD_NODE, 256);
 	v = 0;
 	write_fails(QUAD_NODE, &v, sizeof(v), EPERM, "0");
-	v = 8193;
-	write_fails(QUAD_NODE, &v, sizeof(v), EPERM, "8193");
+	v = 65537;
+	write_fails(QUAD_NODE, &v, sizeof(v), EPERM, "65537");
 	neg = -1;
 	write_fails(QUAD_NODE, &neg, sizeof(neg), EINVAL, "-1");
 	expect_quad(QUAD_NODE, 256);
