@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 //! What 2 MiB extents cost in the simulated domU: for PV and PVH, with
 //! free memory contiguous, fragmented (the kernel holds every 512th
-//! frame), and with a host that has no free 2 MiB chunk, a 4 GiB domain
+//! frame), and with a host that has no free 2 MiB chunk, a 3 GiB domain
 //! is ballooned down by 2 GiB and back. Printed per GiB: the driver's
 //! reservation hypercalls, uvm_pglistalloc calls (each pauses every
 //! CPU's free-page cache), 2 MiB extents, and wall time in the
@@ -14,7 +14,7 @@ use balloon_sim::{balloon_module, Domain, DomainConfig, Mode, SysctlValue};
 
 const MIB: u64 = 256; // pages
 const WAIT: Duration = Duration::from_secs(300);
-const BOOT_MIB: u64 = 4096;
+const BOOT_MIB: u64 = 3072; // PVH RAM must end below the hole at 0xfc000000
 const MOVE_MIB: u64 = 2048;
 
 fn hypercalls(d: &Domain) -> u64 {
