@@ -71,6 +71,13 @@ pub struct DomainConfig {
     /// 1/16 and 1/8 of boot memory for small domains).
     pub freemin: Option<i32>,
     pub freetarg: Option<i32>,
+    /// pmap_zero_page writes 4 KiB of real memory per frame, as the
+    /// kernel's does (default false: it clears the frame's 8-byte content
+    /// tag only). The frames of boot memory get host memory of their own
+    /// (touched only when zeroed); frames plugged later keep the tag
+    /// only. For whole-stack timing (`balloon-sim --real-zero`, the
+    /// stack benchmark), never needed by a rule.
+    pub real_zero: bool,
 }
 
 impl Default for DomainConfig {
@@ -89,6 +96,7 @@ impl Default for DomainConfig {
             time_scale: 1000,
             freemin: None,
             freetarg: None,
+            real_zero: false,
         }
     }
 }
@@ -105,6 +113,10 @@ impl DomainConfig {
     }
     pub fn mode(mut self, m: Mode) -> Self {
         self.mode = m;
+        self
+    }
+    pub fn real_zero(mut self, on: bool) -> Self {
+        self.real_zero = on;
         self
     }
     pub fn boot_mib(mut self, mib: u64) -> Self {

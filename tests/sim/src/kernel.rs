@@ -213,8 +213,66 @@ pub(crate) struct Kernel {
 unsafe impl Send for Kernel {}
 
 pub(crate) static STATE: Mutex<Option<Kernel>> = Mutex::new(None);
-/// Notified (with STATE briefly taken) after every change of model state.
-pub(crate) static CHANGED: Condvar = Condvar::new();
+/// Notified after every change of model state.
+pub(crate) static CHANGED: Changed = Changed::new();
+
+/// The condvar behind `CHANGED`, with a count of its waiters.
+///
+/// std's futex condvar makes a FUTEX_WAKE system call on every
+/// `notify_all`, waiter or not; called after every stand-in, that made
+/// each uvm_pagealloc, pmap_zero_page or uvm_pagefree of the module cost
+/// a system call, which the real kernel's versions do not (issue 13 goal
+/// 4). So `notify_all` only wakes when a waiter is counted. No wake-up is
+/// lost to the count: a waiter counts itself while holding STATE, before
+/// the wait releases it, and a change it waits for is made under STATE
+/// after that, so the notifier (who reads the count after its change)
+/// sees it. Notifiers that change nothing under STATE (stall points, a
+/// frozen thread parking) could already race a waiter before; waiters
+/// re-check at least every 50 ms, as before.
+pub(crate) struct Changed {
+    cv: Condvar,
+    waiters: AtomicU64,
+}
+
+impl Changed {
+    const fn new() -> Self {
+        Changed {
+            cv: Condvar::new(),
+            waiters: AtomicU64::new(0),
+        }
+    }
+
+    /// Wakes every waiter, if there is one.
+    pub(crate) fn notify_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.cv.notify_all();
+        }
+    }
+
+    /// `Condvar::wait` on STATE's guard, counted.
+    pub(crate) fn wait<'a>(
+        &self,
+        g: MutexGuard<'a, Option<Kernel>>,
+    ) -> std::sync::LockResult<MutexGuard<'a, Option<Kernel>>> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = self.cv.wait(g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// `Condvar::wait_timeout` on STATE's guard, counted.
+    pub(crate) fn wait_timeout<'a>(
+        &self,
+        g: MutexGuard<'a, Option<Kernel>>,
+        d: std::time::Duration,
+    ) -> std::sync::LockResult<(MutexGuard<'a, Option<Kernel>>, std::sync::WaitTimeoutResult)>
+    {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = self.cv.wait_timeout(g, d);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
 /// Wakes the xenwatch thread.
 pub(crate) static WATCHQ: Condvar = Condvar::new();
 

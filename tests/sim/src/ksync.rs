@@ -276,7 +276,12 @@ fn km_exit(km: &KMutex, what: &str) {
         kernel_panic(&format!("{what}: mutex not held by this thread"));
     }
     *o = None;
-    km.cv.notify_one();
+    // Wake only a counted waiter (km_enter counts itself under `owner`
+    // before it waits): an uncontended mutex_exit makes no futex system
+    // call, as an uncontended NetBSD adaptive mutex makes none (issue 13).
+    if km.waiters.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        km.cv.notify_one();
+    }
 }
 
 #[no_mangle]

@@ -23,6 +23,7 @@ pub mod daemon;
 mod domain;
 mod kernel;
 mod ksync;
+pub mod prof;
 pub mod regex;
 pub mod soak;
 pub mod stall;

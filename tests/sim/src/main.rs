@@ -14,7 +14,9 @@
 //!          kernel's own balloon0 is attached), --kernel stock|assisted
 //!          (stock: no kernel growth interfaces, the default; assisted:
 //!          those of docs/kernel-growth.md), --time-scale N (simulated
-//!          time runs N times real time; 1000)
+//!          time runs N times real time; 1000), --real-zero
+//!          (pmap_zero_page writes 4 KiB of host memory per frame, as the
+//!          kernel's does, instead of clearing the frame's content tag)
 //! ```
 //!
 //! A bad command line gets one line on standard error and status 2;
@@ -44,7 +46,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const USAGE: &str =
     "usage: balloon-sim [--pv|--pvh|--not-xen] [--boot SIZE] [--max SIZE] [--host-free SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
-                   [--kernel stock|assisted] [--time-scale N]
+                   [--kernel stock|assisted] [--time-scale N] [--real-zero]
                    [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]
        balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh]
@@ -89,6 +91,7 @@ struct OptSet {
     modload: Option<bool>,
     time_scale: Option<u32>,
     flavour: Option<Flavour>,
+    real_zero: Option<bool>,
 }
 
 /// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
@@ -131,6 +134,7 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
             "--host-free" => o.host_free = Some(size_arg("--host-free", args.next())?),
             "--no-hotplug" => o.hotplug = Some(false),
             "--builtin-balloon" => o.builtin = Some(true),
+            "--real-zero" => o.real_zero = Some(true),
             "--no-modload" => o.modload = Some(false),
             "--kernel" => match args.next().as_deref() {
                 Some("stock") => o.flavour = Some(Flavour::Stock),
@@ -204,6 +208,9 @@ fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, bool), String> {
     }
     if let Some(f) = cmd.flavour.or(file.flavour) {
         cfg = cfg.flavour(f);
+    }
+    if let Some(z) = cmd.real_zero.or(file.real_zero) {
+        cfg = cfg.real_zero(z);
     }
     cfg.validate()?;
     Ok((cfg, cmd.modload.or(file.modload).unwrap_or(true)))

@@ -202,6 +202,7 @@ impl Kernel {
 /// memory.c). Stall points: the three reservation ops.
 #[no_mangle]
 unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int {
+    let _t = crate::prof::Timer::start(crate::prof::Point::MemoryOp);
     let op = match cmd {
         XENMEM_INCREASE => Some(MemOp::IncreaseReservation),
         XENMEM_DECREASE => Some(MemOp::DecreaseReservation),
