@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use balloon_sim::{balloon_module, prof, Domain, DomainConfig, Mode, SysctlValue};
 
 const PAGES_PER_MIB: u64 = 256;
-/// Memory the domain keeps beyond what is ballooned (kernel and free).
-const SPARE_MIB: u64 = 256;
+/// Memory the domain keeps beyond what is ballooned: above the driver's
+/// safe floor (policy.rs piecewise_minimum) for every size here.
+const SPARE_MIB: u64 = 512;
 const LIMIT: Duration = Duration::from_secs(300);
 
 struct Args {
@@ -83,7 +84,11 @@ fn cpu_ns() -> u64 {
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -123,7 +128,12 @@ fn mem_set(d: &Domain, pages: u64) -> (Duration, Duration) {
     let (wall, cpu, ()) = timed(|| {
         d.xl_mem_set(pages * 4);
         while d.memory() != pages {
-            assert!(t.elapsed() < LIMIT, "stuck at {} pages: {}", d.memory(), state(d));
+            assert!(
+                t.elapsed() < LIMIT,
+                "stuck at {} pages: {}",
+                d.memory(),
+                state(d)
+            );
             std::thread::sleep(Duration::from_micros(500));
         }
     });

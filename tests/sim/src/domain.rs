@@ -416,6 +416,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         live_kthreads: 0,
         modules: Vec::new(),
         hypercalls: 0,
+        mmuext_calls: 0,
         faults_fired: 0,
         module_loads: 0,
         cfg,
@@ -675,6 +676,10 @@ impl Domain {
     /// Calls of uvm_physseg_plug since boot (stock kernels: must stay 0).
     pub fn plug_calls(&self) -> u64 {
         with(|k| k.plug_calls)
+    }
+    /// HYPERVISOR_mmuext_op calls since boot (PV page clearing).
+    pub fn mmuext_calls(&self) -> u64 {
+        with(|k| k.mmuext_calls)
     }
     pub fn physmem(&self) -> u64 {
         physmem.get()

@@ -201,6 +201,8 @@ pub(crate) struct Kernel {
     // what the simulator counts for tests and the soak
     /// HYPERVISOR_memory_op calls made (every command).
     pub hypercalls: u64,
+    /// HYPERVISOR_mmuext_op calls made (MMUEXT_CLEAR_PAGE batches).
+    pub mmuext_calls: u64,
     /// Times an injected fault changed an outcome.
     pub faults_fired: u64,
     /// Successful module loads since boot.
@@ -265,8 +267,7 @@ impl Changed {
         &self,
         g: MutexGuard<'a, Option<Kernel>>,
         d: std::time::Duration,
-    ) -> std::sync::LockResult<(MutexGuard<'a, Option<Kernel>>, std::sync::WaitTimeoutResult)>
-    {
+    ) -> std::sync::LockResult<(MutexGuard<'a, Option<Kernel>>, std::sync::WaitTimeoutResult)> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let r = self.cv.wait_timeout(g, d);
         self.waiters.fetch_sub(1, Ordering::SeqCst);

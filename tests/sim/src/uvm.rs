@@ -416,7 +416,11 @@ impl Kernel {
     pub(crate) fn publish_page_map(&self) {
         let map = Box::new(PageMap {
             segs: self.segs.iter().map(|s| (s.start, s.end, s.pgs)).collect(),
-            arrays: self.arrays.iter().map(|a| (a.ptr as usize, a.len)).collect(),
+            arrays: self
+                .arrays
+                .iter()
+                .map(|a| (a.ptr as usize, a.len))
+                .collect(),
         });
         let old = PAGE_MAP.swap(Box::into_raw(map), Ordering::AcqRel);
         if !old.is_null() {
@@ -492,7 +496,13 @@ pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
     // SAFETY: [pfn, pfn + n) lies inside the allocation; a frame is
     // written by the one thread that owns it (the module zeroing a page
     // it allocated, or the benchmark between runs).
-    unsafe { std::ptr::write_bytes(p.add((pfn * PAGE_SIZE) as usize), byte, (n * PAGE_SIZE) as usize) };
+    unsafe {
+        std::ptr::write_bytes(
+            p.add((pfn * PAGE_SIZE) as usize),
+            byte,
+            (n * PAGE_SIZE) as usize,
+        )
+    };
     n
 }
 
@@ -503,7 +513,9 @@ pub(crate) fn frame_mem_is(pfn: u64, byte: u8) -> Option<bool> {
         return None;
     }
     // SAFETY: the frame lies inside the allocation.
-    let f = unsafe { std::slice::from_raw_parts(p.add((pfn * PAGE_SIZE) as usize), PAGE_SIZE as usize) };
+    let f = unsafe {
+        std::slice::from_raw_parts(p.add((pfn * PAGE_SIZE) as usize), PAGE_SIZE as usize)
+    };
     Some(f.iter().all(|&b| b == byte))
 }
 
