@@ -274,7 +274,8 @@ const EINVAL: c_int = 22;
 /// (get_page_from_gfn + get_page_type(PGT_writable_page)), else -EINVAL
 /// and the run stops; every other command is -ENOSYS here (not modelled);
 /// `*success_count` gets the operations done. A cleared frame reads as
-/// zero; with `real_zero` its 4 KiB of host memory are written, outside
+/// zero; with `real_zero` its 4 KiB of host memory are written as Xen's
+/// clear_page does (non-temporal stores; `frame_mem_clear_nt`), outside
 /// the state lock. Stall point: `zero_page`, as pmap_zero_page.
 #[no_mangle]
 unsafe extern "C" fn HYPERVISOR_mmuext_op(
@@ -313,7 +314,7 @@ unsafe extern "C" fn HYPERVISOR_mmuext_op(
     });
     for &pfn in &cleared {
         if pfn != INVALID_P2M_ENTRY {
-            crate::uvm::frame_mem_fill(pfn, 1, 0);
+            crate::uvm::frame_mem_clear_nt(pfn);
         }
     }
     if !done_out.is_null() {
