@@ -238,14 +238,26 @@ pub(crate) static CHANGED: Changed = Changed::new();
 /// The condvar behind `CHANGED`, with a count of its waiters.
 ///
 /// std's futex condvar makes a FUTEX_WAKE system call on every
-/// `notify_all`, waiter or not; called after every stand-in, that makes
+/// `notify_all`, waiter or not; called after every stand-in, that made
 /// each uvm_pagealloc, pmap_zero_page or uvm_pagefree of the module cost a
-/// system call the real kernel's versions do not (issue 13 goal 4). Waking
-/// only when `waiters` is non-zero was tried and broke `sim settle`: the
-/// soak's own test (a build that does not scrub) then replayed its
-/// scenario without the failure 2 times in 3, so some wait on the model
-/// still depends on an uncounted wake-up. Until that waiter is found,
-/// every change wakes (`waiters` is kept for that search).
+/// system call the real kernel's versions do not (issue 13 goal 4). So
+/// `notify_all` wakes only when a waiter is counted. No wake-up is lost to
+/// the count: a waiter counts itself while it holds STATE, before the wait
+/// releases STATE, and every change a waiter waits for is made under STATE
+/// (or, made elsewhere, is followed by taking STATE before the notify, as
+/// `notify_changed` does); the notifier reads the count after that, so it
+/// sees every waiter that could have missed the change.
+///
+/// This was tried before and reverted, because the soak's self-test then
+/// replayed its walk without the failure 2 times in 3. That was no lost
+/// wake-up: the walk wrote memory/target twice in a row, and the module's
+/// watch callback reads the node when xenwatch runs it; in the replay
+/// xenwatch ran after the second write, both callbacks read the second
+/// (refused) value, nothing was inflated and nothing unzeroed reached Xen
+/// (`targets_refused` 2 instead of 1). A futex system call after every
+/// change only made the control thread slow enough for xenwatch to run
+/// first most of the time. The soak now waits for watch delivery after
+/// every action (`sim watches-delivered`).
 pub(crate) struct Changed {
     cv: Condvar,
     waiters: AtomicU64,
@@ -261,8 +273,9 @@ impl Changed {
 
     /// Wakes every waiter.
     pub(crate) fn notify_all(&self) {
-        let _ = self.waiters.load(Ordering::Relaxed);
-        self.cv.notify_all();
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.cv.notify_all();
+        }
     }
 
     /// `Condvar::wait` on STATE's guard, counted.
