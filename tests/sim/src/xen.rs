@@ -329,7 +329,9 @@ const EINVAL: c_int = 22;
 /// pmap_zero_page does for one page (x86/pmap.c 1.414, xen_pagezero in
 /// x86_xpmap.c), and what the shim batches. Rules (xen/arch/x86/mm.c
 /// @009360ac, do_mmuext_op): PV guests only (PVH and HVM get -ENOSYS
-/// here: the model has no other use for it); the operations run in order;
+/// here: Xen's hypercall table has it for HVM callers too,
+/// xen/include/hypercall-defs.c @02b26c02, but the shim uses it only on
+/// PV); the operations run in order;
 /// MMUEXT_CLEAR_PAGE takes an MFN the domain owns as ordinary RAM
 /// (get_page_from_gfn + get_page_type(PGT_writable_page)), else -EINVAL
 /// and the run stops; every other command is -ENOSYS here (not modelled);
