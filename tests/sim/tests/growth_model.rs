@@ -238,6 +238,17 @@ fn phys_to_vm_page_follows_hotplug_add_and_remove() {
             assert!(!pg.is_null(), "cycle {cycle}: an added range has vm_pages");
             // SAFETY: as above.
             assert_eq!(unsafe { (*pg).pfn }, s);
+            // The readers must have translated in this cycle before the
+            // range goes (a bounded wait: they may not have run yet).
+            let seen = found.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while found.load(std::sync::atomic::Ordering::Relaxed) == seen {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cycle {cycle}: no reader ran"
+                );
+                std::thread::yield_now();
+            }
             // The highest free frames are the added range's: take them all.
             for _ in 0..n {
                 // SAFETY: the stand-in takes any arguments.
