@@ -60,6 +60,14 @@ pub trait Platform {
     fn free_pages(&mut self, pfns: &[u64]);
     /// Zeroes a page the driver owns.
     fn scrub(&mut self, pfn: Pfn);
+    /// Zeroes pages the driver owns, in one call where the kernel can
+    /// batch it (a PV shim has Xen clear them with one MMUEXT_CLEAR_PAGE
+    /// hypercall per few pages instead of one per page).
+    fn scrub_batch(&mut self, pfns: &[u64]) {
+        for &pfn in pfns {
+            self.scrub(Pfn(pfn));
+        }
+    }
     /// PV: the machine frame behind `pfn`.
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn>;
     /// PV: maps `pfns[i]` to `mfns[i]` in the p2m and brings Xen's m2p
@@ -954,9 +962,7 @@ impl Exec {
         // The test-only broken build skips zeroing (see Cargo.toml).
         let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
         if scrubbed {
-            for &pfn in &self.pfns {
-                p.scrub(Pfn(pfn));
-            }
+            p.scrub_batch(&self.pfns);
         }
         self.frames.clear();
         if self.mode == GuestMode::Pv {
@@ -1335,8 +1341,17 @@ impl Exec {
         for i in 0..self.runs.len() {
             let Some(&r) = self.runs.get(i) else { break };
             if scrubbed {
-                for f in r.frames() {
-                    p.scrub(f);
+                // An extent's pages in one call (PV: a few pages per
+                // MMUEXT_CLEAR_PAGE hypercall, as single frames are).
+                let mut e = r.start();
+                while e < r.end() {
+                    self.ext_pfns.clear();
+                    self.ext_pfns.extend((0..EXTENT.0).map(|j| e.0 + j));
+                    p.scrub_batch(&self.ext_pfns);
+                    match e.checked_add(EXTENT) {
+                        Some(n) => e = n,
+                        None => break,
+                    }
                 }
             }
             let mut e = r.start();
