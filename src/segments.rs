@@ -450,23 +450,33 @@ impl FrameSpace {
     /// is recorded and the first offender is named. One bit per frame,
     /// any order; no allocation.
     pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        let mut cur: Option<Segment> = None;
+        self.mark_inflated(frames)?;
+        self.count_by_segment(frames);
+        Ok(())
+    }
+
+    /// Sets the bit of every frame of `frames`, all or nothing: each must
+    /// be in a live segment, not ballooned, and appear once; otherwise no
+    /// bit is changed and the first offender is named. The per-segment
+    /// counts are left alone.
+    fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        let mut cur: Option<PfnRange> = None;
         for (i, &pfn) in frames.iter().enumerate() {
-            let seg = match cur.filter(|s| s.range.contains(pfn)) {
-                Some(s) => Some(s),
-                None => self.segment_of(pfn).copied(),
-            };
-            cur = seg;
-            let refused = match seg {
-                None => Some(FrameState::Absent),
-                Some(s) if s.life == Life::Pending => Some(FrameState::Unpopulated),
-                Some(_) if !self.ballooned.insert_one(pfn) => Some(FrameState::Ballooned),
-                Some(_) => None,
+            let refused = if cur.is_some_and(|r| r.contains(pfn)) {
+                (!self.ballooned.insert_one(pfn)).then_some(FrameState::Ballooned)
+            } else {
+                match self.segment_of(pfn) {
+                    None => Some(FrameState::Absent),
+                    Some(s) if s.life == Life::Pending => Some(FrameState::Unpopulated),
+                    Some(s) => {
+                        cur = Some(s.range);
+                        (!self.ballooned.insert_one(pfn)).then_some(FrameState::Ballooned)
+                    }
+                }
             };
             if let Some(state) = refused {
-                for &done in frames.get(..i).unwrap_or(&[]) {
-                    self.ballooned.remove_one(done);
-                }
+                self.ballooned
+                    .remove_batch(frames.get(..i).unwrap_or(&[]));
                 // Set before this batch, or earlier in this batch.
                 return Err(match state {
                     FrameState::Ballooned if !self.ballooned.contains(pfn) => {
@@ -476,27 +486,24 @@ impl FrameSpace {
                 });
             }
         }
-        // Per-segment counts, a segment at a time.
-        let mut run: Option<(u64, PfnRange, u64)> = None;
-        for &pfn in frames {
-            match &mut run {
-                Some((_, range, n)) if range.contains(pfn) => *n += 1,
-                _ => {
-                    self.flush_count(run.take());
-                    run = self
-                        .segment_of(pfn)
-                        .map(|s| (s.range.start().0, s.range, 1));
-                }
-            }
-        }
-        self.flush_count(run);
         Ok(())
     }
 
-    fn flush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.get_mut(key) {
-                seg.ballooned = seg.ballooned.saturating_add(Pages(n));
+    /// Adds the frames of `frames` to their segments' ballooned counts,
+    /// a run of frames of one segment at a time (one table lookup per
+    /// run). Frames in no segment are skipped.
+    fn count_by_segment(&mut self, frames: &[Pfn]) {
+        let mut i = 0;
+        while let Some(&pfn) = frames.get(i) {
+            let Some(range) = self.segment_of(pfn).map(|s| s.range) else {
+                i += 1;
+                continue;
+            };
+            let rest = frames.get(i..).unwrap_or(&[]);
+            let n = rest.iter().take_while(|&&p| range.contains(p)).count();
+            i += n.max(1);
+            if let Some(seg) = self.get_mut(range.start().0) {
+                seg.ballooned = seg.ballooned.saturating_add(Pages(n as u64));
             }
         }
     }
@@ -507,32 +514,9 @@ impl FrameSpace {
     /// goes to Xen, so that the record after the hypercall cannot be
     /// refused. No allocation.
     pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        self.record_inflated(frames)?;
-        for &pfn in frames {
-            self.ballooned.remove_one(pfn);
-        }
-        let mut run: Option<(u64, PfnRange, u64)> = None;
-        for &pfn in frames {
-            match &mut run {
-                Some((_, range, n)) if range.contains(pfn) => *n += 1,
-                _ => {
-                    self.unflush_count(run.take());
-                    run = self
-                        .segment_of(pfn)
-                        .map(|s| (s.range.start().0, s.range, 1));
-                }
-            }
-        }
-        self.unflush_count(run);
+        self.mark_inflated(frames)?;
+        self.ballooned.remove_batch(frames);
         Ok(())
-    }
-
-    fn unflush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.get_mut(key) {
-                seg.ballooned = seg.ballooned.saturating_sub(Pages(n));
-            }
-        }
     }
 
     /// Chooses up to `max` ballooned frames to take back from Xen: boot
