@@ -124,6 +124,10 @@ pub enum SegmentError {
     NoMemory,
     /// Every segment slot reserved at attach is taken.
     Full,
+    /// An inflate's record does not match the batch checked before it
+    /// (other frames or another count), or a batch was checked while
+    /// another checked one was not yet recorded.
+    NotChecked,
 }
 
 /// Segments that may be plugged beyond the boot segments: the slots of
@@ -202,10 +206,34 @@ pub struct FrameSpace {
     /// Slots in use.
     count: usize,
     ballooned: FrameBits,
+    /// The inflate batch [`FrameSpace::check_inflated`] accepted and
+    /// [`FrameSpace::record_inflated`] has not recorded yet: its bits
+    /// are set already (so each frame costs one bitmap touch, not three)
+    /// but it is not counted as ballooned.
+    checked: Option<Checked>,
     /// Frames backed by Xen for a plug that did not happen.
     stranded: Stranded,
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
+}
+
+/// A checked inflate batch: how many frames, and a fingerprint of them
+/// (a sum, so that the frames Xen took and those it did not add up to
+/// it) that the record is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checked {
+    frames: u64,
+    print: u64,
+}
+
+/// The fingerprint of a set of frames: a wrapping sum of a mixed form of
+/// each frame number (order does not matter; splitting a batch in two
+/// parts splits the sum).
+fn fingerprint(frames: &[Pfn]) -> u64 {
+    frames.iter().fold(0u64, |acc, p| {
+        let x = (p.0 ^ (p.0 >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        acc.wrapping_add(x ^ (x >> 29))
+    })
 }
 
 impl FrameSpace {
@@ -219,6 +247,7 @@ impl FrameSpace {
             refused: Vec::new(),
             count: 0,
             ballooned: FrameBits::new(),
+            checked: None,
             stranded: Stranded::default(),
             live: Pages::ZERO,
         };
@@ -372,12 +401,12 @@ impl FrameSpace {
 
     /// Frames now given to Xen.
     pub fn ballooned(&self) -> Pages {
-        self.ballooned.total()
+        self.recorded()
     }
 
     /// Frames now owned by UVM. O(1).
     pub fn populated(&self) -> Pages {
-        self.live.saturating_sub(self.ballooned.total())
+        self.live.saturating_sub(self.recorded())
     }
 
     /// The segment being prepared for plugging, if any.
@@ -412,7 +441,7 @@ impl FrameSpace {
     /// Frame counts by state. O(number of segments).
     pub fn counts(&self) -> FrameCounts {
         let mut c = FrameCounts {
-            ballooned: self.ballooned.total(),
+            ballooned: self.recorded(),
             ..FrameCounts::default()
         };
         c.stranded = self.stranded.total();
@@ -444,13 +473,38 @@ impl FrameSpace {
         self.ballooned.heap_bytes()
     }
 
-    /// Records frames just given to Xen (the leading frames a decrease
-    /// hypercall reported done; a partial batch passes only those).
-    /// Every frame must be populated and appear once; otherwise nothing
-    /// is recorded and the first offender is named. One bit per frame,
-    /// any order; no allocation.
-    pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        self.mark_inflated(frames)?;
+    /// Ballooned frames: the bits set, less those of a checked batch
+    /// not recorded yet.
+    fn recorded(&self) -> Pages {
+        let checked = self.checked.map_or(0, |c| c.frames);
+        self.ballooned.total().saturating_sub(Pages(checked))
+    }
+
+    /// Records frames just given to Xen: `frames` are the leading frames
+    /// a decrease hypercall reported done, `rest` the frames of the same
+    /// batch it did not take (empty when it took them all). Every frame
+    /// must be populated and appear once; otherwise nothing is recorded
+    /// and the first offender is named. One bit per frame, any order; no
+    /// allocation.
+    ///
+    /// After [`FrameSpace::check_inflated`] the bits are set already:
+    /// `frames` and `rest` together must be the checked batch (the same
+    /// count and fingerprint, or [`SegmentError::NotChecked`] and nothing
+    /// changes), only the bits of `rest` are cleared, and the bitmap is
+    /// not touched for `frames`.
+    pub fn record_inflated(&mut self, frames: &[Pfn], rest: &[Pfn]) -> Result<(), SegmentError> {
+        match self.checked {
+            Some(c) => {
+                let n = (frames.len() as u64).saturating_add(rest.len() as u64);
+                let print = fingerprint(frames).wrapping_add(fingerprint(rest));
+                if n != c.frames || print != c.print {
+                    return Err(SegmentError::NotChecked);
+                }
+                self.ballooned.remove_batch(rest);
+                self.checked = None;
+            }
+            None => self.mark_inflated(frames)?,
+        }
         self.count_by_segment(frames);
         Ok(())
     }
@@ -508,14 +562,22 @@ impl FrameSpace {
         }
     }
 
-    /// Checks, changing nothing in the end, that
-    /// [`FrameSpace::record_inflated`] would accept `frames`: every frame
-    /// populated and appearing once. The driver asks before any frame
-    /// goes to Xen, so that the record after the hypercall cannot be
-    /// refused. No allocation.
+    /// Checks that [`FrameSpace::record_inflated`] will accept `frames`
+    /// (or a leading part of them, the rest passed as not taken): every
+    /// frame populated and appearing once. The driver asks before any
+    /// frame goes to Xen, so that the record after the hypercall cannot
+    /// be refused. The frames' bits are set now, all or nothing, and the
+    /// batch is held as checked: not counted as ballooned until it is
+    /// recorded. No allocation.
     pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        if self.checked.is_some() {
+            return Err(SegmentError::NotChecked);
+        }
         self.mark_inflated(frames)?;
-        self.ballooned.remove_batch(frames);
+        self.checked = Some(Checked {
+            frames: frames.len() as u64,
+            print: fingerprint(frames),
+        });
         Ok(())
     }
 
@@ -543,7 +605,7 @@ impl FrameSpace {
     /// [`FrameSpace::ballooned_from`] as the step goes.
     pub fn deflate_cursor(&self, max: Pages) -> Option<(Pfn, Pages)> {
         let first = self.ballooned.first()?;
-        let count = max.min(self.ballooned.total());
+        let count = max.min(self.recorded());
         (!count.is_zero()).then_some((first, count))
     }
 
@@ -842,6 +904,9 @@ impl FrameSpace {
     /// stranded frames in no segment.
     pub fn verify(&self) -> Result<(), &'static str> {
         self.ballooned.check()?;
+        if self.checked.is_some() {
+            return Err("segments: a checked inflate batch is not recorded");
+        }
         if let Some(r) = self.stranded.0 {
             if r.is_empty() {
                 return Err("segments: empty stranded run");
@@ -959,21 +1024,21 @@ mod tests {
     #[test]
     fn inflate_records_only_populated_frames_all_or_nothing() {
         let mut fs = FrameSpace::new(&[r(0, 100)]).unwrap();
-        fs.record_inflated(&[Pfn(1), Pfn(2), Pfn(7)]).unwrap();
+        fs.record_inflated(&[Pfn(1), Pfn(2), Pfn(7)], &[]).unwrap();
         assert_eq!(fs.state(Pfn(2)), FrameState::Ballooned);
         assert_eq!(fs.state(Pfn(3)), FrameState::Populated);
         assert_eq!(fs.state(Pfn(100)), FrameState::Absent);
         // A frame already ballooned, one absent, and a duplicate: refused whole.
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(2)]),
+            fs.record_inflated(&[Pfn(9), Pfn(2)], &[]),
             Err(SegmentError::WrongState(Pfn(2), FrameState::Ballooned))
         );
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(150)]),
+            fs.record_inflated(&[Pfn(9), Pfn(150)], &[]),
             Err(SegmentError::WrongState(Pfn(150), FrameState::Absent))
         );
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(9)]),
+            fs.record_inflated(&[Pfn(9), Pfn(9)], &[]),
             Err(SegmentError::Duplicate(Pfn(9)))
         );
         assert_eq!(fs.ballooned(), Pages(3));
@@ -990,7 +1055,7 @@ mod tests {
         assert_eq!(fs.state(Pfn(1024)), FrameState::Unpopulated);
         back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
-        fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)])
+        fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)], &[])
             .unwrap();
         assert_eq!(fs.choose_deflate(Pages(4)), [r(10, 13), r(1500, 1501)]);
         assert_eq!(
@@ -1047,13 +1112,13 @@ mod tests {
         back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
         assert_eq!(fs.inflate_preference(), Some(seg));
-        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)]).unwrap();
+        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)], &[]).unwrap();
         assert_eq!(fs.unplug_candidates().count(), 0);
         assert_eq!(
             fs.record_unplugged(seg),
             Err(SegmentError::NotFullyBallooned(seg))
         );
-        fs.record_inflated(&[Pfn(515)]).unwrap();
+        fs.record_inflated(&[Pfn(515)], &[]).unwrap();
         assert_eq!(fs.inflate_preference(), None);
         assert_eq!(fs.unplug_candidates().collect::<Vec<_>>(), [seg]);
         fs.record_unplugged(seg).unwrap();
@@ -1061,7 +1126,7 @@ mod tests {
         assert_eq!(fs.state(Pfn(513)), FrameState::Absent);
         assert_eq!(fs.counts().plugged_segments, 0);
         // Boot segments are never unplug candidates.
-        fs.record_inflated(&(0..512).map(Pfn).collect::<Vec<_>>())
+        fs.record_inflated(&(0..512).map(Pfn).collect::<Vec<_>>(), &[])
             .unwrap();
         assert_eq!(fs.unplug_candidates().count(), 0);
         assert_eq!(
@@ -1126,7 +1191,7 @@ mod tests {
     #[test]
     fn counts_add_up() {
         let mut fs = FrameSpace::new(&[r(0, 100), r(256, 356)]).unwrap();
-        fs.record_inflated(&[Pfn(0), Pfn(300)]).unwrap();
+        fs.record_inflated(&[Pfn(0), Pfn(300)], &[]).unwrap();
         fs.begin_plug(r(512, 612)).unwrap();
         let c = fs.counts();
         assert_eq!(c.populated, Pages(198));
