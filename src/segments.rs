@@ -529,8 +529,7 @@ impl FrameSpace {
                 }
             };
             if let Some(state) = refused {
-                self.ballooned
-                    .remove_batch(frames.get(..i).unwrap_or(&[]));
+                self.ballooned.remove_batch(frames.get(..i).unwrap_or(&[]));
                 // Set before this batch, or earlier in this batch.
                 return Err(match state {
                     FrameState::Ballooned if !self.ballooned.contains(pfn) => {
@@ -1112,7 +1111,8 @@ mod tests {
         back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
         assert_eq!(fs.inflate_preference(), Some(seg));
-        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)], &[]).unwrap();
+        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)], &[])
+            .unwrap();
         assert_eq!(fs.unplug_candidates().count(), 0);
         assert_eq!(
             fs.record_unplugged(seg),
@@ -1201,5 +1201,92 @@ mod tests {
         assert_eq!(fs.ballooned_runs(), 2);
         assert_eq!(fs.populated(), c.populated);
         assert_eq!(fs.pending_segment(), Some(r(512, 612)));
+    }
+
+    #[test]
+    fn a_checked_batch_is_held_to_its_frames_and_recorded_in_two_parts() {
+        let mut fs = FrameSpace::new(&[r(0, 1024)]).unwrap();
+        let batch = [Pfn(5), Pfn(700), Pfn(6), Pfn(9)];
+        fs.check_inflated(&batch).unwrap();
+        // Held, not counted: the bits are set, the figures unchanged.
+        assert_eq!(fs.ballooned(), Pages::ZERO);
+        assert_eq!(fs.populated(), Pages(1024));
+        assert!(fs.verify().is_err());
+        assert_eq!(
+            fs.check_inflated(&[Pfn(100)]),
+            Err(SegmentError::NotChecked)
+        );
+        // A record of other frames, or of part of the batch without the
+        // rest, is refused and changes nothing.
+        let other = [Pfn(6), Pfn(10)];
+        assert_eq!(
+            fs.record_inflated(&batch[..2], &other),
+            Err(SegmentError::NotChecked)
+        );
+        assert_eq!(
+            fs.record_inflated(&batch[..1], &[]),
+            Err(SegmentError::NotChecked)
+        );
+        assert_eq!(fs.ballooned(), Pages::ZERO);
+        // Xen took the first two; the other two went back to UVM.
+        fs.record_inflated(&batch[..2], &batch[2..]).unwrap();
+        fs.verify().unwrap();
+        assert_eq!(fs.ballooned(), Pages(2));
+        assert_eq!(fs.state(Pfn(700)), FrameState::Ballooned);
+        assert_eq!(fs.state(Pfn(6)), FrameState::Populated);
+        assert_eq!(fs.state(Pfn(9)), FrameState::Populated);
+        // They can be taken again.
+        fs.check_inflated(&[Pfn(9), Pfn(6)]).unwrap();
+        fs.record_inflated(&[Pfn(9), Pfn(6)], &[]).unwrap();
+        fs.verify().unwrap();
+        assert_eq!(fs.ballooned(), Pages(4));
+        // A refused check sets no bit and holds nothing.
+        assert_eq!(
+            fs.check_inflated(&[Pfn(1), Pfn(2), Pfn(1)]),
+            Err(SegmentError::Duplicate(Pfn(1)))
+        );
+        fs.verify().unwrap();
+        assert_eq!(fs.state(Pfn(2)), FrameState::Populated);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Differential test of the driver's protocol against a plain set
+        /// of frames: random batches (duplicates and ballooned frames
+        /// included) are checked; an accepted one is split where a
+        /// partial hypercall would cut it and recorded; deflates take the
+        /// lowest frames. The store and the set agree after every step.
+        #[test]
+        fn check_and_record_match_a_reference_set(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u64..600, 0..40), 0usize..41, 0u64..30),
+                1..60,
+            )
+        ) {
+            let mut fs = FrameSpace::new(&[r(0, 300), r(300, 600)]).unwrap();
+            let mut model = std::collections::BTreeSet::new();
+            for (batch, cut, deflate) in steps {
+                let frames: Vec<Pfn> = batch.iter().map(|&p| Pfn(p)).collect();
+                let mut seen = std::collections::BTreeSet::new();
+                let ok = batch.iter().all(|p| !model.contains(p) && seen.insert(*p));
+                proptest::prop_assert_eq!(fs.check_inflated(&frames).is_ok(), ok);
+                if ok {
+                    let cut = cut.min(frames.len());
+                    fs.record_inflated(&frames[..cut], &frames[cut..]).unwrap();
+                    model.extend(batch[..cut].iter().copied());
+                }
+                if let Some((from, n)) = fs.deflate_cursor(Pages(deflate)) {
+                    let taken: Vec<u64> = fs.ballooned_from(from).take(n.0 as usize).map(|p| p.0).collect();
+                    let want: Vec<u64> = model.iter().copied().take(n.0 as usize).collect();
+                    proptest::prop_assert_eq!(&taken, &want);
+                    fs.record_deflated_from(from, n).unwrap();
+                    for p in want { model.remove(&p); }
+                }
+                fs.verify().map_err(proptest::test_runner::TestCaseError::fail)?;
+                proptest::prop_assert_eq!(fs.ballooned().0, model.len() as u64);
+                let all: Vec<u64> = fs.ballooned_from(Pfn(0)).map(|p| p.0).collect();
+                proptest::prop_assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
+            }
+        }
     }
 }

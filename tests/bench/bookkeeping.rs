@@ -160,11 +160,15 @@ fn project(span: u64, list: &[u64]) -> Figures {
             Action::Inflate { count, .. } => {
                 buf.clear();
                 buf.extend(next.by_ref().take(count.0 as usize).map(Pfn));
-                if std::env::var("PRESORT").is_ok() { buf.sort_unstable(); }
+                if std::env::var("PRESORT").is_ok() {
+                    buf.sort_unstable();
+                }
                 let empty = buf.is_empty();
                 // What the driver does: check before the frames go to
                 // Xen, record after.
-                if std::env::var("NOCHECK").is_err() { w.check_inflate(&buf).expect("check"); }
+                if std::env::var("NOCHECK").is_err() {
+                    w.check_inflate(&buf).expect("check");
+                }
                 w.complete(
                     StepResult::Inflated {
                         frames: &buf,
@@ -685,14 +689,19 @@ fn main() {
         x.map_or_else(|| "-".to_string(), |(a, b)| format!("{a:.2}/{b:.2}"))
     };
     for order in orders {
-        if std::env::var("PROF_ORDER").is_ok_and(|o| o != order.name()) { continue; }
+        if std::env::var("PROF_ORDER").is_ok_and(|o| o != order.name()) {
+            continue;
+        }
         let mut per_size = Vec::new();
         for &gib in &sizes {
             let span = gib * FRAMES_PER_GIB;
             let list = frames_in_order(span, order);
             let ball_gib = list.len() as f64 / FRAMES_PER_GIB as f64;
             let (pi, pd, p) = med(|| project(span, &list), |f| (f.inflate, f.deflate));
-            if std::env::var("PROF_ONLY").is_ok() { println!("{} {gib} {pi:.2}/{pd:.2}", order.name()); continue; }
+            if std::env::var("PROF_ONLY").is_ok() {
+                println!("{} {gib} {pi:.2}/{pd:.2}", order.name());
+                continue;
+            }
             let (bi, bd, b) = med(
                 || {
                     run_store(
