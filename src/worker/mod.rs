@@ -33,6 +33,8 @@
 use crate::backoff::{Backoff, BackoffConfig, Retry};
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
+use alloc::vec::Vec;
+
 use crate::segments::{FrameCounts, FrameSpace, PlugLimits, SegmentError};
 use crate::stats::{bump, LastError, Stats, StepKind};
 use crate::units::{Kib, Pages, Pfn, PfnRange, Uptime};
@@ -1139,14 +1141,20 @@ impl Worker {
     /// asked, each populated and appearing once. The frames are held as
     /// checked (not counted as ballooned) until [`Worker::complete`]
     /// records the leading ones Xen took and is given the rest.
-    pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
+    /// `scratch` is a buffer of the caller's (its contents overwritten,
+    /// never grown) that orders a large batch by address.
+    pub fn check_inflate(
+        &mut self,
+        frames: &[Pfn],
+        scratch: &mut Vec<u64>,
+    ) -> Result<(), WorkerError> {
         match self.in_flight {
             Some(InFlight::Inflate(asked)) => {
                 if Pages(frames.len() as u64) > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
                 self.space
-                    .check_inflated(frames)
+                    .check_inflated(frames, scratch)
                     .map_err(WorkerError::Bookkeeping)
             }
             Some(_) => Err(WorkerError::Mismatch),
