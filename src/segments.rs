@@ -19,12 +19,7 @@
 //!
 //! Ballooned frames are stored as a bitmap ([`FrameBits`]): one bit per
 //! frame of the span, grown fallibly at attach and before a plug is
-//! backed, so recording a step never allocates. An inflate batch is
-//! checked before its frames go to Xen ([`FrameSpace::check_inflated`]):
-//! the check sets the frames' bits and holds the batch, uncounted, until
-//! the record after the hypercall, which is held to the same frames and
-//! clears only those Xen did not take. A frame costs one bitmap touch,
-//! not three (set, clear, set again). Segments are few (each is
+//! backed, so recording a step never allocates. Segments are few (each is
 //! at least one plug's worth of frames) and sit in a table sorted by first
 //! frame whose capacity is reserved, fallibly, at attach
 //! ([`PLUG_SLOTS`] beyond the boot segments): adding a segment never
@@ -221,15 +216,6 @@ pub struct FrameSpace {
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
 }
-
-/// Buckets of the span a checked batch is sorted into by address
-/// ([`FrameSpace::mark_by_address`]), and their number as bits.
-const BUCKETS: usize = 64;
-const BUCKET_BITS: u32 = 6;
-
-/// Spans up to this many frames (8 GiB, a 256 KiB bitmap that stays in
-/// the cache) are marked in the batch's own order.
-const SORT_ABOVE: u64 = 1 << 21;
 
 /// A checked inflate batch: how many frames, and a fingerprint of them
 /// (a sum, so that the frames Xen took and those it did not add up to
@@ -581,84 +567,17 @@ impl FrameSpace {
     /// frame goes to Xen, so that the record after the hypercall cannot
     /// be refused. The frames' bits are set now, all or nothing, and the
     /// batch is held as checked: not counted as ballooned until it is
-    /// recorded. No allocation: `scratch` (a buffer of the driver's, its
-    /// contents overwritten) orders a large span's frames by address
-    /// first when its capacity allows.
-    pub fn check_inflated(
-        &mut self,
-        frames: &[Pfn],
-        scratch: &mut Vec<u64>,
-    ) -> Result<(), SegmentError> {
+    /// recorded. No allocation.
+    pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
         if self.checked.is_some() {
             return Err(SegmentError::NotChecked);
         }
-        if !self.mark_by_address(frames, scratch) {
-            // Small spans, or a refusal: in the batch's own order, which
-            // names the first offender of the batch.
-            self.mark_inflated(frames)?;
-        }
+        self.mark_inflated(frames)?;
         self.checked = Some(Checked {
             frames: frames.len() as u64,
             print: fingerprint(frames),
         });
         Ok(())
-    }
-
-    /// Sets the bits of `frames` (as [`FrameSpace::mark_inflated`] does)
-    /// in address order, a bucket of the span at a time, when the span's
-    /// bitmap is larger than a cache holds: a random batch then touches
-    /// the bitmap a few pages at a time rather than a page per frame
-    /// across all of it (at 1 TiB the bitmap is 32 MiB, 8192 pages). A
-    /// counting sort into `scratch`, within its capacity. False, with no
-    /// bit changed, when it does not apply or a frame is refused.
-    fn mark_by_address(&mut self, frames: &[Pfn], scratch: &mut Vec<u64>) -> bool {
-        let end = self.ballooned.covered().0;
-        if end <= SORT_ABOVE || frames.len() < BUCKETS || scratch.capacity() < frames.len() {
-            return false;
-        }
-        let shift = (64 - end.leading_zeros()).saturating_sub(BUCKET_BITS);
-        let bucket = |p: Pfn| ((p.0 >> shift) as usize).min(BUCKETS - 1);
-        // Where each bucket starts in `scratch` (counts, then offsets).
-        let mut at = [0usize; BUCKETS];
-        for &p in frames {
-            if let Some(n) = at.get_mut(bucket(p)) {
-                *n += 1;
-            }
-        }
-        let mut sum = 0;
-        for n in at.iter_mut() {
-            let c = *n;
-            *n = sum;
-            sum += c;
-        }
-        scratch.clear();
-        // Within the capacity checked above: no allocation.
-        scratch.resize(frames.len(), 0);
-        for &p in frames {
-            if let Some(n) = at.get_mut(bucket(p)) {
-                if let Some(slot) = scratch.get_mut(*n) {
-                    *slot = p.0;
-                }
-                *n += 1;
-            }
-        }
-        let mut cur: Option<PfnRange> = None;
-        for (i, &p) in scratch.iter().enumerate() {
-            let pfn = Pfn(p);
-            if !cur.is_some_and(|r| r.contains(pfn)) {
-                cur = self
-                    .segment_of(pfn)
-                    .filter(|s| s.life == Life::Live)
-                    .map(|s| s.range);
-            }
-            if cur.is_none() || !self.ballooned.insert_one(pfn) {
-                for &done in scratch.get(..i).unwrap_or(&[]) {
-                    self.ballooned.remove_one(Pfn(done));
-                }
-                return false;
-            }
-        }
-        true
     }
 
     /// Chooses up to `max` ballooned frames to take back from Xen: boot
@@ -1288,13 +1207,13 @@ mod tests {
     fn a_checked_batch_is_held_to_its_frames_and_recorded_in_two_parts() {
         let mut fs = FrameSpace::new(&[r(0, 1024)]).unwrap();
         let batch = [Pfn(5), Pfn(700), Pfn(6), Pfn(9)];
-        fs.check_inflated(&batch, &mut Vec::new()).unwrap();
+        fs.check_inflated(&batch).unwrap();
         // Held, not counted: the bits are set, the figures unchanged.
         assert_eq!(fs.ballooned(), Pages::ZERO);
         assert_eq!(fs.populated(), Pages(1024));
         assert!(fs.verify().is_err());
         assert_eq!(
-            fs.check_inflated(&[Pfn(100)], &mut Vec::new()),
+            fs.check_inflated(&[Pfn(100)]),
             Err(SegmentError::NotChecked)
         );
         // A record of other frames, or of part of the batch without the
@@ -1317,14 +1236,13 @@ mod tests {
         assert_eq!(fs.state(Pfn(6)), FrameState::Populated);
         assert_eq!(fs.state(Pfn(9)), FrameState::Populated);
         // They can be taken again.
-        fs.check_inflated(&[Pfn(9), Pfn(6)], &mut Vec::new())
-            .unwrap();
+        fs.check_inflated(&[Pfn(9), Pfn(6)]).unwrap();
         fs.record_inflated(&[Pfn(9), Pfn(6)], &[]).unwrap();
         fs.verify().unwrap();
         assert_eq!(fs.ballooned(), Pages(4));
         // A refused check sets no bit and holds nothing.
         assert_eq!(
-            fs.check_inflated(&[Pfn(1), Pfn(2), Pfn(1)], &mut Vec::new()),
+            fs.check_inflated(&[Pfn(1), Pfn(2), Pfn(1)]),
             Err(SegmentError::Duplicate(Pfn(1)))
         );
         fs.verify().unwrap();
@@ -1341,35 +1259,17 @@ mod tests {
         #[test]
         fn check_and_record_match_a_reference_set(
             steps in proptest::collection::vec(
-                (proptest::collection::vec(0u64..600, 0..160), 0usize..161, 0u64..100),
+                (proptest::collection::vec(0u64..600, 0..40), 0usize..41, 0u64..30),
                 1..60,
-            ),
-            large in proptest::prelude::any::<bool>(),
+            )
         ) {
-            // A large span (above SORT_ABOVE) is marked in address order:
-            // frame k of the small picture stands for frame k * SPREAD.
-            const SPREAD: u64 = 4099;
-            let scale = if large { SPREAD } else { 1 };
-            let mut fs = FrameSpace::new(&[r(0, 300 * scale), r(300 * scale, 600 * scale)]).unwrap();
-            let mut scratch: Vec<u64> = Vec::with_capacity(160);
+            let mut fs = FrameSpace::new(&[r(0, 300), r(300, 600)]).unwrap();
             let mut model = std::collections::BTreeSet::new();
             for (batch, cut, deflate) in steps {
-                let batch: Vec<u64> = batch.iter().map(|&p| p * scale).collect();
                 let frames: Vec<Pfn> = batch.iter().map(|&p| Pfn(p)).collect();
                 let mut seen = std::collections::BTreeSet::new();
                 let ok = batch.iter().all(|p| !model.contains(p) && seen.insert(*p));
-                let checked = fs.check_inflated(&frames, &mut scratch);
-                proptest::prop_assert_eq!(checked.is_ok(), ok);
-                if !ok {
-                    // The first offender in the batch's own order.
-                    let mut seen = std::collections::BTreeSet::new();
-                    let first = batch.iter().find(|p| model.contains(*p) || !seen.insert(**p)).unwrap();
-                    let named = match checked {
-                        Err(SegmentError::Duplicate(p) | SegmentError::WrongState(p, _)) => p.0,
-                        other => panic!("unexpected {other:?}"),
-                    };
-                    proptest::prop_assert_eq!(named, *first);
-                }
+                proptest::prop_assert_eq!(fs.check_inflated(&frames).is_ok(), ok);
                 if ok {
                     let cut = cut.min(frames.len());
                     fs.record_inflated(&frames[..cut], &frames[cut..]).unwrap();

@@ -805,7 +805,7 @@ impl Exec {
         self.given.clear();
         self.given.extend(self.pfns.iter().map(|&f| Pfn(f)));
         let (given, pfns, scratch) = (&self.given, &self.pfns, &mut self.frames);
-        let refused = s.locked(|c| match c.worker.check_inflate(given, scratch) {
+        let refused = s.locked(|c| match c.worker.check_inflate(given) {
             Ok(()) => false,
             Err(e) => {
                 c.undo_refused_alloc(p, pfns, scratch);

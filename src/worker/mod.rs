@@ -33,8 +33,6 @@
 use crate::backoff::{Backoff, BackoffConfig, Retry};
 use crate::errno::Errno;
 use crate::policy::{self, MemInfo, Policy, Refusal, Source, Target};
-use alloc::vec::Vec;
-
 use crate::segments::{FrameCounts, FrameSpace, PlugLimits, SegmentError};
 use crate::stats::{bump, LastError, Stats, StepKind};
 use crate::units::{Kib, Pages, Pfn, PfnRange, Uptime};
@@ -1141,20 +1139,14 @@ impl Worker {
     /// asked, each populated and appearing once. The frames are held as
     /// checked (not counted as ballooned) until [`Worker::complete`]
     /// records the leading ones Xen took and is given the rest.
-    /// `scratch` is a buffer of the caller's (its contents overwritten,
-    /// never grown) that orders a large batch by address.
-    pub fn check_inflate(
-        &mut self,
-        frames: &[Pfn],
-        scratch: &mut Vec<u64>,
-    ) -> Result<(), WorkerError> {
+    pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
         match self.in_flight {
             Some(InFlight::Inflate(asked)) => {
                 if Pages(frames.len() as u64) > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
                 self.space
-                    .check_inflated(frames, scratch)
+                    .check_inflated(frames)
                     .map_err(WorkerError::Bookkeeping)
             }
             Some(_) => Err(WorkerError::Mismatch),

@@ -181,8 +181,7 @@ impl Model {
                 // What the driver does: check the whole batch before any
                 // frame goes to Xen, record the part Xen took after.
                 let all: Vec<Pfn> = pages.iter().map(|&p| Pfn(p)).collect();
-                let mut scratch: Vec<u64> = Vec::with_capacity(all.len());
-                let (checked, n) = allocations(|| w.check_inflate(&all, &mut scratch));
+                let (checked, n) = allocations(|| w.check_inflate(&all));
                 self.worker_allocs += n;
                 checked.unwrap();
                 let done = self

@@ -155,8 +155,6 @@ fn project(span: u64, list: &[u64]) -> Figures {
         .expect("target");
     let mut next = list.iter().copied();
     let mut buf: Vec<Pfn> = Vec::with_capacity(8192);
-    // The driver's frame buffer, which the check borrows.
-    let mut scratch: Vec<u64> = Vec::with_capacity(8192);
     let mut now = Uptime(0);
     let start = Instant::now();
     loop {
@@ -167,7 +165,7 @@ fn project(span: u64, list: &[u64]) -> Figures {
                 let empty = buf.is_empty();
                 // What the driver does: check before the frames go to
                 // Xen, record after.
-                w.check_inflate(&buf, &mut scratch).expect("check");
+                w.check_inflate(&buf).expect("check");
                 w.complete(
                     StepResult::Inflated {
                         frames: &buf,
