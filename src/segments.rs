@@ -19,7 +19,12 @@
 //!
 //! Ballooned frames are stored as a bitmap ([`FrameBits`]): one bit per
 //! frame of the span, grown fallibly at attach and before a plug is
-//! backed, so recording a step never allocates. Segments are few (each is
+//! backed, so recording a step never allocates. An inflate batch is
+//! checked before its frames go to Xen ([`FrameSpace::check_inflated`]):
+//! the check sets the frames' bits and holds the batch, uncounted, until
+//! the record after the hypercall, which is held to the same frames and
+//! clears only those Xen did not take. A frame costs one bitmap touch,
+//! not three (set, clear, set again). Segments are few (each is
 //! at least one plug's worth of frames) and sit in a table sorted by first
 //! frame whose capacity is reserved, fallibly, at attach
 //! ([`PLUG_SLOTS`] beyond the boot segments): adding a segment never
