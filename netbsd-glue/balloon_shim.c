@@ -1133,6 +1133,64 @@ balloon_growth_reason(enum balloon_growth g)
 	}
 }
 
+/*
+ * The memory map libxl gives a PVH domain at creation (XENMEM_memory_map;
+ * libxl_x86.c domain_construct_memmap, xen-project/xen @c447b730): RAM,
+ * an E820_RESERVED entry for the special pages ending at
+ * X86_HVM_END_SPECIAL_REGION, which the domain builder populates
+ * (xg_dom_x86.c alloc_magic_pages_hvm), one E820_NVS entry per ACPI
+ * module, also populated (xg_dom_core.c populate_acpi_pages), and
+ * reserved device memory of a passthrough, which is never populated.
+ * Entries have the layout of the BIOS E820 call, as x86_machdep.c reads
+ * them for a PV kernel.
+ */
+struct balloon_e820 {
+	uint64_t	addr;
+	uint64_t	size;
+	uint32_t	type;
+} __packed;
+
+#define BALLOON_E820_MAX	128
+#define BALLOON_E820_RESERVED	2
+#define BALLOON_E820_NVS	4
+#define BALLOON_SPECIAL_END	0xff000000ULL	/* X86_HVM_END_SPECIAL_REGION */
+
+/*
+ * Pages Xen populated for a PVH domain outside its RAM, by the map: what
+ * its reservation counts and memory/target does not, however the target
+ * moved while the module was not loaded. 0 without a map (ENOSYS) or
+ * memory for it; the core then falls back on static-max and the targets.
+ */
+static uint64_t
+balloon_outside_ram_pages(void)
+{
+	struct xen_memory_map mm;
+	struct balloon_e820 *map, *e;
+	uint64_t pages = 0, end;
+	unsigned int i;
+
+	map = kmem_alloc(BALLOON_E820_MAX * sizeof(*map), KM_NOSLEEP);
+	if (map == NULL)
+		return 0;
+	mm.nr_entries = BALLOON_E820_MAX;
+	set_xen_guest_handle(mm.buffer, map);
+	if (HYPERVISOR_memory_op(XENMEM_memory_map, &mm) == 0) {
+		for (i = 0; i < MIN(mm.nr_entries, BALLOON_E820_MAX); i++) {
+			e = &map[i];
+			end = e->addr + e->size;
+			if (end < e->addr)
+				continue;
+			if (e->type == BALLOON_E820_NVS ||
+			    (e->type == BALLOON_E820_RESERVED &&
+			    end == BALLOON_SPECIAL_END))
+				pages += (end + PAGE_SIZE - 1) / PAGE_SIZE -
+				    e->addr / PAGE_SIZE;
+		}
+	}
+	kmem_free(map, BALLOON_E820_MAX * sizeof(*map));
+	return pages;
+}
+
 /* Fills in what the core needs to know about this domain. */
 static int
 balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
@@ -1155,6 +1213,8 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 	bi->reservation_pages = (uint64_t)cur;
 	bi->max_reservation_pages = (uint64_t)max;
 	bi->freemin_pages = (uint64_t)MAX(uvmexp.freemin, 0);
+	if (bi->mode == BALLOON_GUEST_PVH)
+		bi->outside_ram_pages = balloon_outside_ram_pages();
 	bi->growth = balloon_growth_probe(bi->mode == BALLOON_GUEST_PV, hotplug);
 	bi->nsegments = hotplug ?
 	    balloon_physseg_walk_hotplug(bi->segments,

@@ -86,6 +86,7 @@ struct balloon_boot_info {
 	uint64_t	frame_limit_pfn;	/* first frame that cannot be used */
 	uint64_t	plug_floor_pfn;		/* plug no frame below this */
 	enum balloon_growth growth;	/* can it plug, or why not */
+	uint64_t	outside_ram_pages;	/* PVH: populated, not RAM (map) */
 	size_t		nsegments;
 	struct balloon_frame_range segments[BALLOON_MAX_BOOT_SEGMENTS];
 };

@@ -193,6 +193,9 @@ pub unsafe extern "C" fn balloon_rs_attach(
     if pod {
         worker.start_pod(reservation, boot.freemin);
     }
+    if mode == GuestMode::Pvh {
+        worker.set_map_offset(Pages(bi.outside_ram_pages));
+    }
     let (control, exec) = match Driver::new(worker, mode) {
         Ok(d) => d.split(),
         Err(e) => return errno(e),

@@ -422,6 +422,9 @@ pub struct Worker {
     /// Pages Xen counts that `memory/target` does not
     /// ([`policy::toolstack_offset`]); fixed by the first xenstore target.
     offset: Option<Pages>,
+    /// The same pages as the memory map counts them
+    /// ([`Worker::set_map_offset`]); when known, it is the offset.
+    map_offset: Option<Pages>,
     /// What the last [`Worker::set_limit`] read.
     limit: Limit,
     /// Populate-on-demand: what the domain owes Xen's PoD cache.
@@ -492,6 +495,7 @@ impl Worker {
             stopped: false,
             load_reservation: boot.reservation,
             offset: None,
+            map_offset: None,
             limit: Limit {
                 xen_max: boot.max_reservation,
                 static_max: None,
@@ -560,7 +564,25 @@ impl Worker {
     /// The pages Xen's reservation holds beyond what the toolstack calls
     /// the domain's memory (0 until the first xenstore target fixed it).
     pub fn toolstack_offset(&self) -> Pages {
-        self.offset.unwrap_or(Pages::ZERO)
+        self.map_offset.or(self.offset).unwrap_or(Pages::ZERO)
+    }
+
+    /// The pages of a PVH guest's memory map that Xen populated outside
+    /// RAM (the special pages and ACPI tables, as the shim counted them
+    /// from XENMEM_memory_map at load). They are exactly what the
+    /// reservation counts and `memory/target` does not, whenever the
+    /// target was written, so they fix the offset for this load; the
+    /// other witnesses ([`policy::toolstack_offset`]) only stand in when
+    /// the map is missing (0) or says more than Xen's slack allows. On
+    /// populate-on-demand ([`Worker::start_pod`]) the driver's figures
+    /// start from the map's RAM, not from the reservation, so no page
+    /// outside RAM is in them and there is nothing to offset.
+    pub fn set_map_offset(&mut self, outside_ram: Pages) {
+        if self.pod.is_some() || outside_ram.is_zero() || outside_ram > policy::TOOLSTACK_SLACK {
+            return;
+        }
+        self.map_offset = Some(outside_ram);
+        self.apply_limit();
     }
 
     /// A figure of the reservation as `xl` and `memory/target` count it.

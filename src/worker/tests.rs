@@ -1313,3 +1313,32 @@ fn an_abandoned_segment_gives_its_placement_back() {
     assert_eq!(w.state(), State::Idle);
     assert!(m.reserved.is_empty());
 }
+
+/// The memory map's count of pages outside RAM fixes a PVH offset
+/// whatever the targets say (a target written while the module was not
+/// loaded is neither what the reservation was built from nor within the
+/// slack of it); none, or more than Xen's slack allows, leaves the other
+/// witnesses in charge; populate-on-demand counts from the map's RAM and
+/// ignores it.
+#[test]
+fn the_memory_map_fixes_the_pvh_offset() {
+    let (m, mut w) = domain();
+    w.set_map_offset(Pages(8));
+    w.set_limit(Pages(m.max_pages), Some(kib(4096 * MIB)), true);
+    w.set_target(kib(m.reservation / 2), Source::Xenstore)
+        .unwrap();
+    assert_eq!(w.toolstack_offset(), Pages(8));
+    assert_eq!(w.target(), Pages(m.reservation / 2 + 8));
+    for ignored in [Pages::ZERO, Pages(policy::TOOLSTACK_SLACK.0 + 1)] {
+        let (m, mut w) = domain();
+        w.set_map_offset(ignored);
+        w.set_limit(Pages(m.max_pages), Some(kib(4096 * MIB)), true);
+        w.set_target(kib(m.reservation - 8), Source::Xenstore)
+            .unwrap();
+        assert_eq!(w.toolstack_offset(), Pages(8), "the first target's");
+    }
+    let (_, mut w) = domain();
+    w.start_pod(Pages(64 * MIB), Pages(64));
+    w.set_map_offset(Pages(8));
+    assert_eq!(w.toolstack_offset(), Pages::ZERO);
+}

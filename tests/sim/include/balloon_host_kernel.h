@@ -39,6 +39,7 @@ typedef int		pri_t;
 
 #define __dead		__attribute__((__noreturn__))
 #define __unused	__attribute__((__unused__))
+#define __packed	__attribute__((__packed__))
 #define __printflike(f, a)	__attribute__((__format__(__printf__, f, a)))
 
 /* sys/errno.h: NetBSD's values, not the host's. */
@@ -299,9 +300,18 @@ typedef uint16_t	domid_t;
 #define XENMEM_current_reservation	3
 #define XENMEM_maximum_reservation	4
 #define XENMEM_populate_physmap		6
+#define XENMEM_memory_map		9
 typedef struct {
 	xen_pfn_t	*p;
 } __guest_handle_xen_pfn_t;
+typedef struct {
+	void		*p;
+} __guest_handle_void;
+/* memory.h: the map the toolstack set (XENMEM_set_memory_map). */
+struct xen_memory_map {
+	unsigned int	 nr_entries;
+	__guest_handle_void buffer;
+};
 #define set_xen_guest_handle(hnd, val)	do { (hnd).p = (val); } while (0)
 struct xen_memory_reservation {
 	__guest_handle_xen_pfn_t extent_start;

@@ -285,15 +285,17 @@ pub enum MemOp {
     CurrentReservation,
     MaximumReservation,
     PopulatePhysmap,
+    MemoryMap,
 }
 
 impl MemOp {
-    pub const ALL: [MemOp; 5] = [
+    pub const ALL: [MemOp; 6] = [
         MemOp::IncreaseReservation,
         MemOp::DecreaseReservation,
         MemOp::CurrentReservation,
         MemOp::MaximumReservation,
         MemOp::PopulatePhysmap,
+        MemOp::MemoryMap,
     ];
 
     /// The command's name without XENMEM_, as `sim fault memory_op` takes it.
@@ -304,6 +306,7 @@ impl MemOp {
             MemOp::CurrentReservation => "current_reservation",
             MemOp::MaximumReservation => "maximum_reservation",
             MemOp::PopulatePhysmap => "populate_physmap",
+            MemOp::MemoryMap => "memory_map",
         }
     }
 

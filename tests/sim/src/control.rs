@@ -1131,19 +1131,16 @@ impl Console {
         let ballooned = quad("hw.balloon.ballooned").unwrap_or(0);
         let lost = quad("hw.balloon.stats.frames_lost").unwrap_or(0);
         let snap = self.domain.snapshot();
-        // As the driver counts it: Xen's reservation less what the driver
-        // takes the toolstack to count beyond memory/target (a PVH guest's
-        // special pages). Whether that offset is right is another matter
-        // (a target written before the driver's first read leaves it 0:
-        // a known bug).
+        // What xl counts: Xen's reservation less the pages the toolstack
+        // populated outside RAM (a PVH guest's special pages). The driver
+        // must agree, so hw.balloon.toolstack_offset must be those pages
+        // (it reads them from XENMEM_memory_map at load).
         let offset = quad("hw.balloon.toolstack_offset").unwrap_or(0);
-        let mut counted = (snap.reservation * 4).saturating_sub(offset);
+        let counted = snap.memory * 4;
         if let Some(p) = self.domain.pod_stats() {
             // Populate-on-demand (pod.rs): the driver counts its memory
             // map (offset 0); once the PoD cache covers every entry,
-            // Xen's reservation is that plus the special pages, i.e. what
-            // xl counts.
-            counted = snap.memory * 4;
+            // Xen's reservation is that plus the special pages.
             if p.entries > p.cache {
                 errs.push(format!(
                     "populate-on-demand: {} entries on a cache of {} pages: a touch can crash \
@@ -1154,8 +1151,8 @@ impl Console {
         }
         if current != counted {
             errs.push(format!(
-                "hw.balloon.current {current} KiB != Xen's reservation {} KiB less \
-                 hw.balloon.toolstack_offset {offset} KiB",
+                "hw.balloon.current {current} KiB != {counted} KiB as xl counts it (Xen's \
+                 reservation {} KiB less the special pages; hw.balloon.toolstack_offset {offset} KiB)",
                 snap.reservation * 4
             ));
         }

@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 
 use crate::kernel::{
     dmesg_lock, hz, lock, new_generation, physmem, uvmexp, vm_guest, with, xen_start_info,
-    xpmap_phys_to_machine_mapping, Kernel, StartInfo, Uvmexp, CHANGED, FIRST_MFN,
-    INVALID_P2M_ENTRY, LIVE_GEN, P2M_CANARY, P2M_GUARD, PARKED, PG_FREE, PG_GONE, PG_KERNEL,
-    PG_MODULE, WATCHQ,
+    xpmap_phys_to_machine_mapping, E820Entry, Kernel, StartInfo, Uvmexp, CHANGED, E820_RAM,
+    E820_RESERVED, FIRST_MFN, INVALID_P2M_ENTRY, LIVE_GEN, P2M_CANARY, P2M_GUARD, PAGE_SIZE,
+    PARKED, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE, WATCHQ,
 };
 use crate::sysctl::{self, SysctlTree, SysctlValue};
 
@@ -64,7 +64,7 @@ const SPECIAL_PAGES: u64 = 8;
 /// The PVH guest memory map below 4 GiB, as the toolstack builds it.
 /// libxl_x86.c `libxl__arch_domain_construct_memmap` (index id 310481453)
 /// gives XENMEM_memory_map (xc_domain_set_memory_map) one E820_RAM entry
-/// for low memory, one E820_ACPI entry per ACPI module and E820_RAM from
+/// for low memory, one E820_NVS entry per ACPI module (@c447b730) and E820_RAM from
 /// 4 GiB up; nothing else below 4 GiB is RAM. libxl_x86_acpi.c (id
 /// 325743651) puts the ACPI tables at ACPI_INFO_PHYSICAL_ADDRESS
 /// 0xfc000000 (NUM_ACPI_PAGES 16); libxl_arch.h (id 936710) has the local
@@ -91,6 +91,37 @@ pub(crate) fn reserved_gfn(g: u64) -> Option<&'static str> {
     } else {
         "reserved (below 4 GiB, above the RAM hole)"
     })
+}
+
+/// The PVH memory map libxl hands Xen (`xc_domain_set_memory_map`) for
+/// XENMEM_memory_map. libxl_x86.c @c447b730 `domain_construct_memmap`:
+/// E820_RAM for low memory and for memory above 4 GiB, one E820_RESERVED
+/// entry for the X86_HVM_NR_SPECIAL_PAGES special pages below
+/// X86_HVM_END_SPECIAL_REGION (PVH only), one E820_RESERVED per reserved
+/// device memory region (passthrough, not modelled) and one E820_NVS per
+/// ACPI module. Xen populates the special pages (xg_dom_x86.c
+/// `alloc_magic_pages_hvm`) and the ACPI modules (xg_dom_core.c
+/// `populate_acpi_pages`), never an RDM region. Here RAM is the boot
+/// segments (the simulator populates nothing below them), and no ACPI
+/// tables are populated, so the map has no E820_NVS entry, as a domain
+/// built with acpi=0. Xen returns the map as set at creation, whatever the
+/// guest plugged since (mm.c `XENMEM_memory_map`).
+fn memory_map(segs: &[(u64, u64)]) -> Vec<E820Entry> {
+    let mut map: Vec<E820Entry> = segs
+        .iter()
+        .map(|&(start, len)| E820Entry {
+            addr: start * PAGE_SIZE,
+            size: len * PAGE_SIZE,
+            kind: E820_RAM,
+        })
+        .collect();
+    map.push(E820Entry {
+        addr: (SPECIAL_PFN_END - SPECIAL_PAGES) * PAGE_SIZE,
+        size: SPECIAL_PAGES * PAGE_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
+    map
 }
 
 /// Why libxl refused an `xl mem-set` or `xl mem-max`: libxl's own log
@@ -429,6 +460,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         xenwatch_stop: false,
         guest_written: BTreeSet::new(),
         special: Vec::new(),
+        memory_map: Vec::new(),
         pod: None,
         sysctl: SysctlTree::boot(),
         kmem: HashMap::new(),
@@ -508,6 +540,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
             k.boot_back(pfn, 0);
             k.special.push(pfn);
         }
+        k.memory_map = memory_map(&segs);
     }
     k.growth = crate::growth::GrowthState::boot(&k);
     let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));

@@ -136,6 +136,21 @@ pub(crate) struct Mfn {
     pub content: u64,
 }
 
+/// One entry of a guest memory map, laid out as the BIOS's INT 15h E820
+/// call gives it (xen/include/public/memory.h `struct xen_memory_map`:
+/// 8-byte address, 8-byte size, 4-byte type, packed).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+/// E820 types (E820_RAM, E820_RESERVED).
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
 pub(crate) struct Kernel {
     pub cfg: DomainConfig,
     pub boot: Instant,
@@ -196,6 +211,10 @@ pub(crate) struct Kernel {
     pub guest_written: BTreeSet<String>,
     /// PVH: gfns Xen populated outside the guest's RAM (special pages).
     pub special: Vec<u64>,
+    /// The memory map the toolstack set (XENMEM_set_memory_map), as
+    /// XENMEM_memory_map returns it: (address, size, E820 type) in bytes.
+    /// Empty for PV, where libxl sets none (see domain.rs `memory_map`).
+    pub memory_map: Vec<E820Entry>,
     /// PVH built with memory < maxmem: populate-on-demand (pod.rs).
     pub pod: Option<crate::pod::Pod>,
     // sysctl

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 
 use crate::config::{MemOp, Mode};
 use crate::kernel::{
-    adopt_thread, kernel_panic, lock, with, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY, MAX_GPFN,
-    PAGE_SHIFT, PG_MODULE, WATCHQ,
+    adopt_thread, kernel_panic, lock, with, E820Entry, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY,
+    MAX_GPFN, PAGE_SHIFT, PG_MODULE, WATCHQ,
 };
 use crate::stall::stall_point;
 
@@ -19,6 +19,8 @@ const XENMEM_DECREASE: c_uint = 1;
 const XENMEM_CURRENT: c_uint = 3;
 const XENMEM_MAXIMUM: c_uint = 4;
 const XENMEM_POPULATE: c_uint = 6;
+const XENMEM_MEMORY_MAP: c_uint = 9;
+const EFAULT: c_int = 14;
 const ESRCH: c_int = 3;
 const ENOSYS: c_int = 38;
 const ENOENT: c_int = 2;
@@ -205,6 +207,40 @@ impl Kernel {
     }
 }
 
+/// `struct xen_memory_map` (memory.h): entries the buffer holds on call,
+/// entries written on return, and the buffer.
+#[repr(C)]
+struct XenMemoryMap {
+    nr_entries: c_uint,
+    buffer: *mut E820Entry,
+}
+
+impl Kernel {
+    /// XENMEM_memory_map, as xen/arch/x86/mm.c @c447b730 `arch_memory_op`
+    /// does it: -ENOSYS when the toolstack set no map (every PV domain
+    /// libxl builds without e820_host), else the first `nr_entries`
+    /// entries of the map set at creation, and `nr_entries` becomes the
+    /// number written. The guest's later plugs do not change it.
+    ///
+    /// # Safety
+    /// `m.buffer` must have room for `m.nr_entries` entries.
+    unsafe fn memory_map_op(&mut self, m: &mut XenMemoryMap) -> c_int {
+        if self.memory_map.is_empty() {
+            return -ENOSYS;
+        }
+        let n = (m.nr_entries as usize).min(self.memory_map.len());
+        if n > 0 && m.buffer.is_null() {
+            return -EFAULT;
+        }
+        for (i, e) in self.memory_map.iter().take(n).enumerate() {
+            // SAFETY: i < n <= the room the caller gave.
+            unsafe { m.buffer.add(i).write_unaligned(*e) };
+        }
+        m.nr_entries = n as c_uint;
+        0
+    }
+}
+
 /// HYPERVISOR_memory_op (a static inline in the real kernel; amd64
 /// hypercalls.h). current/maximum_reservation take `domid_t *` and return
 /// pages or -ESRCH; the three reservation ops return the number of leading
@@ -224,6 +260,7 @@ unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_in
         XENMEM_CURRENT => Some(MemOp::CurrentReservation),
         XENMEM_MAXIMUM => Some(MemOp::MaximumReservation),
         XENMEM_POPULATE => Some(MemOp::PopulatePhysmap),
+        XENMEM_MEMORY_MAP => Some(MemOp::MemoryMap),
         _ => None,
     };
     match op {
@@ -262,6 +299,13 @@ unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_in
                 // SAFETY: the caller passes a struct xen_memory_reservation *.
                 let r = unsafe { &*(arg as *const XenMemoryReservation) };
                 k.reservation_op(cmd, r)
+            }
+            XENMEM_MEMORY_MAP => {
+                if arg.is_null() {
+                    return -EFAULT;
+                }
+                // SAFETY: the caller passes a struct xen_memory_map *.
+                unsafe { k.memory_map_op(&mut *(arg as *mut XenMemoryMap)) }
             }
             _ => -ENOSYS,
         }

@@ -357,6 +357,60 @@ fn libxl_mem_set_and_mem_max_and_the_pvh_special_pages() {
     assert_eq!(d.xenstore_read("data/from-dom0").as_deref(), Some(""));
 }
 
+/// `struct xen_memory_map` and the E820 entries it points at.
+#[repr(C)]
+struct MemoryMap {
+    nr_entries: c_uint,
+    buffer: *mut [u8; 20],
+}
+
+/// XENMEM_memory_map with room for `room` entries: the return value and
+/// the (address, size, type) entries written.
+fn memory_map(room: usize) -> (c_int, Vec<(u64, u64, u32)>) {
+    let mut buf = vec![[0u8; 20]; room];
+    let mut m = MemoryMap {
+        nr_entries: room as c_uint,
+        buffer: buf.as_mut_ptr(),
+    };
+    // SAFETY: a valid xen_memory_map with room for `room` entries.
+    let rc = unsafe { HYPERVISOR_memory_op(9, &mut m as *mut MemoryMap as *mut c_void) };
+    let entries = buf
+        .iter()
+        .take(m.nr_entries as usize)
+        .map(|e| {
+            let u = |r: std::ops::Range<usize>| {
+                let mut b = [0u8; 8];
+                b[..r.len()].copy_from_slice(&e[r]);
+                u64::from_le_bytes(b)
+            };
+            (u(0..8), u(8..16), u(16..20) as u32)
+        })
+        .collect();
+    (rc, entries)
+}
+
+/// XENMEM_memory_map (mm.c @c447b730): -ENOSYS when the toolstack set no
+/// map (PV); for PVH the map libxl_x86.c `domain_construct_memmap` sets:
+/// RAM, and the 8 special pages below 0xff000000 as E820_RESERVED; a
+/// short buffer gets the first entries; plugs do not change it.
+#[test]
+fn xenmem_memory_map_is_the_map_libxl_set() {
+    {
+        let _d = Domain::boot(small());
+        assert_eq!(memory_map(8).0, -38, "PV: no map set");
+    }
+    let d = Domain::boot(DomainConfig::pvh().boot_mib(64).max_mib(128));
+    let (rc, map) = memory_map(8);
+    assert_eq!(rc, 0);
+    assert_eq!(
+        map,
+        vec![(0x100000, 64 << 20, 1), (0xfeff8000, 8 * 4096, 2),]
+    );
+    assert_eq!(memory_map(1), (0, vec![(0x100000, 64 << 20, 1)]));
+    let special: u64 = map.iter().filter(|e| e.2 == 2).map(|e| e.1 / 4096).sum();
+    assert_eq!(d.reservation() - d.memory(), special);
+}
+
 #[test]
 fn dmesg_lines_carry_the_kernel_stamp() {
     let d = Domain::boot(small());
