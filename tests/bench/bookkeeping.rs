@@ -795,6 +795,9 @@ fn main() {
         let min = per_size.iter().copied().fold(f64::MAX, f64::min);
         flat = flat.max(max / min);
     }
+    // Each order skips the same sizes: name each once.
+    skipped.sort();
+    skipped.dedup();
     if !skipped.is_empty() {
         println!(
             "skipped (peer models over {} GiB of heap each; roaring above {} GiB): {}",
