@@ -150,6 +150,33 @@ impl FrameBits {
         }
     }
 
+    /// Adds every frame of `frames` (any order), as
+    /// [`FrameBits::insert_one`] would one by one; at the first frame
+    /// present already or not covered, takes back those this call added
+    /// and returns that frame's index.
+    pub fn insert_each(&mut self, frames: &[Pfn]) -> Result<(), usize> {
+        let mut low = self.low;
+        for (i, &pfn) in frames.iter().enumerate() {
+            let w = usize::try_from(pfn.0 / BITS).unwrap_or(usize::MAX);
+            let bit = 1u64 << (pfn.0 % BITS);
+            match self.words.get_mut(w) {
+                Some(x) if *x & bit == 0 => {
+                    *x |= bit;
+                    low = low.min(w);
+                }
+                _ => {
+                    self.total += i as u64;
+                    self.low = low;
+                    self.remove_batch(frames.get(..i).unwrap_or(&[]));
+                    return Err(i);
+                }
+            }
+        }
+        self.total += frames.len() as u64;
+        self.low = low;
+        Ok(())
+    }
+
     /// Removes one frame; false (and no change) if it is absent.
     pub fn remove_one(&mut self, pfn: Pfn) -> bool {
         let w = usize::try_from(pfn.0 / BITS).unwrap_or(usize::MAX);
@@ -469,6 +496,18 @@ mod tests {
                         prop_assert_eq!(x.first().map(|p| p.0), model.first().copied());
                     }
                     2 => prop_assert_eq!(x.insert_one(Pfn(s)), s < 640 && model.insert(s)),
+                    3 if len % 5 == 1 => {
+                        // A batch set at once: refused at the first
+                        // frame present or repeated, changing nothing.
+                        let batch: std::vec::Vec<Pfn> = (s..e.min(640)).step_by(2).chain([Pfn(s).0]).map(Pfn).collect();
+                        let before = x.clone();
+                        let mut seen = BTreeSet::new();
+                        let bad = batch.iter().position(|p| p.0 >= 640 || model.contains(&p.0) || !seen.insert(p.0));
+                        match x.insert_each(&batch) {
+                            Ok(()) => { prop_assert_eq!(bad, None); model.extend(batch.iter().map(|p| p.0)); }
+                            Err(i) => { prop_assert_eq!(bad, Some(i)); prop_assert_eq!(&x.words, &before.words); prop_assert_eq!(x.total, before.total); }
+                        }
+                    }
                     3 if len % 5 == 0 => {
                         // A tentative batch (what check_inflated does):
                         // added one by one, then taken back together.

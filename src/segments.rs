@@ -519,30 +519,35 @@ impl FrameSpace {
     /// bit is changed and the first offender is named. The per-segment
     /// counts are left alone.
     fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        let mut cur: Option<PfnRange> = None;
-        for (i, &pfn) in frames.iter().enumerate() {
-            let refused = if cur.is_some_and(|r| r.contains(pfn)) {
-                (!self.ballooned.insert_one(pfn)).then_some(FrameState::Ballooned)
-            } else {
-                match self.segment_of(pfn) {
-                    None => Some(FrameState::Absent),
-                    Some(s) if s.life == Life::Pending => Some(FrameState::Unpopulated),
-                    Some(s) => {
-                        cur = Some(s.range);
-                        (!self.ballooned.insert_one(pfn)).then_some(FrameState::Ballooned)
+        let mut i = 0;
+        while let Some(&pfn) = frames.get(i) {
+            // A run of the batch's frames in one live segment is set in
+            // one call: a tight loop, no segment test per frame.
+            let (refused, at) = match self.segment_of(pfn) {
+                None => (FrameState::Absent, i),
+                Some(s) if s.life == Life::Pending => (FrameState::Unpopulated, i),
+                Some(s) => {
+                    let range = s.range;
+                    let rest = frames.get(i..).unwrap_or(&[]);
+                    let n = rest.iter().take_while(|&&p| range.contains(p)).count();
+                    match self.ballooned.insert_each(rest.get(..n).unwrap_or(&[])) {
+                        Ok(()) => {
+                            i += n.max(1);
+                            continue;
+                        }
+                        Err(j) => (FrameState::Ballooned, i + j),
                     }
                 }
             };
-            if let Some(state) = refused {
-                self.ballooned.remove_batch(frames.get(..i).unwrap_or(&[]));
-                // Set before this batch, or earlier in this batch.
-                return Err(match state {
-                    FrameState::Ballooned if !self.ballooned.contains(pfn) => {
-                        SegmentError::Duplicate(pfn)
-                    }
-                    state => SegmentError::WrongState(pfn, state),
-                });
-            }
+            self.ballooned.remove_batch(frames.get(..at).unwrap_or(&[]));
+            let pfn = frames.get(at).copied().unwrap_or(pfn);
+            // Set before this batch, or earlier in this batch.
+            return Err(match refused {
+                FrameState::Ballooned if !self.ballooned.contains(pfn) => {
+                    SegmentError::Duplicate(pfn)
+                }
+                state => SegmentError::WrongState(pfn, state),
+            });
         }
         Ok(())
     }
