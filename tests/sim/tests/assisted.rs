@@ -4,33 +4,18 @@
 //! docs/kernel-growth.md, and never leaves a domain that a save and
 //! restore would corrupt, on any kernel flavour.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use balloon_sim::{balloon_module, stall, Domain, DomainConfig, Faults, SysctlValue};
 
-const MIB: u64 = 256; // pages
-const KIB_PER_MIB: u64 = 1024;
+mod common;
+use common::{state, KIB_PER_MIB, MIB};
+
 const WAIT: Duration = Duration::from_secs(60);
 
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
-}
-
-/// Waits until the worker is idle, clipped or has given up (bounded).
+/// Waits until the watch events were delivered and the worker is at rest.
 fn settle(d: &Domain) {
-    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = state(d);
-        if s == "idle" || s.starts_with("cancelled") || s.starts_with("clipped") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "worker still busy: {s}");
-        d.wait_until(|_| false, Duration::from_millis(2));
-    }
+    common::settle(d, WAIT);
 }
 
 fn mem_set(d: &Domain, mib: u64) {

@@ -21,8 +21,15 @@ use balloon_sim::{
     balloon_module, stall, Domain, DomainConfig, Faults, Flavour, MemOp, Mode, SysctlValue,
 };
 
-const MIB: u64 = 256; // pages
+mod common;
+use common::{quad, state, MIB};
+
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the worker is at rest (watch events may still be queued).
+fn settle(d: &Domain) {
+    common::wait_for_state(d, WAIT, common::at_rest);
+}
 
 /// A domain whose kernel has the growth interfaces, so that targets
 /// above boot memory are met by plugs (stock kernels clip them).
@@ -44,20 +51,6 @@ fn loaded(mode: Mode) -> Domain {
     d
 }
 
-fn quad(d: &Domain, name: &str) -> u64 {
-    match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => v as u64,
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
-}
-
 /// `xl mem-set` and wait until the driver has taken the target and
 /// settled.
 fn mem_set(d: &Domain, kib: u64) {
@@ -69,18 +62,6 @@ fn mem_set(d: &Domain, kib: u64) {
         d.wait_until(|_| false, Duration::from_millis(2));
     }
     settle(d);
-}
-
-fn settle(d: &Domain) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = state(d);
-        if s == "idle" || s.starts_with("cancelled") || s.starts_with("clipped") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "worker still busy: {s}");
-        d.wait_until(|_| false, Duration::from_millis(2));
-    }
 }
 
 /// Unloads as an administrator does once dom0 gave the domain its boot

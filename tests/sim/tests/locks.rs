@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use balloon_sim::{balloon_module, stall, Domain, DomainConfig, Flavour, Mode, SysctlValue};
 
-const MIB: u64 = 256; // pages
+mod common;
+use common::{quad, state, MIB};
+
 /// Bounded waits for what must happen (the simulated clock runs fast).
 const WAIT: Duration = Duration::from_secs(30);
 /// How long a path that must not wait for the worker gets. Generous: on
@@ -42,20 +44,6 @@ fn loaded(mode: Mode) -> Domain {
     assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
     assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
     d
-}
-
-fn quad(d: &Domain, name: &str) -> u64 {
-    match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => u64::try_from(v).expect("non-negative"),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
 }
 
 /// What happened while the worker was held.

@@ -4,17 +4,23 @@
 //! and an administrator would (xenstore memory/target, hw.balloon.*).
 //! Every scenario runs in PV and in PVH mode.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use balloon_sim::{
     balloon_module, Domain, DomainConfig, Faults, Flavour, MemOp, Mode, SysctlValue,
 };
 
-const MIB: u64 = 256; // pages
-const KIB_PER_MIB: u64 = 1024;
+mod common;
+use common::{quad, state, KIB_PER_MIB, MIB};
+
 /// A bounded wait: the simulated clock runs 1000 times faster, so even the
 /// longest back-off (a few simulated minutes) is well within it.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the watch events were delivered and the worker is at rest.
+fn settle(d: &Domain) {
+    common::settle(d, WAIT);
+}
 
 /// PV on a stock XEN3_DOMU; PVH on the kernel-assisted flavour, where
 /// growth by plug is allowed (docs/kernel-growth.md section 10; on a stock
@@ -41,20 +47,6 @@ fn loaded(mode: Mode) -> Domain {
     d
 }
 
-fn quad(d: &Domain, name: &str) -> u64 {
-    match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => u64::try_from(v).expect("non-negative"),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
-}
-
 /// Sets the target with `xl mem-set` and waits for the reservation.
 fn mem_set(d: &Domain, mib: u64) {
     d.xl_mem_set(mib * KIB_PER_MIB);
@@ -66,23 +58,6 @@ fn mem_set(d: &Domain, mib: u64) {
         state(d)
     );
     settle(d);
-}
-
-/// Waits until the worker has nothing left to do: idle or given up.
-/// hw.balloon.state is read between bounded waits on the model (a sysctl
-/// handler cannot run inside `wait_until`, which holds the model).
-fn settle(d: &Domain) {
-    // A target written just before is the module's to take first.
-    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = state(d);
-        if s == "idle" || s.starts_with("cancelled") || s.starts_with("clipped") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "worker still busy: {s}");
-        d.wait_until(|_| false, Duration::from_millis(2));
-    }
 }
 
 /// Unloads and checks that nothing is left behind. Xen's maximum is the
@@ -800,15 +775,7 @@ fn rewriting_the_same_target_does_not_defeat_the_back_off() {
 
 /// Waits (bounded) until hw.balloon.state satisfies `done`.
 fn wait_state(d: &Domain, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = state(d);
-        if done(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "state still {s}");
-        d.wait_until(|_| false, Duration::from_millis(1));
-    }
+    common::wait_for_state(d, WAIT, done);
 }
 
 #[test]

@@ -14,22 +14,10 @@ use std::time::{Duration, Instant};
 
 use balloon_sim::{balloon_module, Domain, DomainConfig, SysctlValue};
 
-const MIB: u64 = 256; // pages
+mod common;
+use common::{quad, state, MIB};
+
 const WAIT: Duration = Duration::from_secs(60);
-
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
-}
-
-fn quad(d: &Domain, name: &str) -> u64 {
-    match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => u64::try_from(v).expect("non-negative"),
-        other => panic!("{name}: {other:?}"),
-    }
-}
 
 /// Waits until the worker is idle, cancelled or clipped, with no watch
 /// event pending.
