@@ -208,11 +208,48 @@ balloon_shim_pages_free(const uint64_t *pfns, size_t n)
 	}
 }
 
-void
-balloon_shim_page_scrub(uint64_t pfn)
-{
+/*
+ * Zeroes pages the driver owns. A XENPV kernel's pmap_zero_page() is one
+ * MMUEXT_CLEAR_PAGE hypercall per page (x86/pmap.c 1.414, xen_pagezero
+ * in x86_xpmap.c), and Xen's do_mmuext_op takes an array of operations
+ * (xen/arch/x86/mm.c @009360ac): a PV guest has Xen clear up to
+ * BALLOON_CLEAR_BATCH pages per hypercall instead. A PVH/HVM kernel's
+ * pmap_zero_page() is a memset through the direct map (pmap.c 1.414),
+ * which the kernel offers no batched form of: one call per page.
+ */
+#define BALLOON_CLEAR_BATCH	16	/* 384 bytes of stack */
 
-	pmap_zero_page(ptoa(pfn));
+void
+balloon_shim_pages_scrub(const uint64_t *pfns, size_t n)
+{
+	size_t i;
+#ifdef BALLOON_PV_P2M
+	struct mmuext_op ops[BALLOON_CLEAR_BATCH];
+	size_t j, k;
+	int done;
+
+	if (vm_guest == VM_GUEST_XENPV) {
+		for (i = 0; i < n; i += k) {
+			k = MIN(n - i, BALLOON_CLEAR_BATCH);
+			memset(ops, 0, sizeof(ops));
+			for (j = 0; j < k; j++) {
+				ops[j].cmd = MMUEXT_CLEAR_PAGE;
+				ops[j].arg1.mfn =
+				    xpmap_phys_to_machine_mapping[pfns[i + j]];
+			}
+			done = 0;
+			/* xen_pagezero() panics on a failed clear too. */
+			if (HYPERVISOR_mmuext_op(ops, (int)k, &done,
+			    DOMID_SELF) < 0)
+				panic("%s: MMUEXT_CLEAR_PAGE of frame %#llx "
+				    "failed", BALLOON_XNAME,
+				    (unsigned long long)pfns[i + (size_t)done]);
+		}
+		return;
+	}
+#endif
+	for (i = 0; i < n; i++)
+		pmap_zero_page(ptoa(pfns[i]));
 }
 
 #ifdef BALLOON_PV_P2M

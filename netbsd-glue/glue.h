@@ -226,8 +226,8 @@ size_t	balloon_shim_pages_alloc(uint64_t *pfns, size_t n, uint64_t lo_pfn,
 	    uint64_t hi_pfn);
 /* Frees pages the driver owns (their frames backed) to UVM. */
 void	balloon_shim_pages_free(const uint64_t *pfns, size_t n);
-/* Zeroes a page the driver owns. */
-void	balloon_shim_page_scrub(uint64_t pfn);
+/* Zeroes n pages the driver owns. */
+void	balloon_shim_pages_scrub(const uint64_t *pfns, size_t n);
 /* PV: the MFN behind pfn, or UINT64_MAX when there is none. */
 uint64_t balloon_shim_p2m_lookup(uint64_t pfn);
 /*

@@ -58,6 +58,14 @@ pub trait Platform {
     fn free_pages(&mut self, pfns: &[u64]);
     /// Zeroes a page the driver owns.
     fn scrub(&mut self, pfn: Pfn);
+    /// Zeroes pages the driver owns, in one call where the kernel can
+    /// batch it (a PV shim has Xen clear them with one MMUEXT_CLEAR_PAGE
+    /// hypercall per few pages instead of one per page).
+    fn scrub_batch(&mut self, pfns: &[u64]) {
+        for &pfn in pfns {
+            self.scrub(Pfn(pfn));
+        }
+    }
     /// PV: the machine frame behind `pfn`.
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn>;
     /// PV: maps `pfns[i]` to `mfns[i]` in the p2m and brings Xen's m2p
@@ -820,9 +828,7 @@ impl Exec {
         // The test-only broken build skips zeroing (see Cargo.toml).
         let scrubbed = scrub && !cfg!(feature = "test-break-scrub");
         if scrubbed {
-            for &pfn in &self.pfns {
-                p.scrub(Pfn(pfn));
-            }
+            p.scrub_batch(&self.pfns);
         }
         self.frames.clear();
         if self.mode == GuestMode::Pv {

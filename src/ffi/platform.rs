@@ -50,10 +50,15 @@ impl Platform for ShimPlatform {
     }
 
     fn scrub(&mut self, pfn: Pfn) {
+        self.scrub_batch(&[pfn.0]);
+    }
+
+    fn scrub_batch(&mut self, pfns: &[u64]) {
         let _shim = super::ShimCall::enter();
-        // SAFETY: the driver owns the page of `pfn`; zeroing it touches
-        // nothing else.
-        unsafe { sys::balloon_shim_page_scrub(pfn.0) }
+        // SAFETY: `pfns` is valid for reads of `pfns.len()` frames; the
+        // driver owns each one's page, so zeroing them touches nothing
+        // else.
+        unsafe { sys::balloon_shim_pages_scrub(pfns.as_ptr(), pfns.len()) }
     }
 
     fn p2m_lookup(&mut self, pfn: Pfn) -> Option<Mfn> {

@@ -165,6 +165,28 @@ HYPERVISOR_memory_op(unsigned int cmd, void *arg)
 	return (int)ret;
 }
 #ifdef XENPV
+/*
+ * amd64/hypercalls.h: HYPERVISOR_mmuext_op(op, count, success_count,
+ * domid), _hypercall4 (rdi, rsi, rdx, r10); struct mmuext_op and
+ * MMUEXT_CLEAR_PAGE are Xen's public xen.h. Used by XENPV builds only.
+ */
+static __inline int
+HYPERVISOR_mmuext_op(struct mmuext_op *op, int count, int *success_count,
+    domid_t domid)
+{
+	long ret;
+	register unsigned long a1 __asm__("rdi") = (unsigned long)op;
+	register unsigned long a2 __asm__("rsi") = (unsigned long)count;
+	register unsigned long a3 __asm__("rdx") =
+	    (unsigned long)success_count;
+	register unsigned long a4 __asm__("r10") = (unsigned long)domid;
+
+	__asm__ volatile("call hypercall_page + %c[off]"
+	    : "=a"(ret), "+r"(a1), "+r"(a2), "+r"(a3), "+r"(a4)
+	    : [off] "i"(__HYPERVISOR_mmuext_op * 32)
+	    : "memory");
+	return (int)ret;
+}
 /* defined in x86/x86/x86_xpmap.c, which only XENPV kernels link */
 union start_info_union {		/* read: hypervisor.h 1.54 */
 	start_info_t start_info;

@@ -320,6 +320,25 @@ struct xen_memory_reservation {
 	unsigned int	 mem_flags;
 	domid_t		 domid;
 };
+/*
+ * xen.h: MMUEXT_CLEAR_PAGE, a PV guest's way to have Xen zero one of its
+ * pages (what a XENPV kernel's pmap_zero_page does: x86/pmap.c 1.414,
+ * xen_pagezero in x86_xpmap.c). Layout as in xen.h: cmd, then two
+ * 8-byte unions.
+ */
+#define MMUEXT_CLEAR_PAGE	16
+struct mmuext_op {
+	unsigned int	 cmd;
+	union {
+		xen_pfn_t	 mfn;
+		unsigned long	 linear_addr;
+	} arg1;
+	union {
+		unsigned int	 nr_ents;
+		const void	*vcpumask;
+		xen_pfn_t	 src_mfn;
+	} arg2;
+};
 /* start_info: only the member the shim reads. */
 struct start_info {
 	unsigned long	nr_pages;
@@ -330,8 +349,9 @@ extern struct start_info xen_start_info;
 void	 kpreempt_disable(void);
 void	 kpreempt_enable(void);
 
-/* xen/hypervisor.h, amd64/hypercalls.h: a static inline in the kernel. */
+/* xen/hypervisor.h, amd64/hypercalls.h: static inlines in the kernel. */
 int	 HYPERVISOR_memory_op(unsigned int, void *);
+int	 HYPERVISOR_mmuext_op(struct mmuext_op *, int, int *, domid_t);
 
 /* xen/xenpmap.h: the PV p2m table and its inline helpers. */
 #define INVALID_P2M_ENTRY	(~0UL)

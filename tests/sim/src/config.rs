@@ -81,6 +81,13 @@ pub struct DomainConfig {
     /// the boot memory map (`boot_bytes`) reaches maxmem, Xen's PoD cache
     /// holds `memory` (tests/sim/src/pod.rs). None: no PoD.
     pub pod_memory_bytes: Option<u64>,
+    /// pmap_zero_page writes 4 KiB of real memory per frame, as the
+    /// kernel's does (default false: it clears the frame's 8-byte content
+    /// tag only). The frames of boot memory get host memory of their own
+    /// (touched only when zeroed); frames plugged later keep the tag
+    /// only. For whole-stack timing (`balloon-sim --real-zero`, the
+    /// stack benchmark), never needed by a rule.
+    pub real_zero: bool,
 }
 
 impl Default for DomainConfig {
@@ -101,6 +108,7 @@ impl Default for DomainConfig {
             freemin: None,
             freetarg: None,
             pod_memory_bytes: None,
+            real_zero: false,
         }
     }
 }
@@ -117,6 +125,10 @@ impl DomainConfig {
     }
     pub fn mode(mut self, m: Mode) -> Self {
         self.mode = m;
+        self
+    }
+    pub fn real_zero(mut self, on: bool) -> Self {
+        self.real_zero = on;
         self
     }
     pub fn boot_mib(mut self, mib: u64) -> Self {

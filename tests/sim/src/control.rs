@@ -869,6 +869,13 @@ impl Console {
                 crate::stall::release();
                 Reply::default()
             }
+            ["watches-delivered"] => self.watches_delivered(Duration::from_secs(10)),
+            ["watches-delivered", time] => match parse_sim_duration(time) {
+                Some(d) => self.watches_delivered(d),
+                None => Reply::usage(
+                    "sim watches-delivered [TIME] (real time: 10s, 200ms; no unit is seconds)",
+                ),
+            },
             ["sysctl-raw", name, hex] => {
                 let Some(bytes) = decode_hex(hex) else {
                     return Reply::usage("sim sysctl-raw name hexbytes");
@@ -901,6 +908,24 @@ impl Console {
                 return Reply::default();
             }
             std::thread::sleep((end - now) / scale + Duration::from_micros(10));
+        }
+    }
+
+    /// Waits, at most `limit` of real time, until the xenwatch thread has
+    /// delivered every queued watch event (none queued, none in a
+    /// callback). A watch callback reads the node when it runs, not when
+    /// it was written (the shim's `xenbus_read` of memory/target), so
+    /// whether a callback sees a write or the next one depends on when
+    /// xenwatch runs; a scenario that must replay the same way puts this
+    /// between the two.
+    fn watches_delivered(&self, limit: Duration) -> Reply {
+        if self.domain.wait_until(|v| v.watches_quiet(), limit) {
+            Reply::default()
+        } else {
+            Reply::fail(format!(
+                "sim watches-delivered: watch events still pending after {} ms",
+                limit.as_millis()
+            ))
         }
     }
 

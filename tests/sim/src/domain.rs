@@ -470,6 +470,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         live_kthreads: 0,
         modules: Vec::new(),
         hypercalls: 0,
+        mmuext_calls: 0,
         faults_fired: 0,
         module_loads: 0,
         growth: Default::default(),
@@ -543,6 +544,9 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         k.memory_map = memory_map(&segs);
     }
     k.growth = crate::growth::GrowthState::boot(&k);
+    if k.cfg.real_zero {
+        crate::uvm::frame_mem_init(k.segs.last().map_or(0, |s| s.end));
+    }
     let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));
     let freetarg = k.cfg.freetarg.unwrap_or(512.min((boot_pages / 8) as i32));
     uvmexp.set(Uvmexp {
@@ -762,6 +766,10 @@ impl Domain {
     pub fn plug_calls(&self) -> u64 {
         with(|k| k.plug_calls)
     }
+    /// HYPERVISOR_mmuext_op calls since boot (PV page clearing).
+    pub fn mmuext_calls(&self) -> u64 {
+        with(|k| k.mmuext_calls)
+    }
     pub fn physmem(&self) -> u64 {
         physmem.get()
     }
@@ -804,6 +812,18 @@ impl Domain {
                 None
             }
         })
+    }
+    /// With `real_zero`: fills frames [pfn, pfn + n) of host memory with
+    /// `byte` and returns how many it wrote (0 without `real_zero`). The
+    /// stack benchmark's memset baseline; call it while the module does
+    /// not touch those frames.
+    pub fn memset_frames(&self, pfn: u64, n: u64, byte: u8) -> u64 {
+        crate::uvm::frame_mem_fill(pfn, n, byte)
+    }
+    /// With `real_zero`: whether frame `pfn`'s 4 KiB of host memory are
+    /// all `byte` (None without `real_zero` or past boot memory).
+    pub fn frame_memory_is(&self, pfn: u64, byte: u8) -> Option<bool> {
+        crate::uvm::frame_mem_is(pfn, byte)
     }
     /// Simulated uptime.
     pub fn uptime(&self) -> Duration {
@@ -1333,6 +1353,8 @@ impl Drop for Domain {
             crate::ksync::kmem_free_all(&mut k);
             k.sysctl.free_all();
             xpmap_phys_to_machine_mapping.set(std::ptr::null_mut());
+            crate::uvm::free_page_maps();
+            crate::uvm::frame_mem_free();
             for a in k.arrays.drain(..) {
                 // SAFETY: reclaiming the boxed slice leaked by new_page_array.
                 // No thread of this domain runs any more: every one has

@@ -337,6 +337,10 @@ pub(crate) extern "C" fn sim_uvm_physseg_hotplug_remove(pfn: u64, npages: u64) -
             kernel_panic("uvm_physseg_hotplug_remove: hot-added segment vanished");
         };
         k.segs.remove(i);
+        // PHYS_TO_VM_PAGE reads the published page map without the state
+        // lock (uvm.rs PageMap): without a new one it would still find the
+        // removed segment's vm_pages.
+        k.publish_page_map();
         k.growth.hot.remove(&(pfn, end));
         k.growth.array_bytes -= npages * std::mem::size_of::<VmPage>() as u64;
         k.module_pages -= npages;

@@ -328,7 +328,14 @@ fn km_exit(km: &KMutex, what: &str) {
         kernel_panic(&format!("{what}: mutex not held by this thread"));
     }
     *o = None;
-    km.cv.notify_one();
+    // Wake only a counted waiter (km_enter counts itself under `owner`
+    // before it waits): an uncontended mutex_exit makes no futex system
+    // call, as NetBSD's goes to the turnstile only when the mutex has
+    // waiters (kern_mutex.c 1.62 mutex_vector_exit, MUTEX_HAS_WAITERS).
+    // Local to this stand-in (issue 13 goal 4).
+    if km.waiters.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        km.cv.notify_one();
+    }
 }
 
 #[no_mangle]

@@ -25,6 +25,7 @@ mod growth;
 mod kernel;
 mod ksync;
 mod pod;
+pub mod prof;
 pub mod regex;
 mod saverestore;
 pub mod soak;

@@ -14,7 +14,9 @@
 //!          kernel's own balloon0 is attached), --kernel stock|assisted
 //!          (stock: no kernel growth interfaces, the default; assisted:
 //!          those of docs/kernel-growth.md), --time-scale N (simulated
-//!          time runs N times real time; 1000)
+//!          time runs N times real time; 1000), --real-zero
+//!          (pmap_zero_page writes 4 KiB of host memory per frame, as the
+//!          kernel's does, instead of clearing the frame's content tag)
 //! ```
 //!
 //! A bad command line gets one line on standard error and status 2;
@@ -45,7 +47,7 @@ const USAGE: &str =
     "usage: balloon-sim [--pv|--pvh|--not-xen] [--boot SIZE] [--max SIZE] [--host-free SIZE]
                    [--memory SIZE] [--touch-before-load SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
-                   [--kernel stock|assisted] [--time-scale N]
+                   [--kernel stock|assisted] [--time-scale N] [--real-zero]
                    [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]
        balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh]
@@ -94,6 +96,7 @@ struct OptSet {
     flavour: Option<Flavour>,
     memory: Option<u64>,
     touch: Option<u64>,
+    real_zero: Option<bool>,
 }
 
 /// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
@@ -138,6 +141,7 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
             "--touch-before-load" => o.touch = Some(size_arg("--touch-before-load", args.next())?),
             "--no-hotplug" => o.hotplug = Some(false),
             "--builtin-balloon" => o.builtin = Some(true),
+            "--real-zero" => o.real_zero = Some(true),
             "--no-modload" => o.modload = Some(false),
             "--kernel" => match args.next().as_deref() {
                 Some("stock") => o.flavour = Some(Flavour::Stock),
@@ -217,6 +221,9 @@ fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, u64, bool), String>
         // memory map (boot memory) is maxmem (--max).
         cfg.boot_bytes = cfg.max_bytes;
         cfg.pod_memory_bytes = Some(m);
+    }
+    if let Some(z) = cmd.real_zero.or(file.real_zero) {
+        cfg = cfg.real_zero(z);
     }
     cfg.validate()?;
     let touch = cmd.touch.or(file.touch).unwrap_or(0) / 4096;

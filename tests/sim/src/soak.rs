@@ -302,6 +302,15 @@ impl Walk {
                     lines.push("sim release".to_string());
                 }
             }
+            // Every watch event of this action (a xenstore write, xl
+            // mem-set, a load's registration) is delivered before the next
+            // action runs: the callback reads memory/target when it runs,
+            // so without this a second write could land before the first
+            // callback's read in the walk but not in its replay (the
+            // soak's self-test replayed a walk without its failure: both
+            // callbacks read the second, refused value there). Draws no
+            // random number, so every seed walks as before.
+            lines.push("? sim watches-delivered".to_string());
         }
         lines
     }
@@ -806,6 +815,43 @@ mod tests {
         };
         for _ in 0..200 {
             assert_eq!(w1.actions(), w2.actions());
+        }
+    }
+
+    /// A callback reads memory/target when xenwatch runs it, so a walk
+    /// replays the same way only if no command of the next action can run
+    /// before this action's watch events are delivered. Failed before
+    /// the walk waited: the soak's self-test replayed its walk without
+    /// the failure (see kernel.rs `Changed`).
+    #[test]
+    fn every_action_waits_for_its_watch_events() {
+        for seed in 1..40 {
+            let mut w = Walk {
+                rng: Rng(seed),
+                shape: Shape::for_seed(seed, None),
+                fault_commands: 0,
+            };
+            for _ in 0..50 {
+                let lines = w.actions();
+                let mut pending = false;
+                for l in &lines {
+                    let cmd = l.trim_start_matches("? ");
+                    if cmd == "sim watches-delivered" {
+                        pending = false;
+                    } else if pending && !cmd.starts_with("sim stalled") && cmd != "sim release" {
+                        panic!("seed {seed}: {cmd:?} may run before a watch event is delivered: {lines:?}");
+                    } else if cmd.starts_with("xenstore-write")
+                        || cmd.starts_with("xl mem-set")
+                        || cmd.starts_with("modload")
+                    {
+                        pending = true;
+                    }
+                }
+                assert!(
+                    !pending,
+                    "seed {seed}: the step ends undelivered: {lines:?}"
+                );
+            }
         }
     }
 

@@ -7,6 +7,8 @@
 //! frames inside [low, high).
 
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::config::{fail_now, Flavour, Mode};
 use crate::kernel::{
@@ -102,6 +104,7 @@ impl Kernel {
                 pgs,
             },
         );
+        self.publish_page_map();
         id
     }
 
@@ -185,6 +188,7 @@ extern "C" fn uvm_pagealloc_strat(
     _strat: c_int,
     _free_list: c_int,
 ) -> *mut VmPage {
+    let _t = crate::prof::Timer::start(crate::prof::Point::PageAlloc);
     stall_point("pagealloc");
     with(|k| {
         if fail_now(&mut k.faults.pagealloc_fail_after) {
@@ -211,6 +215,7 @@ extern "C" fn uvm_pagealloc_strat(
 /// domain no longer has on the free list).
 #[no_mangle]
 unsafe extern "C" fn uvm_pagefree(pg: *mut VmPage) {
+    let _t = crate::prof::Timer::start(crate::prof::Point::PageFree);
     with(|k| {
         let (pfn, st) = k.check_page(pg, "uvm_pagefree");
         if st == PG_FREE {
@@ -298,32 +303,276 @@ unsafe extern "C" fn uvm_pglistalloc(
     0
 }
 
+/// VM_PAGE_TO_PHYS: uvm_page.h 1.93.2.1 makes it `uvm_vm_page_to_phys()`,
+/// which is arithmetic on the vm_page alone (uvm_page.c 1.246:
+/// `pg->phys_addr & ~(PAGE_SIZE - 1)`), with no lock. So is the stand-in:
+/// it reads the published page map (no state lock, no wake-up; issue 13
+/// goal 4), checks that `pg` is an element of a vm_page array and that
+/// its range was not unplugged (the model's rules, as before), and returns
+/// the frame's address.
 #[no_mangle]
 unsafe extern "C" fn uvm_vm_page_to_phys(pg: *const VmPage) -> u64 {
-    with(|k| k.check_page(pg, "VM_PAGE_TO_PHYS").0 << PAGE_SHIFT)
+    freeze_point();
+    let Some(map) = page_map() else {
+        kernel_panic("VM_PAGE_TO_PHYS with no simulated domain booted");
+    };
+    map.check_page(pg, "VM_PAGE_TO_PHYS") << PAGE_SHIFT
 }
 
+/// PHYS_TO_VM_PAGE: uvm_page.c 1.246 `uvm_phys_to_vm_page` finds the
+/// segment with `uvm_physseg_find` (uvm_physseg.c 1.18: an rbtree walk,
+/// or a binary search of the array without UVM_HOTPLUG) and indexes its
+/// vm_pages; no lock is taken. The stand-in does the same on the
+/// published page map: a binary search and an index, no state lock.
 #[no_mangle]
 extern "C" fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage {
-    with(|k| k.page_ptr(pa >> PAGE_SHIFT).unwrap_or(std::ptr::null_mut()))
+    freeze_point();
+    page_map().map_or(std::ptr::null_mut(), |m| m.find(pa >> PAGE_SHIFT))
 }
 
 /// pmap_zero_page(9): zero-fill a frame (byte address). On PV the frame is
 /// reached through the p2m, so an unbacked frame would fault: panic.
+/// With `real_zero` the frame's 4 KiB of host memory are written too, as
+/// x86 pmap.c's pmap_zero_page writes the page through the direct map
+/// (or a temporary mapping); that write is done outside the state lock.
 #[no_mangle]
 extern "C" fn pmap_zero_page(pa: u64) {
+    let _t = crate::prof::Timer::start(crate::prof::Point::ZeroPage);
     stall_point("zero_page");
+    let pfn = pa >> PAGE_SHIFT;
     with(|k| {
-        let pfn = pa >> PAGE_SHIFT;
-        // A write: on a PoD domain it populates a PoD gfn from the cache
-        // (p2m_pod_demand_populate, pod.rs).
-        k.pod_touch(pfn, crate::pod::Touch::ZeroPage);
-        crate::growth::check_direct_map(k, pfn);
+        k.zeroing_rules(pfn);
         match k.content_mut(pfn) {
             Some(c) => *c = 0,
             None => kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed")),
         }
-    })
+    });
+    frame_mem_fill(pfn, 1, 0);
+}
+
+impl Kernel {
+    /// The rules every zeroing of frame `pfn` follows before it writes,
+    /// `pmap_zero_page` (with or without `real_zero`) and the batched
+    /// MMUEXT_CLEAR_PAGE alike: a write on a PoD domain populates a PoD
+    /// gfn from the cache (p2m_pod_demand_populate, pod.rs), and on PVH a
+    /// frame past `pmap_direct_end` faults (growth.rs check_direct_map).
+    pub(crate) fn zeroing_rules(&mut self, pfn: u64) {
+        self.pod_touch(pfn, crate::pod::Touch::ZeroPage);
+        crate::growth::check_direct_map(self, pfn);
+    }
+}
+
+// ---- the page map: what PHYS_TO_VM_PAGE and VM_PAGE_TO_PHYS read ----
+
+/// A copy of the segment list and of the vm_page arrays, published with
+/// every change of either, so that the two page-address translations run
+/// without the state lock, as the kernel's do. Every change of the segment
+/// set republishes it under the state lock: `insert_seg` (boot segments,
+/// `uvm_physseg_plug`, `uvm_physseg_hotplug_add`), `uvm_physseg_unplug`
+/// and `uvm_physseg_hotplug_remove` (growth.rs).
+///
+/// Why a reader on another thread is safe: it loads the pointer with
+/// Acquire, which pairs with the AcqRel swap of the publisher, so it sees
+/// a fully built map; a map is never changed after it is published, only
+/// replaced; a replaced map is kept (a reader may still hold it) and freed
+/// only at domain teardown, when no thread of the domain runs; and the
+/// vm_page arrays it points into are freed only then too (a removed
+/// range's vm_pages stay readable, marked "gone"). A reader racing with a
+/// change therefore sees the set before or after it, never a torn one
+/// (the real kernel's unlocked rbtree gives no such promise: §13 of
+/// docs/kernel-interfaces.md).
+pub(crate) struct PageMap {
+    /// (start, end, first vm_page) per segment, ordered by start.
+    segs: Vec<(u64, u64, *mut VmPage)>,
+    /// (base address, elements) per vm_page array.
+    arrays: Vec<(usize, usize)>,
+}
+
+static PAGE_MAP: AtomicPtr<PageMap> = AtomicPtr::new(std::ptr::null_mut());
+/// Maps replaced in this domain's life (addresses of leaked boxes).
+static RETIRED_MAPS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn page_map<'a>() -> Option<&'a PageMap> {
+    let p = PAGE_MAP.load(Ordering::Acquire);
+    // SAFETY: a published map is a leaked Box, freed only at teardown.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+impl PageMap {
+    fn find(&self, pfn: u64) -> *mut VmPage {
+        let i = self.segs.partition_point(|s| s.0 <= pfn);
+        match i.checked_sub(1).and_then(|i| self.segs.get(i)) {
+            // SAFETY: pfn lies in [start, end) of a segment whose vm_pages
+            // are `end - start` elements of one live array.
+            Some(&(start, end, pgs)) if pfn < end => unsafe { pgs.add((pfn - start) as usize) },
+            _ => std::ptr::null_mut(),
+        }
+    }
+
+    /// The rules of `Kernel::check_page`, on the map: `pg` must be an
+    /// element of a vm_page array whose range was not unplugged.
+    fn check_page(&self, pg: *const VmPage, what: &str) -> u64 {
+        let a = pg as usize;
+        let sz = std::mem::size_of::<VmPage>();
+        for &(base, len) in &self.arrays {
+            if a >= base && a < base + len * sz {
+                if !(a - base).is_multiple_of(sz) {
+                    kernel_panic(&format!("{what}: misaligned vm_page pointer {pg:p}"));
+                }
+                // SAFETY: pg points at an element of a live array; the
+                // caller owns the page, so the model does not change it.
+                let (pfn, st) = unsafe {
+                    (
+                        std::ptr::addr_of!((*pg).pfn).read_volatile(),
+                        std::ptr::addr_of!((*pg).state).read_volatile(),
+                    )
+                };
+                if st == PG_GONE {
+                    kernel_panic(&format!(
+                        "{what}: vm_page of frame {pfn:#x} used after its range was unplugged"
+                    ));
+                }
+                return pfn;
+            }
+        }
+        kernel_panic(&format!("{what}: {pg:p} is not a vm_page"));
+    }
+}
+
+impl Kernel {
+    /// Publishes the segments and arrays as they are now (call under the
+    /// state lock after changing either).
+    pub(crate) fn publish_page_map(&self) {
+        let map = Box::new(PageMap {
+            segs: self.segs.iter().map(|s| (s.start, s.end, s.pgs)).collect(),
+            arrays: self
+                .arrays
+                .iter()
+                .map(|a| (a.ptr as usize, a.len))
+                .collect(),
+        });
+        let old = PAGE_MAP.swap(Box::into_raw(map), Ordering::AcqRel);
+        if !old.is_null() {
+            RETIRED_MAPS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old as usize);
+        }
+    }
+}
+
+/// Unpublishes and frees every page map (domain teardown, once no thread
+/// of the domain runs).
+pub(crate) fn free_page_maps() {
+    let cur = PAGE_MAP.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    let mut retired = RETIRED_MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    if !cur.is_null() {
+        retired.push(cur as usize);
+    }
+    for p in retired.drain(..) {
+        // SAFETY: each was leaked by publish_page_map and is no longer
+        // reachable from PAGE_MAP; no thread of the domain runs.
+        drop(unsafe { Box::from_raw(p as *mut PageMap) });
+    }
+}
+
+// ---- real frame memory (DomainConfig::real_zero) ----
+
+/// Host memory for frames [0, FRAME_MEM_PAGES), 4 KiB each, or null.
+static FRAME_MEM: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static FRAME_MEM_PAGES: AtomicU64 = AtomicU64::new(0);
+
+fn frame_mem_layout(pages: u64) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align((pages * PAGE_SIZE) as usize, PAGE_SIZE as usize)
+        .unwrap_or_else(|_| kernel_panic("real_zero: frame memory too large for the host"))
+}
+
+/// Gives frames [0, pages) host memory (zero-filled and untouched: the
+/// host maps it on first write).
+pub(crate) fn frame_mem_init(pages: u64) {
+    frame_mem_free();
+    if pages == 0 {
+        return;
+    }
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(frame_mem_layout(pages)) };
+    if p.is_null() {
+        kernel_panic("real_zero: the host has no memory for the frames");
+    }
+    FRAME_MEM_PAGES.store(pages, Ordering::SeqCst);
+    FRAME_MEM.store(p, Ordering::SeqCst);
+}
+
+/// Frees the frame memory (domain teardown).
+pub(crate) fn frame_mem_free() {
+    let p = FRAME_MEM.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    let pages = FRAME_MEM_PAGES.swap(0, Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: allocated by frame_mem_init with this layout.
+        unsafe { std::alloc::dealloc(p, frame_mem_layout(pages)) };
+    }
+}
+
+/// Fills frames [pfn, pfn + n) with `byte` where they have host memory;
+/// returns the frames written.
+pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
+    let p = FRAME_MEM.load(Ordering::Acquire);
+    let pages = FRAME_MEM_PAGES.load(Ordering::Acquire);
+    if p.is_null() || pfn >= pages {
+        return 0;
+    }
+    let n = n.min(pages - pfn);
+    // SAFETY: [pfn, pfn + n) lies inside the allocation; a frame is
+    // written by the one thread that owns it (the module zeroing a page
+    // it allocated, or the benchmark between runs).
+    unsafe {
+        std::ptr::write_bytes(
+            p.add((pfn * PAGE_SIZE) as usize),
+            byte,
+            (n * PAGE_SIZE) as usize,
+        )
+    };
+    n
+}
+
+/// Clears frame `pfn`'s host memory, if it has any, the way Xen's
+/// clear_page_sse2 does for MMUEXT_CLEAR_PAGE (xen/arch/x86/clear_page.S
+/// @c39cf093: 8-byte MOVNTI non-temporal stores, then SFENCE): the lines
+/// go to memory without being read first.
+pub(crate) fn frame_mem_clear_nt(pfn: u64) {
+    let p = FRAME_MEM.load(Ordering::Acquire);
+    if p.is_null() || pfn >= FRAME_MEM_PAGES.load(Ordering::Acquire) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_sfence, _mm_stream_si64};
+        // SAFETY: the frame lies inside the 4 KiB-aligned allocation and
+        // is written by the one thread that owns it (as in frame_mem_fill);
+        // SSE2 (MOVNTI, SFENCE) is part of x86_64.
+        unsafe {
+            let f = p.add((pfn * PAGE_SIZE) as usize) as *mut i64;
+            for i in 0..(PAGE_SIZE / 8) as usize {
+                _mm_stream_si64(f.add(i), 0);
+            }
+            _mm_sfence();
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    frame_mem_fill(pfn, 1, 0);
+}
+
+/// Whether frame `pfn`'s host memory is all `byte` (None: it has none).
+pub(crate) fn frame_mem_is(pfn: u64, byte: u8) -> Option<bool> {
+    let p = FRAME_MEM.load(Ordering::Acquire);
+    if p.is_null() || pfn >= FRAME_MEM_PAGES.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: the frame lies inside the allocation.
+    let f = unsafe {
+        std::slice::from_raw_parts(p.add((pfn * PAGE_SIZE) as usize), PAGE_SIZE as usize)
+    };
+    Some(f.iter().all(|&b| b == byte))
 }
 
 /// uvm_availmem(9) (uvm_page.c 1.246): the free-page count.
@@ -545,6 +794,7 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
                 }
             }
         }
+        k.publish_page_map();
         let np = uvmexp.get().npages - n as i32;
         k.sync_uvmexp(np);
         Some(String::new())

@@ -254,6 +254,7 @@ impl Kernel {
 /// memory.c). Stall points: the three reservation ops.
 #[no_mangle]
 unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int {
+    let _t = crate::prof::Timer::start(crate::prof::Point::MemoryOp);
     let op = match cmd {
         XENMEM_INCREASE => Some(MemOp::IncreaseReservation),
         XENMEM_DECREASE => Some(MemOp::DecreaseReservation),
@@ -310,6 +311,87 @@ unsafe extern "C" fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_in
             _ => -ENOSYS,
         }
     })
+}
+
+/// `struct mmuext_op` (xen.h: cmd, then two 8-byte unions; size 24).
+#[repr(C)]
+struct MmuextOp {
+    cmd: c_uint,
+    arg1: u64,
+    arg2: u64,
+}
+
+const MMUEXT_CLEAR_PAGE: c_uint = 16;
+const EINVAL: c_int = 22;
+
+/// HYPERVISOR_mmuext_op (a static inline in the real kernel, amd64
+/// hypercalls.h), MMUEXT_CLEAR_PAGE only: what a XENPV kernel's
+/// pmap_zero_page does for one page (x86/pmap.c 1.414, xen_pagezero in
+/// x86_xpmap.c), and what the shim batches. Rules (xen/arch/x86/mm.c
+/// @009360ac, do_mmuext_op): PV guests only (PVH and HVM get -ENOSYS
+/// here: Xen's hypercall table has it for HVM callers too,
+/// xen/include/hypercall-defs.c @02b26c02, but the shim uses it only on
+/// PV); the operations run in order;
+/// MMUEXT_CLEAR_PAGE takes an MFN the domain owns as ordinary RAM
+/// (get_page_from_gfn + get_page_type(PGT_writable_page)), else -EINVAL
+/// and the run stops; every other command is -ENOSYS here (not modelled);
+/// `*success_count` gets the operations done. A cleared frame reads as
+/// zero; with `real_zero` its 4 KiB of host memory are written as Xen's
+/// clear_page does (non-temporal stores; `frame_mem_clear_nt`), outside
+/// the state lock. Before that, each frame goes through the rules
+/// pmap_zero_page follows (`Kernel::zeroing_rules`: PoD's touch, PVH's
+/// direct map), so neither form of zeroing can skip them. Stall point:
+/// `zero_page`, as pmap_zero_page.
+#[no_mangle]
+unsafe extern "C" fn HYPERVISOR_mmuext_op(
+    ops: *const MmuextOp,
+    count: c_int,
+    done_out: *mut c_int,
+    domid: u16,
+) -> c_int {
+    let _t = crate::prof::Timer::start(crate::prof::Point::ZeroPage);
+    stall_point("zero_page");
+    let n = usize::try_from(count).unwrap_or(0);
+    let mut cleared = Vec::with_capacity(n);
+    let rc = with(|k| {
+        if k.mode() != Mode::Pv {
+            return -ENOSYS;
+        }
+        k.mmuext_calls += 1;
+        if domid != DOMID_SELF {
+            return -ESRCH;
+        }
+        for i in 0..n {
+            // SAFETY: the caller passes `count` operations.
+            let op = unsafe { &*ops.add(i) };
+            if op.cmd != MMUEXT_CLEAR_PAGE {
+                return -ENOSYS;
+            }
+            let Some(pfn) = k.owned.get(&op.arg1).map(|m| m.m2p) else {
+                return -EINVAL;
+            };
+            // The rules pmap_zero_page follows (uvm.rs `zeroing_rules`;
+            // PoD and the direct map are PVH's, so a PV domain passes).
+            if pfn != INVALID_P2M_ENTRY {
+                k.zeroing_rules(pfn);
+            }
+            if let Some(m) = k.owned.get_mut(&op.arg1) {
+                m.content = 0;
+            }
+            cleared.push(pfn);
+        }
+        0
+    });
+    for &pfn in &cleared {
+        if pfn != INVALID_P2M_ENTRY {
+            crate::uvm::frame_mem_clear_nt(pfn);
+        }
+    }
+    if !done_out.is_null() {
+        // SAFETY: the caller passes an int * or NULL.
+        unsafe { done_out.write(cleared.len() as c_int) };
+    }
+    rc
 }
 
 // ---- CPUs, preemption and the per-CPU m2p queue ----

@@ -405,7 +405,10 @@ fn bad_input_table() {
         };
         println!("{:<24} {got:<28} {said}", format!("{:?}", row.text));
     }
-    // Wrong sizes and types through sysctl(3) itself.
+    // Wrong sizes and types through sysctl(3) itself. Each compares the
+    // whole tree before and after, so the worker must be at rest first
+    // (the last row's target may still be on its way).
+    settle(&mut c);
     for (name, hex, errno) in [
         ("hw.balloon.target", "00000400", "Invalid argument"),
         ("hw.balloon.target", "01", "Invalid argument"),

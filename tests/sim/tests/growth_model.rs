@@ -17,7 +17,24 @@ extern "C" {
     fn kpreempt_enable();
     fn uvm_physseg_plug(pfn: u64, n: usize, out: *mut c_void) -> bool;
     fn pmap_zero_page(pa: u64);
+    fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage;
+    fn uvm_pagealloc_strat(
+        o: *mut c_void,
+        off: i64,
+        a: *mut c_void,
+        flags: c_int,
+        s: c_int,
+        fl: c_int,
+    ) -> *mut VmPage;
     fn ksyms_getval(m: *const c_char, s: *const c_char, v: *mut c_ulong, f: c_int) -> c_int;
+}
+
+#[repr(C)]
+struct VmPage {
+    next: *mut VmPage,
+    prev: *mut *mut VmPage,
+    pfn: u64,
+    state: i32,
 }
 
 #[repr(C)]
@@ -162,6 +179,101 @@ fn pv_interfaces_keep_their_contract() {
     assert_eq!(hotplug_remove(s, n), EBUSY, "its pages are free");
     d.check().unwrap();
     assert_eq!(d.plug_calls(), 0);
+}
+
+/// PHYS_TO_VM_PAGE (uvm_page.c 1.246 `uvm_phys_to_vm_page`: the segment
+/// from `uvm_physseg_find`, uvm_physseg.c 1.18, then an index) finds a
+/// hot-added range's vm_pages and, once the range is removed, none: the
+/// simulator's lock-free page map is republished by hotplug_add and
+/// hotplug_remove. Two reader threads translate all the while, through
+/// 20 add/remove cycles: each answer is NULL or the vm_page of the frame
+/// asked for, never another frame's (a torn or stale map would show one).
+/// Failed before hotplug_remove republished: the removed range still had
+/// vm_pages.
+#[test]
+fn phys_to_vm_page_follows_hotplug_add_and_remove() {
+    let d = pv(DomainConfig::pv().assisted());
+    let top = d.segments().iter().map(|s| s.1).max().unwrap();
+    let (s, n) = (top.next_multiple_of(512), 512u64);
+    assert_eq!(p2m_grow(s + n), 0);
+    let pfns: Vec<u64> = (s..s + n).collect();
+    pv_back(&pfns);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let found = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..2u64 {
+            let (stop, found) = (&stop, &found);
+            sc.spawn(move || {
+                let mut pfn = s + t;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: a lock-free read stand-in; any address.
+                    let pg = unsafe { uvm_phys_to_vm_page(pfn << 12) };
+                    if !pg.is_null() {
+                        // SAFETY: a vm_page stays readable until teardown.
+                        let got = unsafe { std::ptr::addr_of!((*pg).pfn).read_volatile() };
+                        assert_eq!(got, pfn, "PHYS_TO_VM_PAGE gave another frame's vm_page");
+                        found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    pfn = if pfn + 7 >= s + n {
+                        s + (pfn + 7 - s) % n
+                    } else {
+                        pfn + 7
+                    };
+                }
+            });
+        }
+        // Stops the readers however this thread leaves the scope (a failed
+        // assertion too), so a failure cannot hang the scope.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        for cycle in 0..20 {
+            assert_eq!(hotplug_add(s, n), 0, "cycle {cycle}");
+            // SAFETY: a lock-free read stand-in.
+            let pg = unsafe { uvm_phys_to_vm_page(s << 12) };
+            assert!(!pg.is_null(), "cycle {cycle}: an added range has vm_pages");
+            // SAFETY: as above.
+            assert_eq!(unsafe { (*pg).pfn }, s);
+            // The readers must have translated in this cycle before the
+            // range goes (a bounded wait: they may not have run yet).
+            let seen = found.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while found.load(std::sync::atomic::Ordering::Relaxed) == seen {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cycle {cycle}: no reader ran"
+                );
+                std::thread::yield_now();
+            }
+            // The highest free frames are the added range's: take them all.
+            for _ in 0..n {
+                // SAFETY: the stand-in takes any arguments.
+                let pg = unsafe {
+                    uvm_pagealloc_strat(std::ptr::null_mut(), 0, std::ptr::null_mut(), 0, 0, 0)
+                };
+                // SAFETY: a vm_page of a live array.
+                let pfn = unsafe { (*pg).pfn };
+                assert!((s..s + n).contains(&pfn), "{pfn:#x}");
+            }
+            assert_eq!(hotplug_remove(s, n), 0, "cycle {cycle}");
+            // SAFETY: as above.
+            let gone = unsafe { uvm_phys_to_vm_page(s << 12) };
+            assert!(
+                gone.is_null(),
+                "cycle {cycle}: a removed range has no vm_page"
+            );
+            let pg = unsafe { uvm_phys_to_vm_page((s + n - 1) << 12) };
+            assert!(pg.is_null(), "cycle {cycle}: nor its last frame");
+        }
+    });
+    assert!(found.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // The backed frames go back on the free lists, for the domain's check.
+    assert_eq!(hotplug_add(s, n), 0);
+    d.check().unwrap();
 }
 
 /// kernel-growth.md 5.1, 5.2: xenmem places ranges above 4 GiB, clear of
