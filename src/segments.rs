@@ -19,7 +19,12 @@
 //!
 //! Ballooned frames are stored as a bitmap ([`FrameBits`]): one bit per
 //! frame of the span, grown fallibly at attach and before a plug is
-//! backed, so recording a step never allocates. Segments are few (each is
+//! backed, so recording a step never allocates. An inflate batch is
+//! checked before its frames go to Xen ([`FrameSpace::check_inflated`]):
+//! the check sets the frames' bits and holds the batch, uncounted, until
+//! the record after the hypercall, which is held to the same frames and
+//! clears only those Xen did not take. A frame costs one bitmap touch,
+//! not three (set, clear, set again). Segments are few (each is
 //! at least one plug's worth of frames) and sit in a table sorted by first
 //! frame whose capacity is reserved, fallibly, at attach
 //! ([`PLUG_SLOTS`] beyond the boot segments): adding a segment never
@@ -124,6 +129,10 @@ pub enum SegmentError {
     NoMemory,
     /// Every segment slot reserved at attach is taken.
     Full,
+    /// An inflate's record does not match the batch checked before it
+    /// (other frames or another count), or a batch was checked while
+    /// another checked one was not yet recorded.
+    NotChecked,
 }
 
 /// Segments that may be plugged beyond the boot segments: the slots of
@@ -202,10 +211,34 @@ pub struct FrameSpace {
     /// Slots in use.
     count: usize,
     ballooned: FrameBits,
+    /// The inflate batch [`FrameSpace::check_inflated`] accepted and
+    /// [`FrameSpace::record_inflated`] has not recorded yet: its bits
+    /// are set already (so each frame costs one bitmap touch, not three)
+    /// but it is not counted as ballooned.
+    checked: Option<Checked>,
     /// Frames backed by Xen for a plug that did not happen.
     stranded: Stranded,
     /// Frames of all live segments, kept so `populated()` is O(1).
     live: Pages,
+}
+
+/// A checked inflate batch: how many frames, and a fingerprint of them
+/// (a sum, so that the frames Xen took and those it did not add up to
+/// it) that the record is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checked {
+    frames: u64,
+    print: u64,
+}
+
+/// The fingerprint of a set of frames: a wrapping sum of a mixed form of
+/// each frame number (order does not matter; splitting a batch in two
+/// parts splits the sum).
+fn fingerprint(frames: &[Pfn]) -> u64 {
+    frames.iter().fold(0u64, |acc, p| {
+        let x = (p.0 ^ (p.0 >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        acc.wrapping_add(x ^ (x >> 29))
+    })
 }
 
 impl FrameSpace {
@@ -219,6 +252,7 @@ impl FrameSpace {
             refused: Vec::new(),
             count: 0,
             ballooned: FrameBits::new(),
+            checked: None,
             stranded: Stranded::default(),
             live: Pages::ZERO,
         };
@@ -372,12 +406,12 @@ impl FrameSpace {
 
     /// Frames now given to Xen.
     pub fn ballooned(&self) -> Pages {
-        self.ballooned.total()
+        self.recorded()
     }
 
     /// Frames now owned by UVM. O(1).
     pub fn populated(&self) -> Pages {
-        self.live.saturating_sub(self.ballooned.total())
+        self.live.saturating_sub(self.recorded())
     }
 
     /// The segment being prepared for plugging, if any.
@@ -412,7 +446,7 @@ impl FrameSpace {
     /// Frame counts by state. O(number of segments).
     pub fn counts(&self) -> FrameCounts {
         let mut c = FrameCounts {
-            ballooned: self.ballooned.total(),
+            ballooned: self.recorded(),
             ..FrameCounts::default()
         };
         c.stranded = self.stranded.total();
@@ -444,95 +478,116 @@ impl FrameSpace {
         self.ballooned.heap_bytes()
     }
 
-    /// Records frames just given to Xen (the leading frames a decrease
-    /// hypercall reported done; a partial batch passes only those).
-    /// Every frame must be populated and appear once; otherwise nothing
-    /// is recorded and the first offender is named. One bit per frame,
-    /// any order; no allocation.
-    pub fn record_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        let mut cur: Option<Segment> = None;
-        for (i, &pfn) in frames.iter().enumerate() {
-            let seg = match cur.filter(|s| s.range.contains(pfn)) {
-                Some(s) => Some(s),
-                None => self.segment_of(pfn).copied(),
-            };
-            cur = seg;
-            let refused = match seg {
-                None => Some(FrameState::Absent),
-                Some(s) if s.life == Life::Pending => Some(FrameState::Unpopulated),
-                Some(_) if !self.ballooned.insert_one(pfn) => Some(FrameState::Ballooned),
-                Some(_) => None,
-            };
-            if let Some(state) = refused {
-                for &done in frames.get(..i).unwrap_or(&[]) {
-                    self.ballooned.remove_one(done);
+    /// Ballooned frames: the bits set, less those of a checked batch
+    /// not recorded yet.
+    fn recorded(&self) -> Pages {
+        let checked = self.checked.map_or(0, |c| c.frames);
+        self.ballooned.total().saturating_sub(Pages(checked))
+    }
+
+    /// Records frames just given to Xen: `frames` are the leading frames
+    /// a decrease hypercall reported done, `rest` the frames of the same
+    /// batch it did not take (empty when it took them all). Every frame
+    /// must be populated and appear once; otherwise nothing is recorded
+    /// and the first offender is named. One bit per frame, any order; no
+    /// allocation.
+    ///
+    /// After [`FrameSpace::check_inflated`] the bits are set already:
+    /// `frames` and `rest` together must be the checked batch (the same
+    /// count and fingerprint, or [`SegmentError::NotChecked`] and nothing
+    /// changes), only the bits of `rest` are cleared, and the bitmap is
+    /// not touched for `frames`.
+    pub fn record_inflated(&mut self, frames: &[Pfn], rest: &[Pfn]) -> Result<(), SegmentError> {
+        match self.checked {
+            Some(c) => {
+                let n = (frames.len() as u64).saturating_add(rest.len() as u64);
+                let print = fingerprint(frames).wrapping_add(fingerprint(rest));
+                if n != c.frames || print != c.print {
+                    return Err(SegmentError::NotChecked);
                 }
-                // Set before this batch, or earlier in this batch.
-                return Err(match state {
-                    FrameState::Ballooned if !self.ballooned.contains(pfn) => {
-                        SegmentError::Duplicate(pfn)
+                self.ballooned.remove_batch(rest);
+                self.checked = None;
+            }
+            None => self.mark_inflated(frames)?,
+        }
+        self.count_by_segment(frames);
+        Ok(())
+    }
+
+    /// Sets the bit of every frame of `frames`, all or nothing: each must
+    /// be in a live segment, not ballooned, and appear once; otherwise no
+    /// bit is changed and the first offender is named. The per-segment
+    /// counts are left alone.
+    fn mark_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
+        let mut i = 0;
+        while let Some(&pfn) = frames.get(i) {
+            // A run of the batch's frames in one live segment is set in
+            // one call: a tight loop, no segment test per frame.
+            let (refused, at) = match self.segment_of(pfn) {
+                None => (FrameState::Absent, i),
+                Some(s) if s.life == Life::Pending => (FrameState::Unpopulated, i),
+                Some(s) => {
+                    let range = s.range;
+                    let rest = frames.get(i..).unwrap_or(&[]);
+                    let n = rest.iter().take_while(|&&p| range.contains(p)).count();
+                    match self.ballooned.insert_each(rest.get(..n).unwrap_or(&[])) {
+                        Ok(()) => {
+                            i += n.max(1);
+                            continue;
+                        }
+                        Err(j) => (FrameState::Ballooned, i + j),
                     }
-                    state => SegmentError::WrongState(pfn, state),
-                });
-            }
-        }
-        // Per-segment counts, a segment at a time.
-        let mut run: Option<(u64, PfnRange, u64)> = None;
-        for &pfn in frames {
-            match &mut run {
-                Some((_, range, n)) if range.contains(pfn) => *n += 1,
-                _ => {
-                    self.flush_count(run.take());
-                    run = self
-                        .segment_of(pfn)
-                        .map(|s| (s.range.start().0, s.range, 1));
                 }
-            }
+            };
+            self.ballooned.remove_batch(frames.get(..at).unwrap_or(&[]));
+            let pfn = frames.get(at).copied().unwrap_or(pfn);
+            // Set before this batch, or earlier in this batch.
+            return Err(match refused {
+                FrameState::Ballooned if !self.ballooned.contains(pfn) => {
+                    SegmentError::Duplicate(pfn)
+                }
+                state => SegmentError::WrongState(pfn, state),
+            });
         }
-        self.flush_count(run);
         Ok(())
     }
 
-    fn flush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.get_mut(key) {
-                seg.ballooned = seg.ballooned.saturating_add(Pages(n));
+    /// Adds the frames of `frames` to their segments' ballooned counts,
+    /// a run of frames of one segment at a time (one table lookup per
+    /// run). Frames in no segment are skipped.
+    fn count_by_segment(&mut self, frames: &[Pfn]) {
+        let mut i = 0;
+        while let Some(&pfn) = frames.get(i) {
+            let Some(range) = self.segment_of(pfn).map(|s| s.range) else {
+                i += 1;
+                continue;
+            };
+            let rest = frames.get(i..).unwrap_or(&[]);
+            let n = rest.iter().take_while(|&&p| range.contains(p)).count();
+            i += n.max(1);
+            if let Some(seg) = self.get_mut(range.start().0) {
+                seg.ballooned = seg.ballooned.saturating_add(Pages(n as u64));
             }
         }
     }
 
-    /// Checks, changing nothing in the end, that
-    /// [`FrameSpace::record_inflated`] would accept `frames`: every frame
-    /// populated and appearing once. The driver asks before any frame
-    /// goes to Xen, so that the record after the hypercall cannot be
-    /// refused. No allocation.
+    /// Checks that [`FrameSpace::record_inflated`] will accept `frames`
+    /// (or a leading part of them, the rest passed as not taken): every
+    /// frame populated and appearing once. The driver asks before any
+    /// frame goes to Xen, so that the record after the hypercall cannot
+    /// be refused. The frames' bits are set now, all or nothing, and the
+    /// batch is held as checked: not counted as ballooned until it is
+    /// recorded. No allocation.
     pub fn check_inflated(&mut self, frames: &[Pfn]) -> Result<(), SegmentError> {
-        self.record_inflated(frames)?;
-        for &pfn in frames {
-            self.ballooned.remove_one(pfn);
+        if self.checked.is_some() {
+            return Err(SegmentError::NotChecked);
         }
-        let mut run: Option<(u64, PfnRange, u64)> = None;
-        for &pfn in frames {
-            match &mut run {
-                Some((_, range, n)) if range.contains(pfn) => *n += 1,
-                _ => {
-                    self.unflush_count(run.take());
-                    run = self
-                        .segment_of(pfn)
-                        .map(|s| (s.range.start().0, s.range, 1));
-                }
-            }
-        }
-        self.unflush_count(run);
+        self.mark_inflated(frames)?;
+        self.checked = Some(Checked {
+            frames: frames.len() as u64,
+            print: fingerprint(frames),
+        });
         Ok(())
-    }
-
-    fn unflush_count(&mut self, run: Option<(u64, PfnRange, u64)>) {
-        if let Some((key, _, n)) = run {
-            if let Some(seg) = self.get_mut(key) {
-                seg.ballooned = seg.ballooned.saturating_sub(Pages(n));
-            }
-        }
     }
 
     /// Checks, changing nothing, that [`FrameSpace::record_inflated_runs`]
@@ -575,7 +630,9 @@ impl FrameSpace {
                 .insert(r)
                 .map_err(|_| SegmentError::Duplicate(r.start()))?;
             let key = self.segment_of(r.start()).map(|s| s.range.start().0);
-            self.flush_count(key.map(|k| (k, r, r.len().0)));
+            if let Some(seg) = key.and_then(|k| self.get_mut(k)) {
+                seg.ballooned = seg.ballooned.saturating_add(r.len());
+            }
         }
         Ok(())
     }
@@ -609,7 +666,7 @@ impl FrameSpace {
     /// [`FrameSpace::ballooned_from`] as the step goes.
     pub fn deflate_cursor(&self, max: Pages) -> Option<(Pfn, Pages)> {
         let first = self.ballooned.first()?;
-        let count = max.min(self.ballooned.total());
+        let count = max.min(self.recorded());
         (!count.is_zero()).then_some((first, count))
     }
 
@@ -908,6 +965,9 @@ impl FrameSpace {
     /// stranded frames in no segment.
     pub fn verify(&self) -> Result<(), &'static str> {
         self.ballooned.check()?;
+        if self.checked.is_some() {
+            return Err("segments: a checked inflate batch is not recorded");
+        }
         if let Some(r) = self.stranded.0 {
             if r.is_empty() {
                 return Err("segments: empty stranded run");
@@ -1025,21 +1085,21 @@ mod tests {
     #[test]
     fn inflate_records_only_populated_frames_all_or_nothing() {
         let mut fs = FrameSpace::new(&[r(0, 100)]).unwrap();
-        fs.record_inflated(&[Pfn(1), Pfn(2), Pfn(7)]).unwrap();
+        fs.record_inflated(&[Pfn(1), Pfn(2), Pfn(7)], &[]).unwrap();
         assert_eq!(fs.state(Pfn(2)), FrameState::Ballooned);
         assert_eq!(fs.state(Pfn(3)), FrameState::Populated);
         assert_eq!(fs.state(Pfn(100)), FrameState::Absent);
         // A frame already ballooned, one absent, and a duplicate: refused whole.
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(2)]),
+            fs.record_inflated(&[Pfn(9), Pfn(2)], &[]),
             Err(SegmentError::WrongState(Pfn(2), FrameState::Ballooned))
         );
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(150)]),
+            fs.record_inflated(&[Pfn(9), Pfn(150)], &[]),
             Err(SegmentError::WrongState(Pfn(150), FrameState::Absent))
         );
         assert_eq!(
-            fs.record_inflated(&[Pfn(9), Pfn(9)]),
+            fs.record_inflated(&[Pfn(9), Pfn(9)], &[]),
             Err(SegmentError::Duplicate(Pfn(9)))
         );
         assert_eq!(fs.ballooned(), Pages(3));
@@ -1056,7 +1116,7 @@ mod tests {
         assert_eq!(fs.state(Pfn(1024)), FrameState::Unpopulated);
         back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
-        fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)])
+        fs.record_inflated(&[Pfn(1500), Pfn(1501), Pfn(10), Pfn(11), Pfn(12)], &[])
             .unwrap();
         assert_eq!(fs.choose_deflate(Pages(4)), [r(10, 13), r(1500, 1501)]);
         assert_eq!(
@@ -1113,13 +1173,14 @@ mod tests {
         back_all(&mut fs, seg);
         fs.finish_plug(seg).unwrap();
         assert_eq!(fs.inflate_preference(), Some(seg));
-        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)]).unwrap();
+        fs.record_inflated(&[Pfn(512), Pfn(513), Pfn(514)], &[])
+            .unwrap();
         assert_eq!(fs.unplug_candidates().count(), 0);
         assert_eq!(
             fs.record_unplugged(seg),
             Err(SegmentError::NotFullyBallooned(seg))
         );
-        fs.record_inflated(&[Pfn(515)]).unwrap();
+        fs.record_inflated(&[Pfn(515)], &[]).unwrap();
         assert_eq!(fs.inflate_preference(), None);
         assert_eq!(fs.unplug_candidates().collect::<Vec<_>>(), [seg]);
         fs.record_unplugged(seg).unwrap();
@@ -1127,7 +1188,7 @@ mod tests {
         assert_eq!(fs.state(Pfn(513)), FrameState::Absent);
         assert_eq!(fs.counts().plugged_segments, 0);
         // Boot segments are never unplug candidates.
-        fs.record_inflated(&(0..512).map(Pfn).collect::<Vec<_>>())
+        fs.record_inflated(&(0..512).map(Pfn).collect::<Vec<_>>(), &[])
             .unwrap();
         assert_eq!(fs.unplug_candidates().count(), 0);
         assert_eq!(
@@ -1192,7 +1253,7 @@ mod tests {
     #[test]
     fn counts_add_up() {
         let mut fs = FrameSpace::new(&[r(0, 100), r(256, 356)]).unwrap();
-        fs.record_inflated(&[Pfn(0), Pfn(300)]).unwrap();
+        fs.record_inflated(&[Pfn(0), Pfn(300)], &[]).unwrap();
         fs.begin_plug(r(512, 612)).unwrap();
         let c = fs.counts();
         assert_eq!(c.populated, Pages(198));
@@ -1202,5 +1263,92 @@ mod tests {
         assert_eq!(fs.ballooned_runs(), 2);
         assert_eq!(fs.populated(), c.populated);
         assert_eq!(fs.pending_segment(), Some(r(512, 612)));
+    }
+
+    #[test]
+    fn a_checked_batch_is_held_to_its_frames_and_recorded_in_two_parts() {
+        let mut fs = FrameSpace::new(&[r(0, 1024)]).unwrap();
+        let batch = [Pfn(5), Pfn(700), Pfn(6), Pfn(9)];
+        fs.check_inflated(&batch).unwrap();
+        // Held, not counted: the bits are set, the figures unchanged.
+        assert_eq!(fs.ballooned(), Pages::ZERO);
+        assert_eq!(fs.populated(), Pages(1024));
+        assert!(fs.verify().is_err());
+        assert_eq!(
+            fs.check_inflated(&[Pfn(100)]),
+            Err(SegmentError::NotChecked)
+        );
+        // A record of other frames, or of part of the batch without the
+        // rest, is refused and changes nothing.
+        let other = [Pfn(6), Pfn(10)];
+        assert_eq!(
+            fs.record_inflated(&batch[..2], &other),
+            Err(SegmentError::NotChecked)
+        );
+        assert_eq!(
+            fs.record_inflated(&batch[..1], &[]),
+            Err(SegmentError::NotChecked)
+        );
+        assert_eq!(fs.ballooned(), Pages::ZERO);
+        // Xen took the first two; the other two went back to UVM.
+        fs.record_inflated(&batch[..2], &batch[2..]).unwrap();
+        fs.verify().unwrap();
+        assert_eq!(fs.ballooned(), Pages(2));
+        assert_eq!(fs.state(Pfn(700)), FrameState::Ballooned);
+        assert_eq!(fs.state(Pfn(6)), FrameState::Populated);
+        assert_eq!(fs.state(Pfn(9)), FrameState::Populated);
+        // They can be taken again.
+        fs.check_inflated(&[Pfn(9), Pfn(6)]).unwrap();
+        fs.record_inflated(&[Pfn(9), Pfn(6)], &[]).unwrap();
+        fs.verify().unwrap();
+        assert_eq!(fs.ballooned(), Pages(4));
+        // A refused check sets no bit and holds nothing.
+        assert_eq!(
+            fs.check_inflated(&[Pfn(1), Pfn(2), Pfn(1)]),
+            Err(SegmentError::Duplicate(Pfn(1)))
+        );
+        fs.verify().unwrap();
+        assert_eq!(fs.state(Pfn(2)), FrameState::Populated);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Differential test of the driver's protocol against a plain set
+        /// of frames: random batches (duplicates and ballooned frames
+        /// included) are checked; an accepted one is split where a
+        /// partial hypercall would cut it and recorded; deflates take the
+        /// lowest frames. The store and the set agree after every step.
+        #[test]
+        fn check_and_record_match_a_reference_set(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u64..600, 0..40), 0usize..41, 0u64..30),
+                1..60,
+            )
+        ) {
+            let mut fs = FrameSpace::new(&[r(0, 300), r(300, 600)]).unwrap();
+            let mut model = std::collections::BTreeSet::new();
+            for (batch, cut, deflate) in steps {
+                let frames: Vec<Pfn> = batch.iter().map(|&p| Pfn(p)).collect();
+                let mut seen = std::collections::BTreeSet::new();
+                let ok = batch.iter().all(|p| !model.contains(p) && seen.insert(*p));
+                proptest::prop_assert_eq!(fs.check_inflated(&frames).is_ok(), ok);
+                if ok {
+                    let cut = cut.min(frames.len());
+                    fs.record_inflated(&frames[..cut], &frames[cut..]).unwrap();
+                    model.extend(batch[..cut].iter().copied());
+                }
+                if let Some((from, n)) = fs.deflate_cursor(Pages(deflate)) {
+                    let taken: Vec<u64> = fs.ballooned_from(from).take(n.0 as usize).map(|p| p.0).collect();
+                    let want: Vec<u64> = model.iter().copied().take(n.0 as usize).collect();
+                    proptest::prop_assert_eq!(&taken, &want);
+                    fs.record_deflated_from(from, n).unwrap();
+                    for p in want { model.remove(&p); }
+                }
+                fs.verify().map_err(proptest::test_runner::TestCaseError::fail)?;
+                proptest::prop_assert_eq!(fs.ballooned().0, model.len() as u64);
+                let all: Vec<u64> = fs.ballooned_from(Pfn(0)).map(|p| p.0).collect();
+                proptest::prop_assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
+            }
+        }
     }
 }

@@ -1014,11 +1014,13 @@ impl Exec {
         }
         let error = error.or_else(|| (self.pfns.len() < n).then_some(Errno::ENOMEM));
         // The frames Xen took are the leading `done` of `pfns`, which are
-        // the leading frames of `given` (the PV cut above only drops a tail).
-        self.given.truncate(done);
+        // the leading frames of `given` (the PV cut above only drops a
+        // tail); the rest of the checked batch went back to UVM.
         let counts = self.counts();
+        let (frames, rest) = self.given.split_at(done.min(self.given.len()));
         let result = StepResult::Inflated {
-            frames: &self.given,
+            frames,
+            rest,
             error,
         };
         s.locked(|c| c.publish(p, counts, result, now));

@@ -184,6 +184,11 @@ pub enum StepResult<'a> {
     Inflated {
         /// Frames now ballooned.
         frames: &'a [Pfn],
+        /// The frames of the batch passed to [`Worker::check_inflate`]
+        /// that did not go to Xen (they went back to UVM): with `frames`,
+        /// the whole checked batch. Empty when Xen took every frame or
+        /// no batch was checked.
+        rest: &'a [Pfn],
         /// What stopped the step early.
         error: Option<Errno>,
     },
@@ -1165,7 +1170,9 @@ impl Worker {
 
     /// Checks, before any frame goes to Xen, that the bookkeeping will
     /// record these frames of the inflate in flight: at most as many as
-    /// asked, each populated and appearing once. Changes nothing.
+    /// asked, each populated and appearing once. The frames are held as
+    /// checked (not counted as ballooned) until [`Worker::complete`]
+    /// records the leading ones Xen took and is given the rest.
     pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
         match self.in_flight {
             Some(InFlight::Inflate(asked)) => {
@@ -1221,13 +1228,20 @@ impl Worker {
     fn complete_step(&mut self, result: StepResult<'_>, now: Uptime) -> Result<(), WorkerError> {
         let step = self.in_flight.take().ok_or(WorkerError::NothingInFlight)?;
         let outcome = match (step, result) {
-            (InFlight::Inflate(asked), StepResult::Inflated { frames, error }) => {
+            (
+                InFlight::Inflate(asked),
+                StepResult::Inflated {
+                    frames,
+                    rest,
+                    error,
+                },
+            ) => {
                 let got = Pages(frames.len() as u64);
                 if got > asked {
                     return Err(WorkerError::MoreThanAsked);
                 }
                 self.space
-                    .record_inflated(frames)
+                    .record_inflated(frames, rest)
                     .map_err(WorkerError::Bookkeeping)?;
                 bump(&mut self.stats.inflate_steps);
                 self.stats.pages_inflated = self.stats.pages_inflated.saturating_add(got);

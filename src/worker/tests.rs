@@ -178,6 +178,12 @@ impl Model {
                         None => break,
                     }
                 }
+                // What the driver does: check the whole batch before any
+                // frame goes to Xen, record the part Xen took after.
+                let all: Vec<Pfn> = pages.iter().map(|&p| Pfn(p)).collect();
+                let (checked, n) = allocations(|| w.check_inflate(&all));
+                self.worker_allocs += n;
+                checked.unwrap();
                 let done = self
                     .faults
                     .decrease_limit
@@ -191,12 +197,13 @@ impl Model {
                 }
                 self.reservation -= done as u64;
                 self.host_free += done as u64;
-                let frames: Vec<Pfn> = pages[..done].iter().map(|&p| Pfn(p)).collect();
+                let (frames, rest) = all.split_at(done);
                 let error = (done < pages.len()).then_some(Errno::EAGAIN);
                 self.complete_counted(
                     w,
                     StepResult::Inflated {
-                        frames: &frames,
+                        frames,
+                        rest,
                         error,
                     },
                     self.now,
@@ -473,6 +480,7 @@ fn inflates_to_a_lower_target_one_step_at_a_time() {
     w.complete(
         StepResult::Inflated {
             frames: &frames,
+            rest: &[],
             error: None,
         },
         m.now,
@@ -780,6 +788,7 @@ fn results_must_match_the_step() {
         (
             StepResult::Inflated {
                 frames: &too_many,
+                rest: &[],
                 error: None,
             },
             WorkerError::MoreThanAsked,
@@ -788,6 +797,7 @@ fn results_must_match_the_step() {
         (
             StepResult::Inflated {
                 frames: &absent,
+                rest: &[],
                 error: None,
             },
             WorkerError::Bookkeeping(SegmentError::WrongState(
@@ -1192,6 +1202,7 @@ fn pod_debt_goes_back_first_and_unscrubbed() {
         w.complete(
             StepResult::Inflated {
                 frames: &frames,
+                rest: &[],
                 error: None,
             },
             Uptime(0),

@@ -8,8 +8,10 @@
 //!     cargo bench --bench bookkeeping --features bench-roaring
 //!
 //! (`BOOKKEEPING_GIB=1,16` runs only those sizes; the default is 1, 16,
-//! 64, 256 and 1024 GiB. Without the feature the `roaring` column is
-//! left out.)
+//! 64, 256 and 1024 GiB. `BOOKKEEPING_ORDER="random half"` runs only
+//! that order. Without the feature the `roaring` column is left out.
+//! The load average is printed at the start and the end: figures taken
+//! on a loaded machine say so.)
 //!
 //! Frame-store candidates, each fed the same frames in batches of 8192
 //! (a worker step) and emptied lowest frame first, with the heap it
@@ -167,6 +169,7 @@ fn project(span: u64, list: &[u64]) -> Figures {
                 w.complete(
                     StepResult::Inflated {
                         frames: &buf,
+                        rest: &[],
                         error: None,
                     },
                     now,
@@ -639,6 +642,13 @@ const ROARING_MAX_GIB: u64 = 64;
 /// (the machine has 24 GiB, shared).
 const PEER_BUDGET: u64 = 4 << 30;
 
+/// The host's load averages (`/proc/loadavg`), or why not.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown (no /proc/loadavg)".to_string())
+}
+
 fn main() {
     let sizes: Vec<u64> = std::env::var("BOOKKEEPING_GIB")
         .ok()
@@ -650,7 +660,9 @@ fn main() {
         Order::EveryOther,
         Order::Mix,
     ];
+    let only_order = std::env::var("BOOKKEEPING_ORDER").ok();
     let roaring = cfg!(feature = "bench-roaring");
+    println!("machine load at start: {}", load());
     println!("bookkeeping, half the domain ballooned and taken back; ns/page in/out, median of 3");
     println!(
         "store memory: heap bytes per ballooned GiB (and per GiB of span); allocs: most in one 8192-frame step"
@@ -683,6 +695,9 @@ fn main() {
         x.map_or_else(|| "-".to_string(), |(a, b)| format!("{a:.2}/{b:.2}"))
     };
     for order in orders {
+        if only_order.as_ref().is_some_and(|o| o != order.name()) {
+            continue;
+        }
         let mut per_size = Vec::new();
         for &gib in &sizes {
             let span = gib * FRAMES_PER_GIB;
@@ -780,6 +795,9 @@ fn main() {
         let min = per_size.iter().copied().fold(f64::MAX, f64::min);
         flat = flat.max(max / min);
     }
+    // Each order skips the same sizes: name each once.
+    skipped.sort();
+    skipped.dedup();
     if !skipped.is_empty() {
         println!(
             "skipped (peer models over {} GiB of heap each; roaring above {} GiB): {}",
@@ -804,4 +822,5 @@ fn main() {
         contiguous_ball,
         worst_ball
     );
+    println!("machine load at end: {}", load());
 }
