@@ -343,48 +343,6 @@ impl Driver {
         (self.control, self.exec)
     }
 
-    /// The worker (policy, bookkeeping, stats).
-    pub fn worker(&self) -> &Worker {
-        &self.control.worker
-    }
-
-    /// The worker, to set targets and knobs.
-    pub fn worker_mut(&mut self) -> &mut Worker {
-        &mut self.control.worker
-    }
-
-    /// Counters of the driver itself.
-    pub fn stats(&self) -> DriverStats {
-        self.control.stats
-    }
-
-    /// The guest mode.
-    pub fn mode(&self) -> GuestMode {
-        self.control.mode
-    }
-
-    /// See [`Control::xenstore_event`].
-    pub fn xenstore_event<P: Platform>(
-        &mut self,
-        p: &mut P,
-        read: Result<&[u8], Errno>,
-        resync: bool,
-        now: Uptime,
-    ) -> Result<(), Errno> {
-        self.control.xenstore_event(p, read, resync, now)
-    }
-
-    /// See [`Control::shim_failed`].
-    pub fn shim_failed<P: Platform>(
-        &mut self,
-        p: &mut P,
-        what: ShimFailure,
-        error: Errno,
-        now: Uptime,
-    ) {
-        self.control.shim_failed(p, what, error, now)
-    }
-
     /// See [`Exec::step`].
     pub fn step<P: Platform>(&mut self, p: &mut P, now: Uptime) -> StepStatus {
         self.exec.step(p, &mut self.control, now)
@@ -393,6 +351,21 @@ impl Driver {
     /// See [`Exec::release`].
     pub fn release<P: Platform>(&mut self, p: &mut P, now: Uptime) -> Result<(), Errno> {
         self.exec.release(p, &mut self.control, now)
+    }
+}
+
+/// Everything but stepping and release is the control half's: a driver
+/// reads and steers through its [`Control`] (worker, stats, mode, events).
+impl core::ops::Deref for Driver {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.control
+    }
+}
+
+impl core::ops::DerefMut for Driver {
+    fn deref_mut(&mut self) -> &mut Control {
+        &mut self.control
     }
 }
 
