@@ -1508,17 +1508,23 @@ balloon_init(void)
 		    BALLOON_XNAME, error);
 		goto fail_sysctl;
 	}
-	error = balloon_worker_start(sc);
-	if (error != 0) {
-		printf("%s: cannot start the worker: error %d\n",
-		    BALLOON_XNAME, error);
-		goto fail_sysctl;
-	}
+	/*
+	 * The watch before the worker: once the worker runs it may have
+	 * frames of a step in hand (a PoD debt, or a target clamped at load),
+	 * and nothing after it may fail. A target the watch delivers first
+	 * waits in the core for the worker.
+	 */
 	error = balloon_watch_start(sc, false);
 	if (error != 0) {
 		printf("%s: cannot watch memory/target: error %d\n",
 		    BALLOON_XNAME, error);
-		goto fail_thread;
+		goto fail_watch;
+	}
+	error = balloon_worker_start(sc);
+	if (error != 0) {
+		printf("%s: cannot start the worker: error %d\n",
+		    BALLOON_XNAME, error);
+		goto fail_watch;
 	}
 	error = balloon_advertise();
 	if (error != 0)
@@ -1527,7 +1533,7 @@ balloon_init(void)
 	balloon_pod_wait(sc, pod_kib);
 	return 0;
 
-fail_thread:
+fail_watch:
 	balloon_stop(sc);
 fail_sysctl:
 	sysctl_teardown(&sc->sc_sysctllog);

@@ -1392,18 +1392,26 @@ impl Exec {
     }
 
     /// Claims up to `count` pages (whole extents, at most one step's) as
-    /// free aligned 2 MiB runs below the span's end, from `prefer` first:
-    /// the largest run first, halving the size on each refusal, so that
-    /// contiguous free memory costs one `uvm_pglistalloc` a step.
+    /// free aligned 2 MiB runs: from `prefer` (the newest plugged segment)
+    /// only when there is one, else below the span's end; the largest run
+    /// first, halving the size on each refusal, so that contiguous free
+    /// memory costs one `uvm_pglistalloc` a step. Never from elsewhere
+    /// while a plugged segment is preferred: frames ballooned in boot
+    /// memory while a plugged segment still holds pages could come back
+    /// only through Xen, whose maximum an `xl mem-set` has lowered by
+    /// then, so unload was refused ("still ballooned: Xen gave no more
+    /// back"). Single pages, which take the segment's last pages, follow
+    /// when no run is free there.
     fn claim_runs<P: Platform>(&mut self, p: &mut P, count: Pages, prefer: Option<PfnRange>) {
         self.runs.clear();
         let mut left = (count.0 >> EXTENT_ORDER).min(MAX_STEP_EXTENTS.0);
-        let whole = PfnRange::new(Pfn(0), self.span_end);
+        let Some(area) = prefer.or(PfnRange::new(Pfn(0), self.span_end)) else {
+            return;
+        };
         if self.claim_misses > 0 && left > 0 {
             // The last claim found no run: one 2 MiB probe first, so that
             // memory still fragmented costs one call, not a halving
             // series.
-            let Some(area) = whole else { return };
             self.counts.run_claims = self.counts.run_claims.saturating_add(1);
             let Some(first) = p.alloc_run(EXTENT, EXTENT, area) else {
                 return;
@@ -1420,34 +1428,26 @@ impl Exec {
                 None => return,
             }
         }
-        for area in [prefer, whole].into_iter().flatten() {
-            if prefer.is_some() && !self.runs.is_empty() {
-                // Runs from the preferred (newest plugged) segment make
-                // this step: it empties first, and the next step prefers
-                // the next one.
-                break;
-            }
-            let mut size = left;
-            while left > 0 && size > 0 && self.runs.len() < self.runs.capacity() {
-                self.counts.run_claims = self.counts.run_claims.saturating_add(1);
-                let len = Pages(size << EXTENT_ORDER);
-                let Some(first) = p.alloc_run(len, EXTENT, area) else {
-                    size /= 2;
-                    continue;
-                };
-                match PfnRange::with_len(first, len) {
-                    Some(r) if first.0.is_multiple_of(EXTENT.0) => {
-                        self.runs.push(r);
-                        left -= size;
-                        size = size.min(left);
-                    }
-                    // Not what was asked for: given back, no more claims.
-                    Some(r) => {
-                        p.free_run(r);
-                        return;
-                    }
-                    None => return,
+        let mut size = left;
+        while left > 0 && size > 0 && self.runs.len() < self.runs.capacity() {
+            self.counts.run_claims = self.counts.run_claims.saturating_add(1);
+            let len = Pages(size << EXTENT_ORDER);
+            let Some(first) = p.alloc_run(len, EXTENT, area) else {
+                size /= 2;
+                continue;
+            };
+            match PfnRange::with_len(first, len) {
+                Some(r) if first.0.is_multiple_of(EXTENT.0) => {
+                    self.runs.push(r);
+                    left -= size;
+                    size = size.min(left);
                 }
+                // Not what was asked for: given back, no more claims.
+                Some(r) => {
+                    p.free_run(r);
+                    return;
+                }
+                None => return,
             }
         }
     }

@@ -196,19 +196,29 @@ pub unsafe extern "C" fn balloon_rs_attach(
     if mode == GuestMode::Pvh {
         worker.set_map_offset(Pages(bi.outside_ram_pages));
     }
-    let (control, exec) = match Driver::new(worker, mode) {
-        Ok(d) => d.split(),
+    let core = match boxed_core(worker, mode) {
+        Ok(c) => c,
         Err(e) => return errno(e),
-    };
-    let Some(core) = try_box(Core {
-        control: UnsafeCell::new(control),
-        exec: UnsafeCell::new(exec),
-    }) else {
-        return errno(Errno::ENOMEM);
     };
     // SAFETY: `rsp` is non-NULL and writable per the contract.
     unsafe { rsp.write(Box::into_raw(core).cast()) };
     0
+}
+
+/// The core for `worker`, on the heap. A function of its own, never
+/// inlined: the driver built from the worker, its two halves and the
+/// core are each some hundreds of bytes, and inlined they would sit in
+/// `balloon_rs_attach`'s frame beside the copies `Worker::new` needs, on
+/// the one chain the kernel stack budget counts (kobjcheck stack, 4 KiB
+/// an entry point).
+#[inline(never)]
+fn boxed_core(worker: Worker, mode: GuestMode) -> Result<Box<Core>, Errno> {
+    let (control, exec) = Driver::new(worker, mode)?.split();
+    try_box(Core {
+        control: UnsafeCell::new(control),
+        exec: UnsafeCell::new(exec),
+    })
+    .ok_or(Errno::ENOMEM)
 }
 
 /// `Box::new` that answers None, instead of calling

@@ -37,6 +37,8 @@ pub const POINTS: &[&str] = &[
     // The kernel's control/shutdown handler, on the xenwatch thread: holds
     // every watch event queued after it (xenbus_xs.c xenwatch_thread).
     "shutdown_watch",
+    // register_xenbus_watch, on entry: whoever registers (INIT) waits.
+    "watch_register",
 ];
 
 #[derive(Default)]

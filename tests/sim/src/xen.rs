@@ -749,6 +749,7 @@ pub(crate) unsafe fn cstr(p: *const c_char) -> String {
 /// panic. Fault injection: `watch_register_error` is xenstored's answer.
 #[no_mangle]
 unsafe extern "C" fn register_xenbus_watch(w: *mut XenbusWatch) -> c_int {
+    stall_point("watch_register");
     // SAFETY: w is the caller's watch; node a NUL-terminated string.
     let node = unsafe { cstr((*w).node) };
     // SAFETY: as above.

@@ -72,7 +72,14 @@ fn unload(d: &Domain, what: &str) {
     d.xl_mem_set(d.config().boot_pages() * 4);
     assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
     settle(d);
-    d.modunload().expect("modunload");
+    if let Err(e) = d.modunload() {
+        let log = d.dmesg();
+        panic!(
+            "{what}: modunload: {e} ({}); dmesg ends {:#?}",
+            state(d),
+            &log[log.len().saturating_sub(8)..]
+        );
+    }
     nothing_left(d, what);
 }
 

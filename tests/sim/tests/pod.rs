@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use balloon_sim::{balloon_module, Domain, DomainConfig, SysctlValue};
+use balloon_sim::{balloon_module, stall, Domain, DomainConfig, Faults, SysctlValue};
 
 mod common;
 use common::{quad, state, MIB};
@@ -306,4 +306,55 @@ fn real_zero_on_a_pod_gfn_populates_it_then_writes_its_page() {
     assert_eq!(after.cache, before.cache - 1);
     assert_eq!(d.frame_memory_is(gfn, 0), Some(true), "4 KiB written");
     d.check().unwrap();
+}
+
+/// An INIT failure leaves no page behind although a PoD domain gives work
+/// to the worker at once (the debt): registering the watch fails. Before
+/// the fix the worker started before the watch was registered, was in the
+/// middle of giving the debt back when INIT gave up, and the frames it
+/// held stayed the module's after detach (pages leaked, and on a real
+/// kernel vm_pages never returned). The worker is held in
+/// decrease_reservation, if it gets there, until INIT has failed.
+#[test]
+fn an_init_failure_with_the_debt_waiting_leaves_no_page_behind() {
+    let d = Domain::boot(DomainConfig::pvh_pod(512, 1024));
+    d.set_faults(Faults {
+        watch_register_error: Some(28),
+        ..Faults::default()
+    });
+    // INIT is held on entry to register_xenbus_watch; a worker already
+    // running (the old order) is held in its first decrease_reservation,
+    // mid-step with the frames it took. Then both go on: the watch fails.
+    stall::arm("watch_register", 0);
+    stall::arm("decrease_reservation", 0);
+    let r = std::thread::scope(|s| {
+        let h = s.spawn(|| d.modload(balloon_module()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stall::wait_stalled(Duration::from_millis(20))
+            .iter()
+            .all(|(p, _)| *p != "watch_register")
+        {
+            assert!(Instant::now() < deadline, "INIT never registered its watch");
+        }
+        // A worker started before the watch has its step under way within
+        // this bounded wait; with the watch registered first there is none.
+        let until = Instant::now() + Duration::from_secs(2);
+        while stall::wait_stalled(Duration::from_millis(20)).len() < 2 && Instant::now() < until {}
+        stall::release();
+        h.join().expect("modload thread")
+    });
+    stall::release();
+    assert_eq!(r, Err(28));
+    let s = d.snapshot();
+    assert_eq!(s.module_pages, 0, "pages left after a failed INIT");
+    assert_eq!((s.kmem_bytes, s.kthreads, s.watches), (0, 0, 0));
+    assert_eq!(
+        d.pod_stats().expect("PoD").entries_given,
+        0,
+        "nothing given"
+    );
+    d.check().expect("consistent");
+    d.set_faults(Faults::default());
+    load(&d);
+    assert!(covered(&d), "the debt went back once the module loaded");
 }
