@@ -7,11 +7,13 @@
 //! it are in tests/sim/src/xen.rs (reservation_op) and uvm.rs
 //! (uvm_pglistalloc), each with its source.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use balloon_sim::{balloon_module, Domain, DomainConfig, Mode, SysctlValue};
+use balloon_sim::{balloon_module, Domain, DomainConfig, Mode};
 
-const MIB: u64 = 256; // pages
+mod common;
+use common::{quad, state, MIB};
+
 const GIB: u64 = 1024 * MIB;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -27,20 +29,6 @@ fn loaded(mode: Mode, boot_mib: u64) -> Domain {
     d
 }
 
-fn quad(d: &Domain, name: &str) -> u64 {
-    match d.sysctl_read(name) {
-        Ok(SysctlValue::Quad(v)) => u64::try_from(v).expect("non-negative"),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn state(d: &Domain) -> String {
-    match d.sysctl_read("hw.balloon.state") {
-        Ok(SysctlValue::String(s)) => s,
-        other => panic!("hw.balloon.state: {other:?}"),
-    }
-}
-
 /// `xl mem-set`, then waits until Xen's reservation is the target and the
 /// worker is idle.
 fn mem_set(d: &Domain, mib: u64) {
@@ -53,11 +41,7 @@ fn mem_set(d: &Domain, mib: u64) {
         state(d)
     );
     assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
-    let deadline = Instant::now() + WAIT;
-    while state(d) != "idle" {
-        assert!(Instant::now() < deadline, "worker busy: {}", state(d));
-        d.wait_until(|_| false, Duration::from_millis(2));
-    }
+    common::wait_for_state(d, WAIT, |s| s == "idle");
 }
 
 /// What one target change cost: the driver's reservation hypercalls,
