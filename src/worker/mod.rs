@@ -1174,32 +1174,27 @@ impl Worker {
     /// checked (not counted as ballooned) until [`Worker::complete`]
     /// records the leading ones Xen took and is given the rest.
     pub fn check_inflate(&mut self, frames: &[Pfn]) -> Result<(), WorkerError> {
-        match self.in_flight {
-            Some(InFlight::Inflate(asked)) => {
-                if Pages(frames.len() as u64) > asked {
-                    return Err(WorkerError::MoreThanAsked);
-                }
-                self.space
-                    .check_inflated(frames)
-                    .map_err(WorkerError::Bookkeeping)
-            }
-            Some(_) => Err(WorkerError::Mismatch),
-            None => Err(WorkerError::NothingInFlight),
-        }
+        self.within_inflate(Pages(frames.len() as u64))?;
+        self.space
+            .check_inflated(frames)
+            .map_err(WorkerError::Bookkeeping)
     }
 
     /// As [`Worker::check_inflate`], for runs the driver means to give as
     /// 2 MiB extents.
     pub fn check_inflate_runs(&self, runs: &[PfnRange]) -> Result<(), WorkerError> {
+        self.within_inflate(total(runs))?;
+        self.space
+            .check_inflated_runs(runs)
+            .map_err(WorkerError::Bookkeeping)
+    }
+
+    /// Whether an inflate is in flight and `n` frames are within what it
+    /// asked for.
+    fn within_inflate(&self, n: Pages) -> Result<(), WorkerError> {
         match self.in_flight {
-            Some(InFlight::Inflate(asked)) => {
-                if total(runs) > asked {
-                    return Err(WorkerError::MoreThanAsked);
-                }
-                self.space
-                    .check_inflated_runs(runs)
-                    .map_err(WorkerError::Bookkeeping)
-            }
+            Some(InFlight::Inflate(asked)) if n > asked => Err(WorkerError::MoreThanAsked),
+            Some(InFlight::Inflate(_)) => Ok(()),
             Some(_) => Err(WorkerError::Mismatch),
             None => Err(WorkerError::NothingInFlight),
         }
