@@ -19,15 +19,18 @@ fn settle(d: &Domain) {
 }
 
 fn mem_set(d: &Domain, mib: u64) {
-    d.xl_mem_set(mib * KIB_PER_MIB);
+    common::mem_set(d, mib, WAIT);
+}
+
+/// Waits until dmesg gives `why` and the worker settles, clipped for it.
+fn clipped(d: &Domain, why: &str) {
     assert!(
-        d.wait_until(|v| v.memory() == mib * MIB, WAIT),
-        "reservation {} pages, wanted {} ({})",
-        d.memory(),
-        mib * MIB,
-        state(d)
+        d.wait_until(|v| v.dmesg_contains(why), WAIT),
+        "{:?}",
+        d.dmesg()
     );
     settle(d);
+    assert_eq!(state(d), format!("clipped: {why}"));
 }
 
 fn load(d: &Domain) {
@@ -189,14 +192,7 @@ fn a_full_kernel_reservation_is_named() {
     );
     load(&d);
     d.xl_mem_set(1024 * KIB_PER_MIB);
-    let why = "PV: the p2m reservation is full";
-    assert!(
-        d.wait_until(|v| v.dmesg_contains(why), WAIT),
-        "{:?}",
-        d.dmesg()
-    );
-    settle(&d);
-    assert_eq!(state(&d), format!("clipped: {why}"));
+    clipped(&d, "PV: the p2m reservation is full");
     save_restore_clean(&d, "PV clipped at the p2m limit");
     drop(d);
     // PVH: xenmem_alloc_pa finds no range (fault injection).
@@ -213,14 +209,7 @@ fn a_full_kernel_reservation_is_named() {
         ..Faults::default()
     });
     d.xl_mem_set(512 * KIB_PER_MIB);
-    let why = "PVH: no physical range left to plug";
-    assert!(
-        d.wait_until(|v| v.dmesg_contains(why), WAIT),
-        "{:?}",
-        d.dmesg()
-    );
-    settle(&d);
-    assert_eq!(state(&d), format!("clipped: {why}"));
+    clipped(&d, "PVH: no physical range left to plug");
     assert_eq!(d.growth_stats().calls.hotplug_add, 0);
     d.set_faults(Faults::default());
     save_restore_clean(&d, "PVH clipped");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use balloon_sim::{balloon_module, Domain, DomainConfig, Mode};
 
 mod common;
-use common::{quad, state, MIB};
+use common::{quad, MIB};
 
 const GIB: u64 = 1024 * MIB;
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,15 +32,7 @@ fn loaded(mode: Mode, boot_mib: u64) -> Domain {
 /// `xl mem-set`, then waits until Xen's reservation is the target and the
 /// worker is idle.
 fn mem_set(d: &Domain, mib: u64) {
-    d.xl_mem_set(mib * 1024);
-    assert!(
-        d.wait_until(|v| v.memory() == mib * MIB, WAIT),
-        "reservation {} pages, wanted {} ({})",
-        d.memory(),
-        mib * MIB,
-        state(d)
-    );
-    assert!(d.wait_until(|v| v.watches_quiet(), WAIT));
+    common::mem_set(d, mib, WAIT);
     common::wait_for_state(d, WAIT, |s| s == "idle");
 }
 

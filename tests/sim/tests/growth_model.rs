@@ -5,9 +5,10 @@
 //! and what a save does after a plug that did not keep the kernel in step.
 
 use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
-use std::process::Command;
 
 use balloon_sim::{globals, Domain, DomainConfig, Faults};
+
+mod common;
 
 extern "C" {
     fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
@@ -435,29 +436,19 @@ fn panic_child() {
 
 #[test]
 fn growth_kernel_panics() {
-    let exe = std::env::current_exe().unwrap();
-    for (case, msg) in [
-        (
-            "plain_plug_on_assisted",
-            "uvm_physseg_plug after uvm_page_init",
-        ),
-        ("hotplug_add_unbacked", "unbacked frame"),
-        (
-            "hotplug_add_not_placed",
-            "was not placed by xenmem_alloc_pa",
-        ),
-        ("zero_page_past_direct_map", "past pmap_direct_end"),
-    ] {
-        let out = Command::new(&exe)
-            .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("SIM_GROWTH_PANIC_CASE", case)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{case}: no panic\n{err}");
-        assert!(
-            err.contains("SIMULATED KERNEL PANIC") && err.contains(msg),
-            "{case}: expected {msg:?}\n{err}"
-        );
-    }
+    common::expect_kernel_panics(
+        "SIM_GROWTH_PANIC_CASE",
+        &[
+            (
+                "plain_plug_on_assisted",
+                "uvm_physseg_plug after uvm_page_init",
+            ),
+            ("hotplug_add_unbacked", "unbacked frame"),
+            (
+                "hotplug_add_not_placed",
+                "was not placed by xenmem_alloc_pa",
+            ),
+            ("zero_page_past_direct_map", "past pmap_direct_end"),
+        ],
+    );
 }

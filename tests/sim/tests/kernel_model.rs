@@ -4,10 +4,11 @@
 //! panic the simulated kernel run in a child process (see `panic_child`).
 
 use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use balloon_sim::{globals, test_module, Domain, DomainConfig, Faults, Mode, SysctlValue};
+
+mod common;
 
 #[repr(C)]
 struct VmPage {
@@ -959,34 +960,24 @@ fn panic_child() {
 
 #[test]
 fn kernel_panics() {
-    let exe = std::env::current_exe().unwrap();
-    for (case, msg) in [
-        ("double_free", "double free"),
-        ("free_unbacked", "unbacked frame"),
-        ("plug_unbacked", "plugging unbacked frames"),
-        ("plug_overlap", "overlaps segment"),
-        ("plug_array_kernel", "Tried to add RAM after uvm_page_init"),
-        ("plug_stock_pv", "uvm_physseg_plug on stock XEN3_DOMU"),
-        ("plug_stock_pvh", "uvm_physseg_plug on stock GENERIC"),
-        ("unplug_free_pages", "unplug of pages on the free list"),
-        ("unplug_last_segment", "out of memory"),
-        ("gone_page", "unplugged"),
-        ("give_kernel_page", "given to Xen while kernel"),
-        ("mutex_recursion", "locking against myself"),
-        ("kmem_wrong_size", "freed with size 32"),
-    ] {
-        let out = Command::new(&exe)
-            .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("SIM_PANIC_CASE", case)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{case}: no panic\n{err}");
-        assert!(
-            err.contains("SIMULATED KERNEL PANIC") && err.contains(msg),
-            "{case}: expected {msg:?}\n{err}"
-        );
-    }
+    common::expect_kernel_panics(
+        "SIM_PANIC_CASE",
+        &[
+            ("double_free", "double free"),
+            ("free_unbacked", "unbacked frame"),
+            ("plug_unbacked", "plugging unbacked frames"),
+            ("plug_overlap", "overlaps segment"),
+            ("plug_array_kernel", "Tried to add RAM after uvm_page_init"),
+            ("plug_stock_pv", "uvm_physseg_plug on stock XEN3_DOMU"),
+            ("plug_stock_pvh", "uvm_physseg_plug on stock GENERIC"),
+            ("unplug_free_pages", "unplug of pages on the free list"),
+            ("unplug_last_segment", "out of memory"),
+            ("gone_page", "unplugged"),
+            ("give_kernel_page", "given to Xen while kernel"),
+            ("mutex_recursion", "locking against myself"),
+            ("kmem_wrong_size", "freed with size 32"),
+        ],
+    );
 }
 
 /// Xen's populate_physmap does not check that a gfn is free (p2m.c

@@ -49,15 +49,7 @@ fn loaded(mode: Mode) -> Domain {
 
 /// Sets the target with `xl mem-set` and waits for the reservation.
 fn mem_set(d: &Domain, mib: u64) {
-    d.xl_mem_set(mib * KIB_PER_MIB);
-    assert!(
-        d.wait_until(|v| v.memory() == mib * MIB, WAIT),
-        "reservation {} pages, wanted {} ({})",
-        d.memory(),
-        mib * MIB,
-        state(d)
-    );
-    settle(d);
+    common::mem_set(d, mib, WAIT);
 }
 
 /// Unloads and checks that nothing is left behind. Xen's maximum is the

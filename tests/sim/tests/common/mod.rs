@@ -55,3 +55,37 @@ pub fn settle(d: &Domain, wait: Duration) {
     assert!(d.wait_until(|v| v.watches_quiet(), wait));
     wait_for_state(d, wait, at_rest);
 }
+
+/// `xl mem-set MIB`, then waits until the domain's memory (as xl counts
+/// it) is the target and the worker has settled ([`settle`]).
+pub fn mem_set(d: &Domain, mib: u64, wait: Duration) {
+    d.xl_mem_set(mib * KIB_PER_MIB);
+    assert!(
+        d.wait_until(|v| v.memory() == mib * MIB, wait),
+        "reservation {} pages, wanted {} ({})",
+        d.memory(),
+        mib * MIB,
+        state(d)
+    );
+    settle(d, wait);
+}
+
+/// Runs each (case, message) of the file's `panic_child` test in a child
+/// process of this test binary, with the case in the environment variable
+/// `var`, and checks that the simulated kernel panicked saying `message`.
+pub fn expect_kernel_panics(var: &str, cases: &[(&str, &str)]) {
+    let exe = std::env::current_exe().expect("the test binary");
+    for &(case, msg) in cases {
+        let out = std::process::Command::new(&exe)
+            .args(["panic_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(var, case)
+            .output()
+            .expect("the child test process");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: no panic\n{err}");
+        assert!(
+            err.contains("SIMULATED KERNEL PANIC") && err.contains(msg),
+            "{case}: expected {msg:?}\n{err}"
+        );
+    }
+}
