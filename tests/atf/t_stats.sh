@@ -194,7 +194,10 @@ deflate_host_oom_body()
 	snap s0
 	b_set hw.balloon.target "$B_BOOT"
 	b_wait_sysctl hw.balloon.stats.retries -ge $((s0_retries + 3))
-	b_expect hw.balloon.state "waiting: host has no free memory"
+	# Between two retries the worker says "deflating" for the length of
+	# a step (with 2 MiB extents, a try at order 9 and one at order 0):
+	# wait, bounded, for it to be back to waiting.
+	b_wait_sysctl hw.balloon.state = "waiting: host has no free memory"
 	b_expect hw.balloon.current $((B_BOOT - B_STEP))
 	b_expect hw.balloon.stats.last_errno 12
 	b_expect hw.balloon.stats.last_error "ENOMEM (12) in deflate"
