@@ -189,6 +189,36 @@ unsafe impl GlobalAlloc for HostKmemAllocator {
         obj
     }
 
+    /// As `alloc`, zero-filled. A system block comes from the system's
+    /// own zeroing allocation (calloc), which leaves a large block to
+    /// the host's zero pages instead of writing it: the simulator's
+    /// vm_page arrays cost host memory only where they are written.
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if core_allocator().is_some() {
+            // SAFETY: the caller's layout, passed on.
+            let obj = unsafe { self.alloc(layout) };
+            if !obj.is_null() {
+                // SAFETY: `alloc` returned `layout.size()` writable bytes.
+                unsafe { core::ptr::write_bytes(obj, 0, layout.size()) };
+            }
+            return obj;
+        }
+        let align = align_of(layout);
+        let Some(sys) = system_layout(layout) else {
+            return core::ptr::null_mut();
+        };
+        // SAFETY: sys has a non-zero size.
+        let raw = unsafe { System.alloc_zeroed(sys) };
+        if raw.is_null() {
+            return raw;
+        }
+        let obj = raw.wrapping_add(align);
+        // SAFETY: as in `alloc`; the header lies below the object, whose
+        // bytes stay zero.
+        unsafe { write_header(obj, raw, TAG_SYSTEM) };
+        obj
+    }
+
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `alloc` wrote the header below every object it returned.
         let (raw, tag) = unsafe {

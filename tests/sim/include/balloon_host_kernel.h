@@ -226,8 +226,6 @@ struct vm_page {
 	union {
 		TAILQ_ENTRY(vm_page) queue;
 	} pageq;
-	uint64_t	 sim_pfn;
-	int		 sim_state;
 };
 TAILQ_HEAD(pglist, vm_page);
 #define UVM_PGA_USERESERVE	0x0001

@@ -30,16 +30,17 @@ pub enum Flavour {
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
-/// The most boot memory the simulator represents. The model keeps state
-/// for every frame (a 32-byte vm_page, a free-list entry, Xen's record of
-/// the frame: about 130 bytes of host memory per simulated page for PV,
-/// measured with a 16 GiB PV domain), so 64 GiB booted costs about 2 GB. Issue 13 (a
-/// simulator that stores frame state sparsely) is what lifts this.
-pub const MAX_BOOT_BYTES: u64 = 64 << 30;
-/// The largest maximum reservation the simulator represents: a domain
-/// grown to it costs about 3.5 GB of host memory, and a PV domain's p2m
-/// table (8 bytes per frame up to the maximum) is allocated at boot.
-pub const MAX_MAX_BYTES: u64 = 128 << 30;
+/// The most boot memory the simulator represents: 1 TiB (issue 13 goal
+/// 5). The model keeps frame state in bit sets (frames.rs), a vm_page
+/// array the host backs only where C writes it, and for PV the p2m table
+/// and an m2p entry per owned MFN (8 bytes each): measured after ballooning
+/// half of a 64 GiB domain, about 9 bytes of host memory per simulated page
+/// for PVH and 25 for PV, so a PV domain of 1 TiB costs about 7 GB.
+pub const MAX_BOOT_BYTES: u64 = 1 << 40;
+/// The largest maximum reservation the simulator represents: a PV
+/// domain's p2m table (8 bytes per frame up to the maximum) is allocated
+/// at boot, 4 GiB of it for 2 TiB.
+pub const MAX_MAX_BYTES: u64 = 2 << 40;
 
 /// How a domain boots. Sizes are bytes unless named pages/frames.
 #[derive(Clone, Debug)]
@@ -202,10 +203,26 @@ impl DomainConfig {
     }
 
     /// The boot segments as (start pfn, npages).
+    /// Boot segments as (first frame, frames). A PVH domain's RAM stops at
+    /// the MMIO hole and goes on from 4 GiB: libxl_dom.c @c447b730
+    /// `libxl__build_hvm` (PVH is built there too) sets mmio_start,
+    /// without a device model, to the lowest of the
+    /// special pages, LAPIC_BASE_ADDRESS and ACPI_INFO_PHYSICAL_ADDRESS
+    /// (0xfc000000), lowmem_end = min(memory, mmio_start), and puts the
+    /// rest above 4 GiB (highmem_end); domain.rs RESERVED_BELOW_4G.
     pub fn segments(&self) -> Vec<(u64, u64)> {
         match &self.boot_segments {
             Some(v) => v.clone(),
-            None => vec![(256, self.boot_bytes / PAGE)],
+            None => {
+                let n = self.boot_bytes / PAGE;
+                let (hole, four_gib) = crate::domain::RESERVED_BELOW_4G;
+                let low = hole - 256;
+                if self.mode == Mode::Pvh && n > low {
+                    vec![(256, low), (four_gib, n - low)]
+                } else {
+                    vec![(256, n)]
+                }
+            }
         }
     }
     pub fn boot_pages(&self) -> u64 {
@@ -241,7 +258,7 @@ impl DomainConfig {
         if boot > MAX_BOOT_BYTES {
             return Err(format!(
                 "boot memory of {} MiB is more than the simulator can represent \
-                 ({} MiB at most: it keeps about 130 bytes of host memory per page)",
+                 ({} MiB at most: a PV domain that large costs about 7 GB of host memory)",
                 boot / MIB,
                 MAX_BOOT_BYTES / MIB
             ));
@@ -249,7 +266,7 @@ impl DomainConfig {
         if self.max_bytes > MAX_MAX_BYTES {
             return Err(format!(
                 "a maximum of {} MiB is more than the simulator can represent \
-                 ({} MiB at most: it keeps about 130 bytes of host memory per page)",
+                 ({} MiB at most: a PV domain's p2m table is allocated to the maximum at boot)",
                 self.max_bytes / MIB,
                 MAX_MAX_BYTES / MIB
             ));

@@ -2,6 +2,8 @@
 //! `Domain`: boots, drives, inspects and tears down the simulated domU.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use crate::frames::{FrameBits, FrameStack, FrameTable};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +17,7 @@ use crate::kernel::{
     dmesg_lock, hz, lock, new_generation, physmem, uvmexp, vm_guest, with, xen_start_info,
     xpmap_phys_to_machine_mapping, E820Entry, Kernel, StartInfo, Uvmexp, CHANGED, E820_RAM,
     E820_RESERVED, FIRST_MFN, INVALID_P2M_ENTRY, LIVE_GEN, P2M_CANARY, P2M_GUARD, PAGE_SIZE,
-    PARKED, PG_FREE, PG_GONE, PG_KERNEL, PG_MODULE, WATCHQ,
+    PARKED, PG_FREE, PG_KERNEL, WATCHQ,
 };
 use crate::sysctl::{self, SysctlTree, SysctlValue};
 
@@ -198,7 +200,7 @@ impl View<'_> {
         self.k.host_free
     }
     pub fn free_pages(&self) -> u64 {
-        self.k.free.len() as u64
+        self.k.free.len()
     }
     pub fn module_pages(&self) -> u64 {
         self.k.module_pages
@@ -446,17 +448,16 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         reserved_hits: Vec::new(),
         segs: Vec::new(),
         arrays: Vec::new(),
-        free: BTreeSet::new(),
-        kernel_pages: Vec::new(),
+        free: FrameBits::new(),
+        kernel_pages: FrameStack::default(),
         module_pages: 0,
         next_seg_id: 0,
         plug_calls: 0,
-        next_pattern: 0x1000,
         tot_pages: 0,
         next_mfn: FIRST_MFN,
-        owned: HashMap::new(),
-        populated: HashMap::new(),
-        nx_content: HashMap::new(),
+        owned: FrameTable::new(),
+        populated: FrameBits::new(),
+        data: FrameBits::new(),
         p2m,
         p2m_cap: cap,
         dirty_given: 0,
@@ -510,31 +511,28 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         });
         k.tot_pages += m;
     }
+    // Boot memory: every frame holds data (what the loader and firmware
+    // left); the kernel's pages are the first `kernel_pages` frames.
     for &(start, n) in &segs {
-        let pgs = k.new_page_array(start, n, PG_FREE);
+        let pgs = k.new_page_array(start, n);
         k.insert_seg(start, start + n, pgs);
-        for pfn in start..start + n {
-            let pat = k.pattern();
-            match k.pod.as_mut() {
-                Some(p) => {
-                    p.entries.insert(pfn);
-                }
-                None => k.boot_back(pfn, pat),
+        let end = start + n;
+        match k.pod.as_mut() {
+            Some(p) => {
+                p.entries.insert_range(start, end);
             }
-            if left_kernel > 0 {
-                left_kernel -= 1;
-                if k.pod.is_some() {
-                    k.pod_touch(pfn, crate::pod::Touch::Kernel);
-                    if let Some(c) = k.content_mut(pfn) {
-                        *c = pat;
-                    }
-                }
-                k.set_page_state(pfn, PG_KERNEL);
-                k.kernel_pages.push(pfn);
-            } else {
-                k.free.insert(pfn);
-            }
+            None => k.boot_back(start, n, true),
         }
+        let kernel_end = start + left_kernel.min(n);
+        left_kernel -= kernel_end - start;
+        for pfn in start..kernel_end {
+            if k.pod.is_some() {
+                k.pod_touch(pfn, crate::pod::Touch::Kernel);
+                k.write_frame(pfn, true);
+            }
+            k.kernel_pages.push(pfn);
+        }
+        k.free.insert_range(kernel_end, end);
     }
     if k.cfg.mode == Mode::Pvh {
         let (lo, hi) = RESERVED_BELOW_4G;
@@ -553,7 +551,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
                 k.seg_of(pfn).is_none(),
                 "DomainConfig: a PVH boot segment covers the special page {pfn:#x}"
             );
-            k.boot_back(pfn, 0);
+            k.boot_back(pfn, 1, false);
             k.special.push(pfn);
         }
         k.memory_map = memory_map(&segs);
@@ -706,7 +704,7 @@ impl Domain {
                 uvm_freemin: u.freemin,
                 uvm_freetarg: u.freetarg,
                 physmem: physmem.get(),
-                kernel_pages: k.kernel_pages.len() as u64,
+                kernel_pages: k.kernel_pages.len(),
                 module_pages: k.module_pages,
                 dirty_given: k.dirty_given,
                 clean_given: k.clean_given,
@@ -775,7 +773,7 @@ impl Domain {
         with(|k| k.module_pages)
     }
     pub fn free_pages(&self) -> u64 {
-        with(|k| k.free.len() as u64)
+        with(|k| k.free.len())
     }
     pub fn uvmexp(&self) -> Uvmexp {
         uvmexp.get()
@@ -792,6 +790,10 @@ impl Domain {
         physmem.get()
     }
     /// UVM segments as [start, end) frame numbers, in order.
+    /// Host memory the simulator's frame state holds.
+    pub fn model_bytes(&self) -> crate::kernel::ModelBytes {
+        with(|k| k.model_bytes())
+    }
     /// Hotplug's vm_page slabs: kmem allocated by plugs and never freed
     /// (uvm_physseg.c 1.18), and the unlocked segment-tree changes.
     pub fn slab_stats(&self) -> crate::uvm::SlabStats {
@@ -811,25 +813,15 @@ impl Domain {
     }
     /// m2p entry of an owned MFN (None if not owned or unset).
     pub fn m2p(&self, mfn: u64) -> Option<u64> {
-        with(|k| {
-            k.owned
-                .get(&mfn)
-                .map(|m| m.m2p)
-                .filter(|&p| p != INVALID_P2M_ENTRY)
-        })
+        with(|k| k.owned.get(mfn).filter(|&p| p != INVALID_P2M_ENTRY))
     }
     pub fn frame_backed(&self, pfn: u64) -> bool {
         with(|k| k.backed(pfn))
     }
-    /// Content pattern of a backed frame (0 = zero-filled).
+    /// What a backed frame holds: 0 when all zero, else a tag naming its
+    /// page (`Kernel::content`).
     pub fn frame_content(&self, pfn: u64) -> Option<u64> {
-        with(|k| {
-            if k.backed(pfn) {
-                k.content_mut(pfn).map(|c| *c)
-            } else {
-                None
-            }
-        })
+        with(|k| if k.backed(pfn) { k.content(pfn) } else { None })
     }
     /// With `real_zero`: fills frames [pfn, pfn + n) of host memory with
     /// `byte` and returns how many it wrote (0 without `real_zero`). The
@@ -934,14 +926,14 @@ impl Domain {
     /// zeroed for reuse would be); returns how many.
     pub fn kernel_zero_free(&self, n: u64) -> u64 {
         with(|k| {
-            let free: Vec<u64> = k.free.iter().copied().collect();
+            let free: Vec<u64> = k.free.iter().collect();
             let mut done = 0;
             for pfn in free {
                 if done == n {
                     break;
                 }
-                if let Some(c) = k.content_mut(pfn).filter(|c| **c != 0) {
-                    *c = 0;
+                if k.content(pfn).is_some_and(|c| c != 0) {
+                    k.write_frame(pfn, false);
                     done += 1;
                 }
             }
@@ -1180,7 +1172,7 @@ fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
         }
     }
     let u = uvmexp.get();
-    if u.free as usize != k.free.len() {
+    if u.free as u64 != k.free.len() {
         errs.push(format!(
             "uvmexp.free {} != {} free pages",
             u.free,
@@ -1194,35 +1186,39 @@ fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
             u.npages, seg_pages
         ));
     }
-    let (mut nfree, mut nmod) = (0u64, 0u64);
-    for s in k.segs.clone() {
-        for pfn in s.start..s.end {
-            let st = k.page_state(pfn).unwrap_or(PG_GONE);
-            let backed = k.backed(pfn);
-            match st {
-                PG_FREE => {
-                    nfree += 1;
-                    if !k.free.contains(&pfn) {
-                        errs.push(format!("free page {pfn:#x} not on the free list"));
-                    }
-                }
-                PG_MODULE => nmod += 1,
-                PG_GONE => errs.push(format!("gone page {pfn:#x} inside a segment")),
-                _ => {}
-            }
-            if !backed && st != PG_MODULE {
-                errs.push(format!(
-                    "unbacked frame {pfn:#x} is {} in UVM",
-                    crate::uvm::state_name(st)
-                ));
-            }
-        }
+    // Page states are the frame sets (Kernel::page_state): a frame is
+    // free, the kernel's, or the module's. Both sets must lie inside the
+    // segments, and what is not the module's must be backed.
+    let (mut nfree, mut nkernel) = (0u64, 0u64);
+    for s in &k.segs {
+        nfree += k.free.count_in(s.start, s.end);
+        nkernel += k.kernel_pages.count_in(s.start, s.end);
     }
-    if nfree != k.free.len() as u64 {
+    let nmod = seg_pages - nfree - nkernel;
+    if nfree != k.free.len() {
         errs.push(format!(
             "{} free pages in segments, free list has {}",
             nfree,
             k.free.len()
+        ));
+    }
+    if nkernel != k.kernel_pages.len() {
+        errs.push(format!(
+            "{} kernel pages in segments, the kernel has {}",
+            nkernel,
+            k.kernel_pages.len()
+        ));
+    }
+    let unbacked = k
+        .free
+        .iter()
+        .map(|f| (f, PG_FREE))
+        .chain(k.kernel_pages.iter().map(|f| (f, PG_KERNEL)))
+        .filter(|&(f, _)| !k.backed(f));
+    for (pfn, st) in unbacked.take(8) {
+        errs.push(format!(
+            "unbacked frame {pfn:#x} is {} in UVM",
+            crate::uvm::state_name(st)
         ));
     }
     if nmod != k.module_pages {
@@ -1248,24 +1244,25 @@ fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
             if k.p2m[cap..].iter().any(|&e| e != P2M_CANARY) {
                 errs.push("p2m written past its capacity (guard canary damaged)".into());
             }
-            let mut seen = HashMap::new();
+            let mut seen = FrameBits::new();
             for pfn in 0..cap as u64 {
                 let m = k.p2m_get(pfn);
                 if m == INVALID_P2M_ENTRY {
                     continue;
                 }
-                match k.owned.get(&m) {
+                match k.owned.get(m) {
                     None => errs.push(format!(
                         "p2m[{pfn:#x}] = MFN {m:#x} the domain does not own"
                     )),
-                    Some(x) if x.m2p != pfn => errs.push(format!(
-                        "m2p[{m:#x}] = {:#x}, but p2m[{pfn:#x}] maps it",
-                        x.m2p
-                    )),
+                    Some(m2p) if m2p != pfn => {
+                        errs.push(format!("m2p[{m:#x}] = {m2p:#x}, but p2m[{pfn:#x}] maps it"))
+                    }
                     _ => {}
                 }
-                if let Some(other) = seen.insert(m, pfn) {
-                    errs.push(format!("MFN {m:#x} mapped by pfns {other:#x} and {pfn:#x}"));
+                if k.owned.contains(m) && !seen.insert(m) {
+                    errs.push(format!(
+                        "MFN {m:#x} mapped by two pfns (the second {pfn:#x})"
+                    ));
                 }
                 if k.seg_of(pfn).is_none() && !allow_outside {
                     errs.push(format!(
@@ -1295,13 +1292,11 @@ fn check_kernel(k: &mut Kernel, allow_outside: bool) -> Result<(), String> {
                     k.reserved_hits.len()
                 ));
             }
-            let mut out: Vec<u64> = k
+            let out: Vec<u64> = k
                 .populated
-                .keys()
-                .copied()
+                .iter()
                 .filter(|&g| k.seg_of(g).is_none() && !k.special.contains(&g))
                 .collect();
-            out.sort_unstable();
             if let Some(g) = out.first().filter(|_| !allow_outside) {
                 errs.push(format!(
                     "{} populated gpfns lie in no segment (first {g:#x}; reservation leak)",
@@ -1379,10 +1374,10 @@ impl Drop for Domain {
             crate::uvm::free_page_maps();
             crate::uvm::frame_mem_free();
             for a in k.arrays.drain(..) {
-                // SAFETY: reclaiming the boxed slice leaked by new_page_array.
+                // SAFETY: allocated by new_page_array with this layout.
                 // No thread of this domain runs any more: every one has
                 // exited or is parked for good.
-                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(a.ptr, a.len)) });
+                unsafe { std::alloc::dealloc(a.ptr.cast(), crate::uvm::page_array_layout(a.len)) };
             }
         }
         balloon::ffi::route_core_allocations_to_kmem(None);

@@ -22,9 +22,7 @@ use std::collections::BTreeSet;
 use std::os::raw::{c_int, c_ulong};
 
 use crate::config::{Flavour, Mode};
-use crate::kernel::{
-    kernel_panic, physmem, uvmexp, with, Kernel, VmPage, PAGE_SHIFT, PG_FREE, PG_GONE, PG_MODULE,
-};
+use crate::kernel::{kernel_panic, physmem, uvmexp, with, Kernel, VmPage, PAGE_SHIFT, PG_MODULE};
 use crate::stall::stall_point;
 
 const EINVAL: c_int = 22;
@@ -236,7 +234,7 @@ pub(crate) extern "C" fn sim_xenmem_free_pa(start: u64, size: c_ulong) {
                 r.0, r.1
             ));
         }
-        if let Some(f) = (r.0..r.1).find(|&f| k.populated.contains_key(&f)) {
+        if let Some(f) = (r.0..r.1).find(|&f| k.populated.contains(f)) {
             kernel_panic(&format!(
                 "xenmem_free_pa: frame {f:#x} of [{:#x}, {:#x}) is still populated",
                 r.0, r.1
@@ -298,11 +296,11 @@ pub(crate) extern "C" fn sim_uvm_physseg_hotplug_add(pfn: u64, npages: u64) -> c
                  would go on the free lists"
             ));
         }
-        let pgs = k.new_page_array(pfn, npages, PG_FREE);
+        let pgs = k.new_page_array(pfn, npages);
         k.insert_seg(pfn, end, pgs);
         k.growth.hot.insert((pfn, end));
         k.growth.array_bytes += npages * std::mem::size_of::<VmPage>() as u64;
-        k.free.extend(pfn..end);
+        k.free.insert_range(pfn, end);
         physmem.set(physmem.get() + npages);
         let np = uvmexp.get().npages + npages as i32;
         k.sync_uvmexp(np);
@@ -330,9 +328,8 @@ pub(crate) extern "C" fn sim_uvm_physseg_hotplug_remove(pfn: u64, npages: u64) -
         if (pfn..end).any(|f| k.page_state(f) != Some(PG_MODULE)) {
             return EBUSY;
         }
-        for f in pfn..end {
-            k.set_page_state(f, PG_GONE);
-        }
+        // The vm_pages are "gone" once no segment points at them
+        // (Kernel::check_page).
         let Some(i) = k.seg_of(pfn) else {
             kernel_panic("uvm_physseg_hotplug_remove: hot-added segment vanished");
         };

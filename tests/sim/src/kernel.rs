@@ -9,6 +9,8 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use crate::frames::{FrameBits, FrameStack, FrameTable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -22,24 +24,29 @@ pub(crate) const INVALID_P2M_ENTRY: u64 = !0;
 /// p2m slots allocated past the capacity and filled with `P2M_CANARY`.
 pub(crate) const P2M_GUARD: usize = 1024;
 pub(crate) const P2M_CANARY: u64 = 0x5ca1_ab1e_dead_f00d;
+/// `Kernel::content` of a frame holding data: this tag with the frame's
+/// key in the low bits.
+pub(crate) const DATA_TAG: u64 = 0xda7a << 48;
 /// First MFN the host allocator hands out (distinct from any pfn in use).
 pub(crate) const FIRST_MFN: u64 = 0x40_0000;
 /// Largest PVH gpfn the model accepts (1 TiB of guest-physical space).
-pub(crate) const MAX_GPFN: u64 = 1 << 28;
+pub(crate) const MAX_GPFN: u64 = 1 << 30;
 
-/// vm_page.sim_state values.
+/// Page states (`Kernel::page_state`): kept in the frame sets, not in the
+/// vm_page (which C owns).
 pub(crate) const PG_FREE: i32 = 0;
 pub(crate) const PG_KERNEL: i32 = 1;
 pub(crate) const PG_MODULE: i32 = 2;
 pub(crate) const PG_GONE: i32 = 3;
 
-/// The C `struct vm_page` of balloon_host_kernel.h.
+/// The C `struct vm_page` of balloon_host_kernel.h: only the queue entry
+/// the shim links it by (pglist). Its frame follows from where it lies in
+/// its array, its state from the frame sets, so an array costs host
+/// memory only where C wrote a link (issue 13 goal 5).
 #[repr(C)]
 pub(crate) struct VmPage {
     pub next: *mut VmPage,
     pub prev: *mut *mut VmPage,
-    pub pfn: u64,
-    pub state: i32,
 }
 
 /// A kernel global shared with C: same layout as `T`, written by the model
@@ -119,21 +126,28 @@ pub(crate) struct Seg {
     pub pgs: *mut VmPage,
 }
 
-/// A vm_page array. Never freed before teardown, so stale pointers into an
-/// unplugged range stay readable (uvm_physseg.c 1.18 returns unplugged
-/// vm_pages to a slab extent and never kmem_frees them either).
+/// Host memory the simulator's frame state holds (issue 13 goal 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelBytes {
+    /// The frame sets and tables: free list, kernel pages, owned MFNs
+    /// with their m2p, populated gfns, frames holding data, PoD entries.
+    pub frame_sets: u64,
+    /// The PV p2m table (the guest's own, read and written by C).
+    pub p2m: u64,
+    /// The vm_page arrays as allocated; the host backs only the parts C
+    /// wrote (VmPage).
+    pub vm_page_arrays: u64,
+}
+
+/// A vm_page array for the frames [start, start + len). Never freed before
+/// teardown, so stale pointers into an unplugged range stay readable
+/// (uvm_physseg.c 1.18 returns unplugged vm_pages to a slab extent and
+/// never kmem_frees them either). Zero-filled by the host's allocator,
+/// which maps it on first write.
 pub(crate) struct PageArray {
     pub ptr: *mut VmPage,
     pub len: usize,
-}
-
-/// A machine frame the domain owns (PV).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Mfn {
-    /// m2p entry: the pfn Xen believes this MFN backs (or INVALID).
-    pub m2p: u64,
-    /// Content pattern (0 = zero-filled).
-    pub content: u64,
+    pub start: u64,
 }
 
 /// One entry of a guest memory map, laid out as the BIOS's INT 15h E820
@@ -159,21 +173,26 @@ pub(crate) struct Kernel {
     // UVM
     pub segs: Vec<Seg>,
     pub arrays: Vec<PageArray>,
-    pub free: BTreeSet<u64>,
-    pub kernel_pages: Vec<u64>,
+    pub free: FrameBits,
+    /// The kernel's pages, freed most recent first (`kernel_free`).
+    pub kernel_pages: FrameStack,
     pub module_pages: u64,
     pub next_seg_id: u64,
     /// Calls of uvm_physseg_plug since boot, whatever they did.
     pub plug_calls: u64,
-    pub next_pattern: u64,
     // Xen
     pub tot_pages: u64,
     pub max_pages: u64,
     pub host_free: u64,
     pub next_mfn: u64,
-    pub owned: HashMap<u64, Mfn>,
-    pub populated: HashMap<u64, u64>,
-    pub nx_content: HashMap<u64, u64>,
+    /// PV: the MFNs the domain owns, each with its m2p entry (the pfn
+    /// Xen believes it backs, or INVALID_P2M_ENTRY).
+    pub owned: FrameTable,
+    /// PVH: the populated gfns.
+    pub populated: FrameBits,
+    /// The backed frames that hold data (not all zero), by `data_key`:
+    /// PV the MFN, PVH the gfn, not Xen the pfn.
+    pub data: FrameBits,
     pub p2m: Vec<u64>,
     pub p2m_cap: usize,
     pub dirty_given: u64,
@@ -525,11 +544,6 @@ impl Kernel {
         self.cfg.mode
     }
 
-    pub(crate) fn pattern(&mut self) -> u64 {
-        self.next_pattern += 1;
-        self.next_pattern
-    }
-
     /// Index of the segment holding `pfn`.
     pub(crate) fn seg_of(&self, pfn: u64) -> Option<usize> {
         let i = self.segs.partition_point(|s| s.start <= pfn);
@@ -546,20 +560,23 @@ impl Kernel {
         Some(unsafe { s.pgs.add((pfn - s.start) as usize) })
     }
 
+    /// The state of a frame inside a segment: on the free list, the
+    /// kernel's, or else the module's. None outside every segment.
     pub(crate) fn page_state(&self, pfn: u64) -> Option<i32> {
-        // SAFETY: page_ptr returns a pointer into a live array.
-        self.page_ptr(pfn).map(|p| unsafe { (*p).state })
-    }
-
-    pub(crate) fn set_page_state(&mut self, pfn: u64, st: i32) {
-        if let Some(p) = self.page_ptr(pfn) {
-            // SAFETY: as above; the model owns sim_state.
-            unsafe { (*p).state = st };
-        }
+        self.seg_of(pfn)?;
+        Some(if self.free.contains(pfn) {
+            PG_FREE
+        } else if self.kernel_pages.contains(pfn) {
+            PG_KERNEL
+        } else {
+            PG_MODULE
+        })
     }
 
     /// Validates a vm_page pointer handed in by C: it must point at an
-    /// element of one of our arrays. Returns its pfn and state.
+    /// element of one of our arrays, of a range still plugged (the
+    /// segment holding its frame points at this very vm_page). Returns
+    /// its pfn and state.
     pub(crate) fn check_page(&self, pg: *const VmPage, what: &str) -> (u64, i32) {
         let a = pg as usize;
         let sz = std::mem::size_of::<VmPage>();
@@ -569,14 +586,13 @@ impl Kernel {
                 if !(a - base).is_multiple_of(sz) {
                     kernel_panic(&format!("{what}: misaligned vm_page pointer {pg:p}"));
                 }
-                // SAFETY: pg points at an element of a live array.
-                let (pfn, st) = unsafe { ((*pg).pfn, (*pg).state) };
-                if st == PG_GONE {
+                let pfn = arr.start + ((a - base) / sz) as u64;
+                if self.page_ptr(pfn) != Some(pg.cast_mut()) {
                     kernel_panic(&format!(
                         "{what}: vm_page of frame {pfn:#x} used after its range was unplugged"
                     ));
                 }
-                return (pfn, st);
+                return (pfn, self.page_state(pfn).unwrap_or(PG_GONE));
             }
         }
         kernel_panic(&format!("{what}: {pg:p} is not a vm_page"));
@@ -606,34 +622,81 @@ impl Kernel {
         match self.mode() {
             Mode::Pv => {
                 let m = self.p2m_get(pfn);
-                m != INVALID_P2M_ENTRY && self.owned.contains_key(&m)
+                self.owned.contains(m)
             }
             // A PoD entry is memory the guest may use: Xen populates it
             // on first access (pod.rs).
-            Mode::Pvh => self.populated.contains_key(&pfn) || self.pod_entry(pfn),
+            Mode::Pvh => self.populated.contains(pfn) || self.pod_entry(pfn),
             Mode::NotXen => true,
         }
     }
 
-    /// The content pattern of a backed frame.
-    pub(crate) fn content_mut(&mut self, pfn: u64) -> Option<&mut u64> {
+    /// The key a backed frame's content is kept under (`data`): PV the
+    /// MFN the p2m maps it to, PVH the populated gfn, not Xen the pfn.
+    /// None when the frame is not backed (a PoD entry has no page yet).
+    fn data_key(&self, pfn: u64) -> Option<u64> {
         match self.mode() {
             Mode::Pv => {
                 let m = self.p2m_get(pfn);
-                self.owned.get_mut(&m).map(|x| &mut x.content)
+                self.owned.contains(m).then_some(m)
             }
-            Mode::Pvh => self.populated.get_mut(&pfn),
-            Mode::NotXen => Some(self.nx_content.entry(pfn).or_insert(1)),
+            Mode::Pvh => self.populated.contains(pfn).then_some(pfn),
+            Mode::NotXen => Some(pfn),
         }
+    }
+
+    /// What a backed frame holds: 0 when it is all zero, otherwise a tag
+    /// naming its page (the model keeps one bit of content per page).
+    pub(crate) fn content(&self, pfn: u64) -> Option<u64> {
+        let key = self.data_key(pfn)?;
+        Some(if self.data.contains(key) {
+            DATA_TAG | key
+        } else {
+            0
+        })
+    }
+
+    /// Writes data (or zeros) over a backed frame; false if it is not
+    /// backed.
+    pub(crate) fn write_frame(&mut self, pfn: u64, data: bool) -> bool {
+        let Some(key) = self.data_key(pfn) else {
+            return false;
+        };
+        if data {
+            self.data.insert(key);
+        } else {
+            self.data.remove(key);
+        }
+        true
     }
 
     /// Frames the domain has backed (what Xen's reservation must equal).
     pub(crate) fn backed_frames(&self) -> u64 {
         match self.mode() {
-            Mode::Pv => self.owned.len() as u64,
+            Mode::Pv => self.owned.len(),
             // p2m-pod.c: tot_pages == populated + pod.count.
-            Mode::Pvh => self.populated.len() as u64 + self.pod_cache(),
+            Mode::Pvh => self.populated.len() + self.pod_cache(),
             Mode::NotXen => 0,
+        }
+    }
+
+    /// Host memory the model's frame state holds (`ModelBytes`).
+    pub(crate) fn model_bytes(&self) -> ModelBytes {
+        let sets = [&self.free, &self.populated, &self.data]
+            .iter()
+            .map(|s| s.heap_bytes())
+            .sum::<u64>()
+            + self.kernel_pages.heap_bytes()
+            + self.owned.heap_bytes()
+            + self.pod.as_ref().map_or(0, |p| p.entries.heap_bytes());
+        ModelBytes {
+            frame_sets: sets,
+            p2m: (self.p2m.capacity() * 8) as u64,
+            vm_page_arrays: self
+                .arrays
+                .iter()
+                .map(|a| (a.len * std::mem::size_of::<VmPage>()) as u64)
+                .sum(),
         }
     }
 

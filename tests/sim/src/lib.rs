@@ -21,6 +21,7 @@ mod config;
 pub mod control;
 pub mod daemon;
 mod domain;
+mod frames;
 mod growth;
 mod kernel;
 mod ksync;
@@ -49,7 +50,7 @@ pub use domain::{
     test_module, Domain, FaultsMut, SimModinfo, Snapshot, View, XlError, LIBXL_MAXMEM_PAGES,
 };
 pub use growth::{GrowthCalls, GrowthStats};
-pub use kernel::{KGlobal, StartInfo, Uvmexp};
+pub use kernel::{KGlobal, ModelBytes, StartInfo, Uvmexp};
 pub use pod::PodStats;
 pub use saverestore::SaveReport;
 pub use sysctl::SysctlValue;

@@ -29,8 +29,7 @@
 //!   for every non-PV domain; a failure aborts the transaction (the
 //!   target is not written).
 
-use std::collections::HashSet;
-
+use crate::frames::FrameBits;
 use crate::kernel::{dmesg_lock, Kernel};
 
 /// POD_SWEEP_LIMIT (p2m-pod.c): gfns an emergency sweep looks at before
@@ -38,11 +37,11 @@ use crate::kernel::{dmesg_lock, Kernel};
 const POD_SWEEP_LIMIT: usize = 1024;
 
 /// The PoD state of a domain (`struct p2m_domain.pod`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Pod {
     /// gfns whose p2m entry is p2m_populate_on_demand (entry_count is
     /// their number).
-    pub entries: HashSet<u64>,
+    pub entries: FrameBits,
     /// Pages in the PoD cache (pod.count); they count in tot_pages.
     pub count: u64,
     /// Counters the tests read.
@@ -103,7 +102,7 @@ fn domain_crash(msg: &str) -> ! {
 impl Kernel {
     /// Whether `gfn` is a PoD entry (usable by the guest, not populated).
     pub(crate) fn pod_entry(&self, gfn: u64) -> bool {
-        self.pod.as_ref().is_some_and(|p| p.entries.contains(&gfn))
+        self.pod.as_ref().is_some_and(|p| p.entries.contains(gfn))
     }
 
     /// Pages in the PoD cache (0 without PoD).
@@ -131,13 +130,14 @@ impl Kernel {
             ));
         }
         p.count -= 1;
-        p.entries.remove(&gfn);
+        p.entries.remove(gfn);
         p.stats.demand_populated += 1;
         if why == Touch::ZeroPage {
             p.stats.populated_by_zeroing += 1;
         }
         // The page left the cache zeroed (p2m_pod_cache_add clears it).
-        self.populated.insert(gfn, 0);
+        self.populated.insert(gfn);
+        self.data.remove(gfn);
     }
 
     /// p2m_pod_emergency_sweep / p2m_pod_zero_check: populated RAM pages
@@ -145,17 +145,15 @@ impl Kernel {
     /// the cache, from the highest gfn down, until POD_SWEEP_LIMIT pages
     /// were looked at and something was found. Special pages are skipped.
     fn pod_emergency_sweep(&mut self) {
-        let mut zero: Vec<u64> = self
+        let zero: Vec<u64> = self
             .populated
-            .iter()
-            .filter(|(g, c)| **c == 0 && !self.special.contains(g))
-            .map(|(g, _)| *g)
+            .iter_rev()
+            .filter(|g| !self.data.contains(*g) && !self.special.contains(g))
+            .take(POD_SWEEP_LIMIT)
             .collect();
-        zero.sort_unstable_by(|a, b| b.cmp(a));
-        zero.truncate(POD_SWEEP_LIMIT);
         let Some(p) = self.pod.as_mut() else { return };
         for g in zero {
-            self.populated.remove(&g);
+            self.populated.remove(g);
             p.entries.insert(g);
             p.count += 1;
             p.stats.swept += 1;
@@ -170,11 +168,12 @@ impl Kernel {
         if p.entries.is_empty() {
             return None;
         }
-        let steal = p.entries.len() as u64 > p.count;
-        if p.entries.remove(&gfn) {
+        let steal = p.entries.len() > p.count;
+        if p.entries.remove(gfn) {
             p.stats.entries_given += 1;
-        } else if steal && self.populated.contains_key(&gfn) && !self.special.contains(&gfn) {
-            self.populated.remove(&gfn);
+        } else if steal && self.populated.contains(gfn) && !self.special.contains(&gfn) {
+            self.populated.remove(gfn);
+            self.data.remove(gfn);
             p.count += 1;
             p.stats.stolen += 1;
         } else {
@@ -188,7 +187,7 @@ impl Kernel {
     /// cut to them (p2m_pod_set_cache_target), its pages back to Xen.
     fn pod_trim(&mut self) {
         let Some(p) = self.pod.as_mut() else { return };
-        let ents = p.entries.len() as u64;
+        let ents = p.entries.len();
         if ents < p.count {
             let extra = p.count - ents;
             p.count = ents;
@@ -199,7 +198,7 @@ impl Kernel {
 
     /// populate_physmap over a PoD gfn (p2m_add_page): the entry goes.
     pub(crate) fn pod_replaced(&mut self, gfn: u64) -> bool {
-        self.pod.as_mut().is_some_and(|p| p.entries.remove(&gfn))
+        self.pod.as_mut().is_some_and(|p| p.entries.remove(gfn))
     }
 
     /// XENMEM_set_pod_target (p2m_pod_set_mem_target). Err: the cache
@@ -213,7 +212,7 @@ impl Kernel {
             return Ok(());
         };
         let populated = tot - p.count;
-        let ents = p.entries.len() as u64;
+        let ents = p.entries.len();
         if populated > 0 && ents == 0 {
             return Ok(());
         }
@@ -240,7 +239,7 @@ impl Kernel {
 
     pub(crate) fn pod_stats(&self) -> Option<PodStats> {
         self.pod.as_ref().map(|p| PodStats {
-            entries: p.entries.len() as u64,
+            entries: p.entries.len(),
             cache: p.count,
             ..p.stats
         })

@@ -46,7 +46,8 @@
 //! the boot p2m end less 256; the model converts between the two.
 
 use crate::config::{Flavour, Mode};
-use crate::kernel::{physmem, xen_start_info, Kernel, Mfn, INVALID_P2M_ENTRY};
+use crate::frames::FrameBits;
+use crate::kernel::{physmem, xen_start_info, Kernel, INVALID_P2M_ENTRY};
 
 /// What a save and restore did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,12 +127,12 @@ fn crash(k: &mut Kernel, why: &str) -> String {
 /// drop every other frame the domain held.
 fn save_restore_pv(k: &mut Kernel) -> SaveReport {
     let max_pfn = k.growth.p2m_end;
-    let mut mapped = std::collections::HashSet::new();
+    let mut mapped = FrameBits::new();
     let mut keep = Vec::new();
     let mut lost = Vec::new();
     for pfn in 0..k.p2m_cap as u64 {
         let m = k.p2m_get(pfn);
-        if m == INVALID_P2M_ENTRY || !k.owned.contains_key(&m) {
+        if !k.owned.contains(m) {
             continue;
         }
         mapped.insert(m);
@@ -141,30 +142,29 @@ fn save_restore_pv(k: &mut Kernel) -> SaveReport {
             lost.push(pfn);
         }
     }
-    let unmapped: Vec<u64> = k
-        .owned
-        .keys()
-        .copied()
-        .filter(|m| !mapped.contains(m))
-        .collect();
-    // The image: contents of the kept frames, read before the old domain
+    let unmapped = k.owned.keys().filter(|&m| !mapped.contains(m)).count();
+    // The image: which kept frames hold data, read before the old domain
     // goes away.
-    let image: Vec<(u64, u64)> = keep
+    let image: Vec<(u64, bool)> = keep
         .iter()
-        .map(|&(pfn, m)| (pfn, k.owned.get(&m).map_or(0, |x| x.content)))
+        .map(|&(pfn, m)| (pfn, k.data.contains(m)))
         .collect();
     // The old domain is destroyed: every MFN goes back to the host.
-    let old = k.owned.len() as u64;
+    let old = k.owned.len();
     k.owned.clear();
+    k.data.clear();
     k.host_free += old;
     k.tot_pages -= old;
     for &pfn in &lost {
         k.p2m_set(pfn, INVALID_P2M_ENTRY);
     }
-    for &(pfn, content) in &image {
+    for &(pfn, data) in &image {
         let m = k.next_mfn;
         k.next_mfn += 1;
-        k.owned.insert(m, Mfn { m2p: pfn, content });
+        k.owned.insert(m, pfn);
+        if data {
+            k.data.insert(m);
+        }
         k.p2m_set(pfn, m);
         k.host_free -= 1;
         k.tot_pages += 1;
@@ -172,7 +172,7 @@ fn save_restore_pv(k: &mut Kernel) -> SaveReport {
     SaveReport {
         saved: image.len() as u64,
         lost,
-        unmapped: unmapped.len() as u64,
+        unmapped: unmapped as u64,
         max_pfn,
         nr_pages: 0,
     }

@@ -75,19 +75,18 @@ impl Kernel {
     }
 
     /// Allocates a vm_page array for [start, start + n) and returns its
-    /// first element. Pages start in `state`.
-    pub(crate) fn new_page_array(&mut self, start: u64, n: u64, state: i32) -> *mut VmPage {
-        let v: Vec<VmPage> = (0..n)
-            .map(|i| VmPage {
-                next: std::ptr::null_mut(),
-                prev: std::ptr::null_mut(),
-                pfn: start + i,
-                state,
-            })
-            .collect();
-        let len = v.len();
-        let ptr = Box::into_raw(v.into_boxed_slice()) as *mut VmPage;
-        self.arrays.push(PageArray { ptr, len });
+    /// first element. The array is zero-filled by the host allocator and
+    /// left untouched, so it costs host memory only where C links a page
+    /// (a large one is a fresh mapping of the host's zero page).
+    pub(crate) fn new_page_array(&mut self, start: u64, n: u64) -> *mut VmPage {
+        let len = n.max(1) as usize;
+        // SAFETY: the layout has a non-zero size; an all-zero VmPage is
+        // valid (two null pointers).
+        let ptr = unsafe { std::alloc::alloc_zeroed(page_array_layout(len)) } as *mut VmPage;
+        if ptr.is_null() {
+            kernel_panic("simulator: the host has no memory for a vm_page array");
+        }
+        self.arrays.push(PageArray { ptr, len, start });
         ptr
     }
 
@@ -110,25 +109,32 @@ impl Kernel {
 
     /// Takes the highest free frame (optionally within [lo, hi)).
     fn take_free(&mut self, lo: u64, hi: u64) -> Option<u64> {
-        let pfn = *self.free.range(lo..hi).next_back()?;
-        self.free.remove(&pfn);
+        let pfn = self.free.last_in(lo, hi)?;
+        self.free.remove(pfn);
         Some(pfn)
     }
 
-    /// Moves a free frame to `state`, giving it a new content pattern when
-    /// `dirty`.
+    /// Gives a frame just taken off the free list to `state` (the kernel
+    /// or the module).
     fn alloc_frame(&mut self, pfn: u64, state: i32) {
-        self.set_page_state(pfn, state);
-        if state == PG_MODULE {
-            self.module_pages += 1;
+        match state {
+            PG_MODULE => self.module_pages += 1,
+            PG_KERNEL => {
+                self.kernel_pages.push(pfn);
+            }
+            _ => {}
         }
     }
 
+    /// Puts a frame that was in state `old` back on the free list.
     pub(crate) fn free_frame(&mut self, pfn: u64, old: i32) {
-        self.set_page_state(pfn, PG_FREE);
         self.free.insert(pfn);
-        if old == PG_MODULE {
-            self.module_pages -= 1;
+        match old {
+            PG_MODULE => self.module_pages -= 1,
+            PG_KERNEL => {
+                self.kernel_pages.remove(pfn);
+            }
+            _ => {}
         }
     }
 
@@ -140,12 +146,8 @@ impl Kernel {
                 break;
             };
             self.alloc_frame(pfn, PG_KERNEL);
-            let pat = self.pattern();
             self.pod_touch(pfn, crate::pod::Touch::Kernel);
-            if let Some(c) = self.content_mut(pfn) {
-                *c = pat;
-            }
-            self.kernel_pages.push(pfn);
+            self.write_frame(pfn, true);
             got += 1;
         }
         self.sync_uvmexp(uvmexp.get().npages);
@@ -199,14 +201,19 @@ impl Kernel {
             let mut cand = start.max(lo).next_multiple_of(align);
             while cand + n <= limit {
                 // The highest frame of the candidate run that is not free.
-                match (cand..cand + n).rev().find(|f| !self.free.contains(f)) {
+                let busy = if self.free.count_in(cand, cand + n) == n {
+                    None
+                } else {
+                    (cand..cand + n).rev().find(|&f| !self.free.contains(f))
+                };
+                match busy {
                     None => {
                         found = Some(cand);
                         break 'seg;
                     }
                     Some(busy) => {
                         // Skip past it: the next free frame, aligned up.
-                        let next = self.free.range(busy + 1..limit).next().copied();
+                        let next = self.free.first_in(busy + 1, limit);
                         let Some(next) = next else { break };
                         cand = next.next_multiple_of(align);
                     }
@@ -218,7 +225,7 @@ impl Kernel {
         };
         let mut pages = Vec::with_capacity(n as usize);
         for pfn in first..first + n {
-            self.free.remove(&pfn);
+            self.free.remove(pfn);
             self.alloc_frame(pfn, PG_MODULE);
             pages.push(self.page_ptr(pfn).unwrap_or(std::ptr::null_mut()));
         }
@@ -238,21 +245,22 @@ impl Kernel {
         let picks: Vec<u64> = self
             .free
             .iter()
-            .copied()
             .filter(|f| f % stride.max(1) == 0)
             .collect();
         for &pfn in &picks {
-            self.free.remove(&pfn);
+            self.free.remove(pfn);
             self.alloc_frame(pfn, PG_KERNEL);
-            let pat = self.pattern();
-            if let Some(c) = self.content_mut(pfn) {
-                *c = pat;
-            }
-            self.kernel_pages.push(pfn);
+            self.write_frame(pfn, true);
         }
         self.sync_uvmexp(uvmexp.get().npages);
         picks.len() as u64
     }
+}
+
+/// The layout of a vm_page array of `len` elements.
+pub(crate) fn page_array_layout(len: usize) -> std::alloc::Layout {
+    std::alloc::Layout::array::<VmPage>(len)
+        .unwrap_or_else(|_| kernel_panic("simulator: vm_page array too large for the host"))
 }
 
 // ---- pages ----
@@ -284,9 +292,7 @@ extern "C" fn uvm_pagealloc_strat(
         k.alloc_frame(pfn, PG_MODULE);
         if flags & UVM_PGA_ZERO != 0 {
             k.pod_touch(pfn, crate::pod::Touch::PageAllocZero);
-            if let Some(c) = k.content_mut(pfn) {
-                *c = 0;
-            }
+            k.write_frame(pfn, false);
         }
         k.sync_uvmexp(uvmexp.get().npages);
         k.page_ptr(pfn).unwrap_or(std::ptr::null_mut())
@@ -308,9 +314,6 @@ unsafe extern "C" fn uvm_pagefree(pg: *mut VmPage) {
             kernel_panic(&format!(
                 "uvm_pagefree: unbacked frame {pfn:#x} freed onto the free list"
             ));
-        }
-        if st == PG_KERNEL {
-            k.kernel_pages.retain(|&p| p != pfn);
         }
         k.free_frame(pfn, st);
         k.sync_uvmexp(uvmexp.get().npages);
@@ -380,7 +383,7 @@ unsafe extern "C" fn uvm_pglistalloc(
             k.faults_fired += 1;
             return ENOMEM;
         }
-        let avail = k.free.range(lo..hi.max(lo)).count() as u64;
+        let avail = k.free.count_in(lo, hi);
         if avail >= npages {
             let mut v = Vec::with_capacity(npages as usize);
             for _ in 0..npages {
@@ -426,6 +429,15 @@ unsafe extern "C" fn uvm_vm_page_to_phys(pg: *const VmPage) -> u64 {
     map.check_page(pg, "VM_PAGE_TO_PHYS") << PAGE_SHIFT
 }
 
+/// For tests: the frame of a vm_page, as the real one's `phys_addr`
+/// holds it, with none of VM_PAGE_TO_PHYS's rules (a vm_page of a range
+/// unplugged since still answers); !0 for a pointer into no vm_page array.
+/// The simulator's vm_page keeps no frame of its own (kernel.rs VmPage).
+#[no_mangle]
+extern "C" fn sim_vm_page_frame(pg: *const VmPage) -> u64 {
+    page_map().map_or(!0, |m| m.frame_of(pg).unwrap_or(!0))
+}
+
 /// PHYS_TO_VM_PAGE: uvm_page.c 1.246 `uvm_phys_to_vm_page` finds the
 /// segment with `uvm_physseg_find` (uvm_physseg.c 1.18: an rbtree walk,
 /// or a binary search of the array without UVM_HOTPLUG) and indexes its
@@ -449,9 +461,8 @@ extern "C" fn pmap_zero_page(pa: u64) {
     let pfn = pa >> PAGE_SHIFT;
     with(|k| {
         k.zeroing_rules(pfn);
-        match k.content_mut(pfn) {
-            Some(c) => *c = 0,
-            None => kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed")),
+        if !k.write_frame(pfn, false) {
+            kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed"));
         }
     });
     frame_mem_fill(pfn, 1, 0);
@@ -491,8 +502,8 @@ impl Kernel {
 pub(crate) struct PageMap {
     /// (start, end, first vm_page) per segment, ordered by start.
     segs: Vec<(u64, u64, *mut VmPage)>,
-    /// (base address, elements) per vm_page array.
-    arrays: Vec<(usize, usize)>,
+    /// (base address, elements, first frame) per vm_page array.
+    arrays: Vec<(usize, usize, u64)>,
 }
 
 static PAGE_MAP: AtomicPtr<PageMap> = AtomicPtr::new(std::ptr::null_mut());
@@ -516,25 +527,31 @@ impl PageMap {
         }
     }
 
+    /// The frame of the vm_page `pg` points at, by its place in its
+    /// array; None when it points into no array (or not at an element).
+    fn frame_of(&self, pg: *const VmPage) -> Option<u64> {
+        let a = pg as usize;
+        let sz = std::mem::size_of::<VmPage>();
+        self.arrays
+            .iter()
+            .find(|&&(base, len, _)| a >= base && a < base + len * sz)
+            .filter(|&&(base, _, _)| (a - base).is_multiple_of(sz))
+            .map(|&(base, _, start)| start + ((a - base) / sz) as u64)
+    }
+
     /// The rules of `Kernel::check_page`, on the map: `pg` must be an
-    /// element of a vm_page array whose range was not unplugged.
+    /// element of a vm_page array whose range was not unplugged (the
+    /// segment holding its frame points at this very vm_page).
     fn check_page(&self, pg: *const VmPage, what: &str) -> u64 {
         let a = pg as usize;
         let sz = std::mem::size_of::<VmPage>();
-        for &(base, len) in &self.arrays {
+        for &(base, len, start) in &self.arrays {
             if a >= base && a < base + len * sz {
                 if !(a - base).is_multiple_of(sz) {
                     kernel_panic(&format!("{what}: misaligned vm_page pointer {pg:p}"));
                 }
-                // SAFETY: pg points at an element of a live array; the
-                // caller owns the page, so the model does not change it.
-                let (pfn, st) = unsafe {
-                    (
-                        std::ptr::addr_of!((*pg).pfn).read_volatile(),
-                        std::ptr::addr_of!((*pg).state).read_volatile(),
-                    )
-                };
-                if st == PG_GONE {
+                let pfn = start + ((a - base) / sz) as u64;
+                if self.find(pfn) != pg.cast_mut() {
                     kernel_panic(&format!(
                         "{what}: vm_page of frame {pfn:#x} used after its range was unplugged"
                     ));
@@ -555,7 +572,7 @@ impl Kernel {
             arrays: self
                 .arrays
                 .iter()
-                .map(|a| (a.ptr as usize, a.len))
+                .map(|a| (a.ptr as usize, a.len, a.start))
                 .collect(),
         });
         let old = PAGE_MAP.swap(Box::into_raw(map), Ordering::AcqRel);
@@ -793,11 +810,11 @@ unsafe extern "C" fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) ->
             s.room -= n;
             s.segments += 1;
         }
-        let pgs = k.new_page_array(pfn, n, PG_FREE);
+        let pgs = k.new_page_array(pfn, n);
         let id = k.insert_seg(pfn, end, pgs);
         k.seg_slab.insert(id, slab);
         k.physseg_unlocked_changes += 1;
-        k.free.extend(pfn..end);
+        k.free.insert_range(pfn, end);
         physmem.set(physmem.get() + n);
         let np = uvmexp.get().npages + n as i32;
         k.sync_uvmexp(np);
@@ -862,9 +879,8 @@ extern "C" fn uvm_physseg_unplug(pfn: u64, npages: usize) -> bool {
                 None => kernel_panic("uvm_physseg_unplug: frame vanished"),
             }
         }
-        for f in pfn..end {
-            k.set_page_state(f, PG_GONE);
-        }
+        // Their vm_pages are "gone" from here on: no segment points at
+        // them any more (`check_page`).
         k.module_pages -= n;
         k.physseg_unlocked_changes += 1;
         // The vm_pages go back to their slab's extent; a whole segment

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use crate::config::{fail_now, MemOp, Mode};
 use crate::kernel::{
-    adopt_thread, kernel_panic, lock, with, E820Entry, Kernel, Mfn, CHANGED, INVALID_P2M_ENTRY,
+    adopt_thread, kernel_panic, lock, with, E820Entry, Kernel, CHANGED, INVALID_P2M_ENTRY,
     MAX_GPFN, PAGE_SHIFT, PG_MODULE, WATCHQ,
 };
 use crate::stall::stall_point;
@@ -50,32 +50,39 @@ impl Kernel {
         m
     }
 
-    /// Backs a boot frame (PV: MFN + p2m + m2p; PVH: populated).
-    pub(crate) fn boot_back(&mut self, pfn: u64, content: u64) {
-        match self.mode() {
+    /// Backs the boot frames [pfn, pfn + n) (PV: MFNs + p2m + m2p; PVH:
+    /// populated), holding data when `data`.
+    pub(crate) fn boot_back(&mut self, pfn: u64, n: u64, data: bool) {
+        let keys = match self.mode() {
             Mode::Pv => {
                 let m = self.next_mfn;
-                self.next_mfn += 1;
-                self.tot_pages += 1;
-                self.owned.insert(m, Mfn { m2p: pfn, content });
-                self.p2m_set(pfn, m);
+                self.next_mfn += n;
+                self.tot_pages += n;
+                for i in 0..n {
+                    self.owned.insert(m + i, pfn + i);
+                    self.p2m_set(pfn + i, m + i);
+                }
+                m
             }
             Mode::Pvh => {
-                self.tot_pages += 1;
-                self.populated.insert(pfn, content);
+                self.tot_pages += n;
+                self.populated.insert_range(pfn, pfn + n);
+                pfn
             }
-            Mode::NotXen => {
-                self.nx_content.insert(pfn, content);
-            }
+            Mode::NotXen => pfn,
+        };
+        if data {
+            self.data.insert_range(keys, keys + n);
         }
     }
 
-    /// Records a frame given back to Xen; checks the guest owned its page.
-    fn release(&mut self, pfn: Option<u64>, content: u64) {
-        if content == 0 {
-            self.clean_given += 1;
-        } else {
+    /// Records a frame given back to Xen (its content kept under `key`);
+    /// checks the guest owned its page.
+    fn release(&mut self, pfn: Option<u64>, key: u64) {
+        if self.data.remove(key) {
             self.dirty_given += 1;
+        } else {
+            self.clean_given += 1;
         }
         self.tot_pages -= 1;
         self.host_free += 1;
@@ -181,11 +188,12 @@ impl Kernel {
                 let limit = self.faults.decrease_limit.map_or(n, |l| l as usize);
                 'ext: while done < n.min(limit) {
                     for j in 0..per {
-                        let Some(m) = self.owned.remove(&(ext[done] + j)) else {
+                        let mfn = ext[done] + j;
+                        let Some(m2p) = self.owned.remove(mfn) else {
                             break 'ext;
                         };
-                        let pfn = (m.m2p != INVALID_P2M_ENTRY).then_some(m.m2p);
-                        self.release(pfn, m.content);
+                        let pfn = (m2p != INVALID_P2M_ENTRY).then_some(m2p);
+                        self.release(pfn, mfn);
                     }
                     self.count_extent(order);
                     done += 1;
@@ -217,10 +225,10 @@ impl Kernel {
                             }
                             continue;
                         }
-                        let Some(c) = self.populated.remove(&g) else {
+                        if !self.populated.remove(g) {
                             break 'ext;
-                        };
-                        self.release(Some(g), c);
+                        }
+                        self.release(Some(g), g);
                     }
                     self.count_extent(order);
                     done += 1;
@@ -232,13 +240,7 @@ impl Kernel {
                 while done < n.min(room) && chunk_ok(self) {
                     let m = self.host_alloc_extent(order);
                     for j in 0..per {
-                        self.owned.insert(
-                            m + j,
-                            Mfn {
-                                m2p: INVALID_P2M_ENTRY,
-                                content: 0,
-                            },
-                        );
+                        self.owned.insert(m + j, INVALID_P2M_ENTRY);
                     }
                     ext[done] = m;
                     self.count_extent(order);
@@ -265,7 +267,7 @@ impl Kernel {
                         // page stays the domain's and counted, but nothing
                         // maps it: a special page (xenstore or console
                         // ring) is lost, RAM content is lost.
-                        if self.populated.contains_key(&g) {
+                        if self.populated.contains(g) {
                             self.replaced_gfns.push(g);
                         }
                         // p2m.c p2m_add_page: a PoD entry there is replaced
@@ -275,7 +277,9 @@ impl Kernel {
                             self.reserved_hits.push((g, what));
                         }
                         self.host_alloc();
-                        self.populated.insert(g, 0);
+                        self.populated.insert(g);
+                        // A fresh page from Xen's heap, scrubbed.
+                        self.data.remove(g);
                     }
                     self.count_extent(order);
                     done += 1;
@@ -455,7 +459,7 @@ unsafe extern "C" fn HYPERVISOR_mmuext_op(
             if op.cmd != MMUEXT_CLEAR_PAGE {
                 return -ENOSYS;
             }
-            let Some(pfn) = k.owned.get(&op.arg1).map(|m| m.m2p) else {
+            let Some(pfn) = k.owned.get(op.arg1) else {
                 return -EINVAL;
             };
             // The rules pmap_zero_page follows (uvm.rs `zeroing_rules`;
@@ -463,9 +467,7 @@ unsafe extern "C" fn HYPERVISOR_mmuext_op(
             if pfn != INVALID_P2M_ENTRY {
                 k.zeroing_rules(pfn);
             }
-            if let Some(m) = k.owned.get_mut(&op.arg1) {
-                m.content = 0;
-            }
+            k.data.remove(op.arg1);
             cleared.push(pfn);
         }
         0
@@ -548,12 +550,11 @@ extern "C" fn kpreempt_enable() {
 fn xpq_flush(k: &mut Kernel, cpu: usize) {
     let q = k.xpq.get_mut(cpu).map(std::mem::take).unwrap_or_default();
     for (mfn, pfn) in q {
-        match k.owned.get_mut(&mfn) {
-            Some(m) => m.m2p = pfn,
-            None => kernel_panic(&format!(
+        if !k.owned.set(mfn, pfn) {
+            kernel_panic(&format!(
                 "HYPERVISOR_mmu_update failed: MMU_MACHPHYS_UPDATE of MFN {mfn:#x}, \
                  which the domain does not own"
-            )),
+            ));
         }
     }
 }

@@ -19,6 +19,7 @@ extern "C" {
     fn uvm_physseg_plug(pfn: u64, n: usize, out: *mut c_void) -> bool;
     fn pmap_zero_page(pa: u64);
     fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage;
+    fn sim_vm_page_frame(pg: *const VmPage) -> u64;
     fn uvm_pagealloc_strat(
         o: *mut c_void,
         off: i64,
@@ -34,8 +35,6 @@ extern "C" {
 struct VmPage {
     next: *mut VmPage,
     prev: *mut *mut VmPage,
-    pfn: u64,
-    state: i32,
 }
 
 #[repr(C)]
@@ -210,8 +209,8 @@ fn phys_to_vm_page_follows_hotplug_add_and_remove() {
                     // SAFETY: a lock-free read stand-in; any address.
                     let pg = unsafe { uvm_phys_to_vm_page(pfn << 12) };
                     if !pg.is_null() {
-                        // SAFETY: a vm_page stays readable until teardown.
-                        let got = unsafe { std::ptr::addr_of!((*pg).pfn).read_volatile() };
+                        // SAFETY: a lock-free read stand-in; any pointer.
+                        let got = unsafe { sim_vm_page_frame(pg) };
                         assert_eq!(got, pfn, "PHYS_TO_VM_PAGE gave another frame's vm_page");
                         found.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -238,7 +237,7 @@ fn phys_to_vm_page_follows_hotplug_add_and_remove() {
             let pg = unsafe { uvm_phys_to_vm_page(s << 12) };
             assert!(!pg.is_null(), "cycle {cycle}: an added range has vm_pages");
             // SAFETY: as above.
-            assert_eq!(unsafe { (*pg).pfn }, s);
+            assert_eq!(unsafe { sim_vm_page_frame(pg) }, s);
             // The readers must have translated in this cycle before the
             // range goes (a bounded wait: they may not have run yet).
             let seen = found.load(std::sync::atomic::Ordering::Relaxed);
@@ -256,8 +255,8 @@ fn phys_to_vm_page_follows_hotplug_add_and_remove() {
                 let pg = unsafe {
                     uvm_pagealloc_strat(std::ptr::null_mut(), 0, std::ptr::null_mut(), 0, 0, 0)
                 };
-                // SAFETY: a vm_page of a live array.
-                let pfn = unsafe { (*pg).pfn };
+                // SAFETY: a lock-free read stand-in; any pointer.
+                let pfn = unsafe { sim_vm_page_frame(pg) };
                 assert!((s..s + n).contains(&pfn), "{pfn:#x}");
             }
             assert_eq!(hotplug_remove(s, n), 0, "cycle {cycle}");
