@@ -926,18 +926,16 @@ impl Domain {
     /// zeroed for reuse would be); returns how many.
     pub fn kernel_zero_free(&self, n: u64) -> u64 {
         with(|k| {
-            let free: Vec<u64> = k.free.iter().collect();
-            let mut done = 0;
-            for pfn in free {
-                if done == n {
-                    break;
-                }
-                if k.content(pfn).is_some_and(|c| c != 0) {
-                    k.write_frame(pfn, false);
-                    done += 1;
-                }
+            let dirty: Vec<u64> = k
+                .free
+                .iter()
+                .filter(|&pfn| k.content(pfn).is_some_and(|c| c != 0))
+                .take(usize::try_from(n).unwrap_or(usize::MAX))
+                .collect();
+            for &pfn in &dirty {
+                k.write_frame(pfn, false);
             }
-            done
+            dirty.len() as u64
         })
     }
     /// Populate-on-demand figures, None when the domain has no PoD.
