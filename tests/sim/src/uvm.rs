@@ -6,6 +6,7 @@
 //! LIFO free list after boot). uvm_pglistalloc takes the highest free
 //! frames inside [low, high).
 
+use std::alloc::{GlobalAlloc, System};
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -591,16 +592,26 @@ pub(crate) fn free_page_maps() {
 /// zeroing still writes 4 KiB of real memory while the host memory stays
 /// bounded however large the domain is. Null without `real_zero`.
 static FRAME_MEM: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+/// The allocation FRAME_MEM lies in (FRAME_MEM is its first 4 KiB
+/// boundary), for the free.
+static FRAME_MEM_BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static FRAME_MEM_SLOTS: AtomicU64 = AtomicU64::new(0);
 static FRAME_MEM_SPAN: AtomicU64 = AtomicU64::new(0);
 
+/// The slots and one page more, at the system allocator's usual
+/// alignment: so that its `alloc_zeroed` is a calloc, which gets a large
+/// block as fresh zero pages from the host without writing them. (With a
+/// 4 KiB alignment the standard library writes the zeros itself, as the
+/// global allocator, balloon's HostKmemAllocator, does for every
+/// `alloc_zeroed`; either way the whole window was resident from boot.)
 fn frame_mem_layout(slots: u64) -> std::alloc::Layout {
-    std::alloc::Layout::from_size_align((slots * PAGE_SIZE) as usize, PAGE_SIZE as usize)
+    std::alloc::Layout::from_size_align(((slots + 1) * PAGE_SIZE) as usize, 16)
         .unwrap_or_else(|_| kernel_panic("real_zero: frame memory too large for the host"))
 }
 
 /// Gives frames [0, span) host memory: a window of min(span, window)
-/// slots (zero-filled and untouched: the host maps it on first write).
+/// slots, 4 KiB-aligned (zero-filled and untouched: the host maps it on
+/// first write).
 pub(crate) fn frame_mem_init(span: u64, window: u64) {
     frame_mem_free();
     let slots = span.min(window);
@@ -608,10 +619,15 @@ pub(crate) fn frame_mem_init(span: u64, window: u64) {
         return;
     }
     // SAFETY: the layout has a non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(frame_mem_layout(slots)) };
-    if p.is_null() {
+    let base = unsafe { System.alloc_zeroed(frame_mem_layout(slots)) };
+    if base.is_null() {
         kernel_panic("real_zero: the host has no memory for the frames");
     }
+    let skip = (PAGE_SIZE as usize - base as usize % PAGE_SIZE as usize) % PAGE_SIZE as usize;
+    // SAFETY: skip < 4 KiB, and the allocation has a page more than the
+    // slots need.
+    let p = unsafe { base.add(skip) };
+    FRAME_MEM_BASE.store(base, Ordering::SeqCst);
     FRAME_MEM_SLOTS.store(slots, Ordering::SeqCst);
     FRAME_MEM_SPAN.store(span, Ordering::SeqCst);
     FRAME_MEM.store(p, Ordering::SeqCst);
@@ -619,12 +635,13 @@ pub(crate) fn frame_mem_init(span: u64, window: u64) {
 
 /// Frees the frame memory (domain teardown).
 pub(crate) fn frame_mem_free() {
-    let p = FRAME_MEM.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    FRAME_MEM.store(std::ptr::null_mut(), Ordering::SeqCst);
+    let base = FRAME_MEM_BASE.swap(std::ptr::null_mut(), Ordering::SeqCst);
     let slots = FRAME_MEM_SLOTS.swap(0, Ordering::SeqCst);
     FRAME_MEM_SPAN.store(0, Ordering::SeqCst);
-    if !p.is_null() {
-        // SAFETY: allocated by frame_mem_init with this layout.
-        unsafe { std::alloc::dealloc(p, frame_mem_layout(slots)) };
+    if !base.is_null() {
+        // SAFETY: allocated from System by frame_mem_init with this layout.
+        unsafe { System.dealloc(base, frame_mem_layout(slots)) };
     }
 }
 
@@ -648,7 +665,7 @@ pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
     while done < n {
         let slot = (pfn + done) % slots;
         let run = (n - done).min(slots - slot);
-        // SAFETY: [slot, slot + run) lies inside the allocation; the slots
+        // SAFETY: [slot, slot + run) lies inside the window; the slots
         // are written by one thread at a time: the module zeroes only on
         // its worker thread (pmap_zero_page and MMUEXT_CLEAR_PAGE from the
         // shim's scrub), and the benchmark and the tests call
@@ -676,7 +693,7 @@ pub(crate) fn frame_mem_clear_nt(pfn: u64) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_sfence, _mm_stream_si64};
-        // SAFETY: the slot lies inside the 4 KiB-aligned allocation and is
+        // SAFETY: the slot lies inside the 4 KiB-aligned window and is
         // written by one thread at a time (as in frame_mem_fill); SSE2
         // (MOVNTI, SFENCE) is part of x86_64.
         unsafe {
@@ -703,7 +720,7 @@ pub(crate) fn frame_mem_is(pfn: u64, byte: u8) -> Option<bool> {
     if pfn >= slots || pfn + slots < span {
         return None;
     }
-    // SAFETY: pfn < slots: the slot lies inside the allocation.
+    // SAFETY: pfn < slots: the slot lies inside the window.
     let f = unsafe {
         std::slice::from_raw_parts(p.add((pfn * PAGE_SIZE) as usize), PAGE_SIZE as usize)
     };
