@@ -2,15 +2,21 @@
 //! The whole stack against memset (issue 13 goal 4): balloon.kmod (the C
 //! shim and the Rust core) runs in the simulated domU, PV and PVH, with
 //! scrubbing on and pmap_zero_page writing 4 KiB of real memory per frame
-//! (`DomainConfig::real_zero`). For each size it inflates the domain by
-//! that much (`xl mem-set`), deflates it back, and memsets the same number
-//! of frames of the same memory, in the same run, and prints medians of
-//! the repeated runs: ms per GiB and the ratio to memset. A last run per
-//! mode is timed stand-in by stand-in (`balloon_sim::prof`) for the
-//! profile; the timed runs have those timers off.
+//! (`DomainConfig::real_zero`, in its window of `real_zero_window`
+//! frames, 1 GiB: frame f writes slot f modulo the window). For each size
+//! it inflates the domain by that much (`xl mem-set`), deflates it back,
+//! and memsets the same number of frames over the same window, in the
+//! same run, and prints medians of the repeated runs: ms per GiB and the
+//! ratio to memset. Beside them, the simulator's resident memory per
+//! simulated page (VmRSS after boot, VmHWM over the runs) and the host's
+//! load average. A last run per mode is timed stand-in by stand-in
+//! (`balloon_sim::prof`) for the profile; the timed runs have those
+//! timers off.
 //!
 //! Run: cargo bench -p balloon-sim --bench stack [-- --sizes 256,1024
-//! --runs 5 --modes pv,pvh]  (sizes in MiB)
+//! --runs 5 --modes pv,pvh --max-rss-mib N]  (sizes in MiB, at most
+//! 1048576; --max-rss-mib skips a size whose predicted peak resident
+//! memory is above N MiB)
 //!
 //! Everything here runs in the simulated domU on Linux; nothing runs on
 //! NetBSD or under Xen, and the figures are this machine's.
@@ -24,11 +30,17 @@ const PAGES_PER_MIB: u64 = 256;
 /// safe floor (policy.rs piecewise_minimum) for every size here.
 const SPARE_MIB: u64 = 512;
 const LIMIT: Duration = Duration::from_secs(300);
+/// The largest size (MiB) the benchmark takes: 1 TiB.
+const MAX_SIZE_MIB: u64 = 1 << 20;
+/// Bytes of simulator state per page assumed before any size has been
+/// measured (config.rs documents about 130 for PV).
+const PRIOR_BYTES_PER_PAGE: f64 = 130.0;
 
 struct Args {
     sizes: Vec<u64>,
     runs: usize,
     modes: Vec<Mode>,
+    max_rss_mib: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -36,6 +48,7 @@ fn parse_args() -> Args {
         sizes: vec![256, 1024],
         runs: 5,
         modes: vec![Mode::Pv, Mode::Pvh],
+        max_rss_mib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -45,8 +58,15 @@ fn parse_args() -> Args {
                 let v = it.next().unwrap_or_default();
                 a.sizes = v
                     .split(',')
-                    .map(|s| s.parse().unwrap_or_else(|_| usage(&v)))
+                    .map(|s| match s.parse() {
+                        Ok(n) if (1..=MAX_SIZE_MIB).contains(&n) => n,
+                        _ => usage(&v),
+                    })
                     .collect();
+            }
+            "--max-rss-mib" => {
+                let v = it.next().unwrap_or_default();
+                a.max_rss_mib = Some(v.parse().unwrap_or_else(|_| usage(&v)));
             }
             "--runs" => {
                 let v = it.next().unwrap_or_default();
@@ -70,7 +90,10 @@ fn parse_args() -> Args {
 }
 
 fn usage(bad: &str) -> ! {
-    eprintln!("stack: bad argument {bad:?}; use --sizes MIB,MIB --runs N --modes pv,pvh");
+    eprintln!(
+        "stack: bad argument {bad:?}; use --sizes MIB,MIB (1 to {MAX_SIZE_MIB}) --runs N \
+         --modes pv,pvh --max-rss-mib N"
+    );
     std::process::exit(2)
 }
 
@@ -90,6 +113,32 @@ fn cpu_ns() -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .sum()
+}
+
+/// A field of /proc/self/status in bytes (VmRSS, VmHWM; given in kB).
+fn status_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Resets VmHWM to the current VmRSS (proc(5): writing 5 to
+/// /proc/PID/clear_refs); false when the kernel refuses, and then VmHWM
+/// is the peak since the process started.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The host's load averages over 1, 5 and 15 minutes (/proc/loadavg).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join("/"))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Wall and CPU time of `f`, and its result.
@@ -144,37 +193,71 @@ fn mem_set(d: &Domain, pages: u64) -> (Duration, Duration) {
     (wall, cpu)
 }
 
-/// Medians in ms per GiB: CPU time, and wall time.
+/// Medians in ms per GiB: CPU time, and wall time. Memory in bytes.
 struct Row {
     memset: f64,
     inflate: f64,
     deflate: f64,
     wall: [f64; 3],
     hypercalls: f64,
+    /// The domain's pages at boot.
+    pages: u64,
+    /// VmRSS before boot, after boot (and modload), and VmHWM from just
+    /// before boot to the end of the runs.
+    rss_pre: u64,
+    rss_boot: u64,
+    peak: u64,
+    /// Host memory of the real-zero window (all touched by the runs).
+    window: u64,
+}
+
+impl Row {
+    /// Simulator state per page at the peak: VmHWM less what the process
+    /// held before boot and less the real-zero window.
+    fn sim_per_page(&self) -> f64 {
+        self.peak.saturating_sub(self.rss_pre + self.window) as f64 / self.pages as f64
+    }
 }
 
 fn per_gib(d: Duration, pages: u64) -> f64 {
     d.as_secs_f64() * 1e3 * (262_144.0 / pages as f64)
 }
 
-fn run(mode: Mode, mib: u64, runs: usize) -> (Row, Vec<(&'static str, u64, u64)>, f64) {
+fn config(mode: Mode, mib: u64) -> DomainConfig {
     let boot_mib = mib + SPARE_MIB;
-    let cfg = DomainConfig::default()
+    DomainConfig::default()
         .mode(mode)
         .boot_mib(boot_mib)
         .max_mib(boot_mib)
         .host_free_mib(2 * mib + 1024)
-        .real_zero(true);
+        .real_zero(true)
+}
+
+/// Host memory of the real-zero window of a domain whose frames end at
+/// `span`.
+fn window_bytes(cfg: &DomainConfig, span: u64) -> u64 {
+    span.min(cfg.real_zero_window) * 4096
+}
+
+fn run(cfg: DomainConfig, mib: u64, runs: usize) -> (Row, Vec<(&'static str, u64, u64)>, f64) {
+    let window_frames = cfg.real_zero_window;
+    if !reset_peak() {
+        eprintln!("stack: /proc/self/clear_refs refused 5: VmHWM is the peak since start");
+    }
+    let rss_pre = status_bytes("VmRSS");
     let d = Domain::boot(cfg);
     d.modload(balloon_module()).expect("modload");
     d.sysctl_write("hw.balloon.scrub", SysctlValue::Bool(true))
         .expect("scrub on");
+    let rss_boot = status_bytes("VmRSS");
     let boot = d.memory();
     let n = mib * PAGES_PER_MIB;
     let (seg_start, seg_end) = *d.segments().last().expect("a boot segment");
     assert!(seg_end - seg_start >= n);
-    // Fault the frame memory in once, so that neither side pays for it.
-    assert_eq!(d.memset_frames(seg_end - n, n, 0x5a), n);
+    // Fault the whole window in once (frames [0, slots) own one slot
+    // each), so that neither side pays for it.
+    let slots = seg_end.min(window_frames);
+    assert_eq!(d.memset_frames(0, slots, 0x5a), slots);
     let mut v: [Vec<f64>; 7] = Default::default();
     for _ in 0..runs {
         let (w, c, _) = timed(|| d.memset_frames(seg_end - n, n, 0x5a));
@@ -199,6 +282,7 @@ fn run(mode: Mode, mib: u64, runs: usize) -> (Row, Vec<(&'static str, u64, u64)>
     let fig = prof::figures();
     prof::enable(false);
     d.modunload().expect("modunload");
+    let peak = status_bytes("VmHWM");
     (
         Row {
             memset: median(&mut v[0]),
@@ -206,6 +290,11 @@ fn run(mode: Mode, mib: u64, runs: usize) -> (Row, Vec<(&'static str, u64, u64)>
             deflate: median(&mut v[2]),
             wall: [median(&mut v[3]), median(&mut v[4]), median(&mut v[5])],
             hypercalls: median(&mut v[6]),
+            pages: boot,
+            rss_pre,
+            rss_boot,
+            peak,
+            window: slots * 4096,
         },
         fig,
         total,
@@ -225,14 +314,22 @@ fn main() {
         .unwrap_or_else(|| "unknown CPU".into());
     println!(
         "whole stack in the simulated domU: balloon.kmod inflates by SIZE and deflates back, \
-         scrub on, pmap_zero_page writes 4 KiB (--real-zero); memset of the same frames in the \
-         same run; medians of {} runs; CPU ms per GiB (all threads), and wall-time ratios; \
-         {cpu}, {} CPUs",
+         scrub on, pmap_zero_page writes 4 KiB (--real-zero, in a window of {} MiB); memset of \
+         the same number of frames over the same window in the same run; medians of {} runs; \
+         CPU ms per GiB (all threads), and wall-time ratios; {cpu}, {} CPUs",
+        DomainConfig::default().real_zero_window / PAGES_PER_MIB,
         a.runs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<4} {:>9} {:>7} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>11}",
+        "memory: resident bytes per simulated page (the domain's boot pages): VmRSS after boot \
+         (boot), VmHWM over the runs (peak; reset before boot); pre: VmRSS before boot; win: \
+         the real-zero window (in the peak); sim: (peak - pre - win) per page; load: the host's \
+         load average (1/5/15 min) at the end of the row"
+    );
+    println!(
+        "{:<4} {:>11} {:>7} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} \
+         {:>7} {:>8} {:>14}",
         "mode",
         "size",
         "memset",
@@ -242,18 +339,59 @@ fn main() {
         "de/memset",
         "wall in/ms",
         "wall de/ms",
-        "hcalls/GiB"
+        "hcalls/GiB",
+        "pre MiB",
+        "boot B/pg",
+        "peak B/pg",
+        "win MiB",
+        "sim B/pg",
+        "load"
     );
     let mut worst = (0.0f64, 0.0f64);
     let mut profiles = Vec::new();
+    let mut measured: Vec<(Mode, u64, f64)> = Vec::new();
     for &mode in &a.modes {
         for &mib in &a.sizes {
-            let (r, fig, total) = run(mode, mib, a.runs);
+            let name = format!("{mode:?}").to_uppercase();
+            let cfg = config(mode, mib);
+            if let Err(e) = cfg.validate() {
+                println!("{name:<4} {mib:>7} MiB skipped: the simulator refuses it: {e}");
+                continue;
+            }
+            if let Some(max) = a.max_rss_mib {
+                // Bytes per page of the previous size of this mode, else
+                // of the last size measured, else the documented prior.
+                let (bpp, from) = measured
+                    .iter()
+                    .rev()
+                    .find(|m| m.0 == mode)
+                    .or(measured.last())
+                    .map_or((PRIOR_BYTES_PER_PAGE, "assumed".to_string()), |m| {
+                        let mode = format!("{:?}", m.0).to_uppercase();
+                        (m.2, format!("as measured at {mode} {} MiB", m.1))
+                    });
+                let span = cfg.segments().last().map_or(0, |s| s.0 + s.1);
+                let predicted = status_bytes("VmRSS") as f64
+                    + window_bytes(&cfg, span) as f64
+                    + bpp * cfg.boot_pages() as f64;
+                let predicted_mib = predicted / (1u64 << 20) as f64;
+                if predicted_mib > max as f64 {
+                    println!(
+                        "{name:<4} {mib:>7} MiB skipped: predicted peak {predicted_mib:.0} MiB \
+                         > --max-rss-mib {max} ({bpp:.0} B per page, {from}, plus the window \
+                         and what the process holds)"
+                    );
+                    continue;
+                }
+            }
+            let (r, fig, total) = run(cfg, mib, a.runs);
             let (ri, rd) = (r.inflate / r.memset, r.deflate / r.memset);
             worst = (worst.0.max(ri), worst.1.max(rd));
+            let pages = r.pages as f64;
             println!(
-                "{:<4} {:>5} MiB {:>7.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>11.0}",
-                format!("{mode:?}").to_uppercase(),
+                "{:<4} {:>7} MiB {:>7.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2} {:>10.2} {:>10.2} \
+                 {:>11.0} {:>7.0} {:>9.0} {:>9.0} {:>7.0} {:>8.0} {:>14}",
+                name,
                 mib,
                 r.memset,
                 r.inflate,
@@ -262,8 +400,15 @@ fn main() {
                 rd,
                 r.wall[1] / r.wall[0],
                 r.wall[2] / r.wall[0],
-                r.hypercalls
+                r.hypercalls,
+                r.rss_pre as f64 / (1u64 << 20) as f64,
+                r.rss_boot as f64 / pages,
+                r.peak as f64 / pages,
+                r.window as f64 / (1u64 << 20) as f64,
+                r.sim_per_page(),
+                load()
             );
+            measured.push((mode, mib, r.sim_per_page()));
             profiles.push((mode, mib, fig, total));
         }
     }
