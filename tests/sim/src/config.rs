@@ -42,6 +42,9 @@ pub const MAX_BOOT_BYTES: u64 = 1 << 40;
 /// at boot, 4 GiB of it for 2 TiB.
 pub const MAX_MAX_BYTES: u64 = 2 << 40;
 
+/// The default `real_zero_window`: 1 GiB of frames.
+pub const REAL_ZERO_WINDOW: u64 = 262_144;
+
 /// How a domain boots. Sizes are bytes unless named pages/frames.
 #[derive(Clone, Debug)]
 pub struct DomainConfig {
@@ -84,11 +87,19 @@ pub struct DomainConfig {
     pub pod_memory_bytes: Option<u64>,
     /// pmap_zero_page writes 4 KiB of real memory per frame, as the
     /// kernel's does (default false: it clears the frame's 8-byte content
-    /// tag only). The frames of boot memory get host memory of their own
-    /// (touched only when zeroed); frames plugged later keep the tag
-    /// only. For whole-stack timing (`balloon-sim --real-zero`, the
-    /// stack benchmark), never needed by a rule.
+    /// tag only). The frames of boot memory get host memory (touched
+    /// only when written), in a window of `real_zero_window` frames;
+    /// frames plugged later keep the tag only. For whole-stack timing
+    /// (`balloon-sim --real-zero`, the stack benchmark), never needed by
+    /// a rule.
     pub real_zero: bool,
+    /// With `real_zero`: the most frames of host memory the frames get
+    /// (default 262144, 1 GiB; all of boot memory's span when it is
+    /// smaller). Frame f writes slot f % window, so a domain larger than
+    /// the window still writes 4 KiB per zeroing in bounded host memory;
+    /// the contents of a frame whose slot is shared are not kept
+    /// (`Domain::frame_memory_is` answers None for it).
+    pub real_zero_window: u64,
 }
 
 impl Default for DomainConfig {
@@ -110,6 +121,7 @@ impl Default for DomainConfig {
             freetarg: None,
             pod_memory_bytes: None,
             real_zero: false,
+            real_zero_window: REAL_ZERO_WINDOW,
         }
     }
 }
@@ -130,6 +142,11 @@ impl DomainConfig {
     }
     pub fn real_zero(mut self, on: bool) -> Self {
         self.real_zero = on;
+        self
+    }
+    /// See [`DomainConfig::real_zero_window`] (frames).
+    pub fn real_zero_window(mut self, frames: u64) -> Self {
+        self.real_zero_window = frames;
         self
     }
     pub fn boot_mib(mut self, mib: u64) -> Self {
@@ -298,6 +315,9 @@ impl DomainConfig {
             if kernel > m / PAGE {
                 return Err("the kernel's boot pages exceed the PoD memory".into());
             }
+        }
+        if self.real_zero_window == 0 {
+            return Err("the real-zero window must be at least one frame".into());
         }
         if self.time_scale == 0 {
             return Err("the time scale must be at least 1".into());

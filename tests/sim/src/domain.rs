@@ -558,7 +558,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
     }
     k.growth = crate::growth::GrowthState::boot(&k);
     if k.cfg.real_zero {
-        crate::uvm::frame_mem_init(k.segs.last().map_or(0, |s| s.end));
+        crate::uvm::frame_mem_init(k.segs.last().map_or(0, |s| s.end), k.cfg.real_zero_window);
     }
     let freemin = k.cfg.freemin.unwrap_or(256.min((boot_pages / 16) as i32));
     let freetarg = k.cfg.freetarg.unwrap_or(512.min((boot_pages / 8) as i32));
@@ -824,14 +824,16 @@ impl Domain {
         with(|k| if k.backed(pfn) { k.content(pfn) } else { None })
     }
     /// With `real_zero`: fills frames [pfn, pfn + n) of host memory with
-    /// `byte` and returns how many it wrote (0 without `real_zero`). The
+    /// `byte` (in their slots of `real_zero_window`, wrapping) and returns
+    /// how many it wrote (0 without `real_zero`). The
     /// stack benchmark's memset baseline; call it while the module does
     /// not touch those frames.
     pub fn memset_frames(&self, pfn: u64, n: u64, byte: u8) -> u64 {
         crate::uvm::frame_mem_fill(pfn, n, byte)
     }
     /// With `real_zero`: whether frame `pfn`'s 4 KiB of host memory are
-    /// all `byte` (None without `real_zero` or past boot memory).
+    /// all `byte` (None without `real_zero`, past boot memory, or when
+    /// the frame shares its slot of `real_zero_window` with another).
     pub fn frame_memory_is(&self, pfn: u64, byte: u8) -> Option<bool> {
         crate::uvm::frame_mem_is(pfn, byte)
     }

@@ -16,7 +16,9 @@
 //!          those of docs/kernel-growth.md), --time-scale N (simulated
 //!          time runs N times real time; 1000), --real-zero
 //!          (pmap_zero_page writes 4 KiB of host memory per frame, as the
-//!          kernel's does, instead of clearing the frame's content tag)
+//!          kernel's does, instead of clearing the frame's content tag),
+//!          --real-zero-window SIZE (the host memory those writes go to,
+//!          frame f in slot f modulo the window; 1g)
 //! ```
 //!
 //! A bad command line gets one line on standard error and status 2;
@@ -48,6 +50,7 @@ const USAGE: &str =
                    [--memory SIZE] [--touch-before-load SIZE]
                    [--no-hotplug] [--no-modload] [--builtin-balloon]
                    [--kernel stock|assisted] [--time-scale N] [--real-zero]
+                   [--real-zero-window SIZE]
                    [run FILE|- | daemon --socket PATH]
        balloon-sim ctl --socket PATH [--wait SECONDS] COMMAND [ARG ...]
        balloon-sim soak [--seed S] [--runs R] [--hypercalls N] [--pv|--pvh]
@@ -97,6 +100,7 @@ struct OptSet {
     memory: Option<u64>,
     touch: Option<u64>,
     real_zero: Option<bool>,
+    real_zero_window: Option<u64>,
 }
 
 /// A size option's value in bytes: xl's syntax (b, k, m, g, t; none is
@@ -142,6 +146,9 @@ fn parse_optset(args: Vec<String>, actions: bool) -> Result<(OptSet, Option<Acti
             "--no-hotplug" => o.hotplug = Some(false),
             "--builtin-balloon" => o.builtin = Some(true),
             "--real-zero" => o.real_zero = Some(true),
+            "--real-zero-window" => {
+                o.real_zero_window = Some(size_arg("--real-zero-window", args.next())?)
+            }
             "--no-modload" => o.modload = Some(false),
             "--kernel" => match args.next().as_deref() {
                 Some("stock") => o.flavour = Some(Flavour::Stock),
@@ -224,6 +231,9 @@ fn merge(file: OptSet, cmd: OptSet) -> Result<(DomainConfig, u64, bool), String>
     }
     if let Some(z) = cmd.real_zero.or(file.real_zero) {
         cfg = cfg.real_zero(z);
+    }
+    if let Some(w) = cmd.real_zero_window.or(file.real_zero_window) {
+        cfg = cfg.real_zero_window(w / 4096);
     }
     cfg.validate()?;
     let touch = cmd.touch.or(file.touch).unwrap_or(0) / 4096;

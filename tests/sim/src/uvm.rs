@@ -6,6 +6,7 @@
 //! LIFO free list after boot). uvm_pglistalloc takes the highest free
 //! frames inside [low, high).
 
+use std::alloc::{GlobalAlloc, System};
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -602,60 +603,99 @@ pub(crate) fn free_page_maps() {
 
 // ---- real frame memory (DomainConfig::real_zero) ----
 
-/// Host memory for frames [0, FRAME_MEM_PAGES), 4 KiB each, or null.
+/// Host memory for the frames of boot memory, [0, FRAME_MEM_SPAN), in a
+/// window of FRAME_MEM_SLOTS slots of 4 KiB (`DomainConfig::
+/// real_zero_window`): frame f writes slot f % FRAME_MEM_SLOTS, so every
+/// zeroing still writes 4 KiB of real memory while the host memory stays
+/// bounded however large the domain is. Null without `real_zero`.
 static FRAME_MEM: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
-static FRAME_MEM_PAGES: AtomicU64 = AtomicU64::new(0);
+/// The allocation FRAME_MEM lies in (FRAME_MEM is its first 4 KiB
+/// boundary), for the free.
+static FRAME_MEM_BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static FRAME_MEM_SLOTS: AtomicU64 = AtomicU64::new(0);
+static FRAME_MEM_SPAN: AtomicU64 = AtomicU64::new(0);
 
-fn frame_mem_layout(pages: u64) -> std::alloc::Layout {
-    std::alloc::Layout::from_size_align((pages * PAGE_SIZE) as usize, PAGE_SIZE as usize)
+/// The slots and one page more, at the system allocator's usual
+/// alignment: so that its `alloc_zeroed` is a calloc, which gets a large
+/// block as fresh zero pages from the host without writing them. (With a
+/// 4 KiB alignment the standard library writes the zeros itself, as the
+/// global allocator, balloon's HostKmemAllocator, does for every
+/// `alloc_zeroed`; either way the whole window was resident from boot.)
+fn frame_mem_layout(slots: u64) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(((slots + 1) * PAGE_SIZE) as usize, 16)
         .unwrap_or_else(|_| kernel_panic("real_zero: frame memory too large for the host"))
 }
 
-/// Gives frames [0, pages) host memory (zero-filled and untouched: the
-/// host maps it on first write).
-pub(crate) fn frame_mem_init(pages: u64) {
+/// Gives frames [0, span) host memory: a window of min(span, window)
+/// slots, 4 KiB-aligned (zero-filled and untouched: the host maps it on
+/// first write).
+pub(crate) fn frame_mem_init(span: u64, window: u64) {
     frame_mem_free();
-    if pages == 0 {
+    let slots = span.min(window);
+    if slots == 0 {
         return;
     }
     // SAFETY: the layout has a non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(frame_mem_layout(pages)) };
-    if p.is_null() {
+    let base = unsafe { System.alloc_zeroed(frame_mem_layout(slots)) };
+    if base.is_null() {
         kernel_panic("real_zero: the host has no memory for the frames");
     }
-    FRAME_MEM_PAGES.store(pages, Ordering::SeqCst);
+    let skip = (PAGE_SIZE as usize - base as usize % PAGE_SIZE as usize) % PAGE_SIZE as usize;
+    // SAFETY: skip < 4 KiB, and the allocation has a page more than the
+    // slots need.
+    let p = unsafe { base.add(skip) };
+    FRAME_MEM_BASE.store(base, Ordering::SeqCst);
+    FRAME_MEM_SLOTS.store(slots, Ordering::SeqCst);
+    FRAME_MEM_SPAN.store(span, Ordering::SeqCst);
     FRAME_MEM.store(p, Ordering::SeqCst);
 }
 
 /// Frees the frame memory (domain teardown).
 pub(crate) fn frame_mem_free() {
-    let p = FRAME_MEM.swap(std::ptr::null_mut(), Ordering::SeqCst);
-    let pages = FRAME_MEM_PAGES.swap(0, Ordering::SeqCst);
-    if !p.is_null() {
-        // SAFETY: allocated by frame_mem_init with this layout.
-        unsafe { std::alloc::dealloc(p, frame_mem_layout(pages)) };
+    FRAME_MEM.store(std::ptr::null_mut(), Ordering::SeqCst);
+    let base = FRAME_MEM_BASE.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    let slots = FRAME_MEM_SLOTS.swap(0, Ordering::SeqCst);
+    FRAME_MEM_SPAN.store(0, Ordering::SeqCst);
+    if !base.is_null() {
+        // SAFETY: allocated from System by frame_mem_init with this layout.
+        unsafe { System.dealloc(base, frame_mem_layout(slots)) };
     }
 }
 
-/// Fills frames [pfn, pfn + n) with `byte` where they have host memory;
-/// returns the frames written.
-pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
+/// The window and the number of slots, when frame `pfn` has host memory.
+fn frame_mem_window(pfn: u64) -> Option<(*mut u8, u64)> {
     let p = FRAME_MEM.load(Ordering::Acquire);
-    let pages = FRAME_MEM_PAGES.load(Ordering::Acquire);
-    if p.is_null() || pfn >= pages {
+    let slots = FRAME_MEM_SLOTS.load(Ordering::Acquire);
+    let span = FRAME_MEM_SPAN.load(Ordering::Acquire);
+    (!p.is_null() && pfn < span).then_some((p, slots))
+}
+
+/// Fills frames [pfn, pfn + n) with `byte` where they have host memory
+/// (their slots, wrapping around the window: n frames are n times 4 KiB
+/// of writes); returns the frames written.
+pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
+    let Some((p, slots)) = frame_mem_window(pfn) else {
         return 0;
-    }
-    let n = n.min(pages - pfn);
-    // SAFETY: [pfn, pfn + n) lies inside the allocation; a frame is
-    // written by the one thread that owns it (the module zeroing a page
-    // it allocated, or the benchmark between runs).
-    unsafe {
-        std::ptr::write_bytes(
-            p.add((pfn * PAGE_SIZE) as usize),
-            byte,
-            (n * PAGE_SIZE) as usize,
-        )
     };
+    let n = n.min(FRAME_MEM_SPAN.load(Ordering::Acquire) - pfn);
+    let mut done = 0;
+    while done < n {
+        let slot = (pfn + done) % slots;
+        let run = (n - done).min(slots - slot);
+        // SAFETY: [slot, slot + run) lies inside the window; the slots
+        // are written by one thread at a time: the module zeroes only on
+        // its worker thread (pmap_zero_page and MMUEXT_CLEAR_PAGE from the
+        // shim's scrub), and the benchmark and the tests call
+        // `Domain::memset_frames` only while the module does not zero.
+        unsafe {
+            std::ptr::write_bytes(
+                p.add((slot * PAGE_SIZE) as usize),
+                byte,
+                (run * PAGE_SIZE) as usize,
+            )
+        };
+        done += run;
+    }
     n
 }
 
@@ -664,18 +704,17 @@ pub(crate) fn frame_mem_fill(pfn: u64, n: u64, byte: u8) -> u64 {
 /// @c39cf093: 8-byte MOVNTI non-temporal stores, then SFENCE): the lines
 /// go to memory without being read first.
 pub(crate) fn frame_mem_clear_nt(pfn: u64) {
-    let p = FRAME_MEM.load(Ordering::Acquire);
-    if p.is_null() || pfn >= FRAME_MEM_PAGES.load(Ordering::Acquire) {
+    let Some((p, slots)) = frame_mem_window(pfn) else {
         return;
-    }
+    };
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_sfence, _mm_stream_si64};
-        // SAFETY: the frame lies inside the 4 KiB-aligned allocation and
-        // is written by the one thread that owns it (as in frame_mem_fill);
-        // SSE2 (MOVNTI, SFENCE) is part of x86_64.
+        // SAFETY: the slot lies inside the 4 KiB-aligned window and is
+        // written by one thread at a time (as in frame_mem_fill); SSE2
+        // (MOVNTI, SFENCE) is part of x86_64.
         unsafe {
-            let f = p.add((pfn * PAGE_SIZE) as usize) as *mut i64;
+            let f = p.add(((pfn % slots) * PAGE_SIZE) as usize) as *mut i64;
             for i in 0..(PAGE_SIZE / 8) as usize {
                 _mm_stream_si64(f.add(i), 0);
             }
@@ -683,16 +722,22 @@ pub(crate) fn frame_mem_clear_nt(pfn: u64) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    frame_mem_fill(pfn, 1, 0);
+    {
+        let _ = (p, slots);
+        frame_mem_fill(pfn, 1, 0);
+    }
 }
 
-/// Whether frame `pfn`'s host memory is all `byte` (None: it has none).
+/// Whether frame `pfn`'s host memory is all `byte`. None: it has none, or
+/// its slot is shared with another frame of the span (a domain larger
+/// than the window), so the slot does not tell what the frame holds.
 pub(crate) fn frame_mem_is(pfn: u64, byte: u8) -> Option<bool> {
-    let p = FRAME_MEM.load(Ordering::Acquire);
-    if p.is_null() || pfn >= FRAME_MEM_PAGES.load(Ordering::Acquire) {
+    let (p, slots) = frame_mem_window(pfn)?;
+    let span = FRAME_MEM_SPAN.load(Ordering::Acquire);
+    if pfn >= slots || pfn + slots < span {
         return None;
     }
-    // SAFETY: the frame lies inside the allocation.
+    // SAFETY: pfn < slots: the slot lies inside the window.
     let f = unsafe {
         std::slice::from_raw_parts(p.add((pfn * PAGE_SIZE) as usize), PAGE_SIZE as usize)
     };

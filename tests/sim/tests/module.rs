@@ -220,6 +220,57 @@ fn scrubbed_frames_are_zero_and_pv_clears_them_in_batches() {
     });
 }
 
+/// `real_zero_window`: a domain larger than the window writes frame f's
+/// 4 KiB in slot f % window, so host memory stays bounded while every
+/// write still happens; a frame whose slot another frame of the span
+/// shares has no contents of its own to read (None). Before the window,
+/// every frame had its own 4 KiB (and a 1 TiB domain could not get them).
+#[test]
+fn real_zero_window_wraps_frames_and_keeps_only_unshared_contents() {
+    both(|mode| {
+        const WINDOW: u64 = 40_000;
+        let d = Domain::boot(
+            DomainConfig::default()
+                .mode(mode)
+                .boot_mib(256)
+                .max_mib(256)
+                .host_free_mib(1024)
+                .real_zero(true)
+                .real_zero_window(WINDOW),
+        );
+        let (start, end) = *d.segments().last().expect("a boot segment");
+        assert!(end > WINDOW && end < 2 * WINDOW, "span {end}");
+        // Every frame is written, more frames than the window has slots.
+        assert_eq!(d.memset_frames(start, end - start, 0xa5), end - start);
+        // Frames [end - WINDOW, WINDOW) have a slot of their own; the
+        // others share theirs (f and f + WINDOW).
+        let own = end - WINDOW..WINDOW;
+        for f in [start, own.start - 1, WINDOW, end - 1, end] {
+            assert_eq!(d.frame_memory_is(f, 0xa5), None, "frame {f:#x}");
+        }
+        for f in [own.start, own.end - 1] {
+            assert_eq!(d.frame_memory_is(f, 0xa5), Some(true), "frame {f:#x}");
+        }
+        // Writing a sharing frame writes its slot: its partner's frame
+        // inside the window is not one with contents of its own, and one
+        // that is keeps them.
+        assert_eq!(d.memset_frames(WINDOW + 10, 1, 0), 1);
+        assert_eq!(d.frame_memory_is(own.start, 0xa5), Some(true));
+        // The module's scrub writes through the window too, and only the
+        // slots of the frames it gives: the frames with a slot of their
+        // own are zero if given, and keep their contents if not.
+        d.modload(balloon_module()).expect("modload");
+        assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
+        mem_set(&d, 192);
+        assert_eq!(d.dirty_frames_given(), 0);
+        for f in own {
+            let byte = if d.frame_backed(f) { 0xa5 } else { 0 };
+            assert_eq!(d.frame_memory_is(f, byte), Some(true), "frame {f:#x}");
+        }
+        unload_clean(&d);
+    });
+}
+
 #[test]
 fn host_out_of_memory_backs_off_gives_up_and_recovers() {
     both(|mode| {
