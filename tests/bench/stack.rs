@@ -241,24 +241,16 @@ fn per_gib(d: Duration, pages: u64) -> f64 {
     d.as_secs_f64() * 1e3 * (262_144.0 / pages as f64)
 }
 
-/// The domain for a size. A PVH domain's RAM leaves out the range below
-/// 4 GiB that is not RAM (`RESERVED_BELOW_4G`), so a large one has a
-/// second segment from 4 GiB up, as xl builds it.
+/// The domain for a size (a large PVH one gets its RAM above 4 GiB from
+/// the simulator, as xl builds it: config.rs `segments`).
 fn config(mode: Mode, mib: u64) -> DomainConfig {
     let boot_mib = mib + spare_mib(mib);
-    let cfg = DomainConfig::default()
+    DomainConfig::default()
         .mode(mode)
         .boot_mib(boot_mib)
         .max_mib(boot_mib)
         .host_free_mib(2 * mib + 1024)
-        .real_zero(true);
-    let (lo, hi) = balloon_sim::RESERVED_BELOW_4G;
-    let (start, pages) = (256, boot_mib * PAGES_PER_MIB);
-    if mode == Mode::Pvh && start + pages > lo {
-        cfg.boot_segments(vec![(start, lo - start), (hi, pages - (lo - start))])
-    } else {
-        cfg
-    }
+        .real_zero(true)
 }
 
 /// Host memory of the real-zero window of a domain whose frames end at

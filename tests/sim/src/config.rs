@@ -30,17 +30,17 @@ pub enum Flavour {
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
-/// The most boot memory the simulator represents: 1 TiB (issue 13 goal
-/// 5). The model keeps frame state in bit sets (frames.rs), a vm_page
+/// The most boot memory the simulator represents: 2 TiB (issue 13 goal
+/// 5 asks for 1 TiB ballooned; the bench's domain is larger). The model keeps frame state in bit sets (frames.rs), a vm_page
 /// array the host backs only where C writes it, and for PV the p2m table
 /// and an m2p entry per owned MFN (8 bytes each): measured after ballooning
 /// half of a 64 GiB domain, about 9 bytes of host memory per simulated page
 /// for PVH and 25 for PV, so a PV domain of 1 TiB costs about 7 GB.
-pub const MAX_BOOT_BYTES: u64 = 1 << 40;
+pub const MAX_BOOT_BYTES: u64 = 2 << 40;
 /// The largest maximum reservation the simulator represents: a PV
 /// domain's p2m table (8 bytes per frame up to the maximum) is allocated
-/// at boot, 4 GiB of it for 2 TiB.
-pub const MAX_MAX_BYTES: u64 = 2 << 40;
+/// at boot, 8 GiB of it for 4 TiB.
+pub const MAX_MAX_BYTES: u64 = 4 << 40;
 
 /// The default `real_zero_window`: 1 GiB of frames.
 pub const REAL_ZERO_WINDOW: u64 = 262_144;
@@ -275,7 +275,7 @@ impl DomainConfig {
         if boot > MAX_BOOT_BYTES {
             return Err(format!(
                 "boot memory of {} MiB is more than the simulator can represent \
-                 ({} MiB at most: a PV domain that large costs about 7 GB of host memory)",
+                 ({} MiB at most: a PV domain of 1 TiB costs about 7 GB of host memory)",
                 boot / MIB,
                 MAX_BOOT_BYTES / MIB
             ));

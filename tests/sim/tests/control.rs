@@ -676,11 +676,11 @@ fn the_command_line_refuses_bad_options_in_one_line() {
         ),
         (
             &["--boot", "64t", "--max", "64t"],
-            "more than the simulator can represent (1048576 MiB at most",
+            "more than the simulator can represent (2097152 MiB at most",
         ),
         (
-            &["--max", "3t"],
-            "more than the simulator can represent (2097152 MiB at most",
+            &["--max", "5t"],
+            "more than the simulator can represent (4194304 MiB at most",
         ),
         (&["--pv", "--pvh"], "--pv and --pvh conflict"),
         (&["--pvh", "--not-xen"], "--pvh and --not-xen conflict"),
