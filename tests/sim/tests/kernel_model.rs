@@ -1203,3 +1203,51 @@ fn frame_state_costs_bits_per_frame() {
         "{b:?}: the p2m is the guest's own table"
     );
 }
+
+/// pmap_zero_page on PVH (no PoD, inside the direct map) takes no lock,
+/// as the real one (a memset through the direct map) takes none: the
+/// zeroing is recorded in the thread's ring and applied by whoever takes
+/// the state lock next. Every reader must see it: another thread's
+/// frame_content, the frames Xen is given (counted clean), and more
+/// zeroings than a ring holds (the rest go through the lock). Fails if a
+/// lock taken by another thread does not apply the ring first.
+#[test]
+fn pvh_zeroings_recorded_without_the_lock_reach_every_reader() {
+    let d = Domain::boot(DomainConfig::pvh().boot_mib(64).max_mib(64));
+    let pgs: Vec<usize> = (0..3000).map(|_| alloc(false) as usize).collect();
+    let pfns: Vec<u64> = pgs.iter().map(|&p| pfn_of(p as *mut VmPage)).collect();
+    assert!(pfns
+        .iter()
+        .all(|&f| d.frame_content(f).is_some_and(|c| c != 0)));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &f in &pfns {
+                // SAFETY: zeroing a page the test owns.
+                unsafe { pmap_zero_page(f << 12) };
+            }
+        });
+    });
+    // This thread never zeroed anything: it sees the other thread's work
+    // through the lock.
+    let stale: Vec<u64> = pfns
+        .iter()
+        .copied()
+        .filter(|&f| d.frame_content(f) != Some(0))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} frames still read as data",
+        stale.len()
+    );
+    // One more from another thread, then straight to Xen from this one.
+    let last = pfns[0];
+    std::thread::scope(|s| {
+        // SAFETY: as above.
+        s.spawn(|| unsafe { pmap_zero_page(last << 12) });
+    });
+    let mut g = [last];
+    assert_eq!(memop(DECREASE, &mut g, DOMID_SELF, 0), 1);
+    assert_eq!(d.dirty_frames_given(), 0);
+    assert_eq!(d.clean_frames_given(), 1);
+    d.check().unwrap();
+}
