@@ -616,12 +616,7 @@ impl Domain {
         }
         let k = build_kernel(cfg);
         dmesg_lock().clock = Some((k.boot, k.cfg.time_scale));
-        crate::uvm::discard_deferred_zeroes();
-        {
-            let mut g = lock();
-            k.publish_zero_fast();
-            *g = Some(k);
-        }
+        *lock() = Some(k);
         let gen = new_generation();
         LIVE_GEN.store(gen, Ordering::SeqCst);
         // The Rust core's heap goes through this kernel's kmem(9), as in
@@ -1372,7 +1367,6 @@ impl Drop for Domain {
             self.freeze();
         }
         let k = lock().take();
-        crate::uvm::discard_deferred_zeroes();
         if let Some(mut k) = k {
             crate::ksync::kmem_free_all(&mut k);
             k.sysctl.free_all();

@@ -185,7 +185,6 @@ pub(crate) extern "C" fn sim_pmap_growdirectmap(pa_end: u64) -> c_int {
             return ERANGE;
         }
         k.growth.direct_end = k.growth.direct_end.max(end);
-        k.publish_zero_fast();
         0
     })
 }

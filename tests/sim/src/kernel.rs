@@ -330,16 +330,8 @@ impl Changed {
         g: MutexGuard<'a, Option<Kernel>>,
     ) -> std::sync::LockResult<MutexGuard<'a, Option<Kernel>>> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut r = self.cv.wait(g);
+        let r = self.cv.wait(g);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        // The lock was taken again without `lock()`: apply what was
-        // recorded meanwhile (uvm.rs `pmap_zero_page`).
-        if let Some(k) = r
-            .as_mut()
-            .map_or_else(|e| e.get_mut().as_mut(), |g| g.as_mut())
-        {
-            crate::uvm::apply_deferred_zeroes(k);
-        }
         r
     }
 
@@ -350,30 +342,16 @@ impl Changed {
         d: std::time::Duration,
     ) -> std::sync::LockResult<(MutexGuard<'a, Option<Kernel>>, std::sync::WaitTimeoutResult)> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut r = self.cv.wait_timeout(g, d);
+        let r = self.cv.wait_timeout(g, d);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        // As in `wait`.
-        if let Some(k) = r
-            .as_mut()
-            .map_or_else(|e| e.get_mut().0.as_mut(), |(g, _)| g.as_mut())
-        {
-            crate::uvm::apply_deferred_zeroes(k);
-        }
         r
     }
 }
 /// Wakes the xenwatch thread.
 pub(crate) static WATCHQ: Condvar = Condvar::new();
 
-/// Takes the state lock. Zeroings recorded without it (uvm.rs
-/// `pmap_zero_page`) are applied first, so nothing under the lock sees
-/// the model without them.
 pub(crate) fn lock() -> MutexGuard<'static, Option<Kernel>> {
-    let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = g.as_mut() {
-        crate::uvm::apply_deferred_zeroes(k);
-    }
-    g
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` on the booted kernel under the state lock, then notifies

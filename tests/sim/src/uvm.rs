@@ -8,8 +8,8 @@
 
 use std::alloc::{GlobalAlloc, System};
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::config::{fail_now, Flavour, Mode};
 use crate::kernel::{
@@ -455,158 +455,18 @@ extern "C" fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage {
 /// With `real_zero` the frame's 4 KiB of host memory are written too, as
 /// x86 pmap.c's pmap_zero_page writes the page through the direct map
 /// (or a temporary mapping); that write is done outside the state lock.
-///
-/// The real one takes no lock (a memset through the direct map), so the
-/// stand-in takes none either where it can: below `ZERO_FAST_BELOW` (a
-/// PVH domain without PoD, inside the direct map) it only records the
-/// frame in its thread's ring, and whoever takes the state lock next
-/// applies the record (`apply_deferred_zeroes`) before anything reads or
-/// changes the model. Elsewhere, or with the ring full, it runs the
-/// rules under the lock as before. A lock per page made the stand-in cost
-/// a third more than the memset it models (the lock's atomic operations
-/// wait for the page's stores to drain; issue 13 goal 4).
 #[no_mangle]
 extern "C" fn pmap_zero_page(pa: u64) {
     let _t = crate::prof::Timer::start(crate::prof::Point::ZeroPage);
     stall_point("zero_page");
-    freeze_point();
     let pfn = pa >> PAGE_SHIFT;
-    if !defer_zeroing(pfn) {
-        with(|k| k.zero_frame(pfn));
-    }
-    frame_mem_fill(pfn, 1, 0);
-}
-
-impl Kernel {
-    /// What a zeroing of frame `pfn` does to the model: the rules, then
-    /// the frame holds zeros; a frame not backed panics.
-    fn zero_frame(&mut self, pfn: u64) {
-        self.zeroing_rules(pfn);
-        if !self.write_frame(pfn, false) {
+    with(|k| {
+        k.zeroing_rules(pfn);
+        if !k.write_frame(pfn, false) {
             kernel_panic(&format!("pmap_zero_page: frame {pfn:#x} is not backed"));
         }
-    }
-}
-
-// ---- pmap_zero_page without the state lock ----
-
-/// Frames a ring holds before its thread falls back to the lock.
-const ZERO_RING: usize = 1024;
-
-/// One thread's zeroings not yet applied to the model: a single-producer
-/// ring. The owning thread pushes (plain stores: `pushed` with Release);
-/// a consumer drains it holding the state lock, so consumers never race.
-struct ZeroRing {
-    slots: [AtomicU64; ZERO_RING],
-    pushed: AtomicU64,
-    applied: AtomicU64,
-}
-
-/// Every thread's ring, for the consumers.
-static ZERO_RINGS: Mutex<Vec<Arc<ZeroRing>>> = Mutex::new(Vec::new());
-/// Set after a push; cleared (swapped) by the consumer that drains.
-static ZERO_PENDING: AtomicBool = AtomicBool::new(false);
-/// Frames below this need nothing from a zeroing but their data bit
-/// cleared: a PVH domain without PoD, up to `pmap_direct_end`. 0 (every
-/// zeroing takes the lock) for PV, PoD, not Xen and with no domain.
-pub(crate) static ZERO_FAST_BELOW: AtomicU64 = AtomicU64::new(0);
-
-/// A thread's ring; at thread exit what it holds is applied and it leaves
-/// the registry.
-struct RingHandle(Arc<ZeroRing>);
-
-impl RingHandle {
-    fn register() -> RingHandle {
-        let r = Arc::new(ZeroRing {
-            slots: std::array::from_fn(|_| AtomicU64::new(0)),
-            pushed: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
-        });
-        zero_rings().push(Arc::clone(&r));
-        RingHandle(r)
-    }
-}
-
-impl Drop for RingHandle {
-    fn drop(&mut self) {
-        if self.0.pushed.load(Ordering::Acquire) != self.0.applied.load(Ordering::Acquire) {
-            drop(crate::kernel::lock());
-        }
-        zero_rings().retain(|r| !Arc::ptr_eq(r, &self.0));
-    }
-}
-
-thread_local! {
-    static MY_ZERO_RING: RingHandle = RingHandle::register();
-}
-
-fn zero_rings() -> std::sync::MutexGuard<'static, Vec<Arc<ZeroRing>>> {
-    ZERO_RINGS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Records a zeroing of `pfn` for later, if the frame needs no rule now
-/// and the thread's ring has room; false: the caller runs it locked.
-fn defer_zeroing(pfn: u64) -> bool {
-    if pfn >= ZERO_FAST_BELOW.load(Ordering::Acquire) {
-        return false;
-    }
-    MY_ZERO_RING
-        .try_with(|h| {
-            let r = &h.0;
-            let p = r.pushed.load(Ordering::Relaxed);
-            if p - r.applied.load(Ordering::Acquire) >= ZERO_RING as u64 {
-                return false;
-            }
-            r.slots[(p % ZERO_RING as u64) as usize].store(pfn, Ordering::Relaxed);
-            r.pushed.store(p + 1, Ordering::Release);
-            ZERO_PENDING.store(true, Ordering::Release);
-            true
-        })
-        .unwrap_or(false)
-}
-
-/// Applies every ring's recorded zeroings to `k` (called with the state
-/// lock held, by `kernel::lock`). A push whose flag this misses set the
-/// flag after the swap, so the next lock applies it.
-pub(crate) fn apply_deferred_zeroes(k: &mut Kernel) {
-    if !ZERO_PENDING.swap(false, Ordering::SeqCst) {
-        return;
-    }
-    for r in zero_rings().iter() {
-        let p = r.pushed.load(Ordering::Acquire);
-        let mut a = r.applied.load(Ordering::Relaxed);
-        while a < p {
-            let pfn = r.slots[(a % ZERO_RING as u64) as usize].load(Ordering::Relaxed);
-            k.zero_frame(pfn);
-            a += 1;
-        }
-        r.applied.store(p, Ordering::Release);
-    }
-}
-
-/// Drops every recorded zeroing (domain teardown: they were the old
-/// domain's) and sends every zeroing through the lock until the next
-/// domain says otherwise.
-pub(crate) fn discard_deferred_zeroes() {
-    ZERO_FAST_BELOW.store(0, Ordering::SeqCst);
-    ZERO_PENDING.store(false, Ordering::SeqCst);
-    for r in zero_rings().iter() {
-        r.applied
-            .store(r.pushed.load(Ordering::Acquire), Ordering::Release);
-    }
-}
-
-impl Kernel {
-    /// Publishes `ZERO_FAST_BELOW` for this domain as it is now (boot,
-    /// and each growth of the direct map).
-    pub(crate) fn publish_zero_fast(&self) {
-        let below = if self.mode() == Mode::Pvh && self.pod.is_none() && self.booted {
-            self.growth.direct_end
-        } else {
-            0
-        };
-        ZERO_FAST_BELOW.store(below, Ordering::Release);
-    }
+    });
+    frame_mem_fill(pfn, 1, 0);
 }
 
 impl Kernel {
