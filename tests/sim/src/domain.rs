@@ -831,6 +831,12 @@ impl Domain {
     pub fn memset_frames(&self, pfn: u64, n: u64, byte: u8) -> u64 {
         crate::uvm::frame_mem_fill(pfn, n, byte)
     }
+    /// With `real_zero`: clears frame `pfn`'s 4 KiB of host memory as
+    /// Xen's MMUEXT_CLEAR_PAGE does (non-temporal stores, then a fence),
+    /// and nothing else: the stack benchmark's floor for a PV scrub.
+    pub fn clear_frame_like_xen(&self, pfn: u64) {
+        crate::uvm::frame_mem_clear_nt(pfn);
+    }
     /// With `real_zero`: whether frame `pfn`'s 4 KiB of host memory are
     /// all `byte` (None without `real_zero`, past boot memory, or when
     /// the frame shares its slot of `real_zero_window` with another).
