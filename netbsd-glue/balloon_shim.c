@@ -263,23 +263,88 @@ balloon_shim_pages_free(const uint64_t *pfns, size_t n)
 }
 
 /*
+ * The amd64 direct map of a PVH/HVM kernel: the addresses of the
+ * kernel's pmap_direct_base and pmap_direct_end (vaddr_t globals of
+ * x86/pmap.c 1.414, declared in x86/pmap.h 1.134 under __HAVE_DIRECT_MAP
+ * with PMAP_DIRECT_MAP(pa) = pmap_direct_base + pa), or NULL. A module is
+ * not built with _KERNEL_OPT, so it never sees __HAVE_DIRECT_MAP
+ * (amd64/types.h 1.71: x86_64 without XENPV, KASAN or KMSAN); they are
+ * looked up by name at load (balloon_dmap_probe()) and are absent from a
+ * kernel without a direct map. pmap_init_directmap (pmap.c 1.414) maps
+ * [0, lastpa) of physical memory once at boot and sets pmap_direct_end =
+ * pmap_direct_base + lastpa; the assisted kernel's pmap_growdirectmap
+ * raises it (docs/kernel-growth.md 5.1), so it is read at every use.
+ */
+static struct {
+	volatile const vaddr_t	*base;
+	volatile const vaddr_t	*end;
+} balloon_dmap;
+
+static void
+balloon_dmap_probe(bool pvh)
+{
+	unsigned long base, end;
+
+	balloon_dmap.base = NULL;
+	balloon_dmap.end = NULL;
+	if (!pvh)
+		return;
+	if (ksyms_getval("netbsd", "pmap_direct_base", &base,
+	    KSYMS_EXTERN) != 0 ||
+	    ksyms_getval("netbsd", "pmap_direct_end", &end,
+	    KSYMS_EXTERN) != 0)
+		return;
+	balloon_dmap.base = (volatile const vaddr_t *)base;
+	balloon_dmap.end = (volatile const vaddr_t *)end;
+}
+
+/*
+ * Zeroes frames [pfn, pfn + n) with one memset through the direct map,
+ * as pmap_zero_page() zeroes one (pmap.c 1.414: memset of
+ * PMAP_DIRECT_MAP(pa)), when the kernel has a direct map and the whole
+ * run lies below pmap_direct_end (a write past it faults). False when it
+ * did not.
+ */
+static bool
+balloon_dmap_zero(uint64_t pfn, size_t n)
+{
+	vaddr_t base, end;
+	uint64_t frames;
+
+	if (balloon_dmap.base == NULL)
+		return false;
+	base = *balloon_dmap.base;
+	end = *balloon_dmap.end;
+	if (end <= base)
+		return false;
+	frames = atop(end - base);
+	if (pfn > frames || n > frames - pfn)
+		return false;
+	memset((void *)(base + ptoa(pfn)), 0, (size_t)ptoa(n));
+	return true;
+}
+
+/*
  * Zeroes pages the driver owns. A XENPV kernel's pmap_zero_page() is one
  * MMUEXT_CLEAR_PAGE hypercall per page (x86/pmap.c 1.414, xen_pagezero
  * in x86_xpmap.c), and Xen's do_mmuext_op takes an array of operations
  * (xen/arch/x86/mm.c @009360ac): a PV guest has Xen clear up to
  * BALLOON_CLEAR_BATCH pages per hypercall instead. A PVH/HVM kernel's
- * pmap_zero_page() is a memset through the direct map (pmap.c 1.414),
- * which the kernel offers no batched form of: one call per page.
+ * pmap_zero_page() is a memset of one page through the direct map
+ * (pmap.c 1.414): with the direct map found, each run of consecutive
+ * frames (a 2 MiB extent is 512) is one memset through it instead;
+ * without one (a KASAN kernel), or for a run not wholly below
+ * pmap_direct_end, one pmap_zero_page() per page.
  */
 #define BALLOON_CLEAR_BATCH	16	/* 384 bytes of stack */
 
 void
 balloon_shim_pages_scrub(const uint64_t *pfns, size_t n)
 {
-	size_t i;
+	size_t i, j;
 #ifdef BALLOON_PV_P2M
 	struct mmuext_op ops[BALLOON_CLEAR_BATCH];
-	size_t j, k;
+	size_t k;
 	int done;
 
 	if (vm_guest == VM_GUEST_XENPV) {
@@ -302,8 +367,14 @@ balloon_shim_pages_scrub(const uint64_t *pfns, size_t n)
 		return;
 	}
 #endif
-	for (i = 0; i < n; i++)
-		pmap_zero_page(ptoa(pfns[i]));
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && pfns[j] == pfns[j - 1] + 1; j++)
+			continue;
+		if (balloon_dmap_zero(pfns[i], j - i))
+			continue;
+		for (; i < j; i++)
+			pmap_zero_page(ptoa(pfns[i]));
+	}
 }
 
 #ifdef BALLOON_PV_P2M
@@ -1328,6 +1399,7 @@ balloon_boot_info(struct balloon_boot_info *bi, bool hotplug)
 	if (bi->mode == BALLOON_GUEST_PVH)
 		bi->outside_ram_pages = balloon_outside_ram_pages();
 	bi->growth = balloon_growth_probe(bi->mode == BALLOON_GUEST_PV, hotplug);
+	balloon_dmap_probe(bi->mode == BALLOON_GUEST_PVH);
 	bi->nsegments = hotplug ?
 	    balloon_physseg_walk_hotplug(bi->segments,
 		BALLOON_MAX_BOOT_SEGMENTS) :

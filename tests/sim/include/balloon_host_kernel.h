@@ -395,4 +395,17 @@ int	 xenbus_rm(struct xenbus_transaction *, const char *, const char *);
 int	 xenbus_printf(struct xenbus_transaction *, const char *, const char *,
 	    const char *, ...) __printflike(4, 5);
 
+/*
+ * memset(9) through the amd64 direct map (x86/pmap.h 1.134
+ * PMAP_DIRECT_MAP, pmap.c 1.414 pmap_init_directmap) writes guest frames.
+ * The simulated domU's direct map is a range of the kernel half of the
+ * address space, which no host process has mapped, so every memset of
+ * the code under test goes to a stand-in that applies the zeroing rules
+ * for a destination inside it (tests/sim/src/dmap.rs) and is the host's
+ * memset for any other. Defined last, after every host header that
+ * declares memset.
+ */
+void	*sim_kernel_memset(void *, int, size_t);
+#define memset(d, c, n)	sim_kernel_memset((d), (c), (n))
+
 #endif /* _BALLOON_HOST_KERNEL_H_ */

@@ -100,6 +100,12 @@ pub struct DomainConfig {
     /// the contents of a frame whose slot is shared are not kept
     /// (`Domain::frame_memory_is` answers None for it).
     pub real_zero_window: u64,
+    /// PVH only: the kernel has no direct map (a KASAN or KMSAN kernel:
+    /// amd64/types.h 1.71 defines `__HAVE_DIRECT_MAP` only without them),
+    /// so ksyms has no `pmap_direct_base` / `pmap_direct_end` and the
+    /// module zeroes page by page (dmap.rs). Default false: GENERIC has
+    /// one.
+    pub no_direct_map: bool,
 }
 
 impl Default for DomainConfig {
@@ -122,6 +128,7 @@ impl Default for DomainConfig {
             pod_memory_bytes: None,
             real_zero: false,
             real_zero_window: REAL_ZERO_WINDOW,
+            no_direct_map: false,
         }
     }
 }
@@ -147,6 +154,11 @@ impl DomainConfig {
     /// See [`DomainConfig::real_zero_window`] (frames).
     pub fn real_zero_window(mut self, frames: u64) -> Self {
         self.real_zero_window = frames;
+        self
+    }
+    /// See [`DomainConfig::no_direct_map`].
+    pub fn no_direct_map(mut self, on: bool) -> Self {
+        self.no_direct_map = on;
         self
     }
     pub fn boot_mib(mut self, mib: u64) -> Self {

@@ -315,6 +315,11 @@ pub struct Snapshot {
     /// (shutdown_xenbus.c): it runs on the same xenwatch thread as the
     /// module's callback.
     pub shutdown_requests: u64,
+    /// memsets through the direct map (dmap.rs), the frames they wrote,
+    /// and pmap_zero_page calls: which zeroing path ran.
+    pub direct_map_writes: u64,
+    pub direct_map_frames: u64,
+    pub zero_page_calls: u64,
 }
 
 impl Snapshot {
@@ -374,6 +379,9 @@ impl Snapshot {
                 self.physseg_unlocked_changes.to_string(),
             ),
             ("shutdown_requests", self.shutdown_requests.to_string()),
+            ("direct_map_writes", self.direct_map_writes.to_string()),
+            ("direct_map_frames", self.direct_map_frames.to_string()),
+            ("zero_page_calls", self.zero_page_calls.to_string()),
         ]
     }
 
@@ -557,6 +565,7 @@ fn build_kernel(cfg: DomainConfig) -> Kernel {
         k.memory_map = memory_map(&segs);
     }
     k.growth = crate::growth::GrowthState::boot(&k);
+    crate::dmap::boot(k.growth.direct_end);
     if k.cfg.real_zero {
         crate::uvm::frame_mem_init(k.segs.last().map_or(0, |s| s.end), k.cfg.real_zero_window);
     }
@@ -731,6 +740,9 @@ impl Domain {
                 physseg_slab_leaked_bytes: slabs.leaked_bytes,
                 physseg_unlocked_changes: slabs.unlocked_tree_changes,
                 shutdown_requests: k.shutdown_requests.len() as u64,
+                direct_map_writes: crate::dmap::counts().0,
+                direct_map_frames: crate::dmap::counts().1,
+                zero_page_calls: crate::dmap::counts().2,
             }
         })
     }

@@ -185,6 +185,7 @@ pub(crate) extern "C" fn sim_pmap_growdirectmap(pa_end: u64) -> c_int {
             return ERANGE;
         }
         k.growth.direct_end = k.growth.direct_end.max(end);
+        crate::dmap::publish_end(k.growth.direct_end);
         0
     })
 }

@@ -726,6 +726,9 @@ pub(crate) static GROWTH_LOOKUPS: std::sync::atomic::AtomicU64 =
 /// only in the assisted flavour built with UVM_HOTPLUG, as globals of the
 /// kernel's own table "netbsd" (the name kern_ksyms.c registers for the
 /// kernel), for the mode's set, minus the one `AssistedWithout` names.
+/// `pmap_direct_base` and `pmap_direct_end` (globals of x86/pmap.c 1.414
+/// under `__HAVE_DIRECT_MAP`) exist in every PVH kernel with a direct map,
+/// stock or assisted (dmap.rs), never in PV (XENPV) or a KASAN kernel.
 #[no_mangle]
 unsafe extern "C" fn ksyms_getval(
     module: *const c_char,
@@ -737,9 +740,28 @@ unsafe extern "C" fn ksyms_getval(
     let s = unsafe { CStr::from_ptr(sym) };
     // SAFETY: module is NULL or a NUL-terminated string.
     let table = (!module.is_null()).then(|| unsafe { CStr::from_ptr(module) });
-    let (hot, flavour, mode) = with(|k| (k.cfg.hotplug, k.cfg.flavour, k.cfg.mode));
+    let (hot, flavour, mode, dmap) = with(|k| {
+        (
+            k.cfg.hotplug,
+            k.cfg.flavour,
+            k.cfg.mode,
+            crate::dmap::has_direct_map(k),
+        )
+    });
     let name = s.to_str().unwrap_or("");
-    let addr: Option<c_ulong> = if name == "uvm_physseg_graph" {
+    let netbsd = table.is_some_and(|t| t.to_bytes() == b"netbsd");
+    let addr: Option<c_ulong> = if name == "pmap_direct_base" || name == "pmap_direct_end" {
+        // Globals of x86/pmap.c 1.414 under __HAVE_DIRECT_MAP (PVH,
+        // stock or assisted, without KASAN/KMSAN): dmap.rs.
+        (dmap && (netbsd || table.is_none())).then(|| {
+            let v = if name == "pmap_direct_base" {
+                &crate::dmap::PMAP_DIRECT_BASE
+            } else {
+                &crate::dmap::PMAP_DIRECT_END
+            };
+            v.as_ptr() as c_ulong
+        })
+    } else if name == "uvm_physseg_graph" {
         (hot && flags & KSYMS_ANY != 0).then_some(&PHYSSEG_GRAPH as *const u8 as c_ulong)
     } else if GROWTH_PV.contains(&name) || GROWTH_PVH.contains(&name) {
         GROWTH_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -749,7 +771,7 @@ unsafe extern "C" fn ksyms_getval(
         };
         let present = hot
             && in_set
-            && table.is_some_and(|t| t.to_bytes() == b"netbsd")
+            && netbsd
             && match flavour {
                 Flavour::Stock => false,
                 Flavour::Assisted => true,

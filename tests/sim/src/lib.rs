@@ -20,6 +20,7 @@
 mod config;
 pub mod control;
 pub mod daemon;
+mod dmap;
 mod domain;
 mod frames;
 mod growth;

@@ -20,7 +20,7 @@ pub enum Point {
 const NAMES: [&str; 4] = [
     "uvm_pagealloc",
     "uvm_pagefree",
-    "zeroing (pmap_zero_page; PV: MMUEXT_CLEAR_PAGE calls)",
+    "zeroing (PVH: pmap_zero_page or direct-map memset; PV: MMUEXT_CLEAR_PAGE calls)",
     "HYPERVISOR_memory_op",
 ];
 

@@ -459,6 +459,7 @@ extern "C" fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage {
 extern "C" fn pmap_zero_page(pa: u64) {
     let _t = crate::prof::Timer::start(crate::prof::Point::ZeroPage);
     stall_point("zero_page");
+    crate::dmap::ZERO_PAGE_CALLS.fetch_add(1, Ordering::Relaxed);
     let pfn = pa >> PAGE_SHIFT;
     with(|k| {
         k.zeroing_rules(pfn);
