@@ -116,8 +116,25 @@ fn fragmented_guest_memory_falls_back_to_single_pages_and_meets_the_target() {
         d.kernel_free(u64::MAX);
         let again = cost(&d, || mem_set(&d, 384));
         println!("{mode:?} 128 MiB down, defragmented: {again:?}");
-        assert_eq!(again.extents, 128 * MIB / 512, "{mode:?}: {again:?}");
-        assert!(again.hypercalls <= 1, "{mode:?}: {again:?}");
+        // xl lowers Xen's maximum to the target + 1 MiB in the same breath
+        // as it writes memory/target (libxl_mem.c @c447b730
+        // libxl_set_memory_target; domain.rs xl_mem_set), but the guest
+        // hears of the target only when xenwatch delivers the event. A
+        // worker step that runs in between (more often on a loaded host)
+        // goes down to Xen's maximum first; the last 992 KiB then come as
+        // single frames in a step or two. Either way the freed aligned runs
+        // carry the inflate. (This asserted exactly 64 extents in one
+        // hypercall, and failed 7 runs in 30 on a loaded host.)
+        assert!(again.extents >= 128 * MIB / 512 - 1, "{mode:?}: {again:?}");
+        assert!(
+            again.hypercalls
+                <= if again.extents == 128 * MIB / 512 {
+                    2
+                } else {
+                    3
+                },
+            "{mode:?}: {again:?}"
+        );
         d.check().expect("consistent");
         unload_clean(&d);
     }
