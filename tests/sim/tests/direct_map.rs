@@ -17,7 +17,7 @@ use std::time::Duration;
 use balloon_sim::{balloon_module, Domain, DomainConfig, Mode};
 
 mod common;
-use common::{quad, MIB};
+use common::{given_frames_read_zero, quad, MIB};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -67,21 +67,6 @@ fn domain(cfg: DomainConfig) -> Domain {
 fn load(d: &Domain) {
     d.modload(balloon_module()).expect("modload");
     assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
-}
-
-/// Every frame given back reads zero; the frames kept keep their bytes.
-fn given_frames_read_zero(d: &Domain, mib: u64) {
-    let (start, end) = *d.segments().last().expect("a boot segment");
-    let gone: Vec<u64> = (start..end).filter(|&f| !d.frame_backed(f)).collect();
-    assert_eq!(gone.len() as u64, mib * MIB);
-    for &f in &gone {
-        assert_eq!(d.frame_memory_is(f, 0), Some(true), "frame {f:#x} zeroed");
-    }
-    let kept = (start..end)
-        .find(|&f| d.frame_backed(f))
-        .expect("a frame kept");
-    assert_eq!(d.frame_memory_is(kept, 0xa5), Some(true));
-    assert_eq!(d.dirty_frames_given(), 0);
 }
 
 /// ksyms has the two variables in PVH kernels with a direct map (stock

@@ -169,6 +169,16 @@ fn scrubbing_off_hands_dirty_pages_to_xen() {
     unload_clean(&d);
 }
 
+/// A 256 MiB domain whose zeroings write real memory (`real_zero`).
+fn real_zero_256(mode: Mode) -> DomainConfig {
+    DomainConfig::default()
+        .mode(mode)
+        .boot_mib(256)
+        .max_mib(256)
+        .host_free_mib(1024)
+        .real_zero(true)
+}
+
 /// Scrubbing writes real memory (`real_zero`: pmap_zero_page and Xen's
 /// MMUEXT_CLEAR_PAGE write the frame's 4 KiB), and a PV guest has Xen
 /// clear its pages in batches: a XENPV kernel's pmap_zero_page is one
@@ -179,30 +189,13 @@ fn scrubbing_off_hands_dirty_pages_to_xen() {
 #[test]
 fn scrubbed_frames_are_zero_and_pv_clears_them_in_batches() {
     both(|mode| {
-        let d = Domain::boot(
-            DomainConfig::default()
-                .mode(mode)
-                .boot_mib(256)
-                .max_mib(256)
-                .host_free_mib(1024)
-                .real_zero(true),
-        );
+        let d = Domain::boot(real_zero_256(mode));
         let (start, end) = *d.segments().last().expect("a boot segment");
         assert_eq!(d.memset_frames(start, end - start, 0xa5), end - start);
         d.modload(balloon_module()).expect("modload");
         assert!(d.wait_until(|v| v.watch_events_delivered() >= 1, WAIT));
         mem_set(&d, 192);
-        let gone: Vec<u64> = (start..end).filter(|&f| !d.frame_backed(f)).collect();
-        assert_eq!(gone.len() as u64, 64 * MIB, "64 MiB ballooned");
-        for &f in &gone {
-            assert_eq!(d.frame_memory_is(f, 0), Some(true), "frame {f:#x} zeroed");
-        }
-        // The frames still in use kept their contents.
-        let kept = (start..end)
-            .find(|&f| d.frame_backed(f))
-            .expect("a frame kept");
-        assert_eq!(d.frame_memory_is(kept, 0xa5), Some(true));
-        assert_eq!(d.dirty_frames_given(), 0);
+        common::given_frames_read_zero(&d, 64);
         let calls = d.mmuext_calls();
         if mode == Mode::Pv {
             // 16 clears per call (BALLOON_CLEAR_BATCH), a call more per
@@ -229,15 +222,7 @@ fn scrubbed_frames_are_zero_and_pv_clears_them_in_batches() {
 fn real_zero_window_wraps_frames_and_keeps_only_unshared_contents() {
     both(|mode| {
         const WINDOW: u64 = 40_000;
-        let d = Domain::boot(
-            DomainConfig::default()
-                .mode(mode)
-                .boot_mib(256)
-                .max_mib(256)
-                .host_free_mib(1024)
-                .real_zero(true)
-                .real_zero_window(WINDOW),
-        );
+        let d = Domain::boot(real_zero_256(mode).real_zero_window(WINDOW));
         let (start, end) = *d.segments().last().expect("a boot segment");
         assert!(end > WINDOW && end < 2 * WINDOW, "span {end}");
         // Every frame is written, more frames than the window has slots.

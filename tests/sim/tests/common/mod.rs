@@ -89,3 +89,20 @@ pub fn expect_kernel_panics(var: &str, cases: &[(&str, &str)]) {
         );
     }
 }
+
+/// With `real_zero`, after `mib` MiB were ballooned from the last boot
+/// segment whose frames were memset to 0xa5: every frame given back reads
+/// zero, a frame kept keeps its bytes, and no frame reached Xen unzeroed.
+pub fn given_frames_read_zero(d: &Domain, mib: u64) {
+    let (start, end) = *d.segments().last().expect("a boot segment");
+    let gone: Vec<u64> = (start..end).filter(|&f| !d.frame_backed(f)).collect();
+    assert_eq!(gone.len() as u64, mib * MIB, "{mib} MiB ballooned");
+    for &f in &gone {
+        assert_eq!(d.frame_memory_is(f, 0), Some(true), "frame {f:#x} zeroed");
+    }
+    let kept = (start..end)
+        .find(|&f| d.frame_backed(f))
+        .expect("a frame kept");
+    assert_eq!(d.frame_memory_is(kept, 0xa5), Some(true));
+    assert_eq!(d.dirty_frames_given(), 0);
+}
