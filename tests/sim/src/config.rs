@@ -86,8 +86,8 @@ pub struct DomainConfig {
     /// holds `memory` (tests/sim/src/pod.rs). None: no PoD.
     pub pod_memory_bytes: Option<u64>,
     /// pmap_zero_page writes 4 KiB of real memory per frame, as the
-    /// kernel's does (default false: it clears the frame's 8-byte content
-    /// tag only). The frames of boot memory get host memory (touched
+    /// kernel's does (default false: it clears the frame's content bit
+    /// only, frames.rs). The frames of boot memory get host memory (touched
     /// only when written), in a window of `real_zero_window` frames;
     /// frames plugged later keep the tag only. For whole-stack timing
     /// (`balloon-sim --real-zero`, the stack benchmark), never needed by

@@ -16,7 +16,7 @@
 //!          those of docs/kernel-growth.md), --time-scale N (simulated
 //!          time runs N times real time; 1000), --real-zero
 //!          (pmap_zero_page writes 4 KiB of host memory per frame, as the
-//!          kernel's does, instead of clearing the frame's content tag),
+//!          kernel's does, instead of only clearing its content bit),
 //!          --real-zero-window SIZE (the host memory those writes go to,
 //!          frame f in slot f modulo the window; 1g)
 //! ```
