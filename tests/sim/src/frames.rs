@@ -401,8 +401,15 @@ impl FrameTable {
         if !self.keys.contains(f) {
             return false;
         }
-        self.insert(f, v);
-        true
+        let (c, b) = split(f);
+        match self.vals.get_mut(c) {
+            Some(Some(arr)) => {
+                arr[b] = v;
+                true
+            }
+            // A key's chunk always has its values (insert makes them).
+            _ => false,
+        }
     }
 
     pub(crate) fn remove(&mut self, f: u64) -> Option<u64> {
