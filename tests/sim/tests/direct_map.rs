@@ -10,23 +10,20 @@
 //! every frame took a pmap_zero_page call: the tests that count direct-map
 //! writes failed, and the end check test had nothing to check.
 
-use std::ffi::CStr;
-use std::os::raw::{c_char, c_int, c_ulong, c_void};
+use std::os::raw::{c_int, c_ulong, c_void};
 use std::time::Duration;
 
 use balloon_sim::{balloon_module, Domain, DomainConfig, Mode};
 
 mod common;
+use common::kernel::{ksym, memop, uvm_physseg_plug, DOMID_SELF, POPULATE};
 use common::{given_frames_read_zero, quad, MIB};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 extern "C" {
-    fn ksyms_getval(m: *const c_char, s: *const c_char, v: *mut c_ulong, f: c_int) -> c_int;
     fn sim_kernel_memset(d: *mut c_void, c: c_int, n: usize) -> *mut c_void;
-    fn uvm_physseg_plug(pfn: u64, npages: usize, psp: *mut u64) -> bool;
     fn balloon_shim_pages_scrub(pfns: *const u64, n: usize);
-    fn HYPERVISOR_memory_op(cmd: c_int, arg: *mut c_void) -> c_int;
 }
 
 /// A `sim stat` figure.
@@ -36,14 +33,6 @@ fn stat(d: &Domain, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}"))
         .parse()
         .expect("a number")
-}
-
-/// The address ksyms gives for a name of the kernel's table, if any.
-fn ksym(name: &CStr) -> Option<c_ulong> {
-    let mut v: c_ulong = 0;
-    // SAFETY: NUL-terminated names and a valid out-parameter.
-    let e = unsafe { ksyms_getval(c"netbsd".as_ptr(), name.as_ptr(), &mut v, 0) };
-    (e == 0).then_some(v)
 }
 
 /// The kernel variable at `addr` (a vaddr_t).
@@ -196,18 +185,6 @@ fn a_direct_map_write_populates_pod_gfns_as_pmap_zero_page_does() {
     d.check().unwrap();
 }
 
-const XENMEM_POPULATE_PHYSMAP: c_int = 6;
-
-/// `struct xen_memory_reservation` (memory.h).
-#[repr(C)]
-struct Reservation {
-    extent_start: *mut u64,
-    nr_extents: c_ulong,
-    extent_order: u32,
-    mem_flags: u32,
-    domid: u16,
-}
-
 /// A run of frames past pmap_direct_end: frames that a plain
 /// uvm_physseg_plug put into UVM without growing the direct map (the
 /// assisted kernel with `plain_plug_after_boot`, the test-only setting
@@ -228,18 +205,8 @@ fn scrub_past_direct_map_end() {
     load(&d);
     let end = d.growth_stats().direct_end;
     let mut g: Vec<u64> = (end..end + 512).collect();
-    let mut r = Reservation {
-        extent_start: g.as_mut_ptr(),
-        nr_extents: 512,
-        extent_order: 0,
-        mem_flags: 0,
-        domid: 0x7ff0,
-    };
     d.set_max_reservation(d.max_reservation() + 1024);
-    // SAFETY: a valid reservation over the test's frames.
-    let n =
-        unsafe { HYPERVISOR_memory_op(XENMEM_POPULATE_PHYSMAP, &mut r as *mut _ as *mut c_void) };
-    assert_eq!(n, 512);
+    assert_eq!(memop(POPULATE, &mut g, DOMID_SELF, 0), 512);
     // SAFETY: kernel calls on backed frames; the shim's scrub of frames
     // the test holds.
     unsafe {

@@ -4,121 +4,71 @@
 //! driver would, without the module: each rule the simulator enforces,
 //! and what a save does after a plug that did not keep the kernel in step.
 
-use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
+use std::os::raw::{c_int, c_ulong};
 
 use balloon_sim::{globals, Domain, DomainConfig, Faults};
 
 mod common;
 
-extern "C" {
-    fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
-    fn xpq_queue_machphys_update(ma: u64, pa: u64);
-    fn xpq_flush_queue();
-    fn kpreempt_disable();
-    fn kpreempt_enable();
-    fn uvm_physseg_plug(pfn: u64, n: usize, out: *mut c_void) -> bool;
-    fn pmap_zero_page(pa: u64);
-    fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage;
-    fn sim_vm_page_frame(pg: *const VmPage) -> u64;
-    fn uvm_pagealloc_strat(
-        o: *mut c_void,
-        off: i64,
-        a: *mut c_void,
-        flags: c_int,
-        s: c_int,
-        fl: c_int,
-    ) -> *mut VmPage;
-    fn ksyms_getval(m: *const c_char, s: *const c_char, v: *mut c_ulong, f: c_int) -> c_int;
-}
+use common::kernel::{
+    kpreempt_disable, kpreempt_enable, ksym, memop, pmap_zero_page, sim_vm_page_frame,
+    uvm_pagealloc_strat, uvm_phys_to_vm_page, uvm_physseg_plug, xpq_flush_queue,
+    xpq_queue_machphys_update, DOMID_SELF, INCREASE, POPULATE,
+};
 
-#[repr(C)]
-struct VmPage {
-    next: *mut VmPage,
-    prev: *mut *mut VmPage,
-}
-
-#[repr(C)]
-struct Resv {
-    ext: *mut u64,
-    n: u64,
-    order: c_uint,
-    flags: c_uint,
-    domid: u16,
-}
-
-const DOMID_SELF: u16 = 0x7ff0;
-const INCREASE: c_uint = 0;
-const POPULATE: c_uint = 6;
 const EINVAL: c_int = 22;
 const EEXIST: c_int = 17;
 const ENOENT: c_int = 2;
 const EBUSY: c_int = 16;
 const ERANGE: c_int = 34;
 
-fn memop(cmd: c_uint, ext: &mut [u64]) -> c_int {
-    let mut r = Resv {
-        ext: ext.as_mut_ptr(),
-        n: ext.len() as u64,
-        order: 0,
-        flags: 0,
-        domid: DOMID_SELF,
-    };
-    // SAFETY: a valid reservation struct and extent array.
-    unsafe { HYPERVISOR_memory_op(cmd, &mut r as *mut Resv as *mut c_void) }
-}
-
 /// The address ksyms gives for a growth interface ("netbsd", KSYMS_EXTERN).
-fn sym(name: &str) -> usize {
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut v: c_ulong = 0;
-    // SAFETY: NUL-terminated strings and a writable out-parameter.
-    let e = unsafe { ksyms_getval(c"netbsd".as_ptr(), n.as_ptr(), &mut v, 0) };
-    assert_eq!(e, 0, "{name} not resolved");
-    v as usize
+fn sym(name: &std::ffi::CStr) -> usize {
+    ksym(name).unwrap_or_else(|| panic!("{name:?} not resolved")) as usize
 }
 
 fn hotplug_add(pfn: u64, n: u64) -> c_int {
     // SAFETY: the address ksyms gave for this prototype (kernel-growth.md 3.1).
     let f: extern "C" fn(u64, u64) -> c_int =
-        unsafe { std::mem::transmute(sym("uvm_physseg_hotplug_add")) };
+        unsafe { std::mem::transmute(sym(c"uvm_physseg_hotplug_add")) };
     f(pfn, n)
 }
 
 fn hotplug_remove(pfn: u64, n: u64) -> c_int {
     // SAFETY: as above (3.2).
     let f: extern "C" fn(u64, u64) -> c_int =
-        unsafe { std::mem::transmute(sym("uvm_physseg_hotplug_remove")) };
+        unsafe { std::mem::transmute(sym(c"uvm_physseg_hotplug_remove")) };
     f(pfn, n)
 }
 
 fn p2m_grow(end: u64) -> c_int {
     // SAFETY: as above (4.3).
-    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym("xpmap_p2m_grow")) };
+    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym(c"xpmap_p2m_grow")) };
     f(end)
 }
 
 fn p2m_limit() -> u64 {
     // SAFETY: as above (4.2).
-    let f: extern "C" fn() -> u64 = unsafe { std::mem::transmute(sym("xpmap_p2m_limit")) };
+    let f: extern "C" fn() -> u64 = unsafe { std::mem::transmute(sym(c"xpmap_p2m_limit")) };
     f()
 }
 
 fn growdirectmap(pa_end: u64) -> c_int {
     // SAFETY: as above (5.1).
-    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym("pmap_growdirectmap")) };
+    let f: extern "C" fn(u64) -> c_int = unsafe { std::mem::transmute(sym(c"pmap_growdirectmap")) };
     f(pa_end)
 }
 
 fn xenmem_alloc(size: u64, align: u64) -> u64 {
     // SAFETY: as above (5.2).
     let f: extern "C" fn(c_ulong, c_ulong, bool) -> u64 =
-        unsafe { std::mem::transmute(sym("xenmem_alloc_pa")) };
+        unsafe { std::mem::transmute(sym(c"xenmem_alloc_pa")) };
     f(size as c_ulong, align as c_ulong, false)
 }
 
 fn xenmem_free(pa: u64, size: u64) {
     // SAFETY: as above (5.2).
-    let f: extern "C" fn(u64, c_ulong) = unsafe { std::mem::transmute(sym("xenmem_free_pa")) };
+    let f: extern "C" fn(u64, c_ulong) = unsafe { std::mem::transmute(sym(c"xenmem_free_pa")) };
     f(pa, size as c_ulong)
 }
 
@@ -126,7 +76,10 @@ fn xenmem_free(pa: u64, size: u64) {
 /// flushed on one CPU (x86_xpmap.c 1.84.4.2).
 fn pv_back(pfns: &[u64]) {
     let mut mfns = vec![0u64; pfns.len()];
-    assert_eq!(memop(INCREASE, &mut mfns) as usize, pfns.len());
+    assert_eq!(
+        memop(INCREASE, &mut mfns, DOMID_SELF, 0) as usize,
+        pfns.len()
+    );
     let p2m = globals::xpmap_phys_to_machine_mapping.get();
     // SAFETY: the p2m table covers these pfns (below xpmap_p2m_limit);
     // preemption is off around queue and flush.
@@ -296,7 +249,7 @@ fn pvh_interfaces_place_and_map_ranges() {
     let s = pa >> 12;
     assert!(s >= grant.1 && s.is_multiple_of(512), "{s:#x}");
     let mut gfns: Vec<u64> = (s..s + 1024).collect();
-    assert_eq!(memop(POPULATE, &mut gfns), 1024);
+    assert_eq!(memop(POPULATE, &mut gfns, DOMID_SELF, 0), 1024);
     assert_eq!(hotplug_add(s, 1024), ERANGE, "past pmap_direct_end");
     assert_eq!(growdirectmap(pa + (1024 << 12)), 0);
     assert!(d.growth_stats().direct_end >= s + 1024);
@@ -404,7 +357,7 @@ fn run_case(case: &str) {
                     .host_free_mib(128),
             );
             let mut g = vec![0x10_0000u64];
-            memop(POPULATE, &mut g);
+            memop(POPULATE, &mut g, DOMID_SELF, 0);
             growdirectmap(0x10_1000 << 12);
             hotplug_add(0x10_0000, 1);
         }
@@ -417,7 +370,7 @@ fn run_case(case: &str) {
                     .host_free_mib(128),
             );
             let mut g = vec![0x20_0000u64];
-            memop(POPULATE, &mut g);
+            memop(POPULATE, &mut g, DOMID_SELF, 0);
             // SAFETY: breaks the direct-map rule on purpose.
             unsafe { pmap_zero_page(0x20_0000 << 12) };
         }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use balloon_sim::{globals, test_module, Domain, DomainConfig, Faults, Mode, SysctlValue};
 
 mod common;
-
-#[repr(C)]
-struct VmPage {
-    next: *mut VmPage,
-    prev: *mut *mut VmPage,
-}
+use common::kernel::{
+    kpreempt_disable, kpreempt_enable, ksyms_getval, memop, pmap_zero_page, sim_vm_page_frame,
+    uvm_pagealloc_strat, uvm_phys_to_vm_page, uvm_physseg_plug, xpq_flush_queue,
+    xpq_queue_machphys_update, HYPERVISOR_memory_op, VmPage, DECREASE, DOMID_SELF, INCREASE,
+    POPULATE,
+};
 
 #[repr(C)]
 struct Pglist {
@@ -46,29 +46,11 @@ impl Pglist {
 }
 
 #[repr(C)]
-struct Resv {
-    ext: *mut u64,
-    n: u64,
-    order: c_uint,
-    flags: c_uint,
-    domid: u16,
-}
-
-#[repr(C)]
 struct KObj {
     p: *mut c_void,
 }
 
 extern "C" {
-    fn sim_vm_page_frame(pg: *const VmPage) -> u64;
-    fn uvm_pagealloc_strat(
-        o: *mut c_void,
-        off: i64,
-        a: *mut c_void,
-        flags: c_int,
-        s: c_int,
-        fl: c_int,
-    ) -> *mut VmPage;
     fn uvm_pagefree(pg: *mut VmPage);
     fn uvm_pglistalloc(
         size: u64,
@@ -82,15 +64,7 @@ extern "C" {
     ) -> c_int;
     fn uvm_pglistfree(list: *mut Pglist);
     fn uvm_vm_page_to_phys(pg: *const VmPage) -> u64;
-    fn uvm_phys_to_vm_page(pa: u64) -> *mut VmPage;
-    fn pmap_zero_page(pa: u64);
-    fn uvm_physseg_plug(pfn: u64, n: usize, out: *mut c_void) -> bool;
     fn uvm_physseg_unplug(pfn: u64, n: usize) -> bool;
-    fn HYPERVISOR_memory_op(cmd: c_uint, arg: *mut c_void) -> c_int;
-    fn xpq_queue_machphys_update(ma: u64, pa: u64);
-    fn xpq_flush_queue();
-    fn kpreempt_disable();
-    fn kpreempt_enable();
     fn simtest_walk_hotplug(s: *mut u64, e: *mut u64, max: c_int) -> c_int;
     fn simtest_walk_array(s: *mut u64, e: *mut u64, max: c_int) -> c_int;
     fn kmem_alloc(size: usize, flags: u32) -> *mut c_void;
@@ -102,15 +76,10 @@ extern "C" {
     fn cv_init(c: *mut KObj, w: *const c_char);
     fn cv_destroy(c: *mut KObj);
     fn cv_timedwait(c: *mut KObj, m: *mut KObj, ticks: c_int) -> c_int;
-    fn ksyms_getval(m: *const c_char, s: *const c_char, v: *mut c_ulong, f: c_int) -> c_int;
 }
 
-const DOMID_SELF: u16 = 0x7ff0;
-const INCREASE: c_uint = 0;
-const DECREASE: c_uint = 1;
 const CURRENT: c_uint = 3;
 const MAXIMUM: c_uint = 4;
-const POPULATE: c_uint = 6;
 const T: Duration = Duration::from_secs(5);
 
 fn small() -> DomainConfig {
@@ -118,18 +87,6 @@ fn small() -> DomainConfig {
         .boot_mib(16)
         .max_mib(64)
         .host_free_mib(128)
-}
-
-fn memop(cmd: c_uint, ext: &mut [u64], domid: u16, order: c_uint) -> c_int {
-    let mut r = Resv {
-        ext: ext.as_mut_ptr(),
-        n: ext.len() as u64,
-        order,
-        flags: 0,
-        domid,
-    };
-    // SAFETY: a valid reservation struct and extent array.
-    unsafe { HYPERVISOR_memory_op(cmd, &mut r as *mut Resv as *mut c_void) }
 }
 
 fn query(cmd: c_uint, domid: u16) -> c_int {

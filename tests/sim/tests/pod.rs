@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use balloon_sim::{balloon_module, stall, Domain, DomainConfig, Faults, SysctlValue};
 
 mod common;
+use common::kernel::pmap_zero_page;
 use common::{quad, state, MIB};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -279,10 +280,6 @@ fn xen_sweeps_zeroed_pages_back_before_it_gives_up() {
     let more = d.kernel_alloc(16 * MIB);
     assert_eq!(more, 16 * MIB);
     assert!(d.pod_stats().expect("PoD").swept >= 16 * MIB);
-}
-
-extern "C" {
-    fn pmap_zero_page(pa: u64);
 }
 
 /// `--real-zero` keeps PoD's rule: pmap_zero_page is a write, so on a PoD

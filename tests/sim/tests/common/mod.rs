@@ -5,6 +5,8 @@
 //! sizes on purpose).
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::time::{Duration, Instant};
 
 use balloon_sim::{Domain, SysctlValue};
