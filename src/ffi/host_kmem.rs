@@ -147,6 +147,31 @@ unsafe fn write_header(obj: *mut u8, raw: *mut u8, tag: usize) {
     }
 }
 
+/// An object of `layout` in a block from the system allocator (zero-filled
+/// by it when `zeroed`), its header below it; NULL when there is none.
+fn system_object(layout: Layout, zeroed: bool) -> *mut u8 {
+    let Some(sys) = system_layout(layout) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: sys has a non-zero size.
+    let raw = unsafe {
+        if zeroed {
+            System.alloc_zeroed(sys)
+        } else {
+            System.alloc(sys)
+        }
+    };
+    if raw.is_null() {
+        return raw;
+    }
+    let obj = raw.wrapping_add(align_of(layout));
+    // SAFETY: the block has `align >= HEADER` bytes below obj and `size`
+    // bytes from it; obj is aligned to `align`. The header lies below the
+    // object, so a zeroed object stays zero.
+    unsafe { write_header(obj, raw, TAG_SYSTEM) };
+    obj
+}
+
 // SAFETY: every pointer returned is NULL or an object of at least
 // `layout.size()` bytes aligned to `layout.align()`, inside a block from
 // the system allocator or from kmem; `dealloc` reads the header `alloc`
@@ -174,19 +199,7 @@ unsafe impl GlobalAlloc for HostKmemAllocator {
             unsafe { write_header(obj, raw, TAG_KMEM) };
             return obj;
         }
-        let Some(sys) = system_layout(layout) else {
-            return core::ptr::null_mut();
-        };
-        // SAFETY: sys has a non-zero size.
-        let raw = unsafe { System.alloc(sys) };
-        if raw.is_null() {
-            return raw;
-        }
-        let obj = raw.wrapping_add(align);
-        // SAFETY: the block has `align >= HEADER` bytes below obj and
-        // `size` bytes from it; obj is aligned to `align`.
-        unsafe { write_header(obj, raw, TAG_SYSTEM) };
-        obj
+        system_object(layout, false)
     }
 
     /// As `alloc`, zero-filled. A system block comes from the system's
@@ -203,20 +216,7 @@ unsafe impl GlobalAlloc for HostKmemAllocator {
             }
             return obj;
         }
-        let align = align_of(layout);
-        let Some(sys) = system_layout(layout) else {
-            return core::ptr::null_mut();
-        };
-        // SAFETY: sys has a non-zero size.
-        let raw = unsafe { System.alloc_zeroed(sys) };
-        if raw.is_null() {
-            return raw;
-        }
-        let obj = raw.wrapping_add(align);
-        // SAFETY: as in `alloc`; the header lies below the object, whose
-        // bytes stay zero.
-        unsafe { write_header(obj, raw, TAG_SYSTEM) };
-        obj
+        system_object(layout, true)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
